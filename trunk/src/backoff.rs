@@ -1,0 +1,52 @@
+//! Reconnect delays: exponential backoff with full jitter, shared by gateways (trunk links),
+//! mobile-sim's phones and the web app's logic, so a crowd that lost its server at the same moment
+//! does not come back at the same moment.
+//!
+//! The caller supplies the randomness (a firmware RNG, `rand` on a host), which keeps this pure.
+
+/// Backoff settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The delay bound after the first failure.
+    pub base_ms: u64,
+    /// The largest delay bound, reached after a few failures.
+    pub max_ms: u64,
+}
+
+impl Backoff {
+    /// Gateway trunk links: retry fast after one failure, at most every 30 s after many.
+    pub const TRUNK: Self = Self { base_ms: 250, max_ms: 30_000 };
+    /// Phones: a crowd of thousands spreads its reconnects over up to a minute.
+    pub const PHONE: Self = Self { base_ms: 500, max_ms: 60_000 };
+
+    /// The delay before attempt number `failures + 1`, uniformly spread ("full jitter") over
+    /// `[bound / 2, bound]` where `bound = min(max, base * 2^(failures - 1))`. No delay before the
+    /// first attempt (`failures == 0`). `random` is any uniformly random `u32`.
+    pub fn delay_ms(&self, failures: u32, random: u32) -> u64 {
+        if failures == 0 {
+            return 0;
+        }
+        let shift = (failures - 1).min(32);
+        let bound = self.base_ms.saturating_mul(1u64 << shift).min(self.max_ms).max(1);
+        let half = bound / 2;
+        half + (u64::from(random) * (bound - half + 1) >> 32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_then_caps_and_stays_in_range() {
+        let b = Backoff { base_ms: 100, max_ms: 1_000 };
+        assert_eq!(b.delay_ms(0, u32::MAX), 0);
+        for failures in 1..100 {
+            let bound = (100u64 << (failures - 1).min(20)).min(1_000);
+            for r in [0, 1, u32::MAX / 2, u32::MAX] {
+                let d = b.delay_ms(failures, r);
+                assert!(d >= bound / 2 && d <= bound, "failures {failures} r {r}: {d}");
+            }
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! The gateway side: phone sessions on one side, K trunk links to the aggregator on the other.
+//!
+//! [`Gateway`] is a sans-IO state machine. The firmware (embassy) and host builds drive it the same
+//! way: they tell it what phones did ([`Gateway::open`], [`Gateway::record`], [`Gateway::close`]) and
+//! what links did ([`Gateway::connected`], [`Gateway::handle_message`], [`Gateway::disconnected`]),
+//! and they ask it what to send ([`Gateway::poll_transmit`]) and when to wake up
+//! ([`Gateway::poll_timeout`]).
+//!
+//! # How counts stay exact
+//! Each session keeps three numbers: `count` (bytes its phone sent), `sent` (the count last reported
+//! on the session's current link) and `acked` (the count the aggregator said a database commit
+//! holds). Reports are cumulative, so repeating one is harmless. When a link is lost, every session
+//! it carried goes back to `sent = acked` and is replayed on whichever link is up; nothing is kept
+//! per message, so a gateway holds no retransmission buffers, and while the aggregator is away its
+//! memory does not grow: counts simply accumulate in place.
+//!
+//! # Which link carries which session
+//! Session `i` prefers link `i mod K`; if that link is not up, the next one that is. A session whose
+//! preferred link changes (a link fell, came back, or was asked to go away) is replayed on its new
+//! link; the aggregator keeps the larger of two reports, so a count in flight on both links at once
+//! is still counted once.
+
+use crate::auth;
+use crate::frame::{
+    self, AckEntry, Close, CloseReason, DecodeError, EncodeError, Frame, Hello,
+    MessageWriter, Open, RefuseCode, MAX_DEVICE_ID_LEN, MAX_GATEWAY_ID_LEN, NONCE_LEN, PROOF_LEN,
+    PROTOCOL_VERSION,
+};
+use crate::ShortBytes;
+
+/// Most links one gateway keeps (a bound on its fixed link table).
+pub const MAX_LINKS: usize = 8;
+/// Longest gateway secret accepted.
+pub const MAX_SECRET_LEN: usize = 64;
+/// The smallest transmit buffer [`Gateway::poll_transmit`] works with: a Hello fits in it.
+pub const MIN_TRANSMIT_BUFFER: usize = 256;
+
+/// Timings and bounds of a gateway. Every field has a default fit for mobile phones behind a site
+/// gateway; see `docs/trunk-protocol.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// How often counts are flushed on each link: the batching window. Default 250 ms.
+    pub flush_interval_ms: u64,
+    /// Send a ping when a link was quiet this long in either direction. Default 15 s.
+    pub ping_interval_ms: u64,
+    /// A link that received nothing for this long is dead. Default 45 s.
+    pub link_timeout_ms: u64,
+    /// A link that is not up this long after it connected is dead. Default 10 s.
+    pub handshake_timeout_ms: u64,
+    /// Largest frame payload the aggregator is sent (its decoding bound). Default 16 KiB.
+    pub max_payload_len: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 250,
+            ping_interval_ms: 15_000,
+            link_timeout_ms: 45_000,
+            handshake_timeout_ms: 10_000,
+            max_payload_len: frame::DEFAULT_MAX_PAYLOAD_LEN,
+        }
+    }
+}
+
+/// Who a gateway is: its id, its secret and this boot's epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    pub gateway_id: &'a [u8],
+    pub secret: &'a [u8],
+    /// Must differ at every boot (a persistent counter, or 64 random bits): session ids restart
+    /// at every boot and the epoch keeps them apart.
+    pub boot_epoch: u64,
+}
+
+/// A session's identity on the trunk: unique within one gateway boot epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl core::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+const FREE: u8 = 0;
+const OPEN: u8 = 1;
+const CLOSING: u8 = 2;
+
+const OPEN_SENT: u8 = 1 << 0;
+const OPEN_ACKED: u8 = 1 << 1;
+const CLOSE_SENT: u8 = 1 << 2;
+const NOTIFY: u8 = 1 << 3;
+
+const NO_LINK: u8 = u8::MAX;
+
+/// One phone session's trunk state: the whole of what a gateway keeps per phone for the trunk.
+/// Allocate them as the caller likes (a static array on a board, a `Vec` on a host):
+/// `size_of::<SessionSlot>()` bytes each, reported in `docs/benchmarks.md`.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSlot {
+    count: u64,
+    sent: u64,
+    acked: u64,
+    generation: u32,
+    state: u8,
+    flags: u8,
+    link: u8,
+    reason: u8,
+    device: ShortBytes<MAX_DEVICE_ID_LEN>,
+}
+
+impl SessionSlot {
+    /// An unused slot, for initialising storage (also in a `static`).
+    pub const FREE: Self = Self {
+        count: 0,
+        sent: 0,
+        acked: 0,
+        generation: 0,
+        state: FREE,
+        flags: 0,
+        link: NO_LINK,
+        reason: 0,
+        device: ShortBytes::EMPTY,
+    };
+}
+
+/// Where a link stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPhase {
+    /// No transport.
+    Down,
+    /// Transport up; waiting for the aggregator's challenge.
+    AwaitChallenge,
+    /// Challenge received; the Hello is to be sent.
+    SendHello,
+    /// Hello sent; waiting for Welcome.
+    AwaitWelcome,
+    /// Authenticated: carries sessions.
+    Up,
+    /// The aggregator asked us to go: no new reports, acknowledgements still welcome.
+    Draining,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    phase: LinkPhase,
+    since: u64,
+    last_rx: u64,
+    last_tx: u64,
+    next_flush: u64,
+    nonce: [u8; NONCE_LEN],
+    challenge: [u8; NONCE_LEN],
+    pong_due: Option<u64>,
+    ping_sent: Option<u64>,
+    pings: u64,
+    /// Slot index where an interrupted flush resumes.
+    resume: Option<usize>,
+    /// Value of `Gateway::changes` when this link last scanned every session.
+    scanned: u64,
+    max_message_len: usize,
+    not_before: u64,
+    failures: u32,
+}
+
+impl Link {
+    const DOWN: Self = Self {
+        phase: LinkPhase::Down,
+        since: 0,
+        last_rx: 0,
+        last_tx: 0,
+        next_flush: 0,
+        nonce: [0; NONCE_LEN],
+        challenge: [0; NONCE_LEN],
+        pong_due: None,
+        ping_sent: None,
+        pings: 0,
+        resume: None,
+        scanned: 0,
+        max_message_len: usize::MAX,
+        not_before: 0,
+        failures: 0,
+    };
+}
+
+/// Why a gateway could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    GatewayIdLength,
+    SecretLength,
+    Links,
+    NoSessions,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// Every session slot is taken: the phone should be answered 503.
+    Full,
+    /// The device id is empty or longer than [`MAX_DEVICE_ID_LEN`].
+    DeviceId,
+}
+
+/// The session id names no live session (it closed, or never existed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownSession;
+
+/// Why a link must be closed. The caller closes the transport and calls [`Gateway::disconnected`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkError {
+    /// The aggregator sent bytes that are not frames.
+    Decode(DecodeError),
+    /// A frame that makes no sense now (the text says which).
+    Protocol(&'static str),
+    /// The aggregator refused the link (unknown gateway, bad proof, ...).
+    Refused(RefuseCode),
+    /// The handshake or the link went silent past its timeout.
+    TimedOut,
+    /// The transmit buffer is smaller than [`MIN_TRANSMIT_BUFFER`].
+    BufferTooSmall,
+}
+
+impl From<DecodeError> for LinkError {
+    fn from(e: DecodeError) -> Self {
+        Self::Decode(e)
+    }
+}
+
+impl From<EncodeError> for LinkError {
+    fn from(_: EncodeError) -> Self {
+        Self::BufferTooSmall
+    }
+}
+
+/// The gateway's trunk state machine, over session storage `S` (`[SessionSlot; N]`,
+/// `&'static mut [SessionSlot]`, `Vec<SessionSlot>`, ...).
+pub struct Gateway<S> {
+    config: GatewayConfig,
+    gateway_id: ShortBytes<MAX_GATEWAY_ID_LEN>,
+    secret: ShortBytes<MAX_SECRET_LEN>,
+    boot_epoch: u64,
+    slots: S,
+    links: [Link; MAX_LINKS],
+    link_count: usize,
+    live: usize,
+    open_cursor: usize,
+    notify_cursor: usize,
+    notify_pending: usize,
+    /// Bumped whenever some session may have something to send.
+    changes: u64,
+}
+
+impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
+    /// A gateway with `links` trunk links (1..=[`MAX_LINKS`]) and as many sessions as `slots` has
+    /// (every slot must be [`SessionSlot::FREE`]).
+    pub fn new(
+        config: GatewayConfig,
+        identity: Identity<'_>,
+        links: usize,
+        slots: S,
+    ) -> Result<Self, ConfigError> {
+        if identity.gateway_id.is_empty() {
+            return Err(ConfigError::GatewayIdLength);
+        }
+        let gateway_id = ShortBytes::new(identity.gateway_id).ok_or(ConfigError::GatewayIdLength)?;
+        let secret = ShortBytes::new(identity.secret).ok_or(ConfigError::SecretLength)?;
+        if identity.secret.is_empty() {
+            return Err(ConfigError::SecretLength);
+        }
+        if links == 0 || links > MAX_LINKS {
+            return Err(ConfigError::Links);
+        }
+        if slots.as_ref().is_empty() {
+            return Err(ConfigError::NoSessions);
+        }
+        Ok(Self {
+            config,
+            gateway_id,
+            secret,
+            boot_epoch: identity.boot_epoch,
+            slots,
+            links: [Link::DOWN; MAX_LINKS],
+            link_count: links,
+            live: 0,
+            open_cursor: 0,
+            notify_cursor: 0,
+            notify_pending: 0,
+            changes: 1,
+        })
+    }
+
+    /// The session capacity.
+    pub fn capacity(&self) -> usize {
+        self.slots.as_ref().len()
+    }
+
+    /// Sessions open (or closed but not yet acknowledged closed).
+    pub fn live_sessions(&self) -> usize {
+        self.live
+    }
+
+    /// The number of links.
+    pub fn link_count(&self) -> usize {
+        self.link_count
+    }
+
+    /// This boot's epoch.
+    pub fn boot_epoch(&self) -> u64 {
+        self.boot_epoch
+    }
+
+    /// Where link `link` stands.
+    pub fn link_phase(&self, link: usize) -> LinkPhase {
+        self.links.get(link).map_or(LinkPhase::Down, |l| l.phase)
+    }
+
+    // ----- phone side -----
+
+    /// A phone connected: give it a session. `device` is its optional device id.
+    pub fn open(&mut self, device: Option<&[u8]>) -> Result<SessionId, OpenError> {
+        let device = match device {
+            None => ShortBytes::EMPTY,
+            Some(d) if d.is_empty() => return Err(OpenError::DeviceId),
+            Some(d) => ShortBytes::new(d).ok_or(OpenError::DeviceId)?,
+        };
+        let n = self.capacity();
+        if self.live >= n {
+            return Err(OpenError::Full);
+        }
+        let start = self.open_cursor;
+        let slots = self.slots.as_mut();
+        let index = (0..n).map(|k| (start + k) % n).find(|&i| slots[i].state == FREE);
+        let Some(index) = index else { return Err(OpenError::Full) };
+        let slot = &mut slots[index];
+        *slot = SessionSlot { generation: slot.generation, state: OPEN, device, ..SessionSlot::FREE };
+        let id = SessionId(u64::from(slot.generation) * n as u64 + index as u64);
+        self.open_cursor = (index + 1) % n;
+        self.live += 1;
+        self.changes += 1;
+        Ok(id)
+    }
+
+    fn slot_index(&self, id: SessionId) -> Option<usize> {
+        let n = self.capacity() as u64;
+        let index = (id.0 % n) as usize;
+        let generation = id.0 / n;
+        let slot = &self.slots.as_ref()[index];
+        (slot.state != FREE && u64::from(slot.generation) == generation).then_some(index)
+    }
+
+    /// The phone sent `bytes` payload bytes; returns the session's new total.
+    pub fn record(&mut self, id: SessionId, bytes: u64) -> Result<u64, UnknownSession> {
+        let index = self.slot_index(id).ok_or(UnknownSession)?;
+        let slot = &mut self.slots.as_mut()[index];
+        if slot.state != OPEN {
+            return Err(UnknownSession);
+        }
+        slot.count = slot.count.saturating_add(bytes);
+        self.changes += 1;
+        Ok(slot.count)
+    }
+
+    /// The phone is gone. Its session stays until the aggregator acknowledges the close.
+    pub fn close(&mut self, id: SessionId, reason: CloseReason) -> Result<(), UnknownSession> {
+        let index = self.slot_index(id).ok_or(UnknownSession)?;
+        let slot = &mut self.slots.as_mut()[index];
+        if slot.state != OPEN {
+            return Err(UnknownSession);
+        }
+        slot.state = CLOSING;
+        slot.reason = reason.0;
+        self.changes += 1;
+        Ok(())
+    }
+
+    /// Bytes the phone sent on this session.
+    pub fn total(&self, id: SessionId) -> Option<u64> {
+        self.slot_index(id).map(|i| self.slots.as_ref()[i].count)
+    }
+
+    /// Bytes of this session a database commit holds.
+    pub fn durable(&self, id: SessionId) -> Option<u64> {
+        self.slot_index(id).map(|i| self.slots.as_ref()[i].acked)
+    }
+
+    /// The next open session whose durable total grew since it was last returned, for telling its
+    /// phone. Returns `None` quickly when there is none.
+    pub fn poll_durable(&mut self) -> Option<(SessionId, u64)> {
+        if self.notify_pending == 0 {
+            return None;
+        }
+        let n = self.capacity();
+        for k in 0..n {
+            let index = (self.notify_cursor + k) % n;
+            let slot = &mut self.slots.as_mut()[index];
+            if slot.flags & NOTIFY != 0 {
+                slot.flags &= !NOTIFY;
+                self.notify_pending -= 1;
+                self.notify_cursor = (index + 1) % n;
+                let id = SessionId(u64::from(slot.generation) * n as u64 + index as u64);
+                return Some((id, slot.acked));
+            }
+        }
+        self.notify_pending = 0;
+        None
+    }
+
+    // ----- link side -----
+
+    /// Link `link`'s transport (TLS and WebSocket) is up; `nonce` must be fresh random bytes.
+    pub fn connected(&mut self, link: usize, now: u64, nonce: [u8; NONCE_LEN]) {
+        let Some(l) = self.links[..self.link_count].get_mut(link) else { return };
+        *l = Link {
+            phase: LinkPhase::AwaitChallenge,
+            since: now,
+            last_rx: now,
+            last_tx: now,
+            nonce,
+            failures: l.failures,
+            not_before: l.not_before,
+            pings: l.pings,
+            ..Link::DOWN
+        };
+    }
+
+    /// Link `link` is gone (closed, reset, timed out, refused). Its sessions will be replayed on the
+    /// links that are up, from their last acknowledged counts.
+    pub fn disconnected(&mut self, link: usize, now: u64) {
+        let Some(l) = self.links[..self.link_count].get_mut(link) else { return };
+        if l.phase == LinkPhase::Down {
+            return;
+        }
+        if l.phase != LinkPhase::Up && l.phase != LinkPhase::Draining {
+            l.failures = l.failures.saturating_add(1);
+        }
+        l.phase = LinkPhase::Down;
+        l.since = now;
+        for slot in self.slots.as_mut() {
+            if slot.state != FREE && usize::from(slot.link) == link {
+                rewind(slot);
+            }
+        }
+        self.changes += 1;
+    }
+
+    /// How long to wait before reconnecting link `link`: the aggregator's go-away hint, or
+    /// exponential backoff with jitter after failed attempts (`random`: any random `u32`).
+    pub fn reconnect_delay(&self, link: usize, now: u64, random: u32) -> u64 {
+        let Some(l) = self.links.get(link) else { return 0 };
+        let backoff = crate::backoff::Backoff::TRUNK.delay_ms(l.failures, random);
+        backoff.max(l.not_before.saturating_sub(now))
+    }
+
+    /// Handles one WebSocket message received on `link`.
+    pub fn handle_message(&mut self, link: usize, message: &[u8], now: u64) -> Result<(), LinkError> {
+        if link >= self.link_count || self.links[link].phase == LinkPhase::Down {
+            return Err(LinkError::Protocol("message on a link that is down"));
+        }
+        self.links[link].last_rx = now;
+        for frame in frame::frames(message, frame::MAX_PAYLOAD_LEN) {
+            self.handle_frame(link, frame?, now)?;
+        }
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, link: usize, frame: Frame<'_>, now: u64) -> Result<(), LinkError> {
+        let phase = self.links[link].phase;
+        match frame {
+            Frame::Challenge(c) if phase == LinkPhase::AwaitChallenge => {
+                let l = &mut self.links[link];
+                l.challenge = c.nonce;
+                l.phase = LinkPhase::SendHello;
+            }
+            Frame::Welcome(w) if phase == LinkPhase::AwaitWelcome => {
+                if usize::from(w.link) != link {
+                    return Err(LinkError::Protocol("welcome names another link"));
+                }
+                let l = &mut self.links[link];
+                l.phase = LinkPhase::Up;
+                l.failures = 0;
+                l.next_flush = now;
+                l.max_message_len = usize::try_from(w.max_message_len).unwrap_or(usize::MAX);
+                l.scanned = 0;
+                self.changes += 1;
+            }
+            Frame::Ack(acks) if matches!(phase, LinkPhase::Up | LinkPhase::Draining) => {
+                for entry in acks.iter() {
+                    self.apply_ack(entry)?;
+                }
+            }
+            Frame::Ping(n) if phase != LinkPhase::AwaitChallenge => self.links[link].pong_due = Some(n),
+            Frame::Pong(n) => {
+                let l = &mut self.links[link];
+                if l.ping_sent == Some(n) {
+                    l.ping_sent = None;
+                }
+            }
+            Frame::GoAway(g) if matches!(phase, LinkPhase::Up | LinkPhase::Draining) => {
+                let l = &mut self.links[link];
+                l.phase = LinkPhase::Draining;
+                l.not_before = now.saturating_add(g.retry_after_ms);
+                self.changes += 1;
+            }
+            Frame::Refuse(r) => return Err(LinkError::Refused(r.code)),
+            _ => return Err(LinkError::Protocol("unexpected frame for the link's state")),
+        }
+        Ok(())
+    }
+
+    fn apply_ack(&mut self, entry: AckEntry) -> Result<(), LinkError> {
+        let Some(index) = self.slot_index(SessionId(entry.session)) else {
+            return Ok(()); // a session already forgotten: a late duplicate
+        };
+        let slot = &mut self.slots.as_mut()[index];
+        if entry.total > slot.count {
+            return Err(LinkError::Protocol("acknowledged more bytes than were counted"));
+        }
+        slot.flags |= OPEN_ACKED;
+        if entry.total > slot.acked {
+            slot.acked = entry.total;
+            if slot.flags & NOTIFY == 0 && slot.state == OPEN {
+                slot.flags |= NOTIFY;
+                self.notify_pending += 1;
+            }
+        }
+        if entry.closed {
+            if slot.state != CLOSING || slot.flags & CLOSE_SENT == 0 {
+                return Err(LinkError::Protocol("acknowledged a close that was not sent"));
+            }
+            if entry.total == slot.count {
+                if slot.flags & NOTIFY != 0 {
+                    self.notify_pending -= 1;
+                }
+                *slot = SessionSlot { generation: slot.generation.wrapping_add(1), ..SessionSlot::FREE };
+                self.live -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The link a session at slot `index` should travel on now.
+    fn route(&self, index: usize) -> Option<usize> {
+        let k = self.link_count;
+        (0..k).map(|j| (index + j) % k).find(|&l| self.links[l].phase == LinkPhase::Up)
+    }
+
+    /// The next WebSocket message to send on `link`, written into `out`; `Ok(None)` when there is
+    /// nothing to send now. Call it until it returns `None` after every event and timeout.
+    /// An error means the link must be closed (then call [`Gateway::disconnected`]).
+    pub fn poll_transmit(&mut self, link: usize, now: u64, out: &mut [u8]) -> Result<Option<usize>, LinkError> {
+        if out.len() < MIN_TRANSMIT_BUFFER {
+            return Err(LinkError::BufferTooSmall);
+        }
+        if link >= self.link_count {
+            return Ok(None);
+        }
+        let l = self.links[link];
+        match l.phase {
+            LinkPhase::Down => return Ok(None),
+            LinkPhase::AwaitChallenge | LinkPhase::SendHello | LinkPhase::AwaitWelcome => {
+                if now.saturating_sub(l.since) > self.config.handshake_timeout_ms {
+                    return Err(LinkError::TimedOut);
+                }
+            }
+            LinkPhase::Up | LinkPhase::Draining => {
+                if now.saturating_sub(l.last_rx) > self.config.link_timeout_ms {
+                    return Err(LinkError::TimedOut);
+                }
+            }
+        }
+        let limit = out.len().min(l.max_message_len);
+        let mut w = MessageWriter::new(&mut out[..limit], self.config.max_payload_len);
+        if l.phase == LinkPhase::SendHello {
+            self.write_hello(link, &mut w)?;
+            self.links[link].phase = LinkPhase::AwaitWelcome;
+        }
+        if let Some(n) = l.pong_due {
+            w.frame(&Frame::Pong(n))?;
+            self.links[link].pong_due = None;
+        }
+        if matches!(l.phase, LinkPhase::Up | LinkPhase::Draining) && l.ping_sent.is_none() {
+            let quiet = now.saturating_sub(l.last_rx.min(l.last_tx));
+            if quiet >= self.config.ping_interval_ms {
+                let n = l.pings.wrapping_add(1);
+                w.frame(&Frame::Ping(n))?;
+                let l = &mut self.links[link];
+                l.pings = n;
+                l.ping_sent = Some(n);
+            }
+        }
+        if l.phase == LinkPhase::Up && (l.resume.is_some() || now >= l.next_flush) {
+            self.flush(link, now, &mut w);
+        }
+        let len = w.finish();
+        if len == 0 {
+            return Ok(None);
+        }
+        self.links[link].last_tx = now;
+        Ok(Some(len))
+    }
+
+    fn write_hello(&self, link: usize, w: &mut MessageWriter<'_>) -> Result<(), LinkError> {
+        let l = &self.links[link];
+        let mut hello = Hello {
+            version: PROTOCOL_VERSION,
+            link: link as u8,
+            boot_epoch: self.boot_epoch,
+            nonce: l.nonce,
+            gateway_id: self.gateway_id.as_slice(),
+            proof: [0; PROOF_LEN],
+        };
+        hello.proof = auth::prove(self.secret.as_slice(), &l.challenge, &hello);
+        w.frame(&Frame::Hello(hello))?;
+        Ok(())
+    }
+
+    /// Writes the opens, counts and closes that `link` carries, as many as fit; remembers where it
+    /// stopped so the next message goes on from there.
+    fn flush(&mut self, link: usize, now: u64, w: &mut MessageWriter<'_>) {
+        let l = self.links[link];
+        let resume = l.resume;
+        if resume.is_none() && l.scanned == self.changes {
+            self.links[link].next_flush = now + self.config.flush_interval_ms;
+            return; // nothing changed since the last complete scan
+        }
+        let changes = self.changes;
+        let n = self.capacity();
+        let mut stopped = None;
+        for index in resume.unwrap_or(0)..n {
+            if self.slots.as_ref()[index].state == FREE || self.route(index) != Some(link) {
+                continue;
+            }
+            let slot = &mut self.slots.as_mut()[index];
+            if usize::from(slot.link) != link {
+                rewind(slot); // moved here from another link: replay from what is durable
+                slot.link = link as u8;
+            }
+            if !write_session(slot, n, index, w) {
+                stopped = Some(index);
+                break;
+            }
+        }
+        let l = &mut self.links[link];
+        l.resume = stopped;
+        if stopped.is_none() {
+            l.scanned = changes;
+            l.next_flush = now + self.config.flush_interval_ms;
+        }
+    }
+
+    /// The earliest time at which [`Gateway::poll_transmit`] may have something to do.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let c = &self.config;
+        self.links[..self.link_count]
+            .iter()
+            .filter_map(|l| match l.phase {
+                LinkPhase::Down => None,
+                LinkPhase::SendHello => Some(l.since),
+                LinkPhase::AwaitChallenge | LinkPhase::AwaitWelcome => Some(l.since + c.handshake_timeout_ms + 1),
+                LinkPhase::Up | LinkPhase::Draining => {
+                    let mut t = l.last_rx + c.link_timeout_ms + 1;
+                    if l.pong_due.is_some() || l.resume.is_some() {
+                        t = 0;
+                    }
+                    if l.ping_sent.is_none() {
+                        t = t.min(l.last_rx.min(l.last_tx) + c.ping_interval_ms);
+                    }
+                    if l.phase == LinkPhase::Up {
+                        t = t.min(l.next_flush);
+                    }
+                    Some(t)
+                }
+            })
+            .min()
+    }
+}
+
+/// Forget what was reported on the session's link: replay from the acknowledged state.
+fn rewind(slot: &mut SessionSlot) {
+    slot.sent = slot.acked;
+    if slot.flags & OPEN_ACKED == 0 {
+        slot.flags &= !OPEN_SENT;
+    }
+    slot.flags &= !CLOSE_SENT;
+    slot.link = NO_LINK;
+}
+
+/// Writes what one session has to say; `false` if the message is full (what was written stays
+/// recorded in the slot's flags, so nothing is said twice on the same link needlessly).
+fn write_session(slot: &mut SessionSlot, n: usize, index: usize, w: &mut MessageWriter<'_>) -> bool {
+    let id = u64::from(slot.generation) * n as u64 + index as u64;
+    if slot.flags & OPEN_SENT == 0 {
+        let device = (!slot.device.is_empty()).then(|| slot.device.as_slice());
+        if w.frame(&Frame::Open(Open { session: id, device })).is_err() {
+            return false;
+        }
+        slot.flags |= OPEN_SENT;
+    }
+    if slot.state == CLOSING {
+        if slot.flags & CLOSE_SENT == 0 {
+            let close = Close { session: id, total: slot.count, reason: CloseReason(slot.reason) };
+            if w.frame(&Frame::Close(close)).is_err() {
+                return false;
+            }
+            slot.flags |= CLOSE_SENT;
+            slot.sent = slot.count;
+        }
+    } else if slot.count > slot.sent {
+        if !w.count(id, slot.count) {
+            return false;
+        }
+        slot.sent = slot.count;
+    }
+    true
+}
+
+impl<S: AsRef<[SessionSlot]>> core::fmt::Debug for Gateway<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // The secret is deliberately left out.
+        f.debug_struct("Gateway")
+            .field("gateway_id", &self.gateway_id)
+            .field("boot_epoch", &self.boot_epoch)
+            .field("capacity", &self.slots.as_ref().len())
+            .field("live", &self.live)
+            .field("links", &&self.links[..self.link_count])
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,343 @@
+//! The aggregator's ledger: reports coalesced in memory between database commits, and the rule
+//! for what may be acknowledged.
+//!
+//! Every report from a trunk (open, cumulative count, close) and every direct phone's count is
+//! [`Ledger::record`]ed here under its [`SessionKey`]. Reports of one session merge into one entry
+//! (the larger count wins), so a flush writes one row per session that changed, however many bytes
+//! or replays arrived. A flush takes a snapshot ([`Ledger::begin_flush`]), the caller writes
+//! [`Ledger::rows`] in one transaction, and then reports the outcome:
+//!
+//! - [`Ledger::commit_succeeded`] hands back one acknowledgement per row, addressed to the route
+//!   (trunk link or phone) the session's latest report came from. Only now is anything acknowledged.
+//! - [`Ledger::commit_failed`] puts the snapshot back; it is written again by the next flush.
+//!
+//! Reports keep arriving during a commit; they wait for the next flush. The table is a fixed slice
+//! the caller provides, so memory is bounded: when [`Ledger::room`] runs low the caller stops
+//! reading from trunks (backpressure), and the gateways hold their counts, which costs them nothing
+//! since counts are cumulative.
+//!
+//! The store must keep, per session, the larger of the stored and the written count
+//! (`GREATEST`): that is what makes a replay change nothing twice.
+
+use crate::frame::{AckEntry, CloseReason, MAX_DEVICE_ID_LEN};
+use crate::ShortBytes;
+
+/// The gateway number [`SessionKey::gateway`] uses for phones connected straight to the
+/// aggregator (no gateway).
+pub const DIRECT: u32 = 0;
+
+/// Which session a report is about, across the whole system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    /// The aggregator's number for the gateway (its database id), or [`DIRECT`].
+    pub gateway: u32,
+    /// The gateway's boot epoch (for direct phones: the aggregator process's).
+    pub boot_epoch: u64,
+    /// The session id within that boot.
+    pub session: u64,
+}
+
+/// One report about a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Update<'a> {
+    /// Cumulative bytes received, if the report carries a count.
+    pub total: Option<u64>,
+    /// The session's device id, if the report carries it (an Open).
+    pub device: Option<&'a [u8]>,
+    /// The session ended, if the report says so (a Close).
+    pub closed: Option<CloseReason>,
+}
+
+/// What one flush writes for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row<'a> {
+    pub key: SessionKey,
+    /// The largest count reported; the store keeps the larger of this and what it has.
+    pub total: u64,
+    pub device: Option<&'a [u8]>,
+    pub closed: Option<CloseReason>,
+}
+
+/// The ledger's table is full: stop reading reports until a flush frees entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerFull;
+
+const DIRTY: u8 = 1 << 0;
+const HAS_DEVICE: u8 = 1 << 1;
+const CLOSED: u8 = 1 << 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Part {
+    total: u64,
+    flags: u8,
+    reason: u8,
+}
+
+impl Part {
+    const NONE: Self = Self { total: 0, flags: 0, reason: 0 };
+
+    fn merge(&mut self, other: Part) {
+        self.total = self.total.max(other.total);
+        if other.flags & CLOSED != 0 {
+            self.reason = other.reason;
+        }
+        self.flags |= other.flags;
+    }
+}
+
+/// One entry of the ledger's table. Allocate `2^k` of them (`vec![LedgerSlot::EMPTY; n]`):
+/// `size_of::<LedgerSlot>()` bytes each, reported in `docs/benchmarks.md`.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerSlot {
+    key: SessionKey,
+    route: u32,
+    used: bool,
+    pending: Part,
+    inflight: Part,
+    device: ShortBytes<MAX_DEVICE_ID_LEN>,
+}
+
+impl LedgerSlot {
+    pub const EMPTY: Self = Self {
+        key: SessionKey { gateway: 0, boot_epoch: 0, session: 0 },
+        route: 0,
+        used: false,
+        pending: Part::NONE,
+        inflight: Part::NONE,
+        device: ShortBytes::EMPTY,
+    };
+}
+
+/// The coalescing table; see the module documentation.
+pub struct Ledger<S> {
+    slots: S,
+    mask: usize,
+    seed: u64,
+    used: usize,
+    dirty: usize,
+    inflight: usize,
+    max_used: usize,
+}
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64's finaliser: every input bit affects every output bit.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
+    /// A ledger over `slots` (all [`LedgerSlot::EMPTY`]; only the largest power-of-two prefix is
+    /// used, and at most 7/8 of it is filled). `seed` should be random: it keys the hash, so
+    /// session ids a gateway chooses cannot be crafted to collide.
+    pub fn new(slots: S, seed: u64) -> Self {
+        let len = slots.as_ref().len();
+        let cap = if len == 0 { 0 } else { 1usize << (usize::BITS - 1 - len.leading_zeros()) };
+        Self {
+            slots,
+            mask: cap.wrapping_sub(1),
+            seed,
+            used: 0,
+            dirty: 0,
+            inflight: 0,
+            max_used: cap - cap / 8,
+        }
+    }
+
+    /// Sessions the table holds (changed, or being committed).
+    pub fn len(&self) -> usize {
+        self.used
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    /// Sessions with reports not yet in a flush.
+    pub fn dirty(&self) -> usize {
+        self.dirty
+    }
+
+    /// Sessions in the flush being committed.
+    pub fn in_flight(&self) -> usize {
+        self.inflight
+    }
+
+    /// How many more sessions the table can take. Reading a message of `n` reports needs at
+    /// most `n` of room.
+    pub fn room(&self) -> usize {
+        self.max_used - self.used
+    }
+
+    fn home(&self, key: &SessionKey) -> usize {
+        let h = mix(self.seed ^ u64::from(key.gateway));
+        let h = mix(h ^ key.boot_epoch);
+        (mix(h ^ key.session) as usize) & self.mask
+    }
+
+    fn find(&self, key: &SessionKey) -> (usize, bool) {
+        let slots = self.slots.as_ref();
+        let mut i = self.home(key);
+        loop {
+            let slot = &slots[i];
+            if !slot.used {
+                return (i, false);
+            }
+            if slot.key == *key {
+                return (i, true);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Adds one report; `route` is where its acknowledgement should go (the caller's number for a
+    /// trunk link or phone connection). Every report makes the session dirty, even one that adds
+    /// nothing: a replay on a new link must be acknowledged on that link.
+    pub fn record(&mut self, key: SessionKey, route: u32, update: Update<'_>) -> Result<(), LedgerFull> {
+        let (i, found) = if self.max_used == 0 { return Err(LedgerFull) } else { self.find(&key) };
+        if !found {
+            if self.used >= self.max_used {
+                return Err(LedgerFull);
+            }
+            self.slots.as_mut()[i] = LedgerSlot { key, used: true, ..LedgerSlot::EMPTY };
+            self.used += 1;
+        }
+        let slot = &mut self.slots.as_mut()[i];
+        let mut part = Part { total: update.total.unwrap_or(0), flags: DIRTY, reason: 0 };
+        if let Some(device) = update.device.and_then(ShortBytes::new) {
+            if !device.is_empty() {
+                slot.device = device;
+                part.flags |= HAS_DEVICE;
+            }
+        }
+        if let Some(reason) = update.closed {
+            part.flags |= CLOSED;
+            part.reason = reason.0;
+        }
+        if slot.pending.flags & DIRTY == 0 {
+            self.dirty += 1;
+        }
+        slot.pending.merge(part);
+        slot.route = route;
+        Ok(())
+    }
+
+    /// Whether a flush is being committed.
+    pub fn is_flushing(&self) -> bool {
+        self.inflight > 0
+    }
+
+    /// Moves up to `max_rows` dirty sessions into a new flush and returns how many. Call only when
+    /// no flush is being committed (returns 0 otherwise).
+    pub fn begin_flush(&mut self, max_rows: usize) -> usize {
+        if self.inflight > 0 || self.dirty == 0 {
+            return 0;
+        }
+        let mut taken = 0;
+        for slot in self.slots.as_mut().iter_mut() {
+            if taken == max_rows {
+                break;
+            }
+            if slot.used && slot.pending.flags & DIRTY != 0 {
+                slot.inflight = slot.pending;
+                slot.pending = Part { total: slot.pending.total, flags: 0, reason: 0 };
+                taken += 1;
+            }
+        }
+        self.dirty -= taken;
+        self.inflight = taken;
+        taken
+    }
+
+    /// The rows of the flush being committed.
+    pub fn rows(&self) -> impl Iterator<Item = Row<'_>> + '_ {
+        self.slots.as_ref().iter().filter(|s| s.used && s.inflight.flags & DIRTY != 0).map(|s| Row {
+            key: s.key,
+            total: s.inflight.total,
+            device: (s.inflight.flags & HAS_DEVICE != 0).then(|| s.device.as_slice()),
+            closed: (s.inflight.flags & CLOSED != 0).then_some(CloseReason(s.inflight.reason)),
+        })
+    }
+
+    /// The flush's transaction committed: `ack(route, key, entry)` is called once per row, and
+    /// sessions with nothing newer are forgotten.
+    pub fn commit_succeeded(&mut self, mut ack: impl FnMut(u32, SessionKey, AckEntry)) {
+        let mut i = 0;
+        while i <= self.mask && self.inflight > 0 {
+            let slot = &mut self.slots.as_mut()[i];
+            if !slot.used {
+                i += 1;
+                continue;
+            }
+            if slot.inflight.flags & DIRTY != 0 {
+                let entry = AckEntry {
+                    session: slot.key.session,
+                    total: slot.inflight.total,
+                    closed: slot.inflight.flags & CLOSED != 0,
+                };
+                ack(slot.route, slot.key, entry);
+                // A close that is durable stays durable: later reports need not repeat it.
+                slot.inflight = Part::NONE;
+                self.inflight -= 1;
+            }
+            if slot.pending.flags & DIRTY == 0 {
+                self.remove(i);
+                // An entry may have moved into slot i: look at it again.
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The flush's transaction failed: its rows go back to waiting for the next flush.
+    pub fn commit_failed(&mut self) {
+        let mut dirty = 0;
+        for slot in self.slots.as_mut().iter_mut() {
+            if slot.used && slot.inflight.flags & DIRTY != 0 {
+                if slot.pending.flags & DIRTY == 0 {
+                    dirty += 1;
+                }
+                slot.pending.merge(slot.inflight);
+                slot.inflight = Part::NONE;
+            }
+        }
+        self.dirty += dirty;
+        self.inflight = 0;
+    }
+
+    /// Removes slot `i` by shifting later members of its probe run back (no tombstones, so lookups
+    /// stay short however long the aggregator runs).
+    fn remove(&mut self, i: usize) {
+        let mask = self.mask;
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let slot = self.slots.as_ref()[j];
+            if !slot.used {
+                break;
+            }
+            let home = self.home(&slot.key);
+            // The entry at j may fill the hole unless its home lies cyclically in (hole, j].
+            let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
+            if !stays {
+                self.slots.as_mut()[hole] = slot;
+                hole = j;
+            }
+        }
+        self.slots.as_mut()[hole] = LedgerSlot::EMPTY;
+        self.used -= 1;
+    }
+}
+
+impl<S> core::fmt::Debug for Ledger<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("capacity", &self.mask.wrapping_add(1))
+            .field("used", &self.used)
+            .field("dirty", &self.dirty)
+            .field("inflight", &self.inflight)
+            .finish_non_exhaustive()
+    }
+}
