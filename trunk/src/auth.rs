@@ -17,11 +17,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// Domain separation, so this MAC can never be confused with another use of the same secret.
 const LABEL: &[u8] = b"holdfast trunk hello";
 
-fn transcript(
-    secret: &[u8],
-    challenge: &[u8; NONCE_LEN],
-    hello: &Hello<'_>,
-) -> HmacSha256 {
+fn transcript(secret: &[u8], challenge: &[u8; NONCE_LEN], hello: &Hello<'_>) -> HmacSha256 {
     // HMAC takes keys of any length, so this cannot fail.
     let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
     mac.update(LABEL);

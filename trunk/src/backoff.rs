@@ -29,7 +29,8 @@ impl Backoff {
         let shift = (failures - 1).min(32);
         let bound = self.base_ms.saturating_mul(1u64 << shift).min(self.max_ms).max(1);
         let half = bound / 2;
-        half + (u64::from(random) * (bound - half + 1) >> 32)
+        let spread = (u128::from(random) * u128::from(bound - half + 1)) >> 32;
+        half + spread as u64
     }
 }
 

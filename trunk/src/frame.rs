@@ -674,9 +674,8 @@ impl<'b> MessageWriter<'b> {
         }
         let mut w = Writer { out: self.out, pos: self.pos };
         // Cannot fail: the room was checked above.
-        let ok = w.varint(session).is_ok()
-            && w.varint(total).is_ok()
-            && flags.is_none_or(|f| w.u8(f).is_ok());
+        let ok =
+            w.varint(session).is_ok() && w.varint(total).is_ok() && flags.is_none_or(|f| w.u8(f).is_ok());
         self.pos = w.pos;
         ok
     }

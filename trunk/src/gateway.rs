@@ -12,7 +12,8 @@
 //! holds). Reports are cumulative, so repeating one is harmless. When a link is lost, every session
 //! it carried goes back to `sent = acked` and is replayed on whichever link is up; nothing is kept
 //! per message, so a gateway holds no retransmission buffers, and while the aggregator is away its
-//! memory does not grow: counts simply accumulate in place.
+//! memory does not grow: counts simply accumulate in place. Any session's acknowledgement may
+//! travel on any link, so a lost link rewinds every session that is not fully acknowledged.
 //!
 //! # Which link carries which session
 //! Session `i` prefers link `i mod K`; if that link is not up, the next one that is. A session whose
@@ -22,9 +23,8 @@
 
 use crate::auth;
 use crate::frame::{
-    self, AckEntry, Close, CloseReason, DecodeError, EncodeError, Frame, Hello,
-    MessageWriter, Open, RefuseCode, MAX_DEVICE_ID_LEN, MAX_GATEWAY_ID_LEN, NONCE_LEN, PROOF_LEN,
-    PROTOCOL_VERSION,
+    self, AckEntry, Close, CloseReason, DecodeError, EncodeError, Frame, Hello, MessageWriter, Open,
+    RefuseCode, MAX_DEVICE_ID_LEN, MAX_GATEWAY_ID_LEN, NONCE_LEN, PROOF_LEN, PROTOCOL_VERSION,
 };
 use crate::ShortBytes;
 
@@ -320,7 +320,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
     pub fn open(&mut self, device: Option<&[u8]>) -> Result<SessionId, OpenError> {
         let device = match device {
             None => ShortBytes::EMPTY,
-            Some(d) if d.is_empty() => return Err(OpenError::DeviceId),
+            Some([]) => return Err(OpenError::DeviceId),
             Some(d) => ShortBytes::new(d).ok_or(OpenError::DeviceId)?,
         };
         let n = self.capacity();
@@ -435,8 +435,12 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         }
         l.phase = LinkPhase::Down;
         l.since = now;
+        // Rewind every session, not only those this link carried: the aggregator sends an
+        // acknowledgement on the link that brought a session's latest report, and when reports
+        // race between links that may be this one. Sessions that are fully acknowledged have
+        // nothing to replay, so this costs only the replays that are needed.
         for slot in self.slots.as_mut() {
-            if slot.state != FREE && usize::from(slot.link) == link {
+            if slot.state != FREE {
                 rewind(slot);
             }
         }
@@ -524,8 +528,10 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
             }
         }
         if entry.closed {
-            if slot.state != CLOSING || slot.flags & CLOSE_SENT == 0 {
-                return Err(LinkError::Protocol("acknowledged a close that was not sent"));
+            // The close may have been sent on a link lost since (so CLOSE_SENT was rewound): the
+            // aggregator can only have it from us, so a closing session is all that is required.
+            if slot.state != CLOSING {
+                return Err(LinkError::Protocol("acknowledged a close of an open session"));
             }
             if entry.total == slot.count {
                 if slot.flags & NOTIFY != 0 {
@@ -547,7 +553,12 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
     /// The next WebSocket message to send on `link`, written into `out`; `Ok(None)` when there is
     /// nothing to send now. Call it until it returns `None` after every event and timeout.
     /// An error means the link must be closed (then call [`Gateway::disconnected`]).
-    pub fn poll_transmit(&mut self, link: usize, now: u64, out: &mut [u8]) -> Result<Option<usize>, LinkError> {
+    pub fn poll_transmit(
+        &mut self,
+        link: usize,
+        now: u64,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, LinkError> {
         if out.len() < MIN_TRANSMIT_BUFFER {
             return Err(LinkError::BufferTooSmall);
         }
@@ -656,7 +667,9 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
             .filter_map(|l| match l.phase {
                 LinkPhase::Down => None,
                 LinkPhase::SendHello => Some(l.since),
-                LinkPhase::AwaitChallenge | LinkPhase::AwaitWelcome => Some(l.since + c.handshake_timeout_ms + 1),
+                LinkPhase::AwaitChallenge | LinkPhase::AwaitWelcome => {
+                    Some(l.since + c.handshake_timeout_ms + 1)
+                }
                 LinkPhase::Up | LinkPhase::Draining => {
                     let mut t = l.last_rx + c.link_timeout_ms + 1;
                     if l.pong_due.is_some() || l.resume.is_some() {

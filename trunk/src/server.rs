@@ -13,8 +13,8 @@
 
 use crate::auth;
 use crate::frame::{
-    self, AckEntry, Challenge, DecodeError, EncodeError, Frame, GoAway, GoAwayReason, Hello,
-    MessageWriter, Refuse, RefuseCode, Welcome, NONCE_LEN, PROTOCOL_VERSION,
+    self, AckEntry, Challenge, DecodeError, EncodeError, Frame, GoAway, GoAwayReason, Hello, MessageWriter,
+    Refuse, RefuseCode, Welcome, NONCE_LEN, PROTOCOL_VERSION,
 };
 use crate::ledger::{Ledger, LedgerFull, LedgerSlot, SessionKey, Update};
 
@@ -247,7 +247,11 @@ impl ServerLink {
                 }
                 Frame::Counts(c) => {
                     for e in c.iter() {
-                        ledger.record(key(e.session), route, Update { total: Some(e.total), ..Update::default() })?;
+                        ledger.record(
+                            key(e.session),
+                            route,
+                            Update { total: Some(e.total), ..Update::default() },
+                        )?;
                         received.counts += 1;
                     }
                 }
@@ -272,7 +276,12 @@ impl ServerLink {
 
     /// The link's own next message (welcome, pong, go-away); `Ok(None)` when there is none, and
     /// an error when the link was idle too long and must be closed.
-    pub fn poll_transmit(&mut self, now: u64, config: &ServerConfig, out: &mut [u8]) -> Result<Option<usize>, LinkError> {
+    pub fn poll_transmit(
+        &mut self,
+        now: u64,
+        config: &ServerConfig,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, LinkError> {
         if now.saturating_sub(self.last_rx) > config.idle_timeout_ms {
             return Err(LinkError::Idle);
         }

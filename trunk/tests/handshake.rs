@@ -1,0 +1,117 @@
+//! The link handshake and the gateway's behaviour a user of it would notice: who gets in, what a
+//! refused gateway is told, sessions beyond capacity, and ids that are never reused in a boot.
+
+use trunk::frame::{self, CloseReason, Frame, RefuseCode};
+use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkError, LinkPhase, OpenError, SessionSlot};
+use trunk::ledger::{Ledger, LedgerSlot};
+use trunk::server::{self, Handshake, HandshakeError, ServerConfig};
+
+fn gateway(secret: &'static [u8], sessions: usize) -> Gateway<Vec<SessionSlot>> {
+    let id = Identity { gateway_id: b"site-1", secret, boot_epoch: 77 };
+    Gateway::new(GatewayConfig::default(), id, 2, vec![SessionSlot::FREE; sessions]).unwrap()
+}
+
+/// Runs a handshake on link 0; returns the server's verdict.
+fn handshake(
+    gw: &mut Gateway<Vec<SessionSlot>>,
+    server_secret: Option<&[u8]>,
+) -> Result<server::ServerLink, HandshakeError> {
+    let config = ServerConfig::default();
+    let mut buf = [0u8; 1024];
+    gw.connected(0, 0, [1; 16]);
+    let hs = Handshake::new([2; 16], 0);
+    let n = hs.challenge(&mut buf).unwrap();
+    gw.handle_message(0, &buf[..n], 1).unwrap();
+    let n = gw.poll_transmit(0, 1, &mut buf).unwrap().expect("a hello");
+    let hello = hs.hello(&buf[..n], &config)?;
+    assert_eq!(hello.gateway_id, b"site-1");
+    hs.verify(&hello, server_secret, 1, 2)
+}
+
+#[test]
+fn the_right_secret_opens_the_link_and_sessions_flow() {
+    let config = ServerConfig::default();
+    let mut gw = gateway(b"s3cret", 8);
+    let mut link = handshake(&mut gw, Some(b"s3cret")).expect("verified");
+    assert_eq!((link.boot_epoch(), link.link_index()), (77, 0));
+    let mut buf = [0u8; 1024];
+    let n = link.poll_transmit(2, &config, &mut buf).unwrap().expect("welcome");
+    gw.handle_message(0, &buf[..n], 3).unwrap();
+    assert_eq!(gw.link_phase(0), LinkPhase::Up);
+
+    let phone = gw.open(Some(b"phone-a")).unwrap();
+    gw.record(phone, 3).unwrap();
+    let n = gw.poll_transmit(0, 4, &mut buf).unwrap().expect("open and count");
+    let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 5);
+    let got = link.handle_message(&buf[..n], 5, &config, &mut ledger, 42).unwrap();
+    assert_eq!((got.opens, got.counts), (1, 1));
+    ledger.begin_flush(10);
+    let row = ledger.rows().next().unwrap();
+    assert_eq!(
+        (row.key.gateway, row.key.boot_epoch, row.total, row.device),
+        (1, 77, 3, Some(&b"phone-a"[..]))
+    );
+    let mut acks = Vec::new();
+    ledger.commit_succeeded(|route, _, e| acks.push((route, e)));
+    assert_eq!(acks[0].0, 42);
+    let n = server::write_acks(&mut acks.into_iter().map(|(_, e)| e).peekable(), &mut buf, &config);
+    assert_eq!(gw.durable(phone), Some(0));
+    gw.handle_message(0, &buf[..n], 6).unwrap();
+    assert_eq!(gw.durable(phone), Some(3));
+    assert_eq!(gw.poll_durable(), Some((phone, 3)));
+    assert_eq!(gw.poll_durable(), None);
+}
+
+#[test]
+fn a_wrong_secret_or_unknown_gateway_is_refused_with_a_reason() {
+    let mut gw = gateway(b"wrong", 8);
+    let err = handshake(&mut gw, Some(b"s3cret")).unwrap_err();
+    assert_eq!(err, HandshakeError::BadProof);
+    assert_eq!(err.refuse_code(), RefuseCode::BAD_PROOF);
+    let mut buf = [0u8; 300];
+    let n = server::write_refuse(err.refuse_code(), err.reason(), &mut buf).unwrap();
+    match frame::decode(&buf[..n], 1024).unwrap().0 {
+        Frame::Refuse(r) => assert_eq!(r.text, b"bad proof"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(gw.handle_message(0, &buf[..n], 3), Err(LinkError::Refused(RefuseCode::BAD_PROOF)));
+    gw.disconnected(0, 3);
+    assert!(gw.reconnect_delay(0, 3, u32::MAX) > 0, "a refused gateway backs off");
+
+    let mut gw = gateway(b"s3cret", 8);
+    assert_eq!(handshake(&mut gw, None).unwrap_err(), HandshakeError::UnknownGateway);
+}
+
+#[test]
+fn a_garbage_first_message_is_a_protocol_error() {
+    let hs = Handshake::new([0; 16], 0);
+    let config = ServerConfig::default();
+    assert!(matches!(hs.hello(b"GET / HTTP/1.1\r\n", &config), Err(HandshakeError::Decode(_))));
+    let mut buf = [0u8; 16];
+    let n = Frame::Ping(1).encode(&mut buf).unwrap();
+    assert_eq!(hs.hello(&buf[..n], &config), Err(HandshakeError::NotHello));
+    assert!(hs.expired(10_001, &config));
+}
+
+#[test]
+fn a_full_gateway_refuses_new_phones_and_never_reuses_an_id() {
+    let mut gw = gateway(b"s", 2);
+    let a = gw.open(None).unwrap();
+    let b = gw.open(None).unwrap();
+    assert_eq!(gw.open(None), Err(OpenError::Full));
+    assert_eq!(gw.open(Some(&[b'x'; 33])), Err(OpenError::DeviceId));
+    gw.close(a, CloseReason::NORMAL).unwrap();
+    // Still full: the close is not yet durable.
+    assert_eq!(gw.open(None), Err(OpenError::Full));
+    assert!(gw.record(a, 1).is_err(), "a closed session takes no more bytes");
+    assert_ne!(a, b);
+}
+
+#[test]
+fn a_silent_link_times_out() {
+    let mut gw = gateway(b"s", 2);
+    gw.connected(1, 0, [0; 16]);
+    let mut buf = [0u8; 512];
+    assert_eq!(gw.poll_transmit(1, 5_000, &mut buf), Ok(None));
+    assert_eq!(gw.poll_transmit(1, 10_001, &mut buf), Err(LinkError::TimedOut));
+}
