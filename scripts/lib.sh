@@ -1,0 +1,65 @@
+# shellcheck shell=bash
+# Helpers shared by the holdfast scripts. Source it; don't run it:
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Repository root (the folder above scripts/).
+HOLDFAST_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export HOLDFAST_ROOT
+
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
+
+# The Debian Rust that builds the thumbv7em firmware (-Zbuild-std needs the
+# compiler and rust-web-src at the same version; 1.96 is in bookworm-security).
+HOLDFAST_MIN_DEBIAN_RUST="1.96"
+export HOLDFAST_MIN_DEBIAN_RUST
+
+hf_log() { printf '==> %s\n' "$*" >&2; }
+hf_warn() { printf 'warning: %s\n' "$*" >&2; }
+hf_die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Runs a command as root: directly when root, else through sudo.
+hf_as_root() {
+  if [ "$(id -u)" -eq 0 ]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    hf_die "'$*' needs root: run this as root or install sudo"
+  fi
+}
+
+# Puts cargo's bin folder (rustup's cargo, cargo-fuzz) first on PATH when it
+# exists. With no rustup, cargo then resolves to Debian's /usr/bin/cargo.
+hf_setup_path() {
+  local bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+  if [ -d "$bin" ]; then
+    case ":$PATH:" in
+      *":$bin:"*) ;;
+      *) PATH="$bin:$PATH" ;;
+    esac
+  fi
+  export PATH
+}
+
+# True when cargo is Debian's (no rustup cargo in front of it).
+hf_host_cargo_is_debian() {
+  local c
+  c="$(command -v cargo 2>/dev/null || true)"
+  [ -z "$c" ] || [ "$c" = /usr/bin/cargo ]
+}
+
+# Exit status 0 when a nightly Rust toolchain is usable through rustup (what
+# `cargo +nightly fuzz` needs); prints its name. Non-zero otherwise: callers
+# such as scripts/fuzz.sh then fall back to a stable harness.
+hf_nightly_available() {
+  command -v rustup >/dev/null 2>&1 || return 1
+  if rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo nightly
+    return 0
+  fi
+  return 1
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Runs every test of holdfast, installing what it needs first (Debian 12, as root
+# or with sudo). CI runs this through .ci/run. Stops at the first failure.
+#
+#   scripts/test.sh
+#
+# Steps: install deps, start PostgreSQL (exports DATABASE_URL), cargo fmt --check,
+# clippy -D warnings, cargo test --workspace, the no_std trunk build for
+# thumbv7em-none-eabihf, and the fuzz smoke run when scripts/fuzz.sh exists.
+# CARGO_TARGET_DIR defaults to "$HOME/.cache/holdfast/target" so builds are
+# reused between runs and clones.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$HOLDFAST_ROOT"
+
+steps_total=7
+step_no=0
+step_name=""
+started=$(date +%s)
+
+step() {
+  step_no=$((step_no + 1))
+  step_name="$1"
+  printf '\n========== [%d/%d] %s ==========\n' "$step_no" "$steps_total" "$step_name"
+}
+on_exit() {
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    printf '\n========== FAILED at [%d/%d] %s (exit %d) ==========\n' \
+      "$step_no" "$steps_total" "$step_name" "$rc" >&2
+  fi
+}
+trap on_exit EXIT
+
+step "install dependencies (scripts/install-deps.sh)"
+bash scripts/install-deps.sh </dev/null
+hf_setup_path
+
+step "start PostgreSQL (scripts/start-postgres.sh)"
+db_line="$(bash scripts/start-postgres.sh </dev/null)"
+case "$db_line" in
+  DATABASE_URL=*) export DATABASE_URL="${db_line#DATABASE_URL=}" ;;
+  *) hf_die "scripts/start-postgres.sh printed no DATABASE_URL line" ;;
+esac
+echo "DATABASE_URL=$DATABASE_URL"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+echo "cargo: $(command -v cargo) ($(cargo --version)); CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test --workspace"
+test_log="$(mktemp)"
+cargo test --workspace 2>&1 | tee "$test_log"
+# Totals over every test binary and doc-test run: "test result: ok. 3 passed; 0 failed; 1 ignored; ..."
+totals="$(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) {
+      if ($(i) ~ /^passed;?$/) p += $(i - 1)
+      if ($(i) ~ /^failed;?$/) f += $(i - 1)
+      if ($(i) ~ /^ignored;?$/) s += $(i - 1)
+    }
+  } END { printf "%d passed, %d failed, %d skipped", p, f, s }' "$test_log")"
+rm -f "$test_log"
+
+step "no_std build for thumbv7em-none-eabihf (scripts/build-thumb.sh -p trunk)"
+bash scripts/build-thumb.sh -p trunk </dev/null
+
+step "fuzz smoke (scripts/fuzz.sh --smoke)"
+if [ -f scripts/fuzz.sh ]; then
+  bash scripts/fuzz.sh --smoke </dev/null
+else
+  echo "scripts/fuzz.sh not present: skipped"
+fi
+
+printf '\n========== all %d steps passed in %ds ==========\n' "$steps_total" "$(($(date +%s) - started))"
+echo "tests: $totals"
