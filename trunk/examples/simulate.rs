@@ -30,7 +30,10 @@ fn main() {
         }
     }
     println!("trunk protocol simulation: {seeds} runs of {steps} chaotic steps, then a calm drain");
-    println!("{:>6} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8}", "run", "drops", "go-away", "crashes", "failed", "commits", "acks");
+    println!(
+        "{:>6} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "run", "drops", "go-away", "crashes", "failed", "commits", "acks"
+    );
     let started = Instant::now();
     let mut total = sim::Stats::default();
     for seed in 1..=seeds {

@@ -420,4 +420,3 @@ pub fn run(seed: u64, steps: usize) -> Stats {
     assert!(w.stats.max_message <= MESSAGE);
     w.stats
 }
-

@@ -1,0 +1,167 @@
+//! Every setting of the aggregator, by flag or environment variable, with its default and why.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The central service of holdfast: terminates gateway trunks and direct phone WebSockets over
+/// TLS 1.3, and persists exact byte counts.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default when no subcommand is given).
+    Serve,
+    /// Provision gateways: their ids and secrets.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Create gateways with fresh secrets; prints `NAME HEXSECRET` per gateway, for the gateway's
+    /// provisioning (and mobile-sim's --gateways-file).
+    Add {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List provisioned gateways (without secrets).
+    List,
+    /// Remove a gateway: its links are refused from then on.
+    Remove { name: String },
+}
+
+/// Settings of the running service.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to listen on (phones, trunks, pages and metrics share it).
+    #[arg(long, env = "HOLDFAST_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+
+    /// Serve plain HTTP/WebSocket instead of TLS: only behind a proxy that terminates TLS.
+    #[arg(long, env = "HOLDFAST_PLAIN")]
+    pub plain: bool,
+
+    /// Postgres URL (postgres://...), or sqlite://PATH. Without it, an SQLite file in --data-dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Where the embedded database and the self-made certificates live.
+    #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "holdfast-data")]
+    pub data_dir: PathBuf,
+
+    /// Server certificate chain (PEM). Without it, a local CA and certificate are made in --data-dir.
+    #[arg(long, env = "HOLDFAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Server private key (PEM).
+    #[arg(long, env = "HOLDFAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Extra names (DNS or IP) for the self-made server certificate.
+    #[arg(long = "tls-san", env = "HOLDFAST_TLS_SANS", value_delimiter = ',')]
+    pub tls_sans: Vec<String>,
+
+    /// Processes sharing the port (SO_REUSEPORT). Each holds at most --max-phones phones: use more
+    /// when the open-file limit of one process is the bound.
+    #[arg(long, env = "HOLDFAST_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// How often counts are written to the database. Shorter: lower flush lag, more transactions.
+    #[arg(long, env = "HOLDFAST_FLUSH_INTERVAL_MS", default_value_t = 200)]
+    pub flush_interval_ms: u64,
+
+    /// Most session rows written by one flush (one transaction).
+    #[arg(long, env = "HOLDFAST_MAX_FLUSH_ROWS", default_value_t = 50_000)]
+    pub max_flush_rows: usize,
+
+    /// Sessions the in-memory ledger holds between commits (rounded down to a power of two,
+    /// filled to 7/8). When full, trunks and phones are not read until a commit frees room:
+    /// memory stays bounded while the database is slow or down.
+    #[arg(long, env = "HOLDFAST_LEDGER_CAPACITY", default_value_t = 1 << 20)]
+    pub ledger_capacity: usize,
+
+    /// Direct phones this process admits; beyond it the upgrade is answered 503.
+    #[arg(long, env = "HOLDFAST_MAX_PHONES", default_value_t = 15_000)]
+    pub max_phones: usize,
+
+    /// Trunk links this process admits; beyond it the upgrade is answered 503.
+    #[arg(long, env = "HOLDFAST_MAX_TRUNKS", default_value_t = 2_000)]
+    pub max_trunks: usize,
+
+    /// Largest WebSocket message a phone may send (bytes); larger closes with 1009.
+    #[arg(long, env = "HOLDFAST_MAX_PHONE_MESSAGE", default_value_t = 4_096)]
+    pub max_phone_message: usize,
+
+    /// Largest WebSocket message a trunk may send (bytes); told to gateways in Welcome.
+    #[arg(long, env = "HOLDFAST_MAX_TRUNK_MESSAGE", default_value_t = 64 * 1024)]
+    pub max_trunk_message: usize,
+
+    /// Time allowed for TCP accept to a complete WebSocket or HTTP request head (TLS included).
+    #[arg(long, env = "HOLDFAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// A direct phone silent this long is closed (1000). Phones should send or ping more often;
+    /// carrier NATs drop idle mappings after a few minutes.
+    #[arg(long, env = "HOLDFAST_PHONE_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    pub phone_idle_timeout_ms: u64,
+
+    /// Gateways are asked to ping at least this often; a trunk silent for 3x is closed.
+    #[arg(long, env = "HOLDFAST_TRUNK_PING_MS", default_value_t = 15_000)]
+    pub trunk_ping_ms: u64,
+
+    /// Time given to trunks and phones to finish when shutting down (SIGTERM).
+    #[arg(long, env = "HOLDFAST_SHUTDOWN_GRACE_MS", default_value_t = 3_000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Token required for /dashboard and its data (?token= or Authorization: Bearer). Empty:
+    /// the dashboard is open, which suits a local run only.
+    #[arg(long, env = "HOLDFAST_DASHBOARD_TOKEN", default_value = "")]
+    pub dashboard_token: String,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "HOLDFAST_DB_CONNECTIONS", default_value_t = 4)]
+    pub db_connections: u32,
+
+    /// Internal: index of this worker process (set by the parent with --workers).
+    #[arg(long, hide = true)]
+    pub worker_index: Option<usize>,
+}
+
+impl Settings {
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn phone_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.phone_idle_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The trunk protocol's settings of the aggregator's end.
+    pub fn trunk(&self) -> trunk::server::ServerConfig {
+        trunk::server::ServerConfig {
+            max_payload_len: trunk::frame::DEFAULT_MAX_PAYLOAD_LEN,
+            max_message_len: self.max_trunk_message,
+            ping_interval_ms: self.trunk_ping_ms,
+            idle_timeout_ms: self.trunk_ping_ms * 3,
+            handshake_timeout_ms: self.handshake_timeout_ms,
+        }
+    }
+}

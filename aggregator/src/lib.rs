@@ -1,0 +1,159 @@
+//! # aggregator: the central service of holdfast
+//!
+//! One listener (TLS 1.3 unless `--plain`) serves phones on `/ws`, gateway trunks on `/trunk`,
+//! probes, metrics and the JSON API. Phones' bytes and trunks' reports meet in one ledger
+//! (`trunk::ledger`), which a single flusher writes to the store in one transaction per flush;
+//! acknowledgements travel back only after the commit.
+//!
+//! - [`config`]: every setting, by flag or environment.
+//! - [`server`]: listener, TLS, HTTP; [`http`]: the routes; [`websocket`]: the upgrade.
+//! - [`phone`]: a direct phone's session; [`trunk_link`]: a gateway's link.
+//! - [`state`]: what connection tasks share; [`flusher`]: ledger to database, then acks.
+//! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
+//! - [`metrics`], [`shutdown`], [`workers`].
+
+pub mod config;
+pub mod flusher;
+pub mod http;
+pub mod metrics;
+pub mod phone;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+pub mod tls;
+pub mod trunk_link;
+pub mod websocket;
+pub mod workers;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use config::{Cli, Command, GatewayCommand, Settings};
+use store::Store;
+
+/// Runs what the command line asks for.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Gateway(cmd)) => gateway_command(cmd, &cli.serve).await,
+        Some(Command::Serve) | None => {
+            let s = cli.serve;
+            if s.workers > 1 && s.worker_index.is_none() {
+                // Migrations and self-made certificates once, before the workers race for them.
+                open_store(&s).await?.close().await;
+                if !s.plain {
+                    tls_config(&s)?;
+                }
+                workers::supervise(s.workers).await
+            } else {
+                serve(s).await
+            }
+        }
+    }
+}
+
+async fn open_store(s: &Settings) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create {}", s.data_dir.display()))?;
+    Store::open(s.database_url.as_deref(), &s.data_dir, s.db_connections).await
+}
+
+async fn gateway_command(cmd: GatewayCommand, s: &Settings) -> anyhow::Result<()> {
+    let store = open_store(s).await?;
+    match cmd {
+        GatewayCommand::Add { names } => {
+            for name in names {
+                anyhow::ensure!(
+                    !name.is_empty() && name.len() <= trunk::frame::MAX_GATEWAY_ID_LEN,
+                    "a gateway name is 1 to {} bytes",
+                    trunk::frame::MAX_GATEWAY_ID_LEN
+                );
+                let g = store.gateway_add(&name).await?;
+                let hex: String = g.secret.iter().map(|b| format!("{b:02x}")).collect();
+                println!("{} {hex}", g.name);
+            }
+        }
+        GatewayCommand::List => {
+            for g in store.gateway_list().await? {
+                println!(
+                    "{}\t{}\tcreated {}\tlast seen {}",
+                    g.number,
+                    g.name,
+                    g.created,
+                    g.last_seen.as_deref().unwrap_or("never")
+                );
+            }
+        }
+        GatewayCommand::Remove { name } => {
+            anyhow::ensure!(store.gateway_remove(&name).await?, "no gateway named {name}");
+            println!("removed {name}");
+        }
+    }
+    Ok(())
+}
+
+/// Loads or makes the TLS configuration, printing the CA's path when it is self-made.
+fn tls_config(s: &Settings) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (config, ca) = tls::server_config(
+        s.tls_cert.as_deref(),
+        s.tls_key.as_deref(),
+        &s.data_dir,
+        &s.tls_sans,
+        &[b"http/1.1"],
+    )?;
+    if let Some(ca) = ca {
+        // Printed, not logged: gateways and mobile-sim need this path to pin the CA. Workers
+        // leave it to their parent.
+        if s.worker_index.is_none() {
+            let ca = ca.canonicalize().unwrap_or(ca);
+            println!("CA certificate (pin it in gateways and mobile-sim): {}", ca.display());
+        }
+    }
+    Ok(config)
+}
+
+/// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+pub async fn serve(s: Settings) -> anyhow::Result<()> {
+    let store = open_store(&s).await?;
+    info!(store = store.kind(), "store ready, migrations applied");
+    let tls = if s.plain {
+        warn!("serving plain HTTP: only behind a proxy that terminates TLS");
+        None
+    } else {
+        Some(tokio_rustls::TlsAcceptor::from(tls_config(&s)?))
+    };
+    let listener =
+        server::bind(s.listen, s.workers > 1).with_context(|| format!("cannot listen on {}", s.listen))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!(
+        "listening on {scheme}://{} (phones: /ws, trunks: /trunk, metrics: /metrics)",
+        listener.local_addr()?
+    );
+
+    let (stop_tx, stop_rx) = shutdown::channel();
+    let (flush_stop_tx, flush_stop_rx) = shutdown::channel();
+    let grace = s.shutdown_grace();
+    let shared = Arc::new(state::Shared::new(s, store, stop_rx));
+    let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx));
+    let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls));
+
+    shutdown::signal().await;
+    info!("shutting down: go-away to trunks, close 1001 to phones");
+    let _ = stop_tx.send(true);
+    let _ = acceptor.await;
+    let (max_phones, max_trunks) = (shared.settings.max_phones, shared.settings.max_trunks);
+    let drained = shutdown::wait_until(grace + std::time::Duration::from_secs(1), || {
+        shared.phones.available_permits() == max_phones && shared.trunks.available_permits() == max_trunks
+    })
+    .await;
+    if !drained {
+        warn!("some connections did not finish within the grace period");
+    }
+    let _ = flush_stop_tx.send(true);
+    let _ = flusher.await;
+    shared.store.close().await;
+    info!("stopped");
+    Ok(())
+}

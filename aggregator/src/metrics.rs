@@ -1,0 +1,129 @@
+//! Prometheus metrics, served as text at `/metrics`, and the live figures the dashboard shows.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Why a connection or link was refused; the label of `holdfast_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+/// Which kind of client; the label of per-path counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Path {
+    pub path: &'static str,
+}
+
+/// Every metric of one aggregator process. Cheap to clone (shared atomics).
+#[derive(Clone)]
+pub struct Metrics {
+    pub direct_sessions: Gauge,
+    pub trunks: Gauge,
+    pub gateways: Gauge,
+    pub trunk_sessions_opened: Counter,
+    pub trunk_sessions_closed: Counter,
+    pub phone_bytes: Counter,
+    pub trunk_count_reports: Counter,
+    pub ledger_entries: Gauge,
+    pub flushes: Counter,
+    pub flush_rows: Counter,
+    pub flush_lag: Histogram,
+    pub flush_duration: Histogram,
+    pub db_errors: Counter,
+    pub refused: Family<Reason, Counter>,
+    pub closed_bad_input: Family<Reason, Counter>,
+    pub persisted_bytes: Gauge,
+    pub persisted_sessions: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> (Self, Registry) {
+        let m = Metrics {
+            direct_sessions: Gauge::default(),
+            trunks: Gauge::default(),
+            gateways: Gauge::default(),
+            trunk_sessions_opened: Counter::default(),
+            trunk_sessions_closed: Counter::default(),
+            phone_bytes: Counter::default(),
+            trunk_count_reports: Counter::default(),
+            ledger_entries: Gauge::default(),
+            flushes: Counter::default(),
+            flush_rows: Counter::default(),
+            flush_lag: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            db_errors: Counter::default(),
+            refused: Family::default(),
+            closed_bad_input: Family::default(),
+            persisted_bytes: Gauge::default(),
+            persisted_sessions: Gauge::default(),
+        };
+        let mut r = Registry::with_prefix("holdfast");
+        r.register(
+            "direct_sessions",
+            "Phones connected straight to this aggregator",
+            m.direct_sessions.clone(),
+        );
+        r.register("trunks", "Authenticated gateway trunk links", m.trunks.clone());
+        r.register("gateways", "Gateways with at least one trunk link here", m.gateways.clone());
+        r.register(
+            "trunk_sessions_opened",
+            "Session opens reported by trunks (replays included)",
+            m.trunk_sessions_opened.clone(),
+        );
+        r.register(
+            "trunk_sessions_closed",
+            "Session closes reported by trunks (replays included)",
+            m.trunk_sessions_closed.clone(),
+        );
+        r.register("phone_bytes", "Payload bytes received from direct phones", m.phone_bytes.clone());
+        r.register(
+            "trunk_count_reports",
+            "Cumulative count entries received on trunks",
+            m.trunk_count_reports.clone(),
+        );
+        r.register("ledger_entries", "Sessions waiting in the ledger for a commit", m.ledger_entries.clone());
+        r.register("flushes", "Committed flushes", m.flushes.clone());
+        r.register("flush_rows", "Session rows written by committed flushes", m.flush_rows.clone());
+        r.register(
+            "flush_lag_seconds",
+            "Age of the oldest report a flush committed, at commit",
+            m.flush_lag.clone(),
+        );
+        r.register("flush_duration_seconds", "Time a flush's transaction took", m.flush_duration.clone());
+        r.register("db_errors", "Flushes whose transaction failed (they are retried)", m.db_errors.clone());
+        r.register("refused", "Connections and links refused, by reason", m.refused.clone());
+        r.register(
+            "closed_bad_input",
+            "Sessions closed for bad input, by reason",
+            m.closed_bad_input.clone(),
+        );
+        r.register(
+            "persisted_bytes",
+            "Bytes the database holds over all sessions",
+            m.persisted_bytes.clone(),
+        );
+        r.register("persisted_sessions", "Sessions the database holds", m.persisted_sessions.clone());
+        (m, r)
+    }
+
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub fn bad_input(&self, reason: &'static str) {
+        self.closed_bad_input.get_or_create(&Reason { reason }).inc();
+    }
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}

@@ -1,0 +1,111 @@
+//! A phone connected straight to the aggregator (no gateway nearby), on `/ws`.
+//!
+//! Every payload byte of every binary or text message counts. The phone's session is a ledger
+//! entry like any trunk session (gateway number 0, this process's epoch, a fresh session id), so
+//! its bytes take the same path to the database. After each commit that holds new bytes of it, the
+//! phone is sent `{"durable":N}`: N bytes of this connection are safe.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::debug;
+use trunk::frame::CloseReason;
+use trunk::ledger::{SessionKey, Update, DIRECT};
+
+use crate::state::{PhoneMailbox, Route, Shared};
+use crate::websocket::close;
+
+/// The message telling a phone its durable total (shared with gateways: the same text).
+pub fn durable_message(total: u64) -> String {
+    format!("{{\"durable\":{total}}}")
+}
+
+/// Serves one phone until it leaves, breaks the protocol, goes idle, or the process shuts down.
+pub async fn serve<S>(
+    shared: Arc<Shared>,
+    mut ws: WebSocketStream<S>,
+    device: Option<String>,
+    permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let route = shared.next_route();
+    let key = SessionKey { gateway: DIRECT, boot_epoch: shared.epoch, session: u64::from(route) };
+    let mailbox = Arc::new(PhoneMailbox::default());
+    shared.register(route, Route::Phone(mailbox.clone()));
+    shared.metrics.direct_sessions.inc();
+    // The session row exists from the first flush on, with its device.
+    let open = Update { total: Some(0), device: device.as_deref().map(str::as_bytes), closed: None };
+    shared.record(key, route, open).await;
+
+    let mut shutdown = shared.shutdown.clone();
+    let idle = shared.settings.phone_idle_timeout();
+    let mut total = 0u64;
+    let mut told = 0u64;
+    let reason = loop {
+        let received = tokio::select! {
+            _ = crate::shutdown::requested(&mut shutdown) => {
+                close(&mut ws, CloseCode::Away, "server shutting down").await;
+                break CloseReason::SHUTDOWN;
+            }
+            _ = mailbox.notify.notified() => {
+                let durable = mailbox.durable.load(Ordering::Relaxed);
+                if durable > told {
+                    told = durable;
+                    if ws.send(Message::text(durable_message(durable))).await.is_err() {
+                        break CloseReason::LOST;
+                    }
+                }
+                continue;
+            }
+            next = tokio::time::timeout(idle, ws.next()) => next,
+        };
+        let bytes = match received {
+            Err(_elapsed) => {
+                close(&mut ws, CloseCode::Normal, "idle timeout").await;
+                break CloseReason::IDLE;
+            }
+            Ok(None) => break CloseReason::LOST,
+            Ok(Some(Ok(Message::Binary(b)))) => b.len(),
+            Ok(Some(Ok(Message::Text(t)))) => t.len(),
+            Ok(Some(Ok(Message::Close(_)))) => break CloseReason::NORMAL,
+            Ok(Some(Ok(_ping_pong_or_frame))) => continue,
+            Ok(Some(Err(e))) => break bad_input(&shared, &mut ws, e).await,
+        };
+        if bytes > 0 {
+            total += bytes as u64;
+            shared.metrics.phone_bytes.inc_by(bytes as u64);
+            shared.record(key, route, Update { total: Some(total), ..Update::default() }).await;
+        }
+    };
+    debug!(route, total, reason = reason.0, "phone session ended");
+    shared.record(key, route, Update { total: Some(total), closed: Some(reason), device: None }).await;
+    shared.unregister(route);
+    shared.metrics.direct_sessions.dec();
+    drop(permit);
+}
+
+/// Maps a WebSocket error to the close code the phone is told, a metric and a close reason.
+async fn bad_input<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    ws: &mut WebSocketStream<S>,
+    e: WsError,
+) -> CloseReason {
+    let (code, reason) = match &e {
+        WsError::Capacity(_) => (CloseCode::Size, "message too large"),
+        WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+        WsError::Utf8(_) => (CloseCode::Invalid, "invalid utf-8"),
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => return CloseReason::LOST,
+        _ => (CloseCode::Protocol, "protocol error"),
+    };
+    shared.metrics.bad_input(reason);
+    debug!(error = %e, "phone closed for bad input");
+    close(ws, code, reason).await;
+    CloseReason::PROTOCOL_ERROR
+}

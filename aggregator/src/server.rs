@@ -1,0 +1,109 @@
+//! The listener: accepts TCP, terminates TLS 1.3 (unless `--plain`), and serves HTTP/1.1 with
+//! upgrades on every connection, with a timeout on everything before the request head.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::state::Shared;
+
+/// Binds `addr`; with `reuse_port`, several worker processes can listen on the same port and the
+/// kernel spreads connections among them.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // A deep backlog: phones reconnecting together arrive in bursts.
+    socket.listen(4096)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts connections until shutdown begins.
+pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = crate::shutdown::requested(&mut shutdown) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(connection(shared.clone(), tcp, peer, tls.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: the open-file limit is the bound of this process. Refusing
+                // by not accepting lets the backlog (and the balancer) absorb the burst.
+                shared.metrics.refuse("accept failed");
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+    match tls {
+        None => serve_http(shared, tcp, peer).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(shared.settings.handshake_timeout(), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => serve_http(shared, stream, peer).await,
+                Ok(Err(e)) => {
+                    shared.metrics.refuse("tls handshake failed");
+                    debug!(%peer, error = %e, "tls handshake failed");
+                }
+                Err(_) => {
+                    shared.metrics.refuse("handshake timeout");
+                    debug!(%peer, "tls handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_http<I>(shared: Arc<Shared>, io: I, peer: SocketAddr)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let timeout = shared.settings.handshake_timeout();
+    let mut shutdown = shared.shutdown.clone();
+    let svc = {
+        let shared = shared.clone();
+        service_fn(move |req| crate::http::route(shared.clone(), peer, req))
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = crate::shutdown::requested(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            shared.metrics.refuse("handshake timeout");
+        } else if e.is_parse() || e.is_parse_too_large() {
+            shared.metrics.refuse("bad http request");
+        }
+        debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}

@@ -1,0 +1,354 @@
+//! The database: provisioned gateways and per-session byte counts, in PostgreSQL (several
+//! aggregators sharing one database) or SQLite (a single aggregator, a file in its data folder).
+//!
+//! The schema lives in `migrations/{postgres,sqlite}`; both are embedded in the binary and applied
+//! by [`Store::open`]. What [`Store::write_flush`] writes is what the ledger
+//! ([`trunk::ledger`]) flushed: one row per session that changed. The write is idempotent and
+//! monotonic — the stored count only grows (`GREATEST`), the device id and the close are set
+//! once — so replays, retries after a failed commit, and two aggregators writing the same session
+//! concurrently all leave the same, exact result.
+
+mod postgres;
+mod sqlite;
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use anyhow::Context as _;
+use trunk::ledger::SessionKey;
+
+/// A connection pool to the database. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub enum Store {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// What one flush writes for one session (an owned [`trunk::ledger::Row`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushRow {
+    pub key: SessionKey,
+    /// The largest count reported; the store keeps the larger of this and what it has.
+    pub total: u64,
+    /// The session's device id, if known; the first one stored stays.
+    pub device: Option<String>,
+    /// The session ended, with this close reason code ([`trunk::frame::CloseReason`]).
+    pub closed: Option<u8>,
+}
+
+/// A provisioned gateway.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GatewayRecord {
+    /// The gateway's number in session keys (its database id, >= 1).
+    pub number: u32,
+    pub name: String,
+    /// The shared secret it authenticates with (32 random bytes).
+    pub secret: Vec<u8>,
+    /// When it last connected, ISO-8601 in UTC (`2025-01-31T12:34:56.789Z`).
+    pub last_seen: Option<String>,
+    /// When it was provisioned, same format.
+    pub created: String,
+}
+
+impl std::fmt::Debug for GatewayRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keep the secret out of logs.
+        f.debug_struct("GatewayRecord")
+            .field("number", &self.number)
+            .field("name", &self.name)
+            .field("secret", &format_args!("<{} bytes>", self.secret.len()))
+            .field("last_seen", &self.last_seen)
+            .field("created", &self.created)
+            .finish()
+    }
+}
+
+/// One stored session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub key: SessionKey,
+    pub device: Option<String>,
+    pub bytes: u64,
+    pub closed: bool,
+    pub close_reason: Option<u8>,
+}
+
+/// [`Store::gateway_add`] was given a name that is already provisioned. Returned inside the
+/// `anyhow::Error`; find it with `err.downcast_ref::<GatewayExists>()`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a gateway named {0:?} already exists")]
+pub struct GatewayExists(pub String);
+
+/// Rows per statement in a Postgres flush (all in one transaction).
+pub(crate) const PG_CHUNK_ROWS: usize = 10_000;
+
+/// A flush row ready for the database: integers as stored, device cleaned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DbRow<'a> {
+    pub gateway: u32,
+    pub boot_epoch: i64,
+    pub session: i64,
+    pub device: Option<Cow<'a, str>>,
+    pub bytes: i64,
+    pub close_reason: Option<i16>,
+}
+
+/// Sorts `rows` by key (so that every writer locks rows in the same order: two aggregators
+/// flushing overlapping sessions cannot deadlock) and merges rows with the same key (a single
+/// Postgres statement may not touch a row twice): the larger count, the first device, the first
+/// close.
+pub(crate) fn prepare(rows: &[FlushRow]) -> Vec<DbRow<'_>> {
+    let mut sorted: Vec<&FlushRow> = rows.iter().collect();
+    sorted.sort_by_key(|r| r.key);
+    let mut out: Vec<DbRow<'_>> = Vec::with_capacity(sorted.len());
+    let mut last: Option<SessionKey> = None;
+    for row in sorted {
+        let bytes = i64::try_from(row.total).unwrap_or(i64::MAX);
+        let device = row.device.as_deref().map(clean_device);
+        let close_reason = row.closed.map(i16::from);
+        if last == Some(row.key) {
+            let prev = out.last_mut().expect("a previous row");
+            prev.bytes = prev.bytes.max(bytes);
+            if prev.device.is_none() {
+                prev.device = device;
+            }
+            if prev.close_reason.is_none() {
+                prev.close_reason = close_reason;
+            }
+            continue;
+        }
+        last = Some(row.key);
+        out.push(DbRow {
+            gateway: row.key.gateway,
+            boot_epoch: row.key.boot_epoch as i64,
+            session: row.key.session as i64,
+            device,
+            bytes,
+            close_reason,
+        });
+    }
+    out
+}
+
+/// PostgreSQL text cannot hold NUL: one such device id would fail every flush that carries it
+/// (forever, since a failed flush is retried). Replace it, in both databases alike.
+fn clean_device(device: &str) -> Cow<'_, str> {
+    if device.contains('\0') {
+        Cow::Owned(device.replace('\0', "\u{fffd}"))
+    } else {
+        Cow::Borrowed(device)
+    }
+}
+
+/// The stored form of a u64 key part or count, back to u64 (keys: same bit pattern).
+pub(crate) fn key_from_db(gateway: i64, boot_epoch: i64, session: i64) -> SessionKey {
+    SessionKey { gateway: gateway as u32, boot_epoch: boot_epoch as u64, session: session as u64 }
+}
+
+/// A stored count (never negative: the schema checks it) as u64.
+pub(crate) fn count_from_db(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// Whether `e` is a unique-constraint violation.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// 32 random bytes from the thread's CSPRNG (ChaCha, seeded from the OS).
+pub(crate) fn new_secret() -> Vec<u8> {
+    rand::random::<[u8; 32]>().to_vec()
+}
+
+impl Store {
+    /// Opens the database and applies the embedded migrations.
+    ///
+    /// `url`: `postgres://…` (or `postgresql://…`) for PostgreSQL, `sqlite://path` (or
+    /// `sqlite:path`) for SQLite; `None`: the SQLite file `data_dir/holdfast.db` (created with
+    /// `data_dir` if missing). SQLite runs in WAL mode with `synchronous=FULL`, so a commit is
+    /// durable when it returns. `max_connections` sizes the pool.
+    pub async fn open(url: Option<&str>, data_dir: &Path, max_connections: u32) -> anyhow::Result<Store> {
+        let max_connections = max_connections.max(1);
+        match url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                postgres::open(url, max_connections).await.map(Store::Postgres)
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                sqlite::open(sqlite::options_from_url(url)?, max_connections).await.map(Store::Sqlite)
+            }
+            Some(url) => anyhow::bail!(
+                "unsupported database URL {:?}: expected postgres://… or sqlite://…",
+                redact(url)
+            ),
+            None => {
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("creating data folder {}", data_dir.display()))?;
+                let path = data_dir.join("holdfast.db");
+                sqlite::open(sqlite::options_for_file(&path), max_connections).await.map(Store::Sqlite)
+            }
+        }
+    }
+
+    /// `"postgres"` or `"sqlite"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Writes one flush in one transaction. Per session: insert, or update keeping the larger
+    /// count, the first device id and the first close (`closed_at` = now, `close_reason`);
+    /// `last_byte_at` = now when the count grew, `opened_at` = now on insert. A row that would
+    /// change nothing (a replay) is not rewritten. Rows are written in key order.
+    pub async fn write_flush(&self, rows: &[FlushRow]) -> anyhow::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows = prepare(rows);
+        match self {
+            Store::Postgres(pool) => postgres::write_flush(pool, &rows).await,
+            Store::Sqlite(pool) => sqlite::write_flush(pool, &rows).await,
+        }
+        .with_context(|| format!("writing a flush of {} sessions", rows.len()))
+    }
+
+    /// Provisions a gateway with a random 32-byte secret. Fails with [`GatewayExists`] if the
+    /// name is taken (and on an empty name).
+    pub async fn gateway_add(&self, name: &str) -> anyhow::Result<GatewayRecord> {
+        anyhow::ensure!(!name.is_empty(), "a gateway name must not be empty");
+        let secret = new_secret();
+        match self {
+            Store::Postgres(pool) => postgres::gateway_add(pool, name, secret).await,
+            Store::Sqlite(pool) => sqlite::gateway_add(pool, name, secret).await,
+        }
+    }
+
+    /// The gateway named `name`, if provisioned.
+    pub async fn gateway_get(&self, name: &str) -> anyhow::Result<Option<GatewayRecord>> {
+        match self {
+            Store::Postgres(pool) => postgres::gateway_get(pool, name).await,
+            Store::Sqlite(pool) => sqlite::gateway_get(pool, name).await,
+        }
+    }
+
+    /// All provisioned gateways, by number.
+    pub async fn gateway_list(&self) -> anyhow::Result<Vec<GatewayRecord>> {
+        match self {
+            Store::Postgres(pool) => postgres::gateway_list(pool).await,
+            Store::Sqlite(pool) => sqlite::gateway_list(pool).await,
+        }
+    }
+
+    /// Removes the gateway named `name`; whether it existed. Its sessions stay (and its number
+    /// is never reused).
+    pub async fn gateway_remove(&self, name: &str) -> anyhow::Result<bool> {
+        match self {
+            Store::Postgres(pool) => postgres::gateway_remove(pool, name).await,
+            Store::Sqlite(pool) => sqlite::gateway_remove(pool, name).await,
+        }
+    }
+
+    /// Records that gateway `number` connected now (nothing happens for an unknown number).
+    pub async fn gateway_seen(&self, number: u32) -> anyhow::Result<()> {
+        match self {
+            Store::Postgres(pool) => postgres::gateway_seen(pool, number).await,
+            Store::Sqlite(pool) => sqlite::gateway_seen(pool, number).await,
+        }
+    }
+
+    /// Per-device totals (sum of bytes over the sessions of the device) for the devices whose id
+    /// starts with `prefix` (case-sensitive, no wildcards; `""` = all), sorted by device.
+    pub async fn device_totals(&self, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
+        match self {
+            Store::Postgres(pool) => postgres::device_totals(pool, prefix).await,
+            Store::Sqlite(pool) => sqlite::device_totals(pool, prefix).await,
+        }
+    }
+
+    /// One stored session.
+    pub async fn session(&self, key: SessionKey) -> anyhow::Result<Option<SessionRecord>> {
+        match self {
+            Store::Postgres(pool) => postgres::session(pool, key).await,
+            Store::Sqlite(pool) => sqlite::session(pool, key).await,
+        }
+    }
+
+    /// (number of session rows, sum of their bytes). Reads the whole table: fine for a dashboard,
+    /// too slow for a frequent health check on a large database (use [`Store::ping`] there).
+    pub async fn summary(&self) -> anyhow::Result<(u64, u64)> {
+        match self {
+            Store::Postgres(pool) => postgres::summary(pool).await,
+            Store::Sqlite(pool) => sqlite::summary(pool).await,
+        }
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match self {
+            Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+        .context("database ping")
+    }
+
+    /// Closes the pool: waits for connections in use to be returned, then closes them all (for
+    /// SQLite this checkpoints the WAL). Call once at shutdown, after the last flush.
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(pool) => pool.close().await,
+            Store::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// `url` without its password, for error messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(gateway: u32, session: u64) -> SessionKey {
+        SessionKey { gateway, boot_epoch: 7, session }
+    }
+
+    #[test]
+    fn prepare_sorts_and_merges() {
+        let rows = vec![
+            FlushRow { key: key(2, 1), total: 5, device: None, closed: None },
+            FlushRow { key: key(1, 9), total: 3, device: Some("a".into()), closed: Some(2) },
+            FlushRow { key: key(2, 1), total: 9, device: Some("b\0c".into()), closed: Some(4) },
+            FlushRow { key: key(1, 9), total: 1, device: Some("z".into()), closed: Some(0) },
+            FlushRow { key: key(0, u64::MAX), total: u64::MAX, device: None, closed: None },
+        ];
+        let out = prepare(&rows);
+        assert_eq!(out.len(), 3);
+        assert_eq!((out[0].gateway, out[0].session, out[0].bytes), (0, -1, i64::MAX));
+        assert_eq!(out[1].gateway, 1);
+        assert_eq!((out[1].bytes, out[1].device.as_deref(), out[1].close_reason), (3, Some("a"), Some(2)));
+        assert_eq!(out[2].gateway, 2);
+        assert_eq!(
+            (out[2].bytes, out[2].device.as_deref(), out[2].close_reason),
+            (9, Some("b\u{fffd}c"), Some(4))
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("mysql://h/db"), "mysql://h/db");
+    }
+}

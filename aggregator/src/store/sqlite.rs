@@ -1,0 +1,223 @@
+//! The SQLite side of [`super::Store`].
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row as _, SqlitePool};
+use trunk::ledger::SessionKey;
+
+use super::{
+    count_from_db, is_unique_violation, key_from_db, DbRow, GatewayExists, GatewayRecord, SessionRecord,
+};
+
+/// How long a writer waits for another's transaction before giving up (`SQLITE_BUSY`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The current time as stored: ISO-8601 in UTC with milliseconds.
+macro_rules! now {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    };
+}
+
+pub(super) fn options_from_url(url: &str) -> anyhow::Result<SqliteConnectOptions> {
+    SqliteConnectOptions::from_str(url).with_context(|| format!("parsing the SQLite URL {url:?}"))
+}
+
+pub(super) fn options_for_file(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new().filename(path)
+}
+
+pub(super) async fn open(options: SqliteConnectOptions, max_connections: u32) -> anyhow::Result<SqlitePool> {
+    let file = options.get_filename().display().to_string();
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: the WAL is synced at every commit, so a commit that returned survives a power cut.
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .connect_with(options)
+        .await
+        .with_context(|| format!("opening the SQLite database {file}"))?;
+    sqlx::migrate!("./migrations/sqlite").run(&pool).await.context("applying the SQLite migrations")?;
+    Ok(pool)
+}
+
+/// The upsert of `rows` sessions in one statement. The parameters are anonymous (`?`, bound in
+/// order: 8 per session, count and close reason twice): sqlx asks SQLite for the name of each
+/// numbered parameter (`?NNN`), a linear scan, which makes binding a large statement quadratic. In the DO UPDATE part
+/// a bare column is the stored value, `excluded.` the written one; every SET sees the values from
+/// before the update. Rows that would change nothing (a replay) are not rewritten.
+fn upsert_sql(rows: usize) -> String {
+    let now = now!();
+    let mut sql = String::from(
+        "INSERT INTO sessions (gateway_id, boot_epoch, session_id, device, opened_at, closed_at, \
+         close_reason, bytes, last_byte_at) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(",\n");
+        }
+        // gateway, boot_epoch, session, device, close_reason (twice), bytes (twice)
+        sql.push_str(&format!(
+            "(?, ?, ?, ?, {now}, CASE WHEN ? IS NULL THEN NULL ELSE {now} END, ?, ?, \
+             CASE WHEN ? > 0 THEN {now} ELSE NULL END)"
+        ));
+    }
+    sql.push_str(
+        "\nON CONFLICT (gateway_id, boot_epoch, session_id) DO UPDATE SET
+            bytes        = max(bytes, excluded.bytes),
+            device       = coalesce(device, excluded.device),
+            closed_at    = coalesce(closed_at, excluded.closed_at),
+            close_reason = CASE WHEN closed_at IS NULL THEN excluded.close_reason ELSE close_reason END,
+            last_byte_at = CASE WHEN excluded.bytes > bytes THEN excluded.last_byte_at ELSE last_byte_at END
+        WHERE excluded.bytes > bytes
+           OR (device IS NULL AND excluded.device IS NOT NULL)
+           OR (closed_at IS NULL AND excluded.closed_at IS NOT NULL)",
+    );
+    sql
+}
+
+/// Sessions per statement: a flush is written as statements of this many sessions, then the rest
+/// in decreasing powers of two, so a connection prepares (and caches) at most 7 different
+/// statements. Larger statements measured slower (SQLite's bind and parse costs grow faster than
+/// linearly); one statement per session costs a round trip to sqlx's SQLite thread each.
+const MAX_ROWS_PER_STATEMENT: usize = 64;
+
+/// The upsert statement for 2^k rows, built once.
+fn upsert(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL
+        .get_or_init(|| (0..=MAX_ROWS_PER_STATEMENT.trailing_zeros()).map(|k| upsert_sql(1 << k)).collect());
+    debug_assert!(rows.is_power_of_two() && rows <= MAX_ROWS_PER_STATEMENT);
+    &all[rows.trailing_zeros() as usize]
+}
+
+pub(super) async fn write_flush(pool: &SqlitePool, rows: &[DbRow<'_>]) -> anyhow::Result<()> {
+    // IMMEDIATE: take the write lock up front (waiting up to BUSY_TIMEOUT for another writer),
+    // rather than failing on upgrade from a read lock midway.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = if rest.len() >= MAX_ROWS_PER_STATEMENT {
+            MAX_ROWS_PER_STATEMENT
+        } else {
+            1 << (usize::BITS - 1 - rest.len().leading_zeros())
+        };
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        let mut query = sqlx::query(upsert(n));
+        for row in chunk {
+            query = query
+                .bind(i64::from(row.gateway))
+                .bind(row.boot_epoch)
+                .bind(row.session)
+                .bind(row.device.as_deref())
+                .bind(row.close_reason)
+                .bind(row.close_reason)
+                .bind(row.bytes)
+                .bind(row.bytes);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+const GATEWAY_COLUMNS: &str = "id, name, secret, last_seen, created_at AS created";
+
+fn gateway_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<GatewayRecord> {
+    let id: i64 = row.try_get("id")?;
+    Ok(GatewayRecord {
+        number: u32::try_from(id).context("gateway id out of range")?,
+        name: row.try_get("name")?,
+        secret: row.try_get("secret")?,
+        last_seen: row.try_get("last_seen")?,
+        created: row.try_get("created")?,
+    })
+}
+
+pub(super) async fn gateway_add(
+    pool: &SqlitePool,
+    name: &str,
+    secret: Vec<u8>,
+) -> anyhow::Result<GatewayRecord> {
+    let sql = format!("INSERT INTO gateways (name, secret) VALUES (?1, ?2) RETURNING {GATEWAY_COLUMNS}");
+    match sqlx::query(&sql).bind(name).bind(secret).fetch_one(pool).await {
+        Ok(row) => gateway_from_row(&row),
+        Err(e) if is_unique_violation(&e) => Err(GatewayExists(name.to_owned()).into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("adding gateway {name:?}"))),
+    }
+}
+
+pub(super) async fn gateway_get(pool: &SqlitePool, name: &str) -> anyhow::Result<Option<GatewayRecord>> {
+    let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE name = ?1");
+    let row = sqlx::query(&sql).bind(name).fetch_optional(pool).await?;
+    row.as_ref().map(gateway_from_row).transpose()
+}
+
+pub(super) async fn gateway_list(pool: &SqlitePool) -> anyhow::Result<Vec<GatewayRecord>> {
+    let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways ORDER BY id");
+    let rows = sqlx::query(&sql).fetch_all(pool).await?;
+    rows.iter().map(gateway_from_row).collect()
+}
+
+pub(super) async fn gateway_remove(pool: &SqlitePool, name: &str) -> anyhow::Result<bool> {
+    let done = sqlx::query("DELETE FROM gateways WHERE name = ?1").bind(name).execute(pool).await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(super) async fn gateway_seen(pool: &SqlitePool, number: u32) -> anyhow::Result<()> {
+    sqlx::query(concat!("UPDATE gateways SET last_seen = ", now!(), " WHERE id = ?1"))
+        .bind(i64::from(number))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn device_totals(pool: &SqlitePool, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    // Not LIKE: it is case-insensitive in SQLite and treats % and _ as wildcards.
+    let rows = sqlx::query(
+        "SELECT device, bytes FROM device_totals WHERE substr(device, 1, length(?1)) = ?1 ORDER BY device",
+    )
+    .bind(prefix)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get::<String, _>("device")?, count_from_db(row.try_get("bytes")?))))
+        .collect()
+}
+
+pub(super) async fn session(pool: &SqlitePool, key: SessionKey) -> anyhow::Result<Option<SessionRecord>> {
+    let row = sqlx::query(
+        "SELECT gateway_id, boot_epoch, session_id, device, bytes, closed_at IS NOT NULL AS closed, \
+         close_reason FROM sessions WHERE gateway_id = ?1 AND boot_epoch = ?2 AND session_id = ?3",
+    )
+    .bind(i64::from(key.gateway))
+    .bind(key.boot_epoch as i64)
+    .bind(key.session as i64)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let reason: Option<i64> = row.try_get("close_reason")?;
+    Ok(Some(SessionRecord {
+        key: key_from_db(row.try_get("gateway_id")?, row.try_get("boot_epoch")?, row.try_get("session_id")?),
+        device: row.try_get("device")?,
+        bytes: count_from_db(row.try_get("bytes")?),
+        closed: row.try_get("closed")?,
+        close_reason: reason.map(|r| r as u8),
+    }))
+}
+
+pub(super) async fn summary(pool: &SqlitePool) -> anyhow::Result<(u64, u64)> {
+    let row = sqlx::query("SELECT count(*) AS n, COALESCE(sum(bytes), 0) AS bytes FROM sessions")
+        .fetch_one(pool)
+        .await?;
+    Ok((count_from_db(row.try_get("n")?), count_from_db(row.try_get("bytes")?)))
+}

@@ -1,0 +1,223 @@
+//! A gateway's trunk link, on `/trunk` (WebSocket subprotocol `trunk.v1`).
+//!
+//! One task per link, never one per session: a link's sessions are entries of the shared ledger.
+//! The trunk crate does the protocol (handshake, frames, what to record); this task moves bytes
+//! between it, the socket and the ledger, and enforces backpressure: while the ledger lacks room,
+//! the socket is not read, TCP fills up, and the gateway keeps its counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{info, warn};
+use trunk::frame::GoAwayReason;
+use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
+
+use crate::state::{Route, Shared};
+use crate::websocket::close;
+
+/// What gateways are told to wait before reconnecting when this process shuts down: long enough
+/// for the balancer to stop sending them here, short enough to be back within seconds.
+const GO_AWAY_RETRY_MS: u64 = 1_000;
+
+type Ws<S> = WebSocketStream<S>;
+
+/// Serves one trunk link until it closes.
+pub async fn serve<S>(shared: Arc<Shared>, mut ws: Ws<S>, peer: String, permit: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = shared.settings.trunk();
+    let mut nonce = [0u8; trunk::frame::NONCE_LEN];
+    rand::fill(&mut nonce);
+    let handshake = Handshake::new(nonce, shared.now_ms());
+    let mut buf = vec![0u8; config.max_message_len.max(trunk::gateway::MIN_TRANSMIT_BUFFER)];
+    let Ok(n) = handshake.challenge(&mut buf) else { return };
+    if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+        return;
+    }
+
+    let link = match authenticate(&shared, &mut ws, handshake, &peer).await {
+        Ok(link) => link,
+        Err(reason) => {
+            shared.metrics.refuse(reason);
+            return;
+        }
+    };
+    let gateway = link.gateway();
+    let route = shared.next_route();
+    let (tx, rx) = mpsc::unbounded_channel();
+    shared.register(route, Route::Trunk(tx));
+    shared.gateway_link(gateway, 1);
+    shared.metrics.trunks.inc();
+    info!(%peer, gateway, link = link.link_index(), route, "trunk up");
+
+    let outcome = run_link(&shared, &mut ws, link, route, rx, &mut buf).await;
+
+    shared.unregister(route);
+    shared.gateway_link(gateway, -1);
+    shared.metrics.trunks.dec();
+    match outcome {
+        Ok(()) => info!(%peer, gateway, route, "trunk closed"),
+        Err(e) => {
+            warn!(%peer, gateway, route, error = ?e, "trunk closed on error");
+            let reason = match e {
+                LinkError::Decode(_) | LinkError::Unexpected(_) => "trunk protocol error",
+                LinkError::LedgerFull => "ledger full",
+                LinkError::Idle => "trunk idle",
+            };
+            shared.metrics.bad_input(reason);
+            let code = e.refuse_code();
+            if let Ok(n) = server::write_refuse(code, reason, &mut buf) {
+                let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
+            }
+            close(&mut ws, CloseCode::Policy, reason).await;
+        }
+    }
+    drop(permit);
+}
+
+/// Reads the Hello, checks it against the gateway's provisioned secret, and sends the verdict.
+async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    ws: &mut Ws<S>,
+    handshake: Handshake,
+    peer: &str,
+) -> Result<ServerLink, &'static str> {
+    let config = shared.settings.trunk();
+    let first = match tokio::time::timeout(shared.settings.handshake_timeout(), next_binary(ws)).await {
+        Err(_) => {
+            warn!(%peer, "trunk handshake timed out");
+            close(ws, CloseCode::Policy, "handshake timeout").await;
+            return Err("handshake timeout");
+        }
+        Ok(None) => return Err("closed during handshake"),
+        Ok(Some(m)) => m,
+    };
+    let verdict = match handshake.hello(&first, &config) {
+        Err(e) => Err((e, String::new())),
+        Ok(hello) => {
+            let name = String::from_utf8_lossy(hello.gateway_id).into_owned();
+            match shared.store.gateway_get(&name).await {
+                Err(e) => {
+                    warn!(%peer, gateway = %name, error = %e, "cannot look up gateway");
+                    close(ws, CloseCode::Again, "database unavailable").await;
+                    return Err("database unavailable");
+                }
+                Ok(record) => {
+                    let secret = record.as_ref().map(|r| r.secret.as_slice());
+                    let number = record.as_ref().map_or(0, |r| r.number);
+                    handshake.verify(&hello, secret, number, shared.now_ms()).map_err(|e| (e, name))
+                }
+            }
+        }
+    };
+    match verdict {
+        Ok(link) => {
+            let _ = shared.store.gateway_seen(link.gateway()).await;
+            Ok(link)
+        }
+        Err((e, name)) => {
+            warn!(%peer, gateway = %name, reason = e.reason(), "trunk refused");
+            let mut buf = [0u8; 300];
+            if let Ok(n) = server::write_refuse(e.refuse_code(), e.reason(), &mut buf) {
+                let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
+            }
+            close(ws, CloseCode::Policy, e.reason()).await;
+            Err(match e {
+                HandshakeError::UnknownGateway => "unknown gateway",
+                HandshakeError::BadProof => "bad proof",
+                HandshakeError::NotHello | HandshakeError::Decode(_) => "bad trunk handshake",
+            })
+        }
+    }
+}
+
+/// The next binary message, skipping pings; `None` when the link closed or broke.
+async fn next_binary<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut Ws<S>) -> Option<Vec<u8>> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Binary(b)) => return Some(b.to_vec()),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(_) | Err(_) => return None,
+        }
+    }
+}
+
+async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    ws: &mut Ws<S>,
+    mut link: ServerLink,
+    route: u32,
+    mut acks: mpsc::UnboundedReceiver<Vec<trunk::frame::AckEntry>>,
+    buf: &mut [u8],
+) -> Result<(), LinkError> {
+    let config = shared.settings.trunk();
+    let mut shutdown = shared.shutdown.clone();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    loop {
+        // Anything the link itself has to say (welcome, pong, go-away)?
+        if let Some(n) = link.poll_transmit(shared.now_ms(), &config, buf)? {
+            if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                return Ok(());
+            }
+        }
+        // Registered before the check, so a commit that frees room in between still wakes us.
+        let room = shared.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        let can_read = ServerLink::can_read(&shared.books().ledger, &config);
+        let idle_at = link.idle_deadline(&config);
+        let idle_in = Duration::from_millis(idle_at.saturating_sub(shared.now_ms()));
+        let drain = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = crate::shutdown::requested(&mut shutdown), if drain_deadline.is_none() => {
+                link.go_away(GO_AWAY_RETRY_MS, GoAwayReason::SHUTDOWN);
+                drain_deadline = Some(tokio::time::Instant::now() + shared.settings.shutdown_grace());
+            }
+            _ = tokio::time::sleep_until(drain) => {
+                close(ws, CloseCode::Away, "server shutting down").await;
+                return Ok(());
+            }
+            Some(entries) = acks.recv() => {
+                let mut entries = entries.into_iter().peekable();
+                loop {
+                    let n = server::write_acks(&mut entries, buf, &config);
+                    if n == 0 {
+                        break;
+                    }
+                    if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            _ = &mut room, if !can_read => {}
+            _ = tokio::time::sleep(idle_in) => {}
+            message = ws.next(), if can_read => match message {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                Some(Ok(Message::Binary(bytes))) => {
+                    let now = shared.now_ms();
+                    let received = {
+                        let mut books = shared.books();
+                        let r = link.handle_message(&bytes, now, &config, &mut books.ledger, route)?;
+                        if r.opens + r.counts + r.closes > 0 {
+                            books.dirty_since.get_or_insert_with(std::time::Instant::now);
+                        }
+                        r
+                    };
+                    let m = &shared.metrics;
+                    m.trunk_sessions_opened.inc_by(received.opens as u64);
+                    m.trunk_sessions_closed.inc_by(received.closes as u64);
+                    m.trunk_count_reports.inc_by(received.counts as u64);
+                }
+                Some(Ok(Message::Text(_))) => return Err(LinkError::Unexpected(0)),
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

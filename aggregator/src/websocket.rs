@@ -1,0 +1,114 @@
+//! The WebSocket upgrade on hyper, and the WebSocket settings of phones and trunks.
+//!
+//! hyper parses the HTTP request (with a header timeout), this module checks that it is a valid
+//! RFC 6455 upgrade and answers 101; the upgraded stream is then driven by tungstenite with small
+//! buffers. tungstenite's default 128 KiB read buffer per connection would cost 1.3 GB at 10,000
+//! phones; a phone's messages are a few bytes, so its buffers start small and grow only if needed.
+
+use std::time::Duration;
+
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+/// Read buffer of a phone's WebSocket: a phone message is a 7-byte frame.
+pub const PHONE_READ_BUFFER: usize = 256;
+
+/// WebSocket settings for a direct phone.
+pub fn phone_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(PHONE_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// WebSocket settings for a trunk link: messages of up to `max_message` bytes of batched counts.
+pub fn trunk_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// Why an upgrade request is refused: the HTTP status and a one-line reason for the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub reason: &'static str,
+}
+
+fn header_has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Checks an RFC 6455 upgrade request and builds the 101 answer. With `subprotocol`, the client
+/// must offer it, and the answer selects it.
+pub fn accept<B>(req: &Request<B>, subprotocol: Option<&'static str>) -> Result<Response<()>, Refusal> {
+    let h = req.headers();
+    if req.method() != Method::GET {
+        return Err(Refusal {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            reason: "websocket upgrade must be GET",
+        });
+    }
+    if !header_has_token(h, CONNECTION, "upgrade") || !header_has_token(h, UPGRADE, "websocket") {
+        return Err(Refusal {
+            status: StatusCode::UPGRADE_REQUIRED,
+            reason: "this endpoint speaks websocket only",
+        });
+    }
+    if h.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(Refusal {
+            status: StatusCode::UPGRADE_REQUIRED,
+            reason: "websocket version 13 required",
+        });
+    }
+    let key = h.get(SEC_WEBSOCKET_KEY).map(HeaderValue::as_bytes).unwrap_or_default();
+    if key.len() != 24 {
+        return Err(Refusal { status: StatusCode::BAD_REQUEST, reason: "bad sec-websocket-key" });
+    }
+    if let Some(wanted) = subprotocol {
+        if !header_has_token(h, SEC_WEBSOCKET_PROTOCOL, wanted) {
+            return Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                reason: "websocket subprotocol trunk.v1 required",
+            });
+        }
+    }
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(CONNECTION, "upgrade")
+        .header(UPGRADE, "websocket")
+        .header(SEC_WEBSOCKET_ACCEPT, derive_accept_key(key));
+    if let Some(p) = subprotocol {
+        response = response.header(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    Ok(response.body(()).unwrap_or_default())
+}
+
+/// Closes with `code` and `reason`, waiting briefly for the peer's answer.
+pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    code: CloseCode,
+    reason: &str,
+) {
+    let frame = CloseFrame { code, reason: reason.into() };
+    // The peer may already be gone; there is nobody left to tell then.
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+}

@@ -1,0 +1,185 @@
+//! Direct phones against the real aggregator process, on the embedded SQLite store and on a real
+//! Postgres: bytes persisted exactly, the phone told what is durable, bad input refused clearly
+//! without disturbing anyone else.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::clients::{phone, tls, wait_durable, websocket};
+use support::db::Kind;
+use support::process::Aggregator;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn phone_bytes_are_persisted_and_confirmed(kind: Kind) {
+    let Some(agg) = Aggregator::start(kind, &[]).await else { return };
+    let mut ws = phone(agg.addr, &agg.ca(), "phone-1").await;
+    for _ in 0..50 {
+        ws.send(Message::binary(vec![7u8])).await.unwrap();
+    }
+    ws.send(Message::text("0123456789")).await.unwrap();
+    assert_eq!(wait_durable(&mut ws, 60).await, 60, "the phone is told exactly what it sent");
+    let totals = agg.store().await.device_totals("phone-").await.unwrap();
+    assert_eq!(totals, vec![("phone-1".to_owned(), 60)]);
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn phone_bytes_are_persisted_and_confirmed_sqlite() {
+    phone_bytes_are_persisted_and_confirmed(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn phone_bytes_are_persisted_and_confirmed_postgres() {
+    phone_bytes_are_persisted_and_confirmed(Kind::Postgres).await;
+}
+
+/// The first run of a new user: no flags but a port, nothing installed, in an empty folder.
+#[tokio::test]
+async fn with_no_configuration_it_runs_on_sqlite_and_a_self_made_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        .args(["--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line).await.unwrap();
+        out.push_str(&line);
+        if let Some(rest) = line.strip_prefix("listening on https://") {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+        assert!(!line.is_empty(), "aggregator exited: {out}");
+    };
+    let data = dir.path().canonicalize().unwrap().join("holdfast-data");
+    assert!(out.contains(&data.join("ca.pem").display().to_string()), "the CA path is printed: {out}");
+    assert!(data.join("holdfast.db").exists());
+    let mut ws = phone(addr, &data.join("ca.pem"), "first-run").await;
+    ws.send(Message::binary(vec![1u8; 3])).await.unwrap();
+    assert_eq!(wait_durable(&mut ws, 3).await, 3);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer_and_harms_no_other_session() {
+    let Some(agg) =
+        Aggregator::start(Kind::Sqlite, &["--handshake-timeout-ms", "500", "--max-phone-message", "64"])
+            .await
+    else {
+        return;
+    };
+    // A healthy phone that lives through all of it.
+    let mut healthy = phone(agg.addr, &agg.ca(), "healthy").await;
+    healthy.send(Message::binary(vec![1u8])).await.unwrap();
+
+    // Oversized message: close 1009.
+    let mut big = phone(agg.addr, &agg.ca(), "big").await;
+    big.send(Message::binary(vec![0u8; 65])).await.unwrap();
+    let close = loop {
+        match big.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.code, CloseCode::Size);
+
+    // A trunk without the subprotocol: 400 with the reason.
+    let err = websocket(agg.addr, &agg.ca(), "/trunk", None).await.unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(r) => {
+            assert_eq!(r.status(), 400);
+            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("trunk.v1"), "{body}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A plain GET on /ws: 426, not a hang.
+    let mut s = tls(agg.addr, &agg.ca()).await;
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = vec![0u8; 256];
+    let n = s.read(&mut answer).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 426"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+
+    // A device id that is too long: 400.
+    let err =
+        websocket(agg.addr, &agg.ca(), &format!("/ws?device={}", "x".repeat(40)), None).await.unwrap_err();
+    assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 400));
+
+    // A slow handshake (TCP, then silence), and garbage instead of TLS: both closed by the server.
+    let mut slow = tokio::net::TcpStream::connect(agg.addr).await.unwrap();
+    let mut garbage = tokio::net::TcpStream::connect(agg.addr).await.unwrap();
+    garbage.write_all(b"\x16\x03\x01\x00\x05hello world, not tls").await.unwrap();
+    for s in [&mut slow, &mut garbage] {
+        let mut b = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut b).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the server closes a silent or garbage connection");
+    }
+
+    // The healthy phone never noticed.
+    healthy.send(Message::binary(vec![1u8; 2])).await.unwrap();
+    assert_eq!(wait_durable(&mut healthy, 3).await, 3);
+
+    let metrics = reqwest_metrics(&agg).await;
+    for reason in ["message too large", "websocket subprotocol trunk.v1 required", "handshake timeout"] {
+        assert!(metrics.contains(reason), "metric for {reason:?} missing:\n{metrics}");
+    }
+}
+
+/// GET /metrics over TLS.
+async fn reqwest_metrics(agg: &Aggregator) -> String {
+    let mut s = tls(agg.addr, &agg.ca()).await;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok();
+    body
+}
+
+#[tokio::test]
+async fn sigterm_closes_phones_with_1001_flushes_and_exits_zero() {
+    let Some(mut agg) = Aggregator::start(Kind::Sqlite, &["--shutdown-grace-ms", "1000"]).await else {
+        return;
+    };
+    let mut ws = phone(agg.addr, &agg.ca(), "leaving").await;
+    ws.send(Message::binary(vec![1u8; 4])).await.unwrap();
+    // Let the bytes reach the server, not necessarily the database.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let s = agg.terminate();
+        (s, agg)
+    });
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
+    let (status, agg) = status.await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let totals = agg.store().await.device_totals("leaving").await.unwrap();
+    assert_eq!(totals, vec![("leaving".to_owned(), 4)], "the final flush wrote what the phone sent");
+}

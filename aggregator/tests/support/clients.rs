@@ -1,0 +1,200 @@
+//! Clients for the tests, built like the real ones: phones are tokio-tungstenite WebSocket
+//! clients over TLS 1.3 pinned to the aggregator's CA; a gateway is the trunk crate's
+//! `Gateway` state machine on WebSocket links with subprotocol `trunk.v1`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use trunk::gateway::{Gateway, GatewayConfig, Identity, SessionSlot};
+
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+pub async fn tls(addr: SocketAddr, ca: &Path) -> TlsStream<TcpStream> {
+    let config = aggregator::tls::client_config(ca).unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    TlsConnector::from(config).connect(name, tcp).await.unwrap()
+}
+
+/// A WebSocket on `path` (with `protocol` offered, if any).
+pub async fn websocket(
+    addr: SocketAddr,
+    ca: &Path,
+    path: &str,
+    protocol: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let stream = tls(addr, ca).await;
+    let mut request = format!("wss://localhost:{}{path}", addr.port()).into_client_request().unwrap();
+    if let Some(p) = protocol {
+        request.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
+    }
+    tokio_tungstenite::client_async(request, stream).await.map(|(ws, _)| ws)
+}
+
+/// A phone with device id `device`.
+pub async fn phone(addr: SocketAddr, ca: &Path, device: &str) -> Ws {
+    websocket(addr, ca, &format!("/ws?device={device}"), None).await.expect("phone connects")
+}
+
+/// Reads the phone's messages until the server says at least `want` bytes are durable.
+pub async fn wait_durable(ws: &mut Ws, want: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no durable total of {want} within 30 s"))
+            .expect("connection open")
+            .expect("no error");
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            let durable = v["durable"].as_u64().unwrap();
+            if durable >= want {
+                return durable;
+            }
+        }
+    }
+}
+
+/// A gateway on the trunk crate, its links driven by hand so a test can cut them.
+pub struct TestGateway {
+    pub gw: Gateway<Vec<SessionSlot>>,
+    links: Vec<Option<Ws>>,
+    addr: SocketAddr,
+    ca: std::path::PathBuf,
+    started: Instant,
+    pub refusals: u32,
+}
+
+impl TestGateway {
+    pub fn new(
+        addr: SocketAddr,
+        ca: &Path,
+        name: &[u8],
+        secret: &[u8],
+        sessions: usize,
+        links: usize,
+    ) -> Self {
+        let identity = Identity { gateway_id: name, secret, boot_epoch: rand::random() };
+        let config = GatewayConfig { flush_interval_ms: 50, ..GatewayConfig::default() };
+        let gw = Gateway::new(config, identity, links, vec![SessionSlot::FREE; sessions]).unwrap();
+        TestGateway {
+            gw,
+            links: (0..links).map(|_| None).collect(),
+            addr,
+            ca: ca.to_owned(),
+            started: Instant::now(),
+            refusals: 0,
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn set_target(&mut self, addr: SocketAddr) {
+        self.addr = addr;
+    }
+
+    /// Opens the transport of link `link` (the trunk handshake then runs in `pump`).
+    pub async fn connect(&mut self, link: usize) -> bool {
+        let tcp = match TcpStream::connect(self.addr).await {
+            Ok(tcp) => tcp,
+            Err(_) => return false,
+        };
+        let config = aggregator::tls::client_config(&self.ca).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let Ok(stream) = TlsConnector::from(config).connect(name, tcp).await else { return false };
+        let mut request =
+            format!("wss://localhost:{}/trunk", self.addr.port()).into_client_request().unwrap();
+        request.headers_mut().insert("sec-websocket-protocol", trunk::frame::SUBPROTOCOL.parse().unwrap());
+        match tokio_tungstenite::client_async(request, stream).await {
+            Ok((ws, _)) => {
+                self.links[link] = Some(ws);
+                self.gw.connected(link, self.now(), rand::random());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Cuts link `link` without a close handshake, like a reset.
+    pub fn drop_link(&mut self, link: usize) {
+        if self.links[link].take().is_some() {
+            self.gw.disconnected(link, self.now());
+        }
+    }
+
+    fn lost(&mut self, link: usize) {
+        self.links[link] = None;
+        self.gw.disconnected(link, self.now());
+    }
+
+    /// Sends what the gateway has to send and handles what arrived, on every link, for `d`;
+    /// reconnects lost links when `reconnect` is set.
+    pub async fn pump(&mut self, d: Duration, reconnect: bool) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.step(reconnect).await;
+        }
+    }
+
+    /// Pumps until `done` holds; panics after `limit`.
+    pub async fn pump_until(&mut self, limit: Duration, done: impl Fn(&Gateway<Vec<SessionSlot>>) -> bool) {
+        let until = Instant::now() + limit;
+        while !done(&self.gw) {
+            assert!(Instant::now() < until, "gateway did not get there in {limit:?}: {:?}", self.gw);
+            self.step(true).await;
+        }
+    }
+
+    async fn step(&mut self, reconnect: bool) {
+        let mut buf = vec![0u8; 64 * 1024];
+        for link in 0..self.links.len() {
+            if self.links[link].is_none() {
+                if reconnect && !self.connect(link).await {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                continue;
+            }
+            loop {
+                match self.gw.poll_transmit(link, self.now(), &mut buf) {
+                    Ok(Some(n)) => {
+                        let ws = self.links[link].as_mut().unwrap();
+                        if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                            self.lost(link);
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.lost(link);
+                        break;
+                    }
+                }
+            }
+            let Some(ws) = self.links[link].as_mut() else { continue };
+            match tokio::time::timeout(Duration::from_millis(5), ws.next()).await {
+                Err(_) => {}
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    let now = self.now();
+                    if let Err(e) = self.gw.handle_message(link, &b, now) {
+                        if matches!(e, trunk::gateway::LinkError::Refused(_)) {
+                            self.refusals += 1;
+                        }
+                        self.lost(link);
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(None) | Ok(Some(Err(_))) => self.lost(link),
+            }
+        }
+    }
+}

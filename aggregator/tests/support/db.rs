@@ -1,0 +1,88 @@
+//! Real databases for tests: a fresh Postgres database per test on the server of `DATABASE_URL`
+//! (`scripts/start-postgres.sh` starts one), or nothing (SQLite in the aggregator's data folder).
+
+use sqlx::Connection as _;
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// The `DATABASE_URL` of the Postgres server, or `None` (and the test is skipped) when it is not
+/// set outside CI. In CI its absence fails the test: the Postgres tests must run there.
+pub fn admin_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            panic!(
+                "DATABASE_URL is not set, and CI is: run scripts/start-postgres.sh and export what it prints"
+            )
+        }
+        Err(_) => {
+            eprintln!("skipping a Postgres test: DATABASE_URL is not set (scripts/start-postgres.sh)");
+            None
+        }
+    }
+}
+
+/// A throw-away database, dropped when this is (even when the test panics).
+pub struct PgDatabase {
+    admin_url: String,
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create(admin_url: &str) -> PgDatabase {
+        let name = format!("holdfast_test_{:016x}", rand::random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to DATABASE_URL: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed (does the role have CREATEDB?): {e}"));
+        admin.close().await.unwrap();
+        PgDatabase { admin_url: admin_url.to_owned(), url: with_database(admin_url, &name), name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside the test's runtime, which cannot block on a future: use another.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority = base.find("://").map(|i| i + 3).expect("a URL");
+    let base = match base[authority..].find('/') {
+        Some(slash) => &base[..authority + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}

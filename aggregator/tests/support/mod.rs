@@ -1,0 +1,7 @@
+//! What the aggregator's integration tests share: real databases, the real aggregator binary as a
+//! process, and clients built on the same crates the real clients use.
+#![allow(dead_code)] // each test file uses its own part
+
+pub mod clients;
+pub mod db;
+pub mod process;

@@ -1,0 +1,147 @@
+//! The real aggregator binary, run as a process the test can SIGKILL, SIGTERM and restart.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aggregator::store::Store;
+
+use super::db::{admin_url, Kind, PgDatabase};
+
+pub struct Aggregator {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub database_url: Option<String>,
+    pg: Option<PgDatabase>,
+    extra: Vec<String>,
+}
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_aggregator")
+}
+
+impl Aggregator {
+    /// Starts an aggregator on a free loopback port with a fresh database of `kind`; `None` when
+    /// the kind is Postgres and no server is configured (outside CI).
+    pub async fn start(kind: Kind, extra: &[&str]) -> Option<Aggregator> {
+        Self::start_at(kind, extra, 0).await
+    }
+
+    /// Like [`Aggregator::start`], on a given port (0: any free one).
+    pub async fn start_at(kind: Kind, extra: &[&str], port: u16) -> Option<Aggregator> {
+        let pg = match kind {
+            Kind::Sqlite => None,
+            Kind::Postgres => Some(PgDatabase::create(&admin_url()?).await),
+        };
+        let mut a = Aggregator {
+            child: None,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            dir: tempfile::tempdir().unwrap(),
+            database_url: pg.as_ref().map(|p| p.url.clone()),
+            pg,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        a.spawn();
+        Some(a)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(binary());
+        c.arg("--data-dir")
+            .arg(self.dir.path())
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "warn".into()));
+        if let Some(url) = &self.database_url {
+            c.arg("--database-url").arg(url);
+        }
+        c
+    }
+
+    /// Starts the process (again, on the same port, after a kill).
+    pub fn spawn(&mut self) {
+        let mut c = self.command();
+        c.arg("--listen")
+            .arg(self.addr.to_string())
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("aggregator binary");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("[aggregator] {line}");
+                if let Some(rest) = line.strip_prefix("listening on ") {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let addr = url.rsplit("://").next().unwrap_or_default().to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the aggregator printed where it listens");
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("wss://localhost:{}{path}", self.addr.port())
+    }
+
+    /// `aggregator gateway add NAME`, returning the secret.
+    pub fn add_gateway(&self, name: &str) -> Vec<u8> {
+        let out = self.command().args(["gateway", "add", name]).output().expect("aggregator gateway add");
+        assert!(out.status.success(), "gateway add failed: {}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        let (got, hex) = line.trim().split_once(' ').expect("NAME HEXSECRET");
+        assert_eq!(got, name);
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+    }
+
+    /// The store the aggregator writes to, opened by the test to check what it holds.
+    pub async fn store(&self) -> Store {
+        Store::open(self.database_url.as_deref(), self.dir.path(), 2).await.unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the aggregator did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = &self.pg;
+    }
+}
