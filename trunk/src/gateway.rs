@@ -32,8 +32,11 @@ use crate::ShortBytes;
 pub const MAX_LINKS: usize = 8;
 /// Longest gateway secret accepted.
 pub const MAX_SECRET_LEN: usize = 64;
-/// The smallest transmit buffer [`Gateway::poll_transmit`] works with: a Hello fits in it.
+/// The smallest transmit buffer [`Gateway::poll_transmit`] works with: a Hello fits in it, and
+/// so does any session's Open. A Welcome allowing smaller messages is refused.
 pub const MIN_TRANSMIT_BUFFER: usize = 256;
+/// A Welcome cannot make the gateway ping more often than this.
+pub const MIN_PING_INTERVAL_MS: u64 = 1_000;
 
 /// Timings and bounds of a gateway. Every field has a default fit for mobile phones behind a site
 /// gateway; see `docs/trunk-protocol.md`.
@@ -156,8 +159,12 @@ struct Link {
     pings: u64,
     /// Slot index where an interrupted flush resumes.
     resume: Option<usize>,
-    /// Value of `Gateway::changes` when this link last scanned every session.
+    /// Value of `Gateway::changes` when this link's last complete scan of every session began.
     scanned: u64,
+    /// Value of `Gateway::changes` when the scan in progress (see `resume`) began.
+    scan_from: u64,
+    /// Ping when quiet this long: the shorter of ours and the aggregator's (Welcome).
+    ping_interval_ms: u64,
     max_message_len: usize,
     not_before: u64,
     failures: u32,
@@ -177,6 +184,8 @@ impl Link {
         pings: 0,
         resume: None,
         scanned: 0,
+        scan_from: 0,
+        ping_interval_ms: u64::MAX,
         max_message_len: usize::MAX,
         not_before: 0,
         failures: 0,
@@ -409,7 +418,12 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
 
     /// Link `link`'s transport (TLS and WebSocket) is up; `nonce` must be fresh random bytes.
     pub fn connected(&mut self, link: usize, now: u64, nonce: [u8; NONCE_LEN]) {
-        let Some(l) = self.links[..self.link_count].get_mut(link) else { return };
+        if link >= self.link_count {
+            return;
+        }
+        // A new transport replaces whatever the link had: what it carried is replayed.
+        self.disconnected(link, now);
+        let l = &mut self.links[link];
         *l = Link {
             phase: LinkPhase::AwaitChallenge,
             since: now,
@@ -479,12 +493,18 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
                 if usize::from(w.link) != link {
                     return Err(LinkError::Protocol("welcome names another link"));
                 }
+                if w.max_message_len < MIN_TRANSMIT_BUFFER as u64 {
+                    return Err(LinkError::Protocol("welcome allows messages too small to carry a session"));
+                }
+                let ping = self.config.ping_interval_ms.min(w.ping_interval_ms.max(MIN_PING_INTERVAL_MS));
                 let l = &mut self.links[link];
                 l.phase = LinkPhase::Up;
                 l.failures = 0;
                 l.next_flush = now;
                 l.max_message_len = usize::try_from(w.max_message_len).unwrap_or(usize::MAX);
+                l.ping_interval_ms = ping;
                 l.scanned = 0;
+                l.resume = None;
                 self.changes += 1;
             }
             Frame::Ack(acks) if matches!(phase, LinkPhase::Up | LinkPhase::Draining) => {
@@ -503,6 +523,8 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
                 let l = &mut self.links[link];
                 l.phase = LinkPhase::Draining;
                 l.not_before = now.saturating_add(g.retry_after_ms);
+                // Its unfinished flush is abandoned: those sessions move to other links.
+                l.resume = None;
                 self.changes += 1;
             }
             Frame::Refuse(r) => return Err(LinkError::Refused(r.code)),
@@ -582,8 +604,11 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         let limit = out.len().min(l.max_message_len);
         let mut w = MessageWriter::new(&mut out[..limit], self.config.max_payload_len);
         if l.phase == LinkPhase::SendHello {
+            // The Hello travels alone: the aggregator's first message must be exactly one Hello.
             self.write_hello(link, &mut w)?;
             self.links[link].phase = LinkPhase::AwaitWelcome;
+            self.links[link].last_tx = now;
+            return Ok(Some(w.finish()));
         }
         if let Some(n) = l.pong_due {
             w.frame(&Frame::Pong(n))?;
@@ -591,7 +616,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         }
         if matches!(l.phase, LinkPhase::Up | LinkPhase::Draining) && l.ping_sent.is_none() {
             let quiet = now.saturating_sub(l.last_rx.min(l.last_tx));
-            if quiet >= self.config.ping_interval_ms {
+            if quiet >= l.ping_interval_ms.min(self.config.ping_interval_ms) {
                 let n = l.pings.wrapping_add(1);
                 w.frame(&Frame::Ping(n))?;
                 let l = &mut self.links[link];
@@ -631,10 +656,11 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         let l = self.links[link];
         let resume = l.resume;
         if resume.is_none() && l.scanned == self.changes {
-            self.links[link].next_flush = now + self.config.flush_interval_ms;
+            self.links[link].next_flush = now.saturating_add(self.config.flush_interval_ms);
             return; // nothing changed since the last complete scan
         }
-        let changes = self.changes;
+        // Changes made while a scan is split over several messages must not count as scanned.
+        let scan_from = if resume.is_some() { l.scan_from } else { self.changes };
         let n = self.capacity();
         let mut stopped = None;
         for index in resume.unwrap_or(0)..n {
@@ -653,9 +679,10 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         }
         let l = &mut self.links[link];
         l.resume = stopped;
+        l.scan_from = scan_from;
         if stopped.is_none() {
-            l.scanned = changes;
-            l.next_flush = now + self.config.flush_interval_ms;
+            l.scanned = scan_from;
+            l.next_flush = now.saturating_add(self.config.flush_interval_ms);
         }
     }
 
@@ -668,15 +695,16 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
                 LinkPhase::Down => None,
                 LinkPhase::SendHello => Some(l.since),
                 LinkPhase::AwaitChallenge | LinkPhase::AwaitWelcome => {
-                    Some(l.since + c.handshake_timeout_ms + 1)
+                    Some(l.since.saturating_add(c.handshake_timeout_ms).saturating_add(1))
                 }
                 LinkPhase::Up | LinkPhase::Draining => {
-                    let mut t = l.last_rx + c.link_timeout_ms + 1;
-                    if l.pong_due.is_some() || l.resume.is_some() {
+                    let mut t = l.last_rx.saturating_add(c.link_timeout_ms).saturating_add(1);
+                    if l.pong_due.is_some() || (l.phase == LinkPhase::Up && l.resume.is_some()) {
                         t = 0;
                     }
                     if l.ping_sent.is_none() {
-                        t = t.min(l.last_rx.min(l.last_tx) + c.ping_interval_ms);
+                        let ping = l.ping_interval_ms.min(c.ping_interval_ms);
+                        t = t.min(l.last_rx.min(l.last_tx).saturating_add(ping));
                     }
                     if l.phase == LinkPhase::Up {
                         t = t.min(l.next_flush);
