@@ -16,7 +16,7 @@
 # inputs per target through the same code), unless FUZZ_REQUIRE_LIBFUZZER=1; FUZZ_STABLE=1 picks
 # that replay even when libFuzzer is there.
 # Environment: FUZZ_SECONDS; FUZZ_TARGET_DIR (default "$HOME/.cache/holdfast/fuzz-target", kept
-# apart from the host build: other compiler flags); TRUNK_FUZZ_LIVENESS=1 adds the gateway's
+# apart from the host build: other compiler flags); TRUNK_FUZZ_LIVENESS=0 drops the gateway's
 # liveness check (see docs/benchmarks.md); TRUNK_FUZZ_TRACE=1 prints every gateway step.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh

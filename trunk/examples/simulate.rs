@@ -45,12 +45,7 @@ fn main() {
                 s.drops, s.go_aways, s.crashes, s.failed_commits, s.commits, s.acks
             );
         }
-        total.drops += s.drops;
-        total.go_aways += s.go_aways;
-        total.crashes += s.crashes;
-        total.failed_commits += s.failed_commits;
-        total.commits += s.commits;
-        total.acks += s.acks;
+        total += s;
     }
     println!(
         "{:>6} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8}",

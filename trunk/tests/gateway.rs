@@ -10,7 +10,8 @@ const BUF: usize = 64 * 1024;
 /// A gateway whose `links` links are all up.
 fn up_gateway(sessions: usize, links: usize) -> Gateway<Vec<SessionSlot>> {
     let id = Identity { gateway_id: b"site-f", secret: b"k", boot_epoch: 1 };
-    let mut gw = Gateway::new(GatewayConfig::default(), id, links, vec![SessionSlot::FREE; sessions]).unwrap();
+    let mut gw =
+        Gateway::new(GatewayConfig::default(), id, links, vec![SessionSlot::FREE; sessions]).unwrap();
     let config = ServerConfig::default();
     let mut buf = vec![0u8; BUF];
     for link in 0..links {
@@ -65,7 +66,9 @@ fn go_away_in_the_middle_of_a_split_flush_moves_sessions_without_spinning() {
     }
     let mut buf = vec![0u8; BUF];
     assert!(gw.poll_transmit(0, 1, &mut buf).unwrap().is_some());
-    let n = Frame::GoAway(GoAway { retry_after_ms: 1_000, reason: GoAwayReason::SHUTDOWN }).encode(&mut buf).unwrap();
+    let n = Frame::GoAway(GoAway { retry_after_ms: 1_000, reason: GoAwayReason::SHUTDOWN })
+        .encode(&mut buf)
+        .unwrap();
     gw.handle_message(0, &buf[..n], 2).unwrap();
     assert_eq!(gw.poll_transmit(0, 2, &mut buf).unwrap(), None);
     // Everything link 0 no longer carries goes on link 1.
@@ -86,7 +89,9 @@ fn a_welcome_allowing_tiny_messages_is_refused() {
     let n = Handshake::new([1; 16], 0).challenge(&mut buf).unwrap();
     gw.handle_message(0, &buf[..n], 0).unwrap();
     gw.poll_transmit(0, 0, &mut buf).unwrap();
-    let n = Frame::Welcome(Welcome { link: 0, ping_interval_ms: 0, max_message_len: 30 }).encode(&mut buf).unwrap();
+    let n = Frame::Welcome(Welcome { link: 0, ping_interval_ms: 0, max_message_len: 30 })
+        .encode(&mut buf)
+        .unwrap();
     assert!(matches!(gw.handle_message(0, &buf[..n], 1), Err(LinkError::Protocol(_))));
 }
 

@@ -12,12 +12,7 @@ fn committed_totals_equal_sent_totals_through_drops_races_failed_commits_and_cra
     let mut total = Stats::default();
     for seed in 1..=seeds {
         let s = run(seed, 3_000);
-        total.drops += s.drops;
-        total.go_aways += s.go_aways;
-        total.crashes += s.crashes;
-        total.failed_commits += s.failed_commits;
-        total.commits += s.commits;
-        total.acks += s.acks;
+        total += s;
     }
     // The run must actually have exercised the failures it claims to survive.
     assert!(

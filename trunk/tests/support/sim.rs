@@ -111,6 +111,18 @@ pub struct Stats {
     pub max_message: usize,
 }
 
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, s: Stats) {
+        self.drops += s.drops;
+        self.go_aways += s.go_aways;
+        self.crashes += s.crashes;
+        self.failed_commits += s.failed_commits;
+        self.commits += s.commits;
+        self.acks += s.acks;
+        self.max_message = self.max_message.max(s.max_message);
+    }
+}
+
 impl World {
     fn new(seed: u64) -> Self {
         let identity = Identity { gateway_id: GATEWAY_ID, secret: SECRET, boot_epoch: seed ^ 0xb007 };
