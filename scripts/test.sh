@@ -6,7 +6,7 @@
 #
 # Steps: install deps, start PostgreSQL (exports DATABASE_URL), cargo fmt --check,
 # clippy -D warnings, cargo test --workspace, the no_std trunk build for
-# thumbv7em-none-eabihf, and the fuzz smoke run when scripts/fuzz.sh exists.
+# thumbv7em-none-eabihf, the fuzz smoke run, and README's run command (scripts/run.sh --once).
 # CARGO_TARGET_DIR defaults to "$HOME/.cache/holdfast/target" so builds are
 # reused between runs and clones.
 set -euo pipefail
@@ -14,7 +14,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
-steps_total=7
+steps_total=8
 step_no=0
 step_name=""
 started=$(date +%s)
@@ -77,6 +77,12 @@ if [ -f scripts/fuzz.sh ]; then
 else
   echo "scripts/fuzz.sh not present: skipped"
 fi
+
+step "README's run command (scripts/run.sh --once, 5 s of simulated load, verified)"
+demo_dir="$(mktemp -d)"
+HOLDFAST_DATA_DIR="$demo_dir" HOLDFAST_LISTEN="127.0.0.1:$((18000 + RANDOM % 1000))" DEMO_DURATION=5s \
+  bash scripts/run.sh --once </dev/null
+rm -rf "$demo_dir"
 
 printf '\n========== all %d steps passed in %ds ==========\n' "$steps_total" "$(($(date +%s) - started))"
 echo "tests: $totals"
