@@ -6,7 +6,8 @@
 #
 # Steps: install deps, start PostgreSQL (exports DATABASE_URL), cargo fmt --check,
 # clippy -D warnings, cargo test --workspace, the no_std trunk build for
-# thumbv7em-none-eabihf, the fuzz smoke run, and README's run command (scripts/run.sh --once).
+# thumbv7em-none-eabihf, the fuzz smoke run, the end-to-end run (scripts/e2e.sh), and README's
+# run command (scripts/run.sh --once).
 # CARGO_TARGET_DIR defaults to "$HOME/.cache/holdfast/target" so builds are
 # reused between runs and clones.
 set -euo pipefail
@@ -14,7 +15,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
-steps_total=8
+steps_total=9
 step_no=0
 step_name=""
 started=$(date +%s)
@@ -77,6 +78,9 @@ if [ -f scripts/fuzz.sh ]; then
 else
   echo "scripts/fuzz.sh not present: skipped"
 fi
+
+step "end to end with Postgres: 21,000 phones, 100,000 gateway sessions (scripts/e2e.sh)"
+bash scripts/e2e.sh </dev/null
 
 step "README's run command (scripts/run.sh --once, 5 s of simulated load, verified)"
 demo_dir="$(mktemp -d)"

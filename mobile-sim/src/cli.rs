@@ -1,0 +1,403 @@
+//! Command line: `mobile-sim [phones] ...` (the default) and `mobile-sim gateways ...`.
+//!
+//! Flag names follow Thor where Thor has one (`-A/--amount`, `-C/--concurrent`, `-W/--workers`,
+//! `-M/--messages`), so a Thor user's command line mostly carries over.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Simulated phones (or gateways) that hold long-lived WebSocket connections, send one \
+                     byte at a time, and prove that every byte confirmed durable was persisted exactly once.";
+
+const LONG_ABOUT: &str = "\
+Simulated phones (or gateways) that hold long-lived WebSocket connections, send one byte at a time, \
+and prove that every byte confirmed durable was persisted exactly once.
+
+`phones` (the default command) opens N phone connections to the targets (gateways, or the \
+aggregator's /ws), spread round-robin, at --rate connections per second. Each phone sends one byte at \
+random intervals and counts what the server confirms durable ({\"durable\":N} text messages). Above \
+--per-process phones, mobile-sim runs itself as worker processes and spreads source addresses over \
+127.0.0.x.
+
+`gateways` runs virtual site gateways that speak the trunk protocol straight to the aggregator: \
+G gateways x P sessions load the central tier without one socket per phone.
+
+Exit status: 0 when the run completed (and --verify found nothing lost or double-counted), 1 when \
+--verify found lost or double-counted bytes, 2 when the run could not be carried out.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mobile-sim",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Without a command, the phones options apply.
+    #[command(flatten)]
+    pub phones: PhonesArgs,
+}
+
+impl Cli {
+    /// The command to run (`phones` when none was named).
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Phones(Box::new(self.phones)))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Simulated phones: N WebSocket connections that send one byte at random intervals (default).
+    Phones(Box<PhonesArgs>),
+    /// Virtual gateways: G x P phone sessions carried over the trunk protocol to the aggregator.
+    Gateways(Box<GatewaysArgs>),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PhonesArgs {
+    /// Phones to simulate: one connection each (Thor: -A/--amount).
+    #[arg(short = 'A', long = "phones", visible_alias = "amount", default_value_t = 1000, value_name = "N")]
+    pub phones: u64,
+
+    /// New connections per second, the ramp (0: no limit but --concurrent). Reconnects are not
+    /// limited by the rate, only by --concurrent.
+    #[arg(long, default_value_t = 1000.0, value_name = "PER_SECOND")]
+    pub rate: f64,
+
+    /// Worker processes (Thor: -W/--workers). Default: one per --per-process phones, and none
+    /// (everything in this process) when N fits in one process.
+    #[arg(short = 'W', long, value_name = "W")]
+    pub workers: Option<usize>,
+
+    /// Most phones one process holds before mobile-sim spreads them over worker processes (each
+    /// connection is a file; a process may hold at most `ulimit -n` files).
+    #[arg(long, default_value_t = 15_000, value_name = "N")]
+    pub per_process: u64,
+
+    /// Source addresses to bind before connecting, to get past the ~28k ephemeral ports of one
+    /// address: a range `127.0.0.2-127.0.0.250`, a list `127.0.0.2,127.0.0.3` or one address.
+    /// Default: for a loopback target, 127.0.0.2 and up, one address per 20,000 phones; otherwise
+    /// none (the system chooses).
+    #[arg(long, value_name = "RANGE", value_parser = parse_source_ips)]
+    pub source_ips: Option<SourceIps>,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Internal: this process is worker I of --worker-count (set by the parent process).
+    #[arg(long, hide = true, requires = "worker_count")]
+    pub worker_index: Option<usize>,
+
+    /// Internal: how many workers the parent started.
+    #[arg(long, hide = true, requires = "worker_index")]
+    pub worker_count: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GatewaysArgs {
+    /// Virtual gateways to run (default: every gateway in --gateways-file).
+    #[arg(long, value_name = "G")]
+    pub gateways: Option<usize>,
+
+    /// Phone sessions each gateway carries.
+    #[arg(long, default_value_t = 500, value_name = "P")]
+    pub sessions_per_gateway: usize,
+
+    /// Trunk links (WebSockets) per gateway, 1 to 8.
+    #[arg(long, default_value_t = 2, value_name = "K")]
+    pub links: usize,
+
+    /// Gateway names and secrets, one `NAME HEXSECRET` per line, as printed by
+    /// `aggregator gateway add NAME...` (blank lines and lines starting with # are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub gateways_file: PathBuf,
+
+    /// Sessions opened per second over all gateways (0: all at once).
+    #[arg(long, default_value_t = 0.0, value_name = "PER_SECOND")]
+    pub rate: f64,
+
+    /// The trunk batching window: how often each link flushes counts.
+    #[arg(long, default_value = "250ms", value_name = "DURATION", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Options of both modes.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Where to connect, repeatable: ws://HOST:PORT/PATH or wss://... (gateways, or the
+    /// aggregator's /ws for phones; the aggregator's /trunk for gateways, the default path there).
+    /// Connections are spread over the targets round-robin.
+    #[arg(long = "target", required = true, value_name = "URL")]
+    pub targets: Vec<String>,
+
+    /// PEM file of the CA that wss:// servers must chain to: the only trusted root (TLS 1.3 only).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Connection attempts in flight at once: bounds concurrent TCP+TLS+WebSocket handshakes
+    /// (Thor: -C/--concurrent).
+    #[arg(short = 'C', long, default_value_t = 256, value_name = "N")]
+    pub concurrent: usize,
+
+    /// Give up a connection attempt (TCP connect to WebSocket upgraded) after this long.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Shortest pause between two bytes of one phone (or session).
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    pub min_interval: Duration,
+
+    /// Longest pause between two bytes of one phone (or session).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_interval: Duration,
+
+    /// How pauses are drawn: uniform in [min, max]; or exponential: min plus an exponential delay
+    /// of mean (max - min) / 2, so the mean pause is uniform's (bursty, and not capped at max).
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    pub distribution: Distribution,
+
+    /// How long the run lasts, counted from the start (the ramp included); then phones stop
+    /// sending, drain and close. Units: ms, s, m, h (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Bytes each phone (or session) sends, one per message (Thor: -M/--messages); the run ends
+    /// when all have sent them (or at --duration). Without --duration or --messages, the run lasts
+    /// until Ctrl-C.
+    #[arg(short = 'M', long, value_name = "M")]
+    pub messages: Option<u64>,
+
+    /// At the end, how long to wait for the server to confirm durable everything sent.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Device ids are this prefix and the phone index (sim-000042), sent as `?device=ID`; in
+    /// gateways mode `{prefix}{gateway}-{p}`. Use a fresh prefix per run when verifying against a
+    /// database that keeps earlier runs.
+    #[arg(long, default_value = "sim-", value_name = "PREFIX")]
+    pub device_prefix: String,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Output")]
+pub struct OutputArgs {
+    /// Print the final report as JSON (on stdout) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write a self-contained HTML report (inline SVG charts) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+
+    /// Write every device's totals to FILE as CSV: device,sent,durable.
+    #[arg(long, value_name = "FILE")]
+    pub per_device: Option<PathBuf>,
+
+    /// No progress display (it is also hidden when stdout is not a terminal).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Verification")]
+pub struct VerifyArgs {
+    /// After the run, compare every device's bytes sent and confirmed durable with what was
+    /// persisted (needs --database-url or --verify-url). Lost bytes (confirmed but not persisted)
+    /// or double-counted bytes (persisted more than sent) make the exit status 1.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Read persisted totals from the database: postgres://... or sqlite://... (the aggregator's
+    /// `device_totals` view: device, bytes).
+    #[arg(long, value_name = "URL", requires = "verify", conflicts_with = "verify_url")]
+    pub database_url: Option<String>,
+
+    /// Read persisted totals from the aggregator: https://HOST:PORT/api/devices?prefix=P
+    /// (`?prefix=` with --device-prefix is added when the URL has no query).
+    #[arg(long, value_name = "URL", requires = "verify")]
+    pub verify_url: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    Uniform,
+    Exponential,
+}
+
+impl CommonArgs {
+    /// The pause before a phone's next byte, drawn from the configured distribution.
+    pub fn next_interval(&self) -> Duration {
+        let min = self.min_interval.as_secs_f64();
+        let max = self.max_interval.as_secs_f64().max(min);
+        let secs = match self.distribution {
+            Distribution::Uniform => min + rand::random::<f64>() * (max - min),
+            Distribution::Exponential => {
+                let mean = (max - min) / 2.0;
+                // 1 - U is in (0, 1], so the logarithm is finite.
+                min - mean * (1.0 - rand::random::<f64>()).ln()
+            }
+        };
+        Duration::from_secs_f64(secs)
+    }
+
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.concurrent > 0, "--concurrent must be at least 1");
+        anyhow::ensure!(
+            self.min_interval <= self.max_interval,
+            "--min-interval must not exceed --max-interval"
+        );
+        anyhow::ensure!(!self.max_interval.is_zero(), "--max-interval must be more than 0");
+        anyhow::ensure!(
+            !self.verify.verify || self.verify.database_url.is_some() || self.verify.verify_url.is_some(),
+            "--verify needs --database-url or --verify-url"
+        );
+        Ok(())
+    }
+}
+
+/// Source addresses, used round-robin by phone index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceIps(pub Vec<IpAddr>);
+
+fn parse_source_ips(s: &str) -> Result<SourceIps, String> {
+    let mut ips = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: Ipv4Addr = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+            let b: Ipv4Addr = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if a > b {
+                return Err(format!("{part}: the range is empty"));
+            }
+            if b - a >= 1 << 16 {
+                return Err(format!("{part}: more than 65536 addresses"));
+            }
+            ips.extend((a..=b).map(|x| IpAddr::V4(Ipv4Addr::from(x))));
+        } else {
+            ips.push(part.parse::<IpAddr>().map_err(|e| format!("{part}: {e}"))?);
+        }
+    }
+    if ips.is_empty() {
+        return Err("no addresses".into());
+    }
+    Ok(SourceIps(ips))
+}
+
+/// `250ms`, `10s`, `1.5s`, `5m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{s:?}: expected a duration like 10s, 500ms, 5m"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h)")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Hex-decodes a gateway secret.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    bytes.chunks(2).map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn source_ranges() {
+        let r = parse_source_ips("127.0.0.2-127.0.0.4").unwrap();
+        assert_eq!(r.0.len(), 3);
+        assert_eq!(r.0[2], "127.0.0.4".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_source_ips("127.0.0.9, 127.0.1.1").unwrap().0.len(), 2);
+        assert!(parse_source_ips("127.0.0.4-127.0.0.2").is_err());
+    }
+
+    #[test]
+    fn hex() {
+        assert_eq!(decode_hex("00ff10Ab"), Some(vec![0, 255, 16, 171]));
+        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(decode_hex("zz"), None);
+        assert_eq!(decode_hex(""), Some(vec![]));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn phones_is_the_default_command() {
+        let cli = Cli::try_parse_from(["mobile-sim", "--target", "ws://127.0.0.1:1/", "-A", "5"]).unwrap();
+        match cli.into_command() {
+            Command::Phones(p) => assert_eq!(p.phones, 5),
+            _ => panic!("expected phones"),
+        }
+        let cli =
+            Cli::try_parse_from(["mobile-sim", "phones", "--target", "ws://x/", "--amount", "7"]).unwrap();
+        match cli.into_command() {
+            Command::Phones(p) => assert_eq!(p.phones, 7),
+            _ => panic!("expected phones"),
+        }
+        let cli = Cli::try_parse_from([
+            "mobile-sim",
+            "gateways",
+            "--target",
+            "ws://x/",
+            "--gateways-file",
+            "g.txt",
+        ])
+        .unwrap();
+        assert!(matches!(cli.into_command(), Command::Gateways(_)));
+        assert!(Cli::try_parse_from(["mobile-sim", "-A", "5"]).is_err(), "--target is required");
+    }
+}

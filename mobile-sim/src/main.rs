@@ -1,0 +1,72 @@
+//! mobile-sim: simulated phones and gateways that hold long-lived WebSocket connections and prove
+//! end to end that nothing they sent was lost or counted twice. See README.md.
+
+mod cli;
+mod gateway_sim;
+mod html;
+mod lean_tls;
+mod net;
+mod phone;
+mod report;
+mod run;
+mod stats;
+mod tls;
+mod verify;
+mod workers;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let command = cli::Cli::parse().into_command();
+    let files_limit = raise_files_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            cli::Command::Phones(args) => workers::run_phones(*args, files_limit).await,
+            cli::Command::Gateways(args) => gateway_sim::run_gateways(*args).await,
+        }
+    });
+    // Phones still closing must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Raises this process's open-files limit to its hard limit (each connection is a file) and
+/// returns the limit now in force.
+fn raise_files_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct passed by pointer, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    limit.rlim_cur
+}

@@ -1,0 +1,552 @@
+//! Simulated phones: one small task per phone that connects (at its moment in the ramp), holds
+//! its WebSocket, sends one byte at random intervals, keeps what the server confirms durable, and
+//! reconnects with backoff and jitter when the connection is lost.
+//!
+//! A held phone costs its task (the state below, kept small: the connection attempt is boxed and
+//! freed once done), its socket, and tungstenite's small read buffer. No per-phone buffers beyond
+//! that: a phone's only record is its device's two counters.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use std::sync::atomic::AtomicU8;
+use std::sync::OnceLock;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use trunk::backoff::Backoff;
+
+use crate::cli::{CommonArgs, PhonesArgs};
+use crate::net::{Connector, Failure, FailureKind, Target, Ws};
+use crate::stats::{DeviceCounters, DeviceTotals, Stats};
+
+/// One source address per this many phones by default (a source address has ~28k ephemeral
+/// ports towards one destination).
+pub const PHONES_PER_SOURCE_IP: u64 = 20_000;
+
+/// Largest message a phone accepts from the server.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Where the run stands; every phone watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connect and send.
+    Run,
+    /// Stop sending; close each connection once the server confirmed all it was sent, or at the
+    /// deadline.
+    Drain { deadline: Instant },
+    /// Close now.
+    Stop,
+}
+
+/// What every phone of a run shares: settings, targets, sources, the connector.
+#[derive(Clone)]
+pub struct Plan {
+    pub common: CommonArgs,
+    /// Phones in the whole run (all processes).
+    pub total: u64,
+    pub rate: f64,
+    pub targets: Vec<Target>,
+    pub sources: Vec<IpAddr>,
+    pub connector: Connector,
+    width: usize,
+}
+
+impl Plan {
+    pub async fn new(args: &PhonesArgs) -> anyhow::Result<Self> {
+        let common = args.common.clone();
+        common.validate()?;
+        anyhow::ensure!(args.phones > 0, "--phones must be at least 1");
+        anyhow::ensure!(args.rate >= 0.0 && args.rate.is_finite(), "--rate must be 0 or more");
+        let mut targets = Vec::new();
+        for url in &common.targets {
+            targets.push(Target::resolve(url, None).await?);
+        }
+        let tls = crate::tls::for_urls(common.ca.as_deref(), targets.iter().map(|t| t.url.as_str()))?;
+        let sources = match &args.source_ips {
+            Some(ips) => ips.0.clone(),
+            None if targets.iter().all(Target::is_loopback) => default_sources(args.phones),
+            None => Vec::new(),
+        };
+        let connector = Connector::new(tls, common.connect_timeout, None, MAX_MESSAGE);
+        Ok(Self {
+            total: args.phones,
+            rate: args.rate,
+            targets,
+            sources,
+            connector,
+            width: device_width(args.phones),
+            common,
+        })
+    }
+
+    /// The device id of phone `index`: the prefix and the zero-padded index.
+    pub fn device_id(&self, index: u64) -> String {
+        format!("{}{:0width$}", self.common.device_prefix, index, width = self.width)
+    }
+
+    fn target(&self, index: u64) -> &Target {
+        &self.targets[(index % self.targets.len() as u64) as usize]
+    }
+
+    fn source(&self, index: u64) -> Option<IpAddr> {
+        (!self.sources.is_empty()).then(|| self.sources[(index % self.sources.len() as u64) as usize])
+    }
+}
+
+/// Digits of the largest index, at least 6 (sim-000042).
+fn device_width(total: u64) -> usize {
+    total.saturating_sub(1).to_string().len().max(6)
+}
+
+/// 127.0.0.2 and up: one address per [`PHONES_PER_SOURCE_IP`] phones.
+pub fn default_sources(phones: u64) -> Vec<IpAddr> {
+    let count = phones.div_ceil(PHONES_PER_SOURCE_IP).clamp(1, 250);
+    (0..count).map(|k| IpAddr::from([127, 0, 0, 2 + k as u8])).collect()
+}
+
+/// The phase as every phone of a process sees it: a byte and a wakeup, far smaller per waiting
+/// phone than a watch channel's change future.
+#[derive(Debug, Default)]
+pub struct PhaseCell {
+    state: AtomicU8,
+    deadline: OnceLock<Instant>,
+    notify: Notify,
+}
+
+const RUN: u8 = 0;
+const DRAIN: u8 = 1;
+const STOP: u8 = 2;
+
+impl PhaseCell {
+    pub fn get(&self) -> Phase {
+        match self.state.load(Acquire) {
+            RUN => Phase::Run,
+            DRAIN => Phase::Drain { deadline: self.deadline.get().copied().unwrap_or_else(Instant::now) },
+            _ => Phase::Stop,
+        }
+    }
+
+    /// Moves on (never back) and wakes every phone.
+    pub fn set(&self, phase: Phase) {
+        let state = match phase {
+            Phase::Run => RUN,
+            Phase::Drain { deadline } => {
+                let _ = self.deadline.set(deadline);
+                DRAIN
+            }
+            Phase::Stop => STOP,
+        };
+        self.state.fetch_max(state, Release);
+        self.notify.notify_waiters();
+    }
+}
+
+/// The phones of one process: indices `first, first + step, ...` below the run's total.
+pub struct Fleet {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    plan: Plan,
+    stats: Arc<Stats>,
+    devices: Vec<DeviceCounters>,
+    first: u64,
+    step: u64,
+    permits: Semaphore,
+    start: Instant,
+    phase: PhaseCell,
+}
+
+impl Shared {
+    fn index(&self, k: usize) -> u64 {
+        self.first + k as u64 * self.step
+    }
+}
+
+impl Fleet {
+    /// Phones of worker `worker` of `workers` (0 of 1 for a single process). Their counters are
+    /// allocated here; call [`Fleet::spawn`] to start them.
+    pub fn new(plan: Plan, stats: Arc<Stats>, worker: u64, workers: u64, start: Instant) -> Self {
+        let count = if plan.total > worker { (plan.total - worker).div_ceil(workers) } else { 0 };
+        let permits = Semaphore::new(plan.common.concurrent.div_ceil(workers as usize).max(1));
+        let devices = (0..count).map(|_| DeviceCounters::default()).collect();
+        let phase = PhaseCell::default();
+        let shared = Shared { plan, stats, devices, first: worker, step: workers, permits, start, phase };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// Starts every phone's task.
+    pub fn spawn(&self) {
+        for k in 0..self.shared.devices.len() {
+            tokio::spawn(phone(self.shared.clone(), k));
+        }
+    }
+
+    /// Phones in this process.
+    pub fn len(&self) -> u64 {
+        self.shared.devices.len() as u64
+    }
+
+    /// Every phone has finished (closed after the drain, or given up).
+    pub fn is_done(&self) -> bool {
+        self.shared.stats.done.load(Relaxed) >= self.len()
+    }
+
+    pub fn drain(&self, deadline: Instant) {
+        self.shared.phase.set(Phase::Drain { deadline });
+    }
+
+    pub fn stop(&self) {
+        self.shared.phase.set(Phase::Stop);
+    }
+
+    /// Each phone's global index and totals.
+    pub fn totals(&self) -> Vec<(u64, DeviceTotals)> {
+        let s = &self.shared;
+        s.devices
+            .iter()
+            .enumerate()
+            .map(|(k, d)| {
+                (s.index(k), DeviceTotals { sent: d.sent.load(Relaxed), durable: d.durable.load(Relaxed) })
+            })
+            .collect()
+    }
+}
+
+/// How a held connection ended.
+enum Ended {
+    /// We closed it (drain or stop).
+    Closed,
+    /// It broke, or the server closed it.
+    Lost(Failure),
+}
+
+/// A phone's whole life.
+async fn phone(shared: Arc<Shared>, k: usize) {
+    let mut failing = false;
+    live(&shared, k, &mut failing).await;
+    if failing {
+        shared.stats.failing.fetch_sub(1, Relaxed);
+    }
+    shared.stats.done.fetch_add(1, Relaxed);
+}
+
+async fn live(shared: &Shared, k: usize, failing: &mut bool) {
+    let stats = &shared.stats;
+    let index = shared.index(k);
+    let mut progress = Progress { sent: 0, durable_before: 0 };
+    if shared.plan.common.messages == Some(0) {
+        stats.finished_sending.fetch_add(1, Relaxed);
+    }
+    if shared.plan.rate > 0.0 {
+        let at = shared.start + Duration::from_secs_f64(index as f64 / shared.plan.rate);
+        if !sleep_while_running(shared, at).await {
+            return;
+        }
+    }
+    let mut failures = 0u32;
+    loop {
+        // Wait for a permit first, then box the attempt: its (large) state lives only while
+        // connecting, not while queued (a ramp without --rate queues every phone at once). The
+        // block keeps the permit and the attempt out of the state a held phone keeps.
+        let ws = {
+            let permit = tokio::select! {
+                permit = shared.permits.acquire() => permit,
+                _ = left_run(shared) => return,
+            };
+            let Ok(permit) = permit else { return };
+            let attempt = Box::pin(attempt(shared, index, permit));
+            tokio::select! {
+                ws = attempt => ws,
+                _ = left_run(shared) => return,
+            }
+        };
+        match ws {
+            None => {
+                if !*failing {
+                    *failing = true;
+                    stats.failing.fetch_add(1, Relaxed);
+                }
+                failures = failures.saturating_add(1);
+            }
+            Some(ws) => {
+                if *failing {
+                    *failing = false;
+                    stats.failing.fetch_sub(1, Relaxed);
+                }
+                stats.connected.fetch_add(1, Relaxed);
+                let ended = hold(shared, k, ws, &mut progress).await;
+                stats.connected.fetch_sub(1, Relaxed);
+                match ended {
+                    Ended::Closed => return,
+                    Ended::Lost(failure) => {
+                        stats.dropped.fetch_add(1, Relaxed);
+                        stats.error(&failure);
+                        // Come back after a jittered pause, as a crowd of real phones would.
+                        failures = 1;
+                    }
+                }
+            }
+        }
+        let delay = Backoff::PHONE.delay_ms(failures, rand::random());
+        if !sleep_while_running(shared, Instant::now() + Duration::from_millis(delay)).await {
+            return;
+        }
+    }
+}
+
+/// One connection attempt, counted. The WebSocket comes boxed: moving it around costs a
+/// pointer, not its few hundred bytes in every future that holds it.
+async fn attempt(shared: &Shared, index: u64, _permit: tokio::sync::SemaphorePermit<'_>) -> Option<Box<Ws>> {
+    let stats = &shared.stats;
+    stats.attempts.fetch_add(1, Relaxed);
+    let plan = &shared.plan;
+    let target = plan.target(index);
+    let url = target.url_with_device(&plan.device_id(index));
+    match plan.connector.connect(target, &url, plan.source(index)).await {
+        Ok((ws, latency)) => {
+            stats.established.fetch_add(1, Relaxed);
+            stats.handshake(latency);
+            Some(Box::new(ws))
+        }
+        Err(failure) => {
+            stats.failed.fetch_add(1, Relaxed);
+            stats.error(&failure);
+            None
+        }
+    }
+}
+
+/// What a phone carries from one connection to the next.
+struct Progress {
+    /// Bytes sent over all connections.
+    sent: u64,
+    /// Sum of the last durable values of the connections that ended.
+    durable_before: u64,
+}
+
+/// What woke a held phone, in few bytes.
+enum Event {
+    Timer,
+    /// The server said this connection's durable total.
+    Durable(u64),
+    /// The connection broke or the server closed it (boxed: rare, and keeps the event small).
+    Lost(Box<Failure>),
+    /// Anything else received (pings, other messages).
+    Other,
+    /// The phase may have changed.
+    Phase,
+}
+
+impl Event {
+    fn received(message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Self {
+        match message {
+            Some(Ok(Message::Text(text))) => match serde_json::from_str::<Durable>(text.as_str()) {
+                Ok(Durable { durable }) => Event::Durable(durable),
+                Err(_) => Event::Other,
+            },
+            Some(Ok(Message::Close(frame))) => {
+                let detail = match frame {
+                    Some(f) => format!("close {} {}", u16::from(f.code), f.reason),
+                    None => "close without code".into(),
+                };
+                Event::Lost(Box::new(Failure::new(FailureKind::ClosedByServer, detail)))
+            }
+            Some(Ok(_)) => Event::Other,
+            Some(Err(e)) => Event::Lost(Box::new(Failure::ws(e))),
+            None => Event::Lost(Box::new(Failure::new(FailureKind::ClosedByServer, "connection closed"))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Durable {
+    durable: u64,
+}
+
+/// Holds one connection: sends bytes while the run lasts, records durable confirmations, and
+/// closes with 1000 once drained.
+///
+/// This future is most of what a held phone costs, so it keeps little across its one await:
+/// the connection (boxed), one timer, one phase wakeup, and a few counters.
+async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progress) -> Ended {
+    let mut session_sent = 0u64;
+    let mut session_durable = 0u64;
+    // The next byte's time while running; the drain deadline while draining.
+    let mut wake_at =
+        wants_more(shared, progress.sent).then(|| Instant::now() + shared.plan.common.next_interval());
+    let mut draining = false;
+    let timer = tokio::time::sleep_until(far_future().into());
+    tokio::pin!(timer);
+    let ended = loop {
+        // Enabled before the phase is read, so a change after the read still wakes us.
+        let phase_changed = shared.phase.notify.notified();
+        tokio::pin!(phase_changed);
+        phase_changed.as_mut().enable();
+        match shared.phase.get() {
+            Phase::Run => {}
+            Phase::Drain { deadline } => {
+                if !draining {
+                    draining = true;
+                    wake_at = Some(deadline);
+                }
+            }
+            Phase::Stop => break Ended::Closed,
+        }
+        if draining && session_durable >= session_sent {
+            break Ended::Closed;
+        }
+        {
+            let wake = tokio::time::Instant::from(wake_at.unwrap_or_else(far_future));
+            if wake != timer.deadline() {
+                timer.as_mut().reset(wake);
+            }
+        }
+        // The select only says what happened; acting on it (the send) comes after, so the
+        // futures of the select and of the send never take room in the phone at the same time.
+        let event = tokio::select! {
+            _ = &mut timer => Event::Timer,
+            message = ws.next() => Event::received(message),
+            _ = &mut phase_changed => Event::Phase,
+        };
+        match event {
+            Event::Timer => {
+                if draining {
+                    break Ended::Closed; // the drain deadline
+                }
+                progress.sent += 1;
+                session_sent += 1;
+                shared.devices[k].sent.fetch_add(1, Relaxed);
+                shared.stats.bytes_sent.fetch_add(1, Relaxed);
+                if shared.plan.common.messages == Some(progress.sent) {
+                    shared.stats.finished_sending.fetch_add(1, Relaxed);
+                }
+                // Counted as sent before the write: a byte that may have left is never missed.
+                if let Err(e) = ws.send(Message::Binary(Bytes::from_static(b"."))).await {
+                    break Ended::Lost(Failure::ws(e));
+                }
+                wake_at = wants_more(shared, progress.sent)
+                    .then(|| Instant::now() + shared.plan.common.next_interval());
+            }
+            Event::Durable(durable) => {
+                shared.stats.add_durable(session_durable, durable);
+                session_durable = durable;
+                shared.devices[k].durable.store(progress.durable_before + durable, Relaxed);
+            }
+            Event::Lost(failure) => break Ended::Lost(*failure),
+            Event::Other | Event::Phase => {}
+        }
+    };
+    progress.durable_before += session_durable;
+    if let Ended::Closed = ended {
+        // Boxed: the closing handshake's state is needed once, not kept in every held phone.
+        Box::pin(close(ws)).await;
+    }
+    ended
+}
+
+/// Whether a phone that sent `sent` bytes sends more (`--messages`).
+fn wants_more(shared: &Shared, sent: u64) -> bool {
+    shared.plan.common.messages.is_none_or(|m| sent < m)
+}
+
+/// Closes with 1000 and waits (briefly) for the server's close.
+async fn close(mut ws: Box<Ws>) {
+    let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if ws.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Sleeps until `at`; `false` (early) when the run is no longer in its Run phase.
+async fn sleep_while_running(shared: &Shared, at: Instant) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(at.into()) => matches!(shared.phase.get(), Phase::Run),
+        _ = left_run(shared) => false,
+    }
+}
+
+/// Resolves once the phase is no longer Run.
+async fn left_run(shared: &Shared) {
+    loop {
+        let changed = shared.phase.notify.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if !matches!(shared.phase.get(), Phase::Run) {
+            return;
+        }
+        changed.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_are_padded() {
+        assert_eq!(device_width(1), 6);
+        assert_eq!(device_width(1_000_000), 6);
+        assert_eq!(device_width(1_000_001), 7);
+    }
+
+    #[test]
+    fn one_source_per_20k() {
+        assert_eq!(default_sources(1).len(), 1);
+        assert_eq!(default_sources(20_000).len(), 1);
+        assert_eq!(default_sources(20_001).len(), 2);
+        assert_eq!(default_sources(1_000_000).len(), 50);
+        assert_eq!(default_sources(1)[0], IpAddr::from([127, 0, 0, 2]));
+    }
+
+    /// A held phone is mostly its task; tokio allocates tasks in multiples of 128 bytes (with
+    /// its 80-byte header and trailer), so a phone future of at most 536 bytes takes 640. A
+    /// change that grows it past that costs 128 bytes per phone: look at what it keeps across
+    /// its awaits (`RUSTC_BOOTSTRAP=1 cargo rustc -p mobile-sim -- -Zprint-type-sizes`).
+    #[test]
+    fn a_held_phone_stays_small() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["mobile-sim", "--target", "ws://127.0.0.1:1/"]).unwrap();
+        let crate::cli::Command::Phones(args) = cli.into_command() else { unreachable!() };
+        let plan = Plan {
+            common: args.common,
+            total: 1,
+            rate: 0.0,
+            targets: Vec::new(),
+            sources: Vec::new(),
+            connector: Connector::new(None, Duration::from_secs(1), None, MAX_MESSAGE),
+            width: 6,
+        };
+        let fleet = Fleet::new(plan, Arc::new(Stats::default()), 0, 1, Instant::now());
+        let task = phone(fleet.shared.clone(), 0);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 536, "a phone's task state grew to {size} bytes");
+    }
+
+    #[test]
+    fn the_phase_only_moves_on() {
+        let cell = PhaseCell::default();
+        assert_eq!(cell.get(), Phase::Run);
+        let deadline = Instant::now();
+        cell.set(Phase::Drain { deadline });
+        assert_eq!(cell.get(), Phase::Drain { deadline });
+        cell.set(Phase::Run);
+        assert_eq!(cell.get(), Phase::Drain { deadline });
+        cell.set(Phase::Stop);
+        assert_eq!(cell.get(), Phase::Stop);
+    }
+}

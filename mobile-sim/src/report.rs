@@ -1,0 +1,365 @@
+//! The final report: what was attempted, what held, how fast handshakes were, what was sent and
+//! confirmed durable, what went wrong, what a held connection costs in memory, and (with --verify)
+//! whether the persisted totals match. Printed as text, or as JSON with --json; --html renders it
+//! as a page, --per-device writes every device's totals.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::cli::CommonArgs;
+use crate::run::{End, Sample};
+use crate::stats::{DeviceTotals, Memory, Snapshot};
+use crate::verify::Verification;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// "phones" or "gateways".
+    pub mode: &'static str,
+    pub targets: Vec<String>,
+    /// Phones, or sessions in gateways mode.
+    pub devices: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub links_per_gateway: Option<u64>,
+    /// Processes that held connections (1 without workers).
+    pub processes: u64,
+    pub end: End,
+    pub run_seconds: f64,
+    pub drain_seconds: f64,
+    pub connections: Connections,
+    pub connect_rate: ConnectRate,
+    pub handshake_ms: Latency,
+    pub bytes: Bytes,
+    pub errors: BTreeMap<String, u64>,
+    pub error_examples: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+    pub timeline: Vec<Sample>,
+    #[serde(skip)]
+    pub histogram: Option<Histogram<u64>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Connections {
+    pub attempted: u64,
+    pub established: u64,
+    pub failed: u64,
+    /// Established connections lost other than by our close.
+    pub dropped: u64,
+    /// Connections up when the run phase ended.
+    pub held_at_end_of_run: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectRate {
+    /// Seconds from the start until every phone (link) was connected at once, if that happened.
+    pub all_connected_after_s: Option<f64>,
+    /// Connections (phones, or links) divided by that time.
+    pub average_per_s: Option<f64>,
+    /// The most connections established per second (over windows of 0.5 to 1 s).
+    pub peak_per_s: f64,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Bytes {
+    pub sent: u64,
+    pub durable: u64,
+    /// Sent but never confirmed durable.
+    pub unconfirmed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemoryReport {
+    pub rss_before_bytes: u64,
+    pub rss_held_bytes: u64,
+    pub held: u64,
+    /// Resident memory per held connection (phone, or session in gateways mode).
+    pub per_held_bytes: Option<f64>,
+}
+
+/// Everything a mode hands over to build its report.
+pub struct Parts {
+    pub mode: &'static str,
+    pub targets: Vec<String>,
+    pub devices: u64,
+    /// Connections wanted at once: phones, or gateways x links.
+    pub connections: u64,
+    pub gateways: Option<u64>,
+    pub links_per_gateway: Option<u64>,
+    pub processes: u64,
+    pub end: End,
+    pub run: std::time::Duration,
+    pub drain: std::time::Duration,
+    pub at_end_of_run: Snapshot,
+    pub last: Snapshot,
+    pub histogram: Histogram<u64>,
+    pub memory: Option<Memory>,
+    pub samples: Vec<Sample>,
+    pub all_connected_after: Option<std::time::Duration>,
+    pub peak_connect_rate: f64,
+}
+
+impl Report {
+    /// Builds the report; `totals` are the devices' final totals (bytes are summed from them).
+    pub fn new(p: Parts, totals: &[(String, DeviceTotals)]) -> Self {
+        let h = &p.histogram;
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let handshake_ms = if h.is_empty() {
+            Latency::default()
+        } else {
+            Latency {
+                count: h.len(),
+                p50: ms(h.value_at_quantile(0.50)),
+                p90: ms(h.value_at_quantile(0.90)),
+                p99: ms(h.value_at_quantile(0.99)),
+                max: ms(h.max()),
+                mean: h.mean() / 1000.0,
+            }
+        };
+        let sent: u64 = totals.iter().map(|(_, t)| t.sent).sum();
+        let durable: u64 = totals.iter().map(|(_, t)| t.durable).sum();
+        let unconfirmed: u64 = totals.iter().map(|(_, t)| t.sent.saturating_sub(t.durable)).sum();
+        let all = p.all_connected_after.map(|d| d.as_secs_f64());
+        let s = &p.last;
+        Self {
+            mode: p.mode,
+            targets: p.targets,
+            devices: p.devices,
+            gateways: p.gateways,
+            links_per_gateway: p.links_per_gateway,
+            processes: p.processes,
+            end: p.end,
+            run_seconds: p.run.as_secs_f64(),
+            drain_seconds: p.drain.as_secs_f64(),
+            connections: Connections {
+                attempted: s.attempts,
+                established: s.established,
+                failed: s.failed,
+                dropped: s.dropped,
+                held_at_end_of_run: p.at_end_of_run.connected,
+            },
+            connect_rate: ConnectRate {
+                all_connected_after_s: all,
+                average_per_s: all.filter(|&a| a > 0.0).map(|a| p.connections as f64 / a),
+                peak_per_s: p.peak_connect_rate,
+            },
+            handshake_ms,
+            bytes: Bytes { sent, durable, unconfirmed },
+            errors: s.errors.iter().map(|(k, e)| (k.clone(), e.count)).collect(),
+            error_examples: s.errors.iter().map(|(k, e)| (k.clone(), e.example.clone())).collect(),
+            memory: p.memory.map(|m| MemoryReport {
+                rss_before_bytes: m.rss_before,
+                rss_held_bytes: m.rss_held,
+                held: m.held,
+                per_held_bytes: m.per_held(),
+            }),
+            verification: None,
+            timeline: p.samples,
+            histogram: Some(p.histogram),
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut o = String::new();
+        let unit = if self.mode == "gateways" { "sessions" } else { "phones" };
+        let _ = write!(o, "mobile-sim {}: {} {unit}", self.mode, group(self.devices));
+        if let (Some(g), Some(k)) = (self.gateways, self.links_per_gateway) {
+            let _ = write!(o, " on {} gateways x {k} links", group(g));
+        }
+        let _ = writeln!(
+            o,
+            " -> {} ({} process{})",
+            self.targets.join(", "),
+            self.processes,
+            if self.processes == 1 { "" } else { "es" }
+        );
+        let end = match self.end {
+            End::Duration => "--duration reached",
+            End::Messages => "all --messages sent",
+            End::Interrupted => "interrupted",
+        };
+        let _ =
+            writeln!(o, "run          {:.1} s ({end}), drain {:.1} s", self.run_seconds, self.drain_seconds);
+        let c = &self.connections;
+        let _ = writeln!(
+            o,
+            "connections  attempted {}  established {}  failed {}  dropped {}  held at end of run {}",
+            group(c.attempted),
+            group(c.established),
+            group(c.failed),
+            group(c.dropped),
+            group(c.held_at_end_of_run)
+        );
+        let r = &self.connect_rate;
+        let all = match (r.all_connected_after_s, r.average_per_s) {
+            (Some(t), Some(rate)) => format!("all connected after {t:.2} s ({} /s)", group(rate as u64)),
+            (Some(t), None) => format!("all connected after {t:.2} s"),
+            _ => "never all connected at once".into(),
+        };
+        let _ = writeln!(o, "connect rate {all}; peak {} /s", group(r.peak_per_s as u64));
+        let h = &self.handshake_ms;
+        if h.count > 0 {
+            let _ = writeln!(
+                o,
+                "handshake    p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} handshakes, TCP connect to WebSocket upgraded)",
+                h.p50,
+                h.p90,
+                h.p99,
+                h.max,
+                group(h.count)
+            );
+        } else {
+            let _ = writeln!(o, "handshake    none completed");
+        }
+        let b = &self.bytes;
+        let _ = writeln!(
+            o,
+            "bytes        sent {}  confirmed durable {}  unconfirmed {}",
+            group(b.sent),
+            group(b.durable),
+            group(b.unconfirmed)
+        );
+        if self.errors.is_empty() {
+            let _ = writeln!(o, "errors       none");
+        } else {
+            let _ = writeln!(o, "errors");
+            for (kind, count) in &self.errors {
+                let example = self.error_examples.get(kind).map(String::as_str).unwrap_or("");
+                let _ = writeln!(o, "  {kind:<22} {:>10}  e.g. {example}", group(*count));
+            }
+        }
+        if let Some(m) = &self.memory {
+            match m.per_held_bytes {
+                Some(per) => {
+                    let _ = writeln!(
+                        o,
+                        "memory       {} per held {} (RSS {} -> {} holding {})",
+                        human_bytes(per),
+                        unit.trim_end_matches('s'),
+                        human_bytes(m.rss_before_bytes as f64),
+                        human_bytes(m.rss_held_bytes as f64),
+                        group(m.held)
+                    );
+                }
+                None => {
+                    let _ = writeln!(o, "memory       nothing held at the end of the run: no measurement");
+                }
+            }
+        }
+        if let Some(v) = &self.verification {
+            o.push_str(&v.to_text());
+        }
+        o
+    }
+}
+
+/// 1234567 -> "1,234,567".
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn human_bytes(b: f64) -> String {
+    if b < 1024.0 {
+        format!("{b:.0} B")
+    } else if b < 1024.0 * 1024.0 {
+        format!("{:.2} KiB", b / 1024.0)
+    } else if b < 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1024.0 / 1024.0)
+    } else {
+        format!("{:.2} GiB", b / 1024.0 / 1024.0 / 1024.0)
+    }
+}
+
+/// The end of every run: verification, the files asked for, the report on stdout, the status.
+pub async fn conclude(
+    mut report: Report,
+    totals: &[(String, DeviceTotals)],
+    common: &CommonArgs,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<ExitCode> {
+    let mut verify_error = None;
+    if common.verify.verify {
+        match crate::verify::verify(&common.verify, &common.device_prefix, totals, tls).await {
+            Ok(v) => report.verification = Some(v),
+            Err(e) => verify_error = Some(e),
+        }
+    }
+    if let Some(path) = &common.output.per_device {
+        write_per_device(path, totals).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &common.output.html {
+        std::fs::write(path, crate::html::render(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    if common.output.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", report.to_text())?;
+    }
+    out.flush()?;
+    if let Some(e) = verify_error {
+        return Err(e.context("verification could not be carried out"));
+    }
+    Ok(match &report.verification {
+        Some(v) if !v.ok => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+fn write_per_device(path: &std::path::Path, totals: &[(String, DeviceTotals)]) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(w, "device,sent,durable")?;
+    for (device, t) in totals {
+        writeln!(w, "{device},{},{}", t.sent, t.durable)?;
+    }
+    w.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_bytes(512.0), "512 B");
+        assert_eq!(human_bytes(2048.0), "2.00 KiB");
+    }
+}

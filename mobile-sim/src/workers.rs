@@ -1,0 +1,405 @@
+//! The phones run, in this process or spread over worker processes.
+//!
+//! One process may hold only as many connections as it may open files, so above --per-process
+//! phones (or with --workers) mobile-sim runs itself again as W workers: the same command line
+//! plus the hidden `--worker-index I --worker-count W`. Worker I runs phones I, I+W, I+2W, ... so
+//! the ramp, the targets and the source addresses are spread exactly as in one process. The
+//! parent shows one progress display and prints one report.
+//!
+//! Protocol, one JSON object per line:
+//! - worker stdout: `{"type":"progress","snapshot":{...}}` twice a second, and at the end
+//!   `{"type":"final",...}` with its counters, memory, handshake histogram and every device's
+//!   totals;
+//! - worker stdin: `drain` (stop sending, drain, close) and `stop` (close now). When its stdin
+//!   closes (the parent is gone) a worker drains, then stops.
+
+use std::ffi::OsString;
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::cli::PhonesArgs;
+use crate::phone::{Fleet, Plan};
+use crate::report::{self, Parts, Report};
+use crate::run::{Interrupts, Monitor};
+use crate::stats::{
+    histogram_add_pairs, histogram_to_pairs, new_histogram, rss_bytes, DeviceTotals, Memory, Snapshot, Stats,
+};
+
+/// After the drain deadline, how long closes may take before everything is stopped.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Files a process needs besides its connections.
+const SPARE_FILES: u64 = 64;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum FromWorker {
+    Progress {
+        snapshot: Snapshot,
+    },
+    Final {
+        snapshot: Snapshot,
+        at_end_of_run: Snapshot,
+        memory: Memory,
+        handshakes: Vec<(u64, u64)>,
+        /// (global phone index, sent, durable)
+        devices: Vec<(u64, u64, u64)>,
+    },
+}
+
+/// Runs the `phones` command.
+pub async fn run_phones(args: PhonesArgs, files_limit: u64) -> anyhow::Result<ExitCode> {
+    if args.worker_index.is_some() {
+        return worker_main(args).await;
+    }
+    let plan = Plan::new(&args).await?;
+    let workers = match args.workers {
+        Some(0) => bail!("--workers must be at least 1"),
+        Some(w) => w as u64,
+        None if args.phones > args.per_process => args.phones.div_ceil(args.per_process.max(1)),
+        None => 1,
+    };
+    let per_process = args.phones.div_ceil(workers);
+    if per_process + SPARE_FILES > files_limit {
+        eprintln!(
+            "warning: {per_process} phones per process but a process may open only {files_limit} files; \
+             use more --workers or a lower --per-process"
+        );
+    }
+    let common = &args.common;
+    let start = Instant::now();
+    let mut monitor = Monitor::new(start, plan.total, plan.total, "phones", common.output.quiet);
+    let mut interrupts = Interrupts::new();
+
+    let outcome = if workers <= 1 {
+        run_local(&plan, &mut monitor, &mut interrupts).await
+    } else {
+        run_workers(&plan, workers, &mut monitor, &mut interrupts).await?
+    };
+    monitor.finish();
+
+    let mut totals: Vec<(String, DeviceTotals)> =
+        outcome.devices.iter().map(|&(i, t)| (plan.device_id(i), t)).collect();
+    totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let parts = Parts {
+        mode: "phones",
+        targets: plan.targets.iter().map(|t| t.url.clone()).collect(),
+        devices: plan.total,
+        connections: plan.total,
+        gateways: None,
+        links_per_gateway: None,
+        processes: workers,
+        end: outcome.end,
+        run: outcome.run,
+        drain: outcome.drain,
+        at_end_of_run: outcome.at_end_of_run,
+        last: outcome.last,
+        histogram: outcome.histogram,
+        memory: outcome.memory,
+        samples: std::mem::take(&mut monitor.samples),
+        all_connected_after: monitor.all_connected_after,
+        peak_connect_rate: monitor.peak_connect_rate,
+    };
+    let report = Report::new(parts, &totals);
+    let mut common = common.clone();
+    if !outcome.missing.is_empty() {
+        common.verify.verify = false;
+    }
+    let tls = tls_for_verify(&common)?;
+    let status = report::conclude(report, &totals, &common, tls).await?;
+    if !outcome.missing.is_empty() {
+        bail!("workers {:?} ended without their report: their phones' totals are missing", outcome.missing);
+    }
+    Ok(status)
+}
+
+/// The TLS configuration for an https:// --verify-url.
+pub fn tls_for_verify(common: &crate::cli::CommonArgs) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    match &common.verify.verify_url {
+        Some(url) if common.verify.verify => {
+            crate::tls::for_urls(common.ca.as_deref(), std::iter::once(url.as_str()))
+        }
+        _ => Ok(None),
+    }
+}
+
+struct Outcome {
+    end: crate::run::End,
+    run: Duration,
+    drain: Duration,
+    at_end_of_run: Snapshot,
+    last: Snapshot,
+    histogram: hdrhistogram::Histogram<u64>,
+    memory: Option<Memory>,
+    devices: Vec<(u64, DeviceTotals)>,
+    missing: Vec<usize>,
+}
+
+async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrupts) -> Outcome {
+    let common = &plan.common;
+    let stats = Arc::new(Stats::default());
+    let fleet = Fleet::new(plan.clone(), stats.clone(), 0, 1, monitor.start);
+    let rss_before = rss_bytes();
+    fleet.spawn();
+    let end =
+        monitor.run_phase(common.duration, common.messages.is_some(), interrupts, || stats.snapshot()).await;
+    let run = monitor.start.elapsed();
+    let at_end_of_run = stats.snapshot();
+    let memory = rss_before.zip(rss_bytes()).map(|(before, held)| Memory {
+        rss_before: before,
+        rss_held: held,
+        held: at_end_of_run.connected,
+    });
+    let drain_started = Instant::now();
+    let deadline = drain_started + common.drain_timeout;
+    fleet.drain(deadline);
+    let calm = monitor
+        .drain_phase(deadline + CLOSE_GRACE, interrupts, || stats.snapshot(), || fleet.is_done())
+        .await;
+    if !calm || !fleet.is_done() {
+        fleet.stop();
+        let give_up = Instant::now() + CLOSE_GRACE;
+        while !fleet.is_done() && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Outcome {
+        end,
+        run,
+        drain: drain_started.elapsed(),
+        at_end_of_run,
+        last: stats.snapshot(),
+        histogram: stats.histogram(),
+        memory,
+        devices: fleet.totals(),
+        missing: Vec::new(),
+    }
+}
+
+#[derive(Default)]
+struct WorkerState {
+    latest: Snapshot,
+    done: Option<FromWorker>,
+    exited: bool,
+}
+
+async fn run_workers(
+    plan: &Plan,
+    workers: u64,
+    monitor: &mut Monitor,
+    interrupts: &mut Interrupts,
+) -> anyhow::Result<Outcome> {
+    let common = &plan.common;
+    let exe = std::env::current_exe().context("finding this program to start workers")?;
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let states: Arc<Mutex<Vec<WorkerState>>> =
+        Arc::new(Mutex::new((0..workers).map(|_| WorkerState::default()).collect()));
+    let mut children: Vec<(Child, Option<ChildStdin>)> = Vec::new();
+    for i in 0..workers {
+        let mut child = Command::new(&exe)
+            .args(&argv)
+            .arg("--worker-index")
+            .arg(i.to_string())
+            .arg("--worker-count")
+            .arg(workers.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Its own process group: a Ctrl-C at the terminal reaches only the parent, which then
+            // drains the workers in order.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting worker {i}"))?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let stdin = child.stdin.take();
+        let states = states.clone();
+        let index = i as usize;
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<FromWorker>(&line) {
+                    Ok(FromWorker::Progress { snapshot }) => {
+                        states.lock().unwrap_or_else(|e| e.into_inner())[index].latest = snapshot;
+                    }
+                    Ok(done @ FromWorker::Final { .. }) => {
+                        let mut s = states.lock().unwrap_or_else(|e| e.into_inner());
+                        if let FromWorker::Final { snapshot, .. } = &done {
+                            s[index].latest = snapshot.clone();
+                        }
+                        s[index].done = Some(done);
+                    }
+                    Err(e) => eprintln!("worker {index}: unreadable line ({e}): {line:.200}"),
+                }
+            }
+            states.lock().unwrap_or_else(|e| e.into_inner())[index].exited = true;
+        });
+        children.push((child, stdin));
+    }
+    let snapshot = || {
+        let s = states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut total = Snapshot::default();
+        for w in s.iter() {
+            total.add(&w.latest);
+        }
+        total
+    };
+    let finished =
+        || states.lock().unwrap_or_else(|e| e.into_inner()).iter().all(|w| w.exited || w.done.is_some());
+
+    let end = monitor.run_phase(common.duration, common.messages.is_some(), interrupts, snapshot).await;
+    let run = monitor.start.elapsed();
+    let drain_started = Instant::now();
+    send_all(&mut children, "drain").await;
+    let deadline = drain_started + common.drain_timeout + CLOSE_GRACE;
+    let calm = monitor.drain_phase(deadline, interrupts, snapshot, finished).await;
+    if !calm || !finished() {
+        send_all(&mut children, "stop").await;
+        let give_up = Instant::now() + CLOSE_GRACE * 2;
+        while !finished() && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let drain = drain_started.elapsed();
+    for (child, stdin) in &mut children {
+        drop(stdin.take());
+        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+            let _ = child.start_kill();
+        }
+    }
+    // Give the readers a moment to take the last lines.
+    let settle = Instant::now() + Duration::from_secs(2);
+    while !states.lock().unwrap_or_else(|e| e.into_inner()).iter().all(|w| w.exited)
+        && Instant::now() < settle
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut out = Outcome {
+        end,
+        run,
+        drain,
+        at_end_of_run: Snapshot::default(),
+        last: Snapshot::default(),
+        histogram: new_histogram(),
+        memory: Some(Memory::default()),
+        devices: Vec::with_capacity(plan.total as usize),
+        missing: Vec::new(),
+    };
+    let mut states = states.lock().unwrap_or_else(|e| e.into_inner());
+    for (i, w) in states.iter_mut().enumerate() {
+        match w.done.take() {
+            Some(FromWorker::Final { snapshot, at_end_of_run, memory, handshakes, devices }) => {
+                out.last.add(&snapshot);
+                out.at_end_of_run.add(&at_end_of_run);
+                if let Some(m) = out.memory.as_mut() {
+                    m.add(&memory);
+                }
+                histogram_add_pairs(&mut out.histogram, &handshakes);
+                out.devices.extend(
+                    devices.into_iter().map(|(index, sent, durable)| (index, DeviceTotals { sent, durable })),
+                );
+            }
+            _ => {
+                out.missing.push(i);
+                out.last.add(&w.latest);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn send_all(children: &mut [(Child, Option<ChildStdin>)], command: &str) {
+    for (_, stdin) in children.iter_mut() {
+        if let Some(s) = stdin.as_mut() {
+            if s.write_all(format!("{command}\n").as_bytes()).await.is_err() || s.flush().await.is_err() {
+                *stdin = None;
+            }
+        }
+    }
+}
+
+/// A worker: runs its share of the phones, reports on stdout, obeys stdin.
+async fn worker_main(args: PhonesArgs) -> anyhow::Result<ExitCode> {
+    let (Some(index), Some(count)) = (args.worker_index, args.worker_count) else {
+        bail!("--worker-index and --worker-count go together");
+    };
+    anyhow::ensure!(index < count, "--worker-index must be below --worker-count");
+    let plan = Plan::new(&args).await?;
+    let drain_timeout = plan.common.drain_timeout;
+    let stats = Arc::new(Stats::default());
+    let fleet = Fleet::new(plan, stats.clone(), index as u64, count as u64, Instant::now());
+    let rss_before = rss_bytes().unwrap_or(0);
+    fleet.spawn();
+
+    let (tx, mut commands) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line.trim().to_string());
+        }
+        let _ = tx.send("eof".into());
+    });
+    let mut stdout = tokio::io::stdout();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut running = true;
+    let mut at_end_of_run = None;
+    let mut memory = Memory { rss_before, ..Memory::default() };
+    let mut stop_at = None;
+    let mut stdin_open = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let line = serde_json::to_string(&FromWorker::Progress { snapshot: stats.snapshot() })?;
+                stdout.write_all(line.as_bytes()).await?;
+                stdout.write_all(b"\n").await?;
+                stdout.flush().await?;
+            }
+            command = commands.recv(), if stdin_open => {
+                let command = command.unwrap_or_else(|| "eof".into());
+                if command == "eof" {
+                    stdin_open = false;
+                }
+                if running {
+                    running = false;
+                    let snap = stats.snapshot();
+                    memory.rss_held = rss_bytes().unwrap_or(0);
+                    memory.held = snap.connected;
+                    at_end_of_run = Some(snap);
+                    let deadline = Instant::now() + drain_timeout;
+                    fleet.drain(deadline);
+                    stop_at = Some(deadline + CLOSE_GRACE);
+                }
+                if command == "stop" {
+                    fleet.stop();
+                }
+            }
+        }
+        if fleet.is_done() {
+            break;
+        }
+        if stop_at.is_some_and(|t| Instant::now() >= t) {
+            fleet.stop();
+            stop_at = None;
+        }
+    }
+    let snapshot = stats.snapshot();
+    let done = FromWorker::Final {
+        at_end_of_run: at_end_of_run.unwrap_or_else(|| snapshot.clone()),
+        snapshot,
+        memory,
+        handshakes: histogram_to_pairs(&stats.histogram()),
+        devices: fleet.totals().into_iter().map(|(i, t)| (i, t.sent, t.durable)).collect(),
+    };
+    let line = serde_json::to_string(&done)?;
+    stdout.write_all(line.as_bytes()).await?;
+    stdout.write_all(b"\n").await?;
+    stdout.flush().await?;
+    Ok(ExitCode::SUCCESS)
+}
