@@ -183,3 +183,14 @@ async fn sigterm_closes_phones_with_1001_flushes_and_exits_zero() {
     let totals = agg.store().await.device_totals("leaving").await.unwrap();
     assert_eq!(totals, vec![("leaving".to_owned(), 4)], "the final flush wrote what the phone sent");
 }
+
+#[tokio::test]
+async fn beyond_the_admission_limit_a_phone_gets_503() {
+    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--max-phones", "1"]).await else { return };
+    let mut first = phone(agg.addr, &agg.ca(), "first").await;
+    let err = websocket(agg.addr, &agg.ca(), "/ws?device=second", None).await.unwrap_err();
+    assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 503));
+    // The admitted phone is served as usual.
+    first.send(Message::binary(vec![1u8; 5])).await.unwrap();
+    assert_eq!(wait_durable(&mut first, 5).await, 5);
+}
