@@ -124,6 +124,13 @@ if [ "$rust_only" -eq 0 ]; then
       hf_warn "no nightly toolchain could be installed (fuzzing will use the stable harness)"
   fi
   nightly="$(hf_nightly_available || echo none)"
+
+  # mobile-sim's tests run an independent WebSocket peer written with Python's websockets.
+  if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+    hf_log "python3 websockets: installing"
+    python3 -m pip install --quiet websockets </dev/null ||
+      hf_as_root apt-get install -y --no-install-recommends python3-websockets </dev/null
+  fi
 fi
 
 # --- report ------------------------------------------------------------------------

@@ -83,7 +83,7 @@ pub struct PhonesArgs {
 
     /// Source addresses to bind before connecting, to get past the ~28k ephemeral ports of one
     /// address: a range `127.0.0.2-127.0.0.250`, a list `127.0.0.2,127.0.0.3` or one address.
-    /// Default: for a loopback target, 127.0.0.2 and up, one address per 20,000 phones; otherwise
+    /// Default: for a loopback target, 127.0.0.2 and up, one address per 10,000 phones; otherwise
     /// none (the system chooses).
     #[arg(long, value_name = "RANGE", value_parser = parse_source_ips)]
     pub source_ips: Option<SourceIps>,

@@ -522,6 +522,7 @@ impl GatewaySim {
                 if self.links[link].generation != generation {
                     return;
                 }
+                tracing::debug!(gateway = %self.name, link, %failure, "trunk link attempt failed");
                 let stats = &self.shared.stats;
                 stats.failed.fetch_add(1, Relaxed);
                 stats.error(&failure);
@@ -550,6 +551,7 @@ impl GatewaySim {
         }
         self.gw.disconnected(link, now);
         if let Some(failure) = failure {
+            tracing::debug!(gateway = %self.name, link, %failure, "trunk link lost");
             let stats = &self.shared.stats;
             stats.dropped.fetch_add(1, Relaxed);
             stats.error(&failure);
