@@ -35,6 +35,9 @@ hf_log "building aggregator and mobile-sim (release; the first build takes a few
 cargo build --release -p aggregator -p mobile-sim
 bin="$CARGO_TARGET_DIR/release"
 
+# The demo runs on the embedded store in the data folder, even when DATABASE_URL is set (for
+# example by scripts/test.sh for the Postgres tests).
+unset DATABASE_URL
 data="${HOLDFAST_DATA_DIR:-$HOLDFAST_ROOT/holdfast-data}"
 listen="${HOLDFAST_LISTEN:-127.0.0.1:8443}"
 duration="${DEMO_DURATION:-30s}"
