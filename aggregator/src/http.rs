@@ -150,10 +150,11 @@ fn upgrade_phone(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
         Ok(head) => head,
         Err(r) => return refuse(&shared, r.status, r.reason),
     };
-    let device = query_param(req.uri().query(), "device").filter(|d| !d.is_empty());
-    if device.as_ref().is_some_and(|d| d.len() > trunk::frame::MAX_DEVICE_ID_LEN) {
-        return refuse(&shared, StatusCode::BAD_REQUEST, "device id longer than 32 bytes");
-    }
+    // The same decoding as a gateway's (trunk::phone), so a device has one id at either door.
+    let device = match trunk::phone::device_id(req.uri().query().unwrap_or("").as_bytes()) {
+        Ok(id) => id.map(|id| String::from_utf8_lossy(id.as_slice()).into_owned()),
+        Err(_) => return refuse(&shared, StatusCode::BAD_REQUEST, "device id longer than 32 bytes"),
+    };
     let Ok(permit) = shared.phones.clone().try_acquire_owned() else {
         return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "phone capacity reached");
     };

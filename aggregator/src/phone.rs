@@ -23,7 +23,9 @@ use crate::websocket::close;
 
 /// The message telling a phone its durable total (shared with gateways: the same text).
 pub fn durable_message(total: u64) -> String {
-    format!("{{\"durable\":{total}}}")
+    let mut out = [0; trunk::phone::MAX_DURABLE_MESSAGE_LEN];
+    let n = trunk::phone::durable_message(total, &mut out);
+    String::from_utf8_lossy(&out[..n]).into_owned()
 }
 
 /// Serves one phone until it leaves, breaks the protocol, goes idle, or the process shuts down.

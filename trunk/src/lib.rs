@@ -15,6 +15,7 @@
 //! - [`server`]: the aggregator's end of a link (handshake, reports).
 //! - [`ledger`]: the aggregator's coalescing of reports between commits, and acknowledgement
 //!   after commit.
+//! - [`phone`]: what a phone sees at either end (its device id, its durable total).
 //! - [`backoff`]: reconnect delays with jitter, for everyone who reconnects.
 //!
 //! The byte layout and the rules are specified in `docs/trunk-protocol.md`.
@@ -27,6 +28,7 @@ pub mod backoff;
 pub mod frame;
 pub mod gateway;
 pub mod ledger;
+pub mod phone;
 pub mod server;
 pub mod varint;
 

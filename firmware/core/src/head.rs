@@ -1,0 +1,119 @@
+//! HTTP/1.1 head lines as they stream in, kept in a small fixed buffer.
+//!
+//! Both the phone's upgrade request and the aggregator's upgrade response are read with this. A
+//! gateway cannot afford a few KiB per phone for a request it reads once, and it needs only a few
+//! short headers: so each line keeps its first [`MAX_LINE_LEN`] bytes, and the caller learns
+//! whether the line was longer (a long `User-Agent` costs nothing; a long header the caller
+//! needs is an error it can answer).
+
+/// Bytes of one head line that are kept.
+pub const MAX_LINE_LEN: usize = 128;
+
+/// A head line splitter with a total length bound.
+#[derive(Clone)]
+pub struct LineReader {
+    line: [u8; MAX_LINE_LEN],
+    len: u8,
+    truncated: bool,
+    total: usize,
+    max_total: usize,
+}
+
+impl core::fmt::Debug for LineReader {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LineReader").field("total", &self.total).finish_non_exhaustive()
+    }
+}
+
+/// What [`LineReader::feed`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// All input consumed, no line ended.
+    More,
+    /// A line ended (its first bytes are in [`LineReader::line`]); `consumed` bytes were used.
+    Line { consumed: usize },
+    /// The head is longer than the bound.
+    TooLong,
+}
+
+impl LineReader {
+    /// A reader that accepts at most `max_total` bytes of head.
+    pub const fn new(max_total: usize) -> Self {
+        Self { line: [0; MAX_LINE_LEN], len: 0, truncated: false, total: 0, max_total }
+    }
+
+    /// Consumes bytes up to and including the next `\n`.
+    pub fn feed(&mut self, data: &[u8]) -> Step {
+        for (i, &b) in data.iter().enumerate() {
+            self.total += 1;
+            if self.total > self.max_total {
+                return Step::TooLong;
+            }
+            if b == b'\n' {
+                return Step::Line { consumed: i + 1 };
+            }
+            if usize::from(self.len) < MAX_LINE_LEN {
+                self.line[usize::from(self.len)] = b;
+                self.len += 1;
+            } else {
+                self.truncated = true;
+            }
+        }
+        Step::More
+    }
+
+    /// The line that just ended, without its `\r\n`, and whether bytes beyond
+    /// [`MAX_LINE_LEN`] were dropped.
+    pub fn line(&self) -> (&[u8], bool) {
+        let line = &self.line[..usize::from(self.len)];
+        (line.strip_suffix(b"\r").unwrap_or(line), self.truncated)
+    }
+
+    /// Forget the line that ended; the next [`LineReader::feed`] starts a new one.
+    pub fn next_line(&mut self) {
+        self.len = 0;
+        self.truncated = false;
+    }
+}
+
+/// Splits a header line into its name and value (whitespace trimmed); `None` if it has no colon.
+pub fn header(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    Some((&line[..colon], line[colon + 1..].trim_ascii()))
+}
+
+/// Whether a comma-separated header value holds `token` (ASCII case-insensitive).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_across_reads_and_long_lines_are_cut() {
+        let mut r = LineReader::new(1000);
+        assert_eq!(r.feed(b"GET / HT"), Step::More);
+        assert_eq!(r.feed(b"TP/1.1\r\nHost"), Step::Line { consumed: 8 });
+        assert_eq!(r.line(), (&b"GET / HTTP/1.1"[..], false));
+        r.next_line();
+        let long = [b'a'; 300];
+        assert_eq!(r.feed(&long), Step::More);
+        assert_eq!(r.feed(b"\n"), Step::Line { consumed: 1 });
+        assert_eq!(r.line(), (&long[..MAX_LINE_LEN], true));
+        let mut r = LineReader::new(10);
+        assert_eq!(r.feed(b"0123456789abc"), Step::TooLong);
+    }
+
+    #[test]
+    fn headers_and_tokens() {
+        assert_eq!(
+            header(b"Connection:  keep-alive, Upgrade "),
+            Some((&b"Connection"[..], &b"keep-alive, Upgrade"[..]))
+        );
+        assert!(has_token(b"keep-alive, Upgrade", b"upgrade"));
+        assert!(!has_token(b"keep-alive", b"upgrade"));
+        assert_eq!(header(b"no colon"), None);
+    }
+}

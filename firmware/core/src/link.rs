@@ -1,0 +1,302 @@
+//! Keeps one trunk link up: TCP (any `edge-nal` stack), TLS 1.3 (embedded-tls, the aggregator's
+//! certificate checked against the pinned CA), the WebSocket upgrade to `/trunk` with
+//! subprotocol `trunk.v1`, then the trunk protocol driven by the [`Hub`].
+//!
+//! Once up, the link runs as two halves on one task: a reader that feeds every trunk frame to the
+//! hub (which wakes phones whose bytes became durable), and a writer that sends what the hub has
+//! whenever it has something or a deadline passes. A lost link is reconnected after the hub's
+//! backoff with jitter (or the aggregator's go-away hint); nothing a phone sent is lost meanwhile,
+//! the hub replays from what was acknowledged.
+
+use core::cell::RefCell;
+
+use edge_nal::{TcpConnect, TcpSplit};
+use edge_ws::{FrameHeader, FrameType};
+use embassy_futures::select::{select, Either};
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::mutex::Mutex;
+use embassy_time::{with_timeout, Duration, Instant, Timer};
+use embedded_io_async::{Read, Write};
+use embedded_tls::{TlsConfig, TlsConnection, TlsContext};
+use rand_core::{CryptoRng, RngCore};
+use trunk::frame::{HEADER_LEN, PATH, SUBPROTOCOL};
+
+use crate::client::{self, Response, ResponseParser};
+use crate::config::TrunkConfig;
+use crate::hub::Hub;
+use crate::tls::{Halves, Provider};
+use crate::ws::MAX_CONTROL_PAYLOAD;
+
+/// TLS receive buffer: a whole TLS record (16 KiB plaintext plus overhead). The aggregator's
+/// rustls does not support the max_fragment_length extension, so this cannot be smaller.
+pub const TLS_READ_LEN: usize = 16_384 + 256;
+/// TLS send buffer: records the gateway sends (it splits larger writes).
+pub const TLS_WRITE_LEN: usize = 4096;
+/// One trunk frame from the aggregator: the header and the largest payload the aggregator sends
+/// (its `max_payload_len`, 16 KiB by default).
+pub const FRAME_LEN: usize = HEADER_LEN + trunk::frame::DEFAULT_MAX_PAYLOAD_LEN;
+/// The largest message the gateway sends (the hub fills it with as many counts as fit).
+pub const TX_LEN: usize = 4096;
+
+/// The memory of one link, allocated by the board (statically) or the host. About 41 KiB.
+#[derive(Debug)]
+pub struct LinkBuffers {
+    pub tls_read: [u8; TLS_READ_LEN],
+    pub tls_write: [u8; TLS_WRITE_LEN],
+    pub frame: [u8; FRAME_LEN],
+    pub tx: [u8; TX_LEN],
+}
+
+impl LinkBuffers {
+    /// Zeroed buffers (usable in a `static`).
+    pub const NEW: Self = Self {
+        tls_read: [0; TLS_READ_LEN],
+        tls_write: [0; TLS_WRITE_LEN],
+        frame: [0; FRAME_LEN],
+        tx: [0; TX_LEN],
+    };
+}
+
+/// Why a link went down.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkDown {
+    /// Connecting, TLS or the upgrade took too long.
+    Timeout,
+    /// TCP connect failed.
+    Connect,
+    /// The TLS handshake failed (wrong certificate, unsupported parameters, ...).
+    Tls(embedded_tls::TlsError),
+    /// The upgrade was not accepted.
+    Upgrade(&'static str),
+    /// The connection ended or failed.
+    Io,
+    /// The aggregator closed the WebSocket.
+    Closed,
+    /// The aggregator broke the WebSocket or trunk protocol, or the link timed out.
+    Protocol(&'static str),
+}
+
+/// Milliseconds since boot: the clock the trunk state machine runs on.
+pub fn now_ms() -> u64 {
+    Instant::now().as_millis()
+}
+
+/// Runs link `link` for ever: connect, serve, and after each loss wait the backoff.
+pub async fn run<T, R>(
+    hub: &Hub<'_>,
+    link: usize,
+    tcp: &T,
+    config: &TrunkConfig<'_>,
+    bufs: &mut LinkBuffers,
+    rng: &RefCell<R>,
+) -> !
+where
+    T: TcpConnect,
+    R: RngCore + CryptoRng,
+{
+    loop {
+        let result = connect_and_serve(hub, link, tcp, config, bufs, rng).await;
+        hub.disconnected(link, now_ms());
+        let delay = hub.reconnect_delay(link, now_ms(), rng.borrow_mut().next_u32());
+        match result {
+            Err(why) => log::warn!("trunk link {link} down: {why:?}; reconnecting in {delay} ms"),
+            Ok(()) => log::info!("trunk link {link} closed; reconnecting in {delay} ms"),
+        }
+        Timer::after_millis(delay).await;
+    }
+}
+
+async fn connect_and_serve<T, R>(
+    hub: &Hub<'_>,
+    link: usize,
+    tcp: &T,
+    config: &TrunkConfig<'_>,
+    bufs: &mut LinkBuffers,
+    rng: &RefCell<R>,
+) -> Result<(), LinkDown>
+where
+    T: TcpConnect,
+    R: RngCore + CryptoRng,
+{
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let mut socket = with_timeout(timeout, tcp.connect(config.aggregator))
+        .await
+        .map_err(|_| LinkDown::Timeout)?
+        .map_err(|_| LinkDown::Connect)?;
+    let (read, write) = socket.split();
+    let (read, write) = (Mutex::<NoopRawMutex, _>::new(read), Mutex::<NoopRawMutex, _>::new(write));
+    let LinkBuffers { tls_read, tls_write, frame, tx } = bufs;
+    let mut tls: TlsConnection<'_, _, embedded_tls::Aes128GcmSha256> =
+        TlsConnection::new(Halves::new(&read, &write), tls_read, tls_write);
+    let tls_config = TlsConfig::new().with_server_name(config.server_name);
+    let handshake = async {
+        tls.open(TlsContext::new(&tls_config, Provider::new(rng, config.ca_der)))
+            .await
+            .map_err(LinkDown::Tls)?;
+        upgrade(&mut tls, config.server_name, rng).await
+    };
+    with_timeout(timeout, handshake).await.map_err(|_| LinkDown::Timeout)??;
+    let mut nonce = [0u8; trunk::frame::NONCE_LEN];
+    rng.borrow_mut().fill_bytes(&mut nonce);
+    hub.connected(link, now_ms(), nonce);
+    log::info!("trunk link {link}: TLS 1.3 and WebSocket up to {}", config.aggregator);
+
+    let (mut reader, mut writer) = tls.split();
+    let pong = RefCell::new(None);
+    let result = match select(
+        read_half(hub, link, &mut reader, frame, &pong),
+        write_half(hub, link, &mut writer, tx, &pong, rng),
+    )
+    .await
+    {
+        Either::First(r) | Either::Second(r) => r,
+    };
+    result
+}
+
+/// The WebSocket upgrade over TLS. The answer is read a byte at a time from TLS's decrypted
+/// buffer, so not one byte of the first frame after it is taken.
+async fn upgrade<S: Read + Write, R: RngCore>(
+    tls: &mut S,
+    host: &str,
+    rng: &RefCell<R>,
+) -> Result<(), LinkDown> {
+    let mut random = [0u8; 16];
+    rng.borrow_mut().fill_bytes(&mut random);
+    let key = client::key(random);
+    let mut request = [0u8; client::MAX_REQUEST_LEN];
+    let n = client::write_request(PATH, host, SUBPROTOCOL, &key, &mut request)
+        .ok_or(LinkDown::Upgrade("server name too long"))?;
+    tls.write_all(&request[..n]).await.map_err(|_| LinkDown::Io)?;
+    tls.flush().await.map_err(|_| LinkDown::Io)?;
+    let mut parser = ResponseParser::new(&key, SUBPROTOCOL);
+    loop {
+        let mut byte = [0u8; 1];
+        if tls.read(&mut byte).await.map_err(|_| LinkDown::Io)? == 0 {
+            return Err(LinkDown::Io);
+        }
+        match parser.feed(&byte) {
+            Response::More => {}
+            Response::Switched { .. } => return Ok(()),
+            Response::Failed(why) => return Err(LinkDown::Upgrade(why)),
+        }
+    }
+}
+
+/// Reads WebSocket frames from the aggregator and hands each complete trunk frame to the hub.
+/// Trunk frames are reassembled in `frame` as they stream in, so a WebSocket message of any size
+/// costs only one frame of buffer.
+async fn read_half<S: Read>(
+    hub: &Hub<'_>,
+    link: usize,
+    tls: &mut S,
+    frame: &mut [u8; FRAME_LEN],
+    pong: &RefCell<Option<([u8; MAX_CONTROL_PAYLOAD], usize)>>,
+) -> Result<(), LinkDown> {
+    let mut have = 0usize;
+    loop {
+        let header = FrameHeader::recv(&mut *tls).await.map_err(|e| match e {
+            edge_ws::Error::Io(_) | edge_ws::Error::Incomplete(_) => LinkDown::Io,
+            _ => LinkDown::Protocol("bad WebSocket frame"),
+        })?;
+        if header.mask_key.is_some() {
+            return Err(LinkDown::Protocol("masked frame from the server"));
+        }
+        let mut remaining = header.payload_len;
+        match header.frame_type {
+            FrameType::Binary(_) | FrameType::Continue(_) => {
+                while remaining > 0 {
+                    let need = if have < HEADER_LEN {
+                        HEADER_LEN
+                    } else {
+                        HEADER_LEN + usize::from(u16::from_be_bytes([frame[1], frame[2]]))
+                    };
+                    if need > FRAME_LEN {
+                        return Err(LinkDown::Protocol("trunk frame larger than the gateway reads"));
+                    }
+                    let take = (need - have).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                    tls.read_exact(&mut frame[have..have + take]).await.map_err(|_| LinkDown::Io)?;
+                    have += take;
+                    remaining -= take as u64;
+                    let complete = have >= HEADER_LEN
+                        && have == HEADER_LEN + usize::from(u16::from_be_bytes([frame[1], frame[2]]));
+                    if complete {
+                        hub.handle_message(link, &frame[..have], now_ms())
+                            .map_err(|_| LinkDown::Protocol("trunk protocol error"))?;
+                        have = 0;
+                    }
+                }
+                if header.frame_type.is_final() && have != 0 {
+                    return Err(LinkDown::Protocol("trunk frame split across messages"));
+                }
+            }
+            FrameType::Ping => {
+                let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+                let n = usize::try_from(remaining).unwrap_or(usize::MAX);
+                if n > MAX_CONTROL_PAYLOAD {
+                    return Err(LinkDown::Protocol("ping too long"));
+                }
+                tls.read_exact(&mut payload[..n]).await.map_err(|_| LinkDown::Io)?;
+                *pong.borrow_mut() = Some((payload, n));
+                hub.wake_link(link);
+            }
+            FrameType::Pong => {
+                let mut scratch = [0u8; 32];
+                while remaining > 0 {
+                    let n = (remaining as usize).min(scratch.len());
+                    tls.read_exact(&mut scratch[..n]).await.map_err(|_| LinkDown::Io)?;
+                    remaining -= n as u64;
+                }
+            }
+            FrameType::Close => return Err(LinkDown::Closed),
+            FrameType::Text(_) => return Err(LinkDown::Protocol("text frame on a trunk")),
+        }
+    }
+}
+
+/// Sends what the hub has for this link, whenever it has something or its next deadline passes.
+async fn write_half<S: Write, R: RngCore>(
+    hub: &Hub<'_>,
+    link: usize,
+    tls: &mut S,
+    tx: &mut [u8; TX_LEN],
+    pong: &RefCell<Option<([u8; MAX_CONTROL_PAYLOAD], usize)>>,
+    rng: &RefCell<R>,
+) -> Result<(), LinkDown> {
+    loop {
+        let mut sent = false;
+        while let Some(n) =
+            hub.poll_transmit(link, now_ms(), tx).map_err(|_| LinkDown::Protocol("link timed out"))?
+        {
+            let mask = rng.borrow_mut().next_u32();
+            send(tls, FrameType::Binary(false), &mut tx[..n], mask).await?;
+            sent = true;
+        }
+        let due = pong.borrow_mut().take();
+        if let Some((mut payload, n)) = due {
+            let mask = rng.borrow_mut().next_u32();
+            send(tls, FrameType::Pong, &mut payload[..n], mask).await?;
+            sent = true;
+        }
+        if sent {
+            tls.flush().await.map_err(|_| LinkDown::Io)?;
+        }
+        let deadline = hub.poll_timeout().unwrap_or_else(|| now_ms() + 1000);
+        select(hub.link_event(link), Timer::at(Instant::from_millis(deadline))).await;
+    }
+}
+
+/// One masked client frame (RFC 6455 section 5.3: every frame from a client is masked).
+async fn send<S: Write>(
+    tls: &mut S,
+    frame_type: FrameType,
+    payload: &mut [u8],
+    mask: u32,
+) -> Result<(), LinkDown> {
+    let header = FrameHeader { frame_type, payload_len: payload.len() as u64, mask_key: Some(mask) };
+    let mut head = [0u8; FrameHeader::MAX_LEN];
+    let n = header.serialize(&mut head).map_err(|_| LinkDown::Protocol("frame header"))?;
+    header.mask(payload, 0);
+    tls.write_all(&head[..n]).await.map_err(|_| LinkDown::Io)?;
+    tls.write_all(payload).await.map_err(|_| LinkDown::Io)
+}

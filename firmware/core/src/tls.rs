@@ -1,0 +1,132 @@
+//! What embedded-tls needs from the gateway: a socket it can read and write from two tasks, a
+//! random source shared by the links, and certificate verification against the pinned CA.
+
+use core::cell::RefCell;
+
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::mutex::Mutex;
+use embedded_io_async::{ErrorType, Read, Write};
+use embedded_tls::pki::CertVerifier;
+use embedded_tls::{
+    Aes128GcmSha256, Certificate, CryptoProvider, NoClock, SignatureScheme, TlsError, TlsVerifier,
+};
+use rand_core::{CryptoRng, RngCore};
+
+/// Largest server certificate message the verifier keeps while checking the handshake. The
+/// aggregator's self-made ECDSA certificate is about 600 bytes.
+pub const MAX_SERVER_CERT_LEN: usize = 2048;
+
+/// The two halves of a TCP socket (from `edge_nal::TcpSplit`) as one cloneable socket, so that
+/// embedded-tls can split the connection into a reader task and a writer task. Each half sits
+/// behind its own async mutex: the reader only ever locks the read half, the writer the write
+/// half, so neither waits on the other.
+pub struct Halves<'a, R, W> {
+    read: &'a Mutex<NoopRawMutex, R>,
+    write: &'a Mutex<NoopRawMutex, W>,
+}
+
+impl<R, W> core::fmt::Debug for Halves<'_, R, W> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Halves")
+    }
+}
+
+impl<R, W> Clone for Halves<'_, R, W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R, W> Copy for Halves<'_, R, W> {}
+
+impl<'a, R, W> Halves<'a, R, W> {
+    /// Joins the halves.
+    pub fn new(read: &'a Mutex<NoopRawMutex, R>, write: &'a Mutex<NoopRawMutex, W>) -> Self {
+        Self { read, write }
+    }
+}
+
+impl<R: ErrorType, W: ErrorType<Error = R::Error>> ErrorType for Halves<'_, R, W> {
+    type Error = R::Error;
+}
+
+impl<R: Read, W: Write<Error = R::Error>> Read for Halves<'_, R, W> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        self.read.lock().await.read(buf).await
+    }
+}
+
+impl<R: Read, W: Write<Error = R::Error>> Write for Halves<'_, R, W> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        self.write.lock().await.write(buf).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        self.write.lock().await.flush().await
+    }
+}
+
+/// One random source shared by every link and TLS handshake on the executor; each call borrows
+/// it only for the call.
+pub struct SharedRng<'a, R>(pub &'a RefCell<R>);
+
+impl<R> core::fmt::Debug for SharedRng<'_, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("SharedRng")
+    }
+}
+
+impl<R: RngCore> RngCore for SharedRng<'_, R> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.borrow_mut().next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.borrow_mut().next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.borrow_mut().fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.borrow_mut().try_fill_bytes(dest)
+    }
+}
+
+impl<R: CryptoRng> CryptoRng for SharedRng<'_, R> {}
+
+/// Verifies the aggregator against the pinned CA (and the configured server name), with the
+/// gateway's random source. There is no clock on a board: certificate validity periods are not
+/// checked; the pinned CA is the trust.
+pub struct Provider<'a, R> {
+    rng: SharedRng<'a, R>,
+    verifier: CertVerifier<'a, Aes128GcmSha256, NoClock, MAX_SERVER_CERT_LEN>,
+}
+
+impl<R> core::fmt::Debug for Provider<'_, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Provider")
+    }
+}
+
+impl<'a, R> Provider<'a, R> {
+    /// A provider that trusts only certificates signed by `ca_der`.
+    pub fn new(rng: &'a RefCell<R>, ca_der: &'a [u8]) -> Self {
+        Self { rng: SharedRng(rng), verifier: CertVerifier::new(Certificate::X509(ca_der)) }
+    }
+}
+
+impl<R: RngCore + CryptoRng> CryptoProvider for Provider<'_, R> {
+    type CipherSuite = Aes128GcmSha256;
+    type Signature = &'static [u8];
+
+    fn rng(&mut self) -> impl embedded_tls::CryptoRngCore {
+        &mut self.rng
+    }
+
+    fn verifier(&mut self) -> Result<&mut impl TlsVerifier<Self::CipherSuite>, TlsError> {
+        Ok(&mut self.verifier)
+    }
+}
+
+/// Kept so the signature scheme list is visible to readers: the aggregator signs with
+/// ECDSA P-256 / SHA-256, which embedded-tls verifies without an allocator.
+pub const AGGREGATOR_SIGNATURE: SignatureScheme = SignatureScheme::EcdsaSecp256r1Sha256;

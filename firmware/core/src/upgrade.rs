@@ -1,0 +1,406 @@
+//! A phone's WebSocket upgrade request (RFC 6455 section 4.2), read as it streams in, and the
+//! gateway's answers.
+//!
+//! The request is read through [`LineReader`], so a phone's request costs a fixed
+//! [`MAX_LINE_LEN`](crate::head::MAX_LINE_LEN)-byte line buffer however long its headers are.
+//! Only what the gateway needs is kept: the device id (from `/ws?device=ID`, decoded exactly as
+//! the aggregator decodes it, see [`trunk::phone`]) and the key to answer.
+
+use crate::head::{has_token, header, LineReader, Step};
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+use trunk::phone::{device_id, DeviceId};
+
+/// The path phones connect to, the same as the aggregator's.
+pub const PATH: &[u8] = b"/ws";
+
+/// Length of a `Sec-WebSocket-Key` (base64 of 16 bytes).
+pub const KEY_LEN: usize = 24;
+
+/// Length of a `Sec-WebSocket-Accept` (base64 of a SHA-1).
+pub const ACCEPT_LEN: usize = 28;
+
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// A complete, valid upgrade request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The phone's device id, if it gave one.
+    pub device: Option<DeviceId>,
+    /// The `Sec-WebSocket-Key` it sent.
+    pub key: [u8; KEY_LEN],
+}
+
+/// Why a request is refused: each is answered with its status and closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400: malformed request line or header, bad key, device id too long.
+    BadRequest(&'static str),
+    /// 404: not `/ws`.
+    NotFound,
+    /// 405: not `GET`.
+    MethodNotAllowed,
+    /// 414: a request line longer than the gateway reads.
+    UriTooLong,
+    /// 426: a plain HTTP request, not a WebSocket upgrade.
+    UpgradeRequired,
+    /// 426 with `Sec-WebSocket-Version: 13`: another WebSocket version.
+    UnsupportedVersion,
+    /// 431: the request is longer than `max_request_len`.
+    TooLarge,
+    /// 505: not HTTP/1.1.
+    HttpVersion,
+    /// 503: every session slot is taken (decided by the caller, not the parser).
+    Full,
+    /// 503: the gateway is shutting down.
+    ShuttingDown,
+}
+
+impl Refusal {
+    /// The status line, extra headers and body of the answer.
+    fn parts(&self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::BadRequest(why) => ("400 Bad Request", "", why),
+            Self::NotFound => ("404 Not Found", "", "phones connect to /ws?device=ID"),
+            Self::MethodNotAllowed => ("405 Method Not Allowed", "Allow: GET\r\n", "use GET"),
+            Self::UriTooLong => ("414 URI Too Long", "", "request line too long"),
+            Self::UpgradeRequired => {
+                ("426 Upgrade Required", "Upgrade: websocket\r\n", "a WebSocket upgrade is required")
+            }
+            Self::UnsupportedVersion => {
+                ("426 Upgrade Required", "Sec-WebSocket-Version: 13\r\n", "WebSocket version 13 only")
+            }
+            Self::TooLarge => ("431 Request Header Fields Too Large", "", "request too long"),
+            Self::HttpVersion => ("505 HTTP Version Not Supported", "", "HTTP/1.1 only"),
+            Self::Full => ("503 Service Unavailable", "Retry-After: 30\r\n", "gateway full"),
+            Self::ShuttingDown => ("503 Service Unavailable", "Retry-After: 5\r\n", "shutting down"),
+        }
+    }
+
+    /// The numeric status.
+    pub fn status(&self) -> u16 {
+        let (line, _, _) = self.parts();
+        line.as_bytes()[..3].iter().fold(0, |n, d| n * 10 + u16::from(d - b'0'))
+    }
+}
+
+/// The longest answer [`write_refusal`] or [`write_accept`] writes.
+pub const MAX_ANSWER_LEN: usize = 160;
+
+/// Writes the answer to a refused request; returns its length (it always fits
+/// [`MAX_ANSWER_LEN`]).
+pub fn write_refusal(refusal: Refusal, out: &mut [u8; MAX_ANSWER_LEN]) -> usize {
+    let (status, extra, body) = refusal.parts();
+    let mut w = Writer { out, len: 0 };
+    w.put(b"HTTP/1.1 ");
+    w.put(status.as_bytes());
+    w.put(b"\r\nConnection: close\r\n");
+    w.put(extra.as_bytes());
+    w.put(b"Content-Length: ");
+    w.put_len(body.len() + 1);
+    w.put(b"\r\n\r\n");
+    w.put(body.as_bytes());
+    w.put(b"\n");
+    w.len
+}
+
+/// Writes the `101 Switching Protocols` answer for `key`; returns its length.
+pub fn write_accept(key: &[u8; KEY_LEN], out: &mut [u8; MAX_ANSWER_LEN]) -> usize {
+    let mut w = Writer { out, len: 0 };
+    w.put(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    w.put(b"Sec-WebSocket-Accept: ");
+    w.put(&accept_key(key));
+    w.put(b"\r\n\r\n");
+    w.len
+}
+
+/// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + GUID)).
+pub fn accept_key(key: &[u8]) -> [u8; ACCEPT_LEN] {
+    let digest = Sha1::new().chain_update(key).chain_update(GUID).finalize();
+    let mut out = [0u8; ACCEPT_LEN];
+    // 20 bytes always encode to 28 characters.
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(digest, &mut out);
+    out
+}
+
+struct Writer<'a> {
+    out: &'a mut [u8],
+    len: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let end = (self.len + bytes.len()).min(self.out.len());
+        self.out[self.len..end].copy_from_slice(&bytes[..end - self.len]);
+        self.len = end;
+    }
+
+    fn put_len(&mut self, n: usize) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.put(&digits[i..]);
+    }
+}
+
+/// What [`RequestParser::feed`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// The request is not complete yet: all input was consumed.
+    More,
+    /// A valid upgrade request; `consumed` bytes were used (what follows is WebSocket frames).
+    Upgrade { upgrade: Upgrade, consumed: usize },
+    /// A request to refuse.
+    Refuse(Refusal),
+}
+
+/// Reads one upgrade request.
+#[derive(Debug, Clone)]
+pub struct RequestParser {
+    lines: LineReader,
+    seen_request_line: bool,
+    fields: Fields,
+}
+
+/// What the gateway keeps of a request.
+#[derive(Debug, Clone)]
+struct Fields {
+    first_error: Option<Refusal>,
+    device: Option<DeviceId>,
+    key: Option<[u8; KEY_LEN]>,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+    version_13: Option<bool>,
+}
+
+impl RequestParser {
+    /// A parser that reads at most `max_request_len` bytes of request head.
+    pub const fn new(max_request_len: usize) -> Self {
+        Self {
+            lines: LineReader::new(max_request_len),
+            seen_request_line: false,
+            fields: Fields {
+                first_error: None,
+                device: None,
+                key: None,
+                upgrade_websocket: false,
+                connection_upgrade: false,
+                version_13: None,
+            },
+        }
+    }
+
+    /// Reads bytes of the request. Once it returns other than [`Parsed::More`], it is done.
+    pub fn feed(&mut self, data: &[u8]) -> Parsed {
+        let mut used = 0;
+        while used < data.len() {
+            match self.lines.feed(&data[used..]) {
+                Step::More => return Parsed::More,
+                Step::TooLong => return Parsed::Refuse(Refusal::TooLarge),
+                Step::Line { consumed } => used += consumed,
+            }
+            let (line, truncated) = self.lines.line();
+            if !self.seen_request_line {
+                if line.is_empty() {
+                    self.lines.next_line();
+                    continue; // RFC 9112 2.2: ignore empty lines before the request line
+                }
+                self.seen_request_line = true;
+                if truncated {
+                    return Parsed::Refuse(Refusal::UriTooLong);
+                }
+                self.fields.first_error = self.fields.request_line(line);
+            } else if line.is_empty() {
+                return match self.fields.finish() {
+                    Ok(upgrade) => Parsed::Upgrade { upgrade, consumed: used },
+                    Err(r) => Parsed::Refuse(r),
+                };
+            } else if let Err(r) = self.fields.header(line, truncated) {
+                self.fields.first_error.get_or_insert(r);
+            }
+            self.lines.next_line();
+        }
+        Parsed::More
+    }
+}
+
+impl Fields {
+    fn request_line(&mut self, line: &[u8]) -> Option<Refusal> {
+        let mut parts = line.split(|&b| b == b' ');
+        let (Some(method), Some(target), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Some(Refusal::BadRequest("malformed request line"));
+        };
+        if version != b"HTTP/1.1" {
+            return Some(if version.starts_with(b"HTTP/") {
+                Refusal::HttpVersion
+            } else {
+                Refusal::BadRequest("malformed request line")
+            });
+        }
+        if method != b"GET" {
+            return Some(Refusal::MethodNotAllowed);
+        }
+        let (path, query) = match target.iter().position(|&b| b == b'?') {
+            Some(q) => (&target[..q], &target[q + 1..]),
+            None => (target, &target[target.len()..]),
+        };
+        if path != PATH {
+            return Some(Refusal::NotFound);
+        }
+        match device_id(query) {
+            Ok(device) => self.device = device,
+            Err(_) => return Some(Refusal::BadRequest("device id longer than 32 bytes")),
+        }
+        None
+    }
+
+    fn header(&mut self, line: &[u8], truncated: bool) -> Result<(), Refusal> {
+        let Some((name, value)) = header(line) else {
+            return Err(Refusal::BadRequest("malformed header"));
+        };
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            self.upgrade_websocket |= has_token(value, b"websocket");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            self.connection_upgrade |= has_token(value, b"upgrade");
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
+            self.version_13 = Some(value == b"13");
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
+            let mut decoded = [0u8; 18];
+            let ok = !truncated
+                && value.len() == KEY_LEN
+                && base64::engine::general_purpose::STANDARD.decode_slice(value, &mut decoded) == Ok(16);
+            if !ok {
+                return Err(Refusal::BadRequest("bad Sec-WebSocket-Key"));
+            }
+            let mut key = [0u8; KEY_LEN];
+            key.copy_from_slice(value);
+            self.key = Some(key);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Upgrade, Refusal> {
+        if let Some(r) = self.first_error {
+            return Err(r);
+        }
+        if !self.upgrade_websocket || !self.connection_upgrade {
+            return Err(Refusal::UpgradeRequired);
+        }
+        if self.version_13 != Some(true) {
+            return Err(Refusal::UnsupportedVersion);
+        }
+        let key = self.key.ok_or(Refusal::BadRequest("missing Sec-WebSocket-Key"))?;
+        Ok(Upgrade { device: self.device, key })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] = b"GET /ws?device=phone-7 HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nUser-Agent: ";
+
+    fn parse(req: &[u8]) -> Parsed {
+        RequestParser::new(4096).feed(req)
+    }
+
+    fn good_with(tail: &[u8]) -> std::vec::Vec<u8> {
+        let mut v = GOOD.to_vec();
+        v.extend_from_slice(&[b'x'; 600]); // a long header nobody reads
+        v.extend_from_slice(b"\r\n");
+        v.extend_from_slice(tail);
+        v
+    }
+
+    #[test]
+    fn the_rfc_example_key_is_answered() {
+        assert_eq!(&accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn a_good_request_in_one_piece_and_byte_by_byte() {
+        let req = good_with(b"\r\n\x81\x81");
+        let Parsed::Upgrade { upgrade, consumed } = parse(&req) else { panic!() };
+        assert_eq!(upgrade.device.unwrap().as_slice(), b"phone-7");
+        assert_eq!(consumed, req.len() - 2, "frame bytes after the head are not consumed");
+        let mut p = RequestParser::new(4096);
+        let mut result = Parsed::More;
+        for (i, b) in req.iter().enumerate() {
+            result = p.feed(core::slice::from_ref(b));
+            if result != Parsed::More {
+                assert_eq!(i, req.len() - 3);
+                break;
+            }
+        }
+        assert!(matches!(result, Parsed::Upgrade { consumed: 1, .. }));
+    }
+
+    #[test]
+    fn bad_requests_get_the_right_status() {
+        let cases: &[(&[u8], u16)] = &[
+            (b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", 426),
+            (b"POST /ws HTTP/1.1\r\n\r\n", 405),
+            (b"GET /other HTTP/1.1\r\n\r\n", 404),
+            (b"GET /ws HTTP/1.0\r\n\r\n", 505),
+            (b"garbage\r\n\r\n", 400),
+            (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", 426),
+            (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n", 400),
+            (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
+            (b"GET /ws?device=0123456789012345678901234567890123 HTTP/1.1\r\n\r\n", 400),
+        ];
+        for (req, status) in cases {
+            let Parsed::Refuse(r) = parse(req) else { panic!("{:?}", core::str::from_utf8(req)) };
+            assert_eq!(r.status(), *status, "{:?}", core::str::from_utf8(req));
+        }
+        let mut long = b"GET /ws?".to_vec();
+        long.extend_from_slice(&[b'a'; 200]);
+        long.extend_from_slice(b" HTTP/1.1\r\n\r\n");
+        assert_eq!(parse(&long), Parsed::Refuse(Refusal::UriTooLong));
+        assert_eq!(RequestParser::new(100).feed(&good_with(b"\r\n")), Parsed::Refuse(Refusal::TooLarge));
+    }
+
+    #[test]
+    fn every_answer_fits() {
+        let mut out = [0; MAX_ANSWER_LEN];
+        let all = [
+            Refusal::BadRequest("device id longer than 32 bytes"),
+            Refusal::NotFound,
+            Refusal::MethodNotAllowed,
+            Refusal::UriTooLong,
+            Refusal::UpgradeRequired,
+            Refusal::UnsupportedVersion,
+            Refusal::TooLarge,
+            Refusal::HttpVersion,
+            Refusal::Full,
+            Refusal::ShuttingDown,
+        ];
+        for r in all {
+            let n = write_refusal(r, &mut out);
+            assert!(n < MAX_ANSWER_LEN, "{r:?}");
+            assert!(out[..n].ends_with(b"\n"));
+        }
+        let n = write_accept(b"dGhlIHNhbXBsZSBub25jZQ==", &mut out);
+        assert!(out[..n].ends_with(b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_in_any_pieces_never_panic(data: std::vec::Vec<u8>, cut in 0usize..64) {
+            let mut p = RequestParser::new(512);
+            let cut = cut.min(data.len());
+            if p.feed(&data[..cut]) == Parsed::More {
+                p.feed(&data[cut..]);
+            }
+        }
+    }
+}

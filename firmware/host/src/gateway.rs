@@ -1,0 +1,143 @@
+//! Builds the gateway from its settings and starts it on the chosen stack; status and shutdown.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration as StdDuration;
+
+use anyhow::{bail, Result};
+use embassy_executor::Spawner;
+use embassy_time::{Duration, Instant, Timer};
+use gateway_core::hub::PhoneWaker;
+use gateway_core::link::LinkBuffers;
+use gateway_core::{Hub, PhoneConfig, TrunkConfig};
+use rand_core::{OsRng, RngCore};
+use trunk::gateway::{GatewayConfig, Identity, SessionSlot, MAX_LINKS};
+
+use crate::cli::{Serve, StackKind};
+use crate::identity::Provisioned;
+
+/// What every task shares, leaked once at start: the gateway lives as long as the process.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub hub: &'static Hub<'static>,
+    pub phone: &'static PhoneConfig,
+    pub trunk: &'static TrunkConfig<'static>,
+    pub rng: &'static RefCell<OsRng>,
+    pub links: usize,
+}
+
+/// Set by SIGINT/SIGTERM (from a plain thread); the shutdown task polls it.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub fn start(spawner: Spawner, settings: &Serve) -> Result<()> {
+    let p = Provisioned::resolve(&settings.identity)?;
+    if settings.capacity == 0 || settings.capacity > crate::kernel::MAX_PHONE_TASKS - crate::kernel::OVERFLOW
+    {
+        bail!("--capacity must be 1..={}", crate::kernel::MAX_PHONE_TASKS - crate::kernel::OVERFLOW);
+    }
+    if p.links == 0 || usize::from(p.links) > MAX_LINKS {
+        bail!("--links must be 1..={MAX_LINKS}");
+    }
+    let gateway_config =
+        GatewayConfig { flush_interval_ms: settings.flush_interval_ms, ..GatewayConfig::default() };
+    let slots = Box::leak(vec![SessionSlot::FREE; settings.capacity].into_boxed_slice());
+    let wakers: &mut [PhoneWaker] = Box::leak((0..settings.capacity).map(|_| None).collect());
+    let identity =
+        Identity { gateway_id: p.gateway_id.as_bytes(), secret: &p.secret, boot_epoch: OsRng.next_u64() };
+    let hub = Hub::new(gateway_config, identity, usize::from(p.links), slots, wakers)
+        .map_err(|e| anyhow::anyhow!("gateway settings: {e:?}"))?;
+    let parts = Parts {
+        hub: Box::leak(Box::new(hub)),
+        phone: Box::leak(Box::new(PhoneConfig {
+            handshake_timeout_ms: settings.handshake_timeout_ms,
+            idle_timeout_ms: settings.phone_idle_timeout_ms,
+            max_message_len: settings.max_phone_message,
+            ..PhoneConfig::default()
+        })),
+        trunk: Box::leak(Box::new(TrunkConfig::new(
+            p.aggregator,
+            String::leak(p.server_name.clone()),
+            Vec::leak(p.ca_der.clone()),
+        ))),
+        rng: Box::leak(Box::new(RefCell::new(OsRng))),
+        links: usize::from(p.links),
+    };
+    tracing::info!(
+        gateway = %p.gateway_id, aggregator = %p.aggregator, links = p.links, capacity = settings.capacity,
+        stack = ?settings.stack, "gateway starting"
+    );
+    tracing::debug!(
+        session_slot = size_of::<SessionSlot>(),
+        waker = size_of::<PhoneWaker>(),
+        link_buffers = size_of::<LinkBuffers>(),
+        "memory per phone session (trunk side) and per link"
+    );
+    match settings.stack {
+        StackKind::Kernel => crate::kernel::start(spawner, parts, settings)?,
+        StackKind::Tap => crate::tap::start(spawner, parts, settings)?,
+    }
+    watch_signals();
+    spawner.spawn(status(parts.hub, settings.status_interval_s)?);
+    spawner.spawn(shutdown(parts.hub)?);
+    Ok(())
+}
+
+/// One heap-allocated set of link buffers (41 KiB each).
+pub fn link_buffers() -> &'static mut LinkBuffers {
+    Box::leak(Box::new(LinkBuffers::NEW))
+}
+
+fn watch_signals() {
+    // A blocking thread: the executor stays free of OS details; the flag is polled below.
+    std::thread::spawn(|| {
+        let mut signals =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+                .expect("signal handlers");
+        if signals.forever().next().is_some() {
+            STOP.store(true, Ordering::SeqCst);
+        }
+    });
+}
+
+/// On SIGINT/SIGTERM: refuse new phones, close every phone with 1001, wait (up to 5 s) until the
+/// aggregator acknowledged every session's last count, then exit 0.
+#[embassy_executor::task]
+async fn shutdown(hub: &'static Hub<'static>) {
+    while !STOP.load(Ordering::SeqCst) {
+        Timer::after_millis(100).await;
+    }
+    tracing::info!("shutting down: closing phones, flushing counts");
+    hub.stop();
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while hub.status().1 > 0 && Instant::now() < give_up {
+        Timer::after_millis(50).await;
+    }
+    let (_, live, _) = hub.status();
+    tracing::info!(unacknowledged_sessions = live, "gateway stopped");
+    std::thread::sleep(StdDuration::from_millis(10));
+    std::process::exit(0);
+}
+
+#[embassy_executor::task]
+async fn status(hub: &'static Hub<'static>, every_s: u64) {
+    if every_s == 0 {
+        return;
+    }
+    loop {
+        Timer::after_secs(every_s).await;
+        let (capacity, live, phases) = hub.status();
+        let s = hub.stats();
+        let links = &phases[..hub.link_count()];
+        tracing::info!(
+            live,
+            capacity,
+            accepted = s.phones_accepted,
+            refused = s.phones_refused,
+            failed = s.phones_failed,
+            bytes = s.bytes,
+            links_up = s.links_up,
+            ?links,
+            "status"
+        );
+    }
+}
