@@ -19,8 +19,23 @@ pub struct Aggregator {
     extra: Vec<String>,
 }
 
-fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_aggregator")
+/// The aggregator binary: cargo names it for the aggregator's own tests; other packages' tests
+/// (the gateway's, which include this file) find it next to their own test binary, where
+/// `cargo test --workspace` builds it.
+fn binary() -> std::path::PathBuf {
+    match option_env!("CARGO_BIN_EXE_aggregator") {
+        Some(path) => path.into(),
+        None => {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            let path = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("aggregator");
+            assert!(
+                path.exists(),
+                "{} is missing: build it first (cargo build -p aggregator)",
+                path.display()
+            );
+            path
+        }
+    }
 }
 
 impl Aggregator {

@@ -1,0 +1,162 @@
+//! The host gateway (the firmware's core on the kernel's TCP) between real phones and a real
+//! aggregator on Postgres.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::{python_phones, wait_totals, Aggregator, Gateway, Kind};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_phones_through_the_gateway_reach_postgres_exactly() {
+    let Some(agg) = Aggregator::start(Kind::Postgres, &[]).await else { return };
+    let gw = Gateway::start(&agg, "site-python", &[]);
+    gw.wait_links_up(2);
+    // 40 phones, 20 to 59 bytes each: binary, text and fragmented messages; each waits until the
+    // gateway tells it all of its bytes are durable.
+    let sent = python_phones(&gw.base_url(), "py", 40, 20);
+    assert_eq!(sent.len(), 40);
+    let persisted = wait_totals(&agg, "py-", &sent).await;
+    assert_eq!(persisted, sent, "what Postgres holds is exactly what the phones sent");
+}
+
+type Phone = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(gw: &Gateway, device: &str) -> Phone {
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("{}/ws?device={device}", gw.base_url())).await.unwrap();
+    ws
+}
+
+/// Reads until the phone is told `want` bytes are durable; panics if the connection ends.
+async fn wait_durable(ws: &mut Phone, want: u64) {
+    let result = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if v["durable"].as_u64() == Some(want) {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the phone's connection ended: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "never told {want} durable");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregator_restart_disconnects_no_phone_and_loses_nothing() {
+    let Some(mut agg) = Aggregator::start(Kind::Postgres, &[]).await else { return };
+    let gw = Gateway::start(&agg, "site-restart", &[]);
+    gw.wait_links_up(2);
+    let mut phones = Vec::new();
+    for i in 0..20 {
+        phones.push(connect(&gw, &format!("rs-{i}")).await);
+    }
+    let mut sent = BTreeMap::new();
+    for (i, ws) in phones.iter_mut().enumerate() {
+        for _ in 0..5 {
+            ws.send(Message::binary(vec![1u8])).await.unwrap();
+        }
+        sent.insert(format!("rs-{i}"), 5u64);
+    }
+    for ws in phones.iter_mut() {
+        wait_durable(ws, 5).await;
+    }
+
+    // The aggregator dies; phones keep sending into the gateway while it is away.
+    agg.kill();
+    let down_at = gw.log_len();
+    for (i, ws) in phones.iter_mut().enumerate() {
+        for _ in 0..(i + 1) {
+            ws.send(Message::text("x")).await.unwrap();
+        }
+        *sent.get_mut(&format!("rs-{i}")).unwrap() += i as u64 + 1;
+    }
+    gw.wait_for("down", down_at, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    agg.spawn(); // the same port and database
+    gw.wait_for("TLS 1.3 and WebSocket up", down_at, Duration::from_secs(60));
+
+    // Every phone is still connected: it is told all of its bytes are durable on the same
+    // connection, and can go on sending.
+    for (i, ws) in phones.iter_mut().enumerate() {
+        wait_durable(ws, sent[&format!("rs-{i}")]).await;
+        ws.send(Message::binary(vec![2u8])).await.unwrap();
+        *sent.get_mut(&format!("rs-{i}")).unwrap() += 1;
+    }
+    for (i, ws) in phones.iter_mut().enumerate() {
+        wait_durable(ws, sent[&format!("rs-{i}")]).await;
+    }
+    let persisted = wait_totals(&agg, "rs-", &sent).await;
+    assert_eq!(persisted, sent);
+}
+
+/// Sends raw bytes and returns everything the gateway answers until it closes.
+async fn raw(gw: &Gateway, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
+    let agg = Aggregator::start(Kind::Sqlite, &[]).await.unwrap();
+    let gw = Gateway::start(&agg, "site-bad", &["--capacity", "3", "--handshake-timeout-ms", "1000"]);
+    gw.wait_links_up(2);
+    let mut healthy = connect(&gw, "healthy").await;
+    healthy.send(Message::binary(vec![1u8; 3])).await.unwrap();
+    wait_durable(&mut healthy, 3).await;
+
+    // Capacity 3: the healthy phone and two more fit, the fourth gets 503.
+    let a = connect(&gw, "a").await;
+    let b = connect(&gw, "b").await;
+    let err = tokio_tungstenite::connect_async(format!("{}/ws?device=c", gw.base_url())).await.unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    drop((a, b));
+    // Their sessions are freed once the aggregator acknowledges the closes (a flush or two).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let status = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).lines().next().unwrap_or("").to_owned();
+    assert_eq!(status(raw(&gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await), "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        status(raw(&gw, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await),
+        "HTTP/1.1 426 Upgrade Required"
+    );
+    let bad_key = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: nope\r\n\r\n";
+    assert_eq!(status(raw(&gw, bad_key).await), "HTTP/1.1 400 Bad Request");
+    assert_eq!(
+        status(raw(&gw, b"GET /ws HTTP/1.0\r\n\r\n").await),
+        "HTTP/1.1 505 HTTP Version Not Supported"
+    );
+    assert_eq!(status(raw(&gw, &[b'x'; 9000]).await), "HTTP/1.1 431 Request Header Fields Too Large");
+    // A slow handshake is dropped after --handshake-timeout-ms.
+    assert!(raw(&gw, b"GET /ws HTTP/1.1\r\n").await.is_empty());
+
+    // Oversized and unmasked frames close that phone with 1009 and 1002.
+    let mut big = connect(&gw, "big").await;
+    big.send(Message::binary(vec![0u8; 5000])).await.unwrap();
+    let close = big.next().await;
+    assert!(matches!(&close, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::Size), "{close:?}");
+    let upgrade = b"GET /ws?device=unmasked HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x82\x01\x07";
+    let answer = raw(&gw, upgrade).await;
+    assert!(answer.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(answer.ends_with(&[0x88, 0x02, 0x03, 0xea]), "close 1002: {answer:x?}");
+
+    // None of it cost the healthy phone anything.
+    healthy.send(Message::binary(vec![1u8; 2])).await.unwrap();
+    wait_durable(&mut healthy, 5).await;
+    let persisted = wait_totals(&agg, "healthy", &BTreeMap::from([("healthy".to_owned(), 5)])).await;
+    assert_eq!(persisted["healthy"], 5);
+}

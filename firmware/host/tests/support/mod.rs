@@ -1,0 +1,143 @@
+//! What the gateway's tests run: the real aggregator binary on a real database (the aggregator's
+//! own test support, shared), and the real gateway binary.
+#![allow(dead_code)]
+
+#[path = "../../../../aggregator/tests/support/db.rs"]
+pub mod db;
+#[path = "../../../../aggregator/tests/support/process.rs"]
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use db::Kind;
+pub use process::Aggregator;
+
+/// The gateway binary built by this package.
+pub fn gateway_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_gateway")
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A running `gateway` process and the lines it logged.
+pub struct Gateway {
+    child: Option<Child>,
+    pub listen: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Provisions gateway `name` on `agg` and starts it on the kernel stack.
+    pub fn start(agg: &Aggregator, name: &str, extra: &[&str]) -> Gateway {
+        let secret = agg.add_gateway(name);
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut c = Command::new(gateway_binary());
+        c.args(["--id", name, "--secret", &hex(&secret)])
+            .arg("--ca")
+            .arg(agg.ca())
+            .args(["--aggregator", &agg.addr.to_string(), "--listen", &listen.to_string()])
+            .args(["--status-interval-s", "1"])
+            .args(extra);
+        Self::spawn(c, listen)
+    }
+
+    /// Starts a prepared command (any stack), collecting its log.
+    pub fn spawn(mut c: Command, listen: SocketAddr) -> Gateway {
+        c.env("RUST_LOG", std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("gateway binary");
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                println!("[gateway] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Gateway { child: Some(child), listen, log }
+    }
+
+    /// Waits until a log line contains `text` (after `skip` earlier lines), returns its index.
+    pub fn wait_for(&self, text: &str, skip: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.log.lock().unwrap().iter().skip(skip).position(|l| l.contains(text)) {
+                return skip + i;
+            }
+            assert!(Instant::now() < deadline, "the gateway never logged {text:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every trunk link is up.
+    pub fn wait_links_up(&self, links: usize) {
+        for link in 0..links {
+            self.wait_for(
+                &format!("trunk link {link}: TLS 1.3 and WebSocket up"),
+                0,
+                Duration::from_secs(30),
+            );
+        }
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("ws://{}", self.listen)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the Python `websockets` phones (tests/peers/phones.py) and returns what each sent.
+pub fn python_phones(base: &str, prefix: &str, phones: usize, each: usize) -> BTreeMap<String, u64> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/phones.py");
+    let out = Command::new("python3")
+        .args([script, base, prefix, &phones.to_string(), &each.to_string(), "60"])
+        .output()
+        .expect("python3 (scripts/install-deps.sh installs it with the websockets package)");
+    assert!(out.status.success(), "python phones failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["sent"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect()
+}
+
+/// Persisted totals of devices with `prefix`, once they equal `expected` (or the timeout).
+pub async fn wait_totals(
+    agg: &Aggregator,
+    prefix: &str,
+    expected: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    let store = agg.store().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: BTreeMap<String, u64> = store.device_totals(prefix).await.unwrap().into_iter().collect();
+        if &got == expected || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
