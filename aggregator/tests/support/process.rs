@@ -22,7 +22,7 @@ pub struct Aggregator {
 /// The aggregator binary: cargo names it for the aggregator's own tests; other packages' tests
 /// (the gateway's, which include this file) find it next to their own test binary, where
 /// `cargo test --workspace` builds it.
-fn binary() -> std::path::PathBuf {
+pub fn binary() -> std::path::PathBuf {
     match option_env!("CARGO_BIN_EXE_aggregator") {
         Some(path) => path.into(),
         None => {
