@@ -6,22 +6,26 @@
 //! What a phone costs is this future (its size is reported in `docs/benchmarks.md`), the
 //! socket's buffers, and the hub's [`SessionSlot`](trunk::gateway::SessionSlot) and waker.
 
+use core::ops::Range;
+
 use edge_nal::{Close, TcpAccept, TcpShutdown};
-use edge_ws::FrameType;
 use embassy_futures::select::{select3, Either3};
 use embassy_time::{with_deadline, Duration, Instant, Timer};
 use embedded_io_async::{Read, Write};
 use trunk::frame::CloseReason;
+use trunk::gateway::SessionId;
 use trunk::phone::{durable_message, MAX_DURABLE_MESSAGE_LEN};
 
 use crate::config::PhoneConfig;
 use crate::hub::{Durable, Hub};
-use crate::upgrade::{write_accept, write_refusal, Parsed, Refusal, RequestParser, MAX_ANSWER_LEN};
-use crate::ws::{close_code, write_frame, Connection, Event, MAX_OUTGOING_FRAME};
+use crate::upgrade::{
+    write_accept, write_refusal, Parsed, Refusal, RequestParser, Upgrade, KEY_LEN, MAX_ANSWER_LEN,
+};
+use crate::ws::{close_code, Connection, Event, MAX_OUTGOING_FRAME};
 
 /// Bytes read from a phone at a time. Phones send a few bytes at a time; a larger request is
 /// simply read in more pieces.
-pub const READ_CHUNK: usize = 128;
+pub const READ_CHUNK: usize = 64;
 
 /// How a connection ended, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,56 +54,92 @@ pub async fn worker<A: TcpAccept>(acceptor: &A, hub: &Hub<'_>, config: &PhoneCon
 }
 
 /// Serves one phone connection until it ends.
+///
+/// The work is split into functions that are awaited one after another (the request, the
+/// answer, the session) so that their state shares the same bytes of this future: what a phone
+/// costs is the largest of them, not their sum.
 pub async fn serve<S: Read + Write + TcpShutdown>(
     mut socket: S,
     hub: &Hub<'_>,
     config: &PhoneConfig,
 ) -> Outcome {
     let mut buf = [0u8; READ_CHUNK];
-    let mut out = [0u8; MAX_ANSWER_LEN];
-
-    // The upgrade request, within the handshake timeout.
-    let deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
-    let mut parser = RequestParser::new(config.max_request_len);
-    let (upgrade, rest) = loop {
-        let n = match with_deadline(deadline, socket.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => {
-                socket.abort().await.ok();
-                return Outcome::NoRequest;
-            }
-        };
-        match parser.feed(&buf[..n]) {
-            Parsed::More => {}
-            Parsed::Upgrade { upgrade, consumed } => break (upgrade, consumed..n),
-            Parsed::Refuse(refusal) => {
-                return refuse(&mut socket, hub, refusal, &mut buf, &mut out, config).await
-            }
+    let (upgrade, rest) = match read_request(&mut socket, &mut buf, config).await {
+        Ok(request) => request,
+        Err(Some(refusal)) => return refuse(&mut socket, hub, refusal, &mut buf, config).await,
+        Err(None) => {
+            socket.abort().await.ok();
+            return Outcome::NoRequest;
         }
     };
     let id = match hub.open(upgrade.device.as_ref().map(|d| d.as_slice())) {
         Ok(id) => id,
         Err(_) => {
             let why = if hub.is_stopping() { Refusal::ShuttingDown } else { Refusal::Full };
-            return refuse(&mut socket, hub, why, &mut buf, &mut out, config).await;
+            return refuse(&mut socket, hub, why, &mut buf, config).await;
         }
     };
-    let n = write_accept(&upgrade.key, &mut out);
-    if !write(&mut socket, &out[..n], config).await {
+    if !accept(&mut socket, &upgrade.key, config).await {
         hub.close(id, CloseReason::LOST, false);
         socket.abort().await.ok();
         return Outcome::Session(CloseReason::LOST);
     }
+    let (reason, failed) = session(&mut socket, hub, id, &mut buf, rest, config).await;
+    hub.close(id, reason, failed);
+    if reason == CloseReason::LOST {
+        socket.abort().await.ok();
+    } else {
+        finish(&mut socket, &mut buf, config).await;
+    }
+    Outcome::Session(reason)
+}
 
-    // The session.
+/// Reads the upgrade request within the handshake timeout: the request and the range of `buf`
+/// that holds bytes after it, or what to refuse (`None`: the phone never completed it).
+async fn read_request<S: Read>(
+    socket: &mut S,
+    buf: &mut [u8; READ_CHUNK],
+    config: &PhoneConfig,
+) -> Result<(Upgrade, Range<usize>), Option<Refusal>> {
+    let deadline = Instant::now() + Duration::from_millis(config.handshake_timeout_ms);
+    let mut parser = RequestParser::new(config.max_request_len);
+    loop {
+        let n = match with_deadline(deadline, socket.read(buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return Err(None),
+        };
+        match parser.feed(&buf[..n]) {
+            Parsed::More => {}
+            Parsed::Upgrade { upgrade, consumed } => return Ok((upgrade, consumed..n)),
+            Parsed::Refuse(refusal) => return Err(Some(refusal)),
+        }
+    }
+}
+
+/// Sends `101 Switching Protocols`.
+async fn accept<S: Write>(socket: &mut S, key: &[u8; KEY_LEN], config: &PhoneConfig) -> bool {
+    let mut out = [0u8; MAX_ANSWER_LEN];
+    let n = write_accept(key, &mut out);
+    write(socket, &out[..n], config).await
+}
+
+/// The WebSocket session: returns why it ended and whether the phone broke the protocol.
+async fn session<S: Read + Write>(
+    socket: &mut S,
+    hub: &Hub<'_>,
+    id: SessionId,
+    buf: &mut [u8; READ_CHUNK],
+    mut pending: Range<usize>,
+    config: &PhoneConfig,
+) -> (CloseReason, bool) {
     let mut ws = Connection::new(config.max_message_len);
-    let mut pending = rest; // frame bytes that arrived with the request
     let mut told = 0;
     let idle = Duration::from_millis(config.idle_timeout_ms);
     let mut idle_deadline = Instant::now() + idle;
     let mut reason = CloseReason::NORMAL;
     let mut failed = false;
     loop {
+        // Bytes read (or that came with the request): count them, note a close or an error.
         while !pending.is_empty() {
             let fed = ws.feed(&buf[pending.clone()]);
             hub.record(id, fed.payload);
@@ -113,40 +153,23 @@ pub async fn serve<S: Read + Write + TcpShutdown>(
                 break;
             }
         }
-        let frame_out: &mut [u8; MAX_OUTGOING_FRAME] =
-            out.first_chunk_mut().expect("answer buffer holds a frame");
-        while let Some(n) = ws.poll_transmit(frame_out) {
-            if !write(&mut socket, &frame_out[..n], config).await {
-                hub.close(id, CloseReason::LOST, failed);
-                socket.abort().await.ok();
-                return Outcome::Session(CloseReason::LOST);
-            }
+        if !send_owed(socket, &mut ws, config).await {
+            return (CloseReason::LOST, failed);
         }
         if ws.is_done() {
-            break;
+            return (reason, failed);
         }
-        match select3(socket.read(&mut buf), hub.durable_above(id, told), Timer::at(idle_deadline)).await {
+        match select3(socket.read(buf), hub.durable_above(id, told), Timer::at(idle_deadline)).await {
             Either3::First(Ok(n)) if n > 0 => {
                 pending = 0..n;
                 idle_deadline = Instant::now() + idle;
             }
-            Either3::First(_) => {
-                // EOF or reset without a close frame: the phone is gone.
-                hub.close(id, CloseReason::LOST, false);
-                socket.abort().await.ok();
-                return Outcome::Session(CloseReason::LOST);
-            }
+            // EOF or reset without a close frame: the phone is gone.
+            Either3::First(_) => return (CloseReason::LOST, false),
             Either3::Second(Durable::Total(total)) => {
                 told = total;
-                if !ws.is_closing() {
-                    let mut text = [0u8; MAX_DURABLE_MESSAGE_LEN];
-                    let len = durable_message(total, &mut text);
-                    let n = write_frame(FrameType::Text(false), &text[..len], frame_out);
-                    if !write(&mut socket, &frame_out[..n], config).await {
-                        hub.close(id, CloseReason::LOST, false);
-                        socket.abort().await.ok();
-                        return Outcome::Session(CloseReason::LOST);
-                    }
+                if !ws.is_closing() && !tell_durable(socket, total, config).await {
+                    return (CloseReason::LOST, false);
                 }
             }
             Either3::Second(Durable::Stopping) => {
@@ -158,7 +181,7 @@ pub async fn serve<S: Read + Write + TcpShutdown>(
             }
             Either3::Third(()) => {
                 if ws.is_closing() {
-                    break; // the phone never answered our close
+                    return (reason, failed); // the phone never answered our close
                 }
                 reason = CloseReason::IDLE;
                 ws.close(close_code::NORMAL);
@@ -166,9 +189,27 @@ pub async fn serve<S: Read + Write + TcpShutdown>(
             }
         }
     }
-    hub.close(id, reason, failed);
-    finish(&mut socket, &mut buf, config).await;
-    Outcome::Session(reason)
+}
+
+/// Sends what the gateway owes the phone: a pong, its close. (A function of its own so that its
+/// frame buffer shares bytes with the session's wait.)
+async fn send_owed<S: Write>(socket: &mut S, ws: &mut Connection, config: &PhoneConfig) -> bool {
+    let mut frame = [0u8; MAX_OUTGOING_FRAME];
+    while let Some(n) = ws.poll_transmit(&mut frame) {
+        if !write(socket, &frame[..n], config).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sends `{"durable":N}`.
+async fn tell_durable<S: Write>(socket: &mut S, total: u64, config: &PhoneConfig) -> bool {
+    let mut frame = [0u8; 2 + MAX_DURABLE_MESSAGE_LEN];
+    let text: &mut [u8; MAX_DURABLE_MESSAGE_LEN] = (&mut frame[2..]).try_into().expect("sized above");
+    let len = durable_message(total, text);
+    frame[..2].copy_from_slice(&[0x81, len as u8]); // FIN + text; len < 126 fits the short form
+    write(socket, &frame[..2 + len], config).await
 }
 
 /// Answers a refused request, then closes without losing the answer.
@@ -177,11 +218,11 @@ async fn refuse<S: Read + Write + TcpShutdown>(
     hub: &Hub<'_>,
     refusal: Refusal,
     buf: &mut [u8; READ_CHUNK],
-    out: &mut [u8; MAX_ANSWER_LEN],
     config: &PhoneConfig,
 ) -> Outcome {
     hub.refused();
-    let n = write_refusal(refusal, out);
+    let mut out = [0u8; MAX_ANSWER_LEN];
+    let n = write_refusal(refusal, &mut out);
     if write(socket, &out[..n], config).await {
         finish(socket, buf, config).await;
     } else {

@@ -44,7 +44,8 @@ struct Frame {
     body: Body,
     remaining: u64,
     mask: u32,
-    offset: usize,
+    /// Payload bytes so far, modulo 4: where in the mask the next byte is.
+    offset: u8,
     fin: bool,
 }
 
@@ -232,7 +233,7 @@ impl Connection {
             let n = (take - used).min(chunk.len());
             let piece = &mut chunk[..n];
             piece.copy_from_slice(&data[used..used + n]);
-            FrameHeader::mask_with(piece, Some(frame.mask), frame.offset);
+            FrameHeader::mask_with(piece, Some(frame.mask), usize::from(frame.offset));
             match frame.body {
                 Body::Data { text } => {
                     if text && !self.utf8.feed(piece) {
@@ -247,7 +248,7 @@ impl Connection {
                 }
                 Body::Pong => {}
             }
-            frame.offset += n;
+            frame.offset = ((usize::from(frame.offset) + n) % 4) as u8;
             used += n;
         }
         frame.remaining -= take as u64;
