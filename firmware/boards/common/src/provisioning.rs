@@ -35,3 +35,30 @@ pub fn block() -> &'static [u8] {
 pub fn is_blank(block: &[u8]) -> bool {
     block.iter().all(|&b| b == 0x00) || block.iter().all(|&b| b == 0xFF)
 }
+
+/// SHA-256 of the block, for the boot log (lets a test check that the
+/// bytes it loaded are the bytes the firmware sees).
+pub fn digest(block: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(block).into()
+}
+
+/// Logs where the block is, its size, whether it is blank and the first
+/// 8 bytes of its SHA-256 (as 16 hex digits).
+pub fn log_summary(block: &[u8]) {
+    let d = digest(block);
+    log::info!(
+        "provisioning block at {:#010x}, {} bytes, {}, sha256 {:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        block.as_ptr() as usize,
+        block.len(),
+        if is_blank(block) { "blank" } else { "provisioned" },
+        d[0],
+        d[1],
+        d[2],
+        d[3],
+        d[4],
+        d[5],
+        d[6],
+        d[7]
+    );
+}

@@ -68,6 +68,7 @@ fn main() -> ! {
 #[embassy_executor::task]
 async fn boot(spawner: Spawner) {
     let provisioning = board_common::provisioning::block();
+    board_common::provisioning::log_summary(provisioning);
 
     // SAFETY: LAN9118_BASE is the controller's register block; nothing else
     // uses it.

@@ -16,9 +16,6 @@ pub const SOCKETS: usize = 8;
 /// * `rng`: the board's cryptographic RNG (`rand_core` 0.6 `RngCore +
 ///   CryptoRng`), seeded from, and refreshed by, the STM32 hardware RNG;
 /// * `provisioning`: the 16 KiB provisioning block (format: the core's).
-pub async fn app(_spawner: Spawner, stack: Stack<'static>, _rng: Drbg, provisioning: &'static [u8]) -> ! {
-    if board_common::provisioning::is_blank(provisioning) {
-        log::warn!("provisioning block is blank");
-    }
+pub async fn app(_spawner: Spawner, stack: Stack<'static>, _rng: Drbg, _provisioning: &'static [u8]) -> ! {
     board_common::placeholder::serve(stack, "nucleo-h743zi").await
 }

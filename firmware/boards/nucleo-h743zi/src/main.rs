@@ -49,6 +49,7 @@ async fn main(spawner: Spawner) {
     let p = embassy_stm32::init(clocks());
     info!("holdfast gateway, board nucleo-h743zi, firmware {}", env!("CARGO_PKG_VERSION"));
     let provisioning = board_common::provisioning::block();
+    board_common::provisioning::log_summary(provisioning);
 
     let mut hw = Rng::new(p.RNG, Irqs);
     let mut seed = [0u8; 32];
