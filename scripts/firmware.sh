@@ -8,6 +8,7 @@
 #   scripts/firmware.sh smoke                     build, boot in QEMU with a provisioning file
 #                                                 on a free port, wait for the placeholder's
 #                                                 HTTP 200 through hostfwd; exit 0 or 1
+#   scripts/firmware.sh clippy                    clippy -D warnings over the board workspace
 #   scripts/firmware.sh qemu-runner ELF           cargo's runner for mps2-an386 (cargo run)
 #   scripts/firmware.sh probe-rs-runner ELF       cargo's runner for nucleo-h743zi (cargo run)
 #
@@ -93,6 +94,18 @@ cmd_build() {
   print_size "nucleo-h743zi ($(basename "$NUCLEO_ELF"))" "$NUCLEO_ELF"
 }
 
+cmd_clippy() {
+  # Debian's cargo looks for subcommands in ~/.cargo/bin first, where rustup's
+  # cargo-clippy proxy (another compiler) would win: call Debian's directly.
+  if [ -x /usr/bin/cargo-clippy ] && [ -x /usr/bin/cargo ]; then
+    (cd "$BOARDS_DIR" && env -u RUSTC -u RUSTC_WRAPPER -u RUSTC_WORKSPACE_WRAPPER -u RUSTUP_TOOLCHAIN \
+      PATH=/usr/bin:/bin RUSTC_BOOTSTRAP=1 CARGO=/usr/bin/cargo CARGO_TARGET_DIR="$TARGET_DIR" \
+      /usr/bin/cargo-clippy clippy --release --locked -- -D warnings)
+  else
+    fw_cargo clippy --release --locked -- -D warnings
+  fi
+}
+
 build_mps2() {
   fw_cargo build --release --locked -p board-mps2-an386
 }
@@ -100,6 +113,7 @@ build_mps2() {
 # qemu_cmd ELF PROV PORT: the QEMU command line, one word a line.
 qemu_args() {
   local elf="$1" prov="$2" port="$3"
+  # shellcheck disable=SC2054 # the commas are QEMU's option syntax
   local args=(qemu-system-arm -M mps2-an386 -nographic -monitor none -serial stdio
     -semihosting-config enable=on,target=native
     -nic "user,model=lan9118,hostfwd=tcp:127.0.0.1:$port-:80"
@@ -251,6 +265,7 @@ case "${1:-}" in
     cmd_run_qemu "$@"
     ;;
   smoke) cmd_smoke ;;
+  clippy) cmd_clippy ;;
   qemu-runner)
     shift
     cmd_qemu_runner "$@"

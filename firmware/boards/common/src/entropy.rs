@@ -31,11 +31,7 @@ pub struct JitterPool {
 impl JitterPool {
     /// An empty pool.
     pub const fn new() -> Self {
-        Self {
-            acc: [const { AtomicU32::new(0) }; SLOTS],
-            fed: AtomicU32::new(0),
-            taken: AtomicU32::new(0),
-        }
+        Self { acc: [const { AtomicU32::new(0) }; SLOTS], fed: AtomicU32::new(0), taken: AtomicU32::new(0) }
     }
 
     /// Mixes one sample (typically a free-running counter read in an

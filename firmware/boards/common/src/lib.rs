@@ -11,11 +11,13 @@
 //!   entropy of last resort on a board without a hardware RNG (the emulator);
 //! * [`provisioning::block`]: the bytes written at flash time into the
 //!   provisioning block that each board's `memory.x` reserves;
+//! * [`executor`]: the WFI executor all boards run on;
 //! * [`placeholder`]: the stand-in app (an HTTP 200 on port 80) that the
 //!   gateway core replaces.
 #![no_std]
 
 pub mod entropy;
+pub mod executor;
 pub mod placeholder;
 pub mod provisioning;
 pub mod rng;

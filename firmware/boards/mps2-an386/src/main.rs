@@ -1,7 +1,7 @@
 //! holdfast gateway firmware for the Arm MPS2 board with the AN386 image
 //! (Cortex-M4F), as QEMU emulates it: `qemu-system-arm -M mps2-an386`.
 //!
-//! Boot: UART0 log, timers (time.rs), the WFI executor (executor.rs); then,
+//! Boot: UART0 log, timers (time.rs), the WFI executor (board_common::executor); then,
 //! in the `boot` task, the LAN9118 Ethernet controller (IRQ 13), the RNG
 //! (emulator-only entropy, see `board_common::entropy`), embassy-net with
 //! DHCPv4, and finally `app::app`, the seam where the gateway core plugs in.
@@ -12,9 +12,9 @@
 #![no_main]
 
 mod app;
-mod executor;
 mod time;
 mod uart;
+mod vectors;
 
 use board_common::entropy::JitterPool;
 use board_common::rng::Drbg;
@@ -27,9 +27,8 @@ use log::{error, info};
 use rand_core::RngCore;
 use static_cell::StaticCell;
 
-/// The LAN9118's registers and interrupt line on mps2-an385/an386.
+/// The LAN9118's registers on mps2-an385/an386 (its IRQ: vectors::ETHERNET_IRQ).
 const LAN9118_BASE: usize = 0x4020_0000;
-const LAN9118_IRQ: u16 = 13;
 /// Log level (the `log` crate's), fixed at build time.
 const LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
 
@@ -59,7 +58,7 @@ fn main() -> ! {
     time::init(&mut core.NVIC);
     info!("holdfast gateway, board mps2-an386, firmware {}", env!("CARGO_PKG_VERSION"));
 
-    executor::run(|spawner| match boot(spawner) {
+    board_common::executor::run(|spawner| match boot(spawner) {
         Ok(token) => spawner.spawn(token),
         Err(_) => fatal("cannot spawn the boot task"),
     })
@@ -81,9 +80,9 @@ async fn boot(spawner: Spawner) {
         "LAN9118 up, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
     );
-    // SAFETY: on_eth_irq is ready; unmasking cannot break a critical section
+    // SAFETY: ETHERNET (below) is ready; unmasking cannot break a critical section
     // (critical sections here mask all interrupts with PRIMASK).
-    unsafe { cortex_m::peripheral::NVIC::unmask(Irq(LAN9118_IRQ)) };
+    unsafe { cortex_m::peripheral::NVIC::unmask(Irq(vectors::ETHERNET_IRQ)) };
 
     // Emulator-only entropy: the provisioning block (per-device secrets once
     // provisioned), the MAC, and the timer; more jitter is mixed in later.
@@ -92,7 +91,8 @@ async fn boot(spawner: Spawner) {
 
     static RESOURCES: StaticCell<StackResources<{ app::SOCKETS }>> = StaticCell::new();
     let config = embassy_net::Config::dhcpv4(Default::default());
-    let (stack, runner) = embassy_net::new(eth, config, RESOURCES.init(StackResources::new()), rng.next_u64());
+    let (stack, runner) =
+        embassy_net::new(eth, config, RESOURCES.init(StackResources::new()), rng.next_u64());
     match net_task(runner) {
         Ok(token) => spawner.spawn(token),
         Err(_) => fatal("cannot spawn the network task"),
@@ -123,21 +123,27 @@ fn take_jitter(out: &mut [u8; 32]) -> bool {
     JITTER.take(out)
 }
 
-/// External interrupts: cortex-m-rt (without a device crate) sends them all
-/// to DefaultHandler with their number.
+#[unsafe(no_mangle)]
+extern "C" fn TIMER0() {
+    time::on_timer0();
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn TIMER1() {
+    time::on_timer1();
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn ETHERNET() {
+    JITTER.feed(time::raw_counter());
+    // SAFETY: LAN9118_BASE is the controller's register block.
+    unsafe { embassy_net_lan9118::on_interrupt(LAN9118_BASE) };
+}
+
+/// Any other exception or interrupt: none is enabled, so this is a bug.
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
-    match irqn {
-        n if n == time::TIMER0_IRQ as i16 => time::on_timer0(),
-        n if n == time::TIMER1_IRQ as i16 => time::on_timer1(),
-        n if n == LAN9118_IRQ as i16 => {
-            JITTER.feed(time::raw_counter());
-            // SAFETY: LAN9118_BASE is the controller's register block.
-            unsafe { embassy_net_lan9118::on_interrupt(LAN9118_BASE) };
-        }
-        // Only the three lines above are ever unmasked.
-        n => fatal_fmt(format_args!("unexpected exception or interrupt {}", n)),
-    }
+    fatal_fmt(format_args!("unexpected exception or interrupt {}", irqn))
 }
 
 #[exception]

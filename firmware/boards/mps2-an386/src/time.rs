@@ -7,7 +7,7 @@
 //!   the earliest deadline of embassy's timer queue, it interrupts then.
 //!
 //! Nothing ticks while nothing is due: between deadlines the CPU sleeps in
-//! WFI (see executor.rs), and QEMU idles with it. (SysTick would have worked
+//! WFI (see board_common::executor), and QEMU idles with it. (SysTick would have worked
 //! too, but its 24-bit counter wraps 1.5 times a second.)
 
 use core::cell::{Cell, RefCell};
@@ -25,9 +25,7 @@ const _: () = assert!(CLOCK_HZ % TICK_HZ == 0, "embassy-time's tick rate must di
 
 const TIMER0: usize = 0x4000_0000;
 const TIMER1: usize = 0x4000_1000;
-/// IRQ numbers of TIMER0 and TIMER1.
-pub const TIMER0_IRQ: u16 = 8;
-pub const TIMER1_IRQ: u16 = 9;
+use crate::vectors::{TIMER0_IRQ, TIMER1_IRQ};
 
 const CTRL: usize = 0x0;
 const VALUE: usize = 0x4;

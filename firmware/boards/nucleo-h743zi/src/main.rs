@@ -1,8 +1,9 @@
 //! holdfast gateway firmware for the ST NUCLEO-H743ZI (STM32H743ZI,
 //! Cortex-M7F) with its on-board Ethernet (RMII, LAN8742A PHY).
 //!
-//! Boot: clocks (HSI -> PLL1, 400 MHz core; HSI48 for the RNG), RTT log,
-//! embassy-stm32's time driver and executor; then the hardware RNG, the
+//! Boot: RTT log, the WFI executor (board_common::executor); then, in the
+//! `boot` task, clocks (HSI -> PLL1, 400 MHz core; HSI48 for the RNG) and
+//! embassy-stm32's time driver; then the hardware RNG, the
 //! Ethernet MAC + PHY, embassy-net with DHCPv4, and `app::app`, the seam
 //! where the gateway core plugs in.
 //!
@@ -43,9 +44,17 @@ const LOG_LEVEL: log::LevelFilter = log::LevelFilter::Info;
 /// The hardware RNG, shared by the seed and the Drbg's refresh.
 static HW_RNG: Mutex<RefCell<Option<Rng<'static, RNG>>>> = Mutex::new(RefCell::new(None));
 
-#[embassy_executor::main]
-async fn main(spawner: Spawner) {
+#[cortex_m_rt::entry]
+fn main() -> ! {
     rtt_target::rtt_init_log!(LOG_LEVEL);
+    board_common::executor::run(|spawner| match boot(spawner) {
+        Ok(token) => spawner.spawn(token),
+        Err(_) => fatal("cannot spawn the boot task"),
+    })
+}
+
+#[embassy_executor::task]
+async fn boot(spawner: Spawner) {
     let p = embassy_stm32::init(clocks());
     info!("holdfast gateway, board nucleo-h743zi, firmware {}", env!("CARGO_PKG_VERSION"));
     let provisioning = board_common::provisioning::block();
@@ -58,10 +67,7 @@ async fn main(spawner: Spawner) {
     let mut rng = Drbg::new(&[b"nucleo-h743zi", &seed, provisioning], Some(hw_entropy));
 
     let mac = mac_address();
-    info!(
-        "MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
-    );
+    info!("MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
     static PACKETS: StaticCell<PacketQueue<TX_FRAMES, RX_FRAMES>> = StaticCell::new();
     // NUCLEO-H743ZI RMII wiring (UM2407): REF_CLK PA1, CRS_DV PA7, RXD0 PC4,
     // RXD1 PC5, TXD0 PG13, TXD1 PB13, TX_EN PG11; MDIO PA2, MDC PC1.
@@ -84,7 +90,8 @@ async fn main(spawner: Spawner) {
 
     static RESOURCES: StaticCell<StackResources<{ app::SOCKETS }>> = StaticCell::new();
     let config = embassy_net::Config::dhcpv4(Default::default());
-    let (stack, runner) = embassy_net::new(device, config, RESOURCES.init(StackResources::new()), rng.next_u64());
+    let (stack, runner) =
+        embassy_net::new(device, config, RESOURCES.init(StackResources::new()), rng.next_u64());
     match net_task(runner) {
         Ok(token) => spawner.spawn(token),
         Err(_) => fatal("cannot spawn the network task"),
@@ -108,7 +115,8 @@ async fn net_task(mut runner: embassy_net::Runner<'static, Device>) -> ! {
 /// reference clock comes from the PHY.
 fn clocks() -> Config {
     use embassy_stm32::rcc::{
-        AHBPrescaler, APBPrescaler, HSIPrescaler, Pll, PllDiv, PllMul, PllPreDiv, PllSource, Sysclk, VoltageScale,
+        AHBPrescaler, APBPrescaler, HSIPrescaler, Pll, PllDiv, PllMul, PllPreDiv, PllSource, Sysclk,
+        VoltageScale,
     };
     let mut config = Config::default();
     let rcc = &mut config.rcc;

@@ -1,11 +1,16 @@
-//! A thread-mode executor that sleeps with WFI.
+//! A thread-mode executor that sleeps with WFI, used by every board.
 //!
-//! embassy-executor's Cortex-M executor sleeps with WFE. QEMU does not halt
-//! on WFE (it treats it as a hint and returns at once), so an idle guest
-//! would keep one host core busy. WFI does halt QEMU's vCPU until an
-//! interrupt, and works the same on silicon. The usual race is closed by
-//! checking for work with interrupts masked: WFI still wakes on an interrupt
-//! that becomes pending while PRIMASK is set.
+//! embassy-executor's own Cortex-M executor (feature `platform-cortex-m`)
+//! sleeps with WFE. QEMU does not halt on WFE (it treats it as a hint and
+//! returns at once), so an idle emulated board would keep a host core busy.
+//! WFI halts QEMU's vCPU until an interrupt, and works the same on silicon
+//! (STM32: sleep mode). The usual race is closed by checking for work with
+//! interrupts masked: WFI still wakes on an interrupt that becomes pending
+//! while PRIMASK is set.
+//!
+//! This module defines embassy-executor's `__pender`, so no package of this
+//! workspace may enable an embassy-executor `platform-*` feature (cargo
+//! would unify it into every board and the symbol would be defined twice).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
