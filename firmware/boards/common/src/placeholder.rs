@@ -1,5 +1,5 @@
 //! The placeholder app: an HTTP server on port 80 that answers every request
-//! with `200 OK` and a short body, one connection at a time.
+//! with `200 OK` and a short body, [`LISTENERS`] connections at a time.
 //!
 //! It exists so that the board, its Ethernet driver, DHCP and QEMU's
 //! `hostfwd` path can be tested before the gateway core is plugged in
@@ -19,30 +19,45 @@ pub const PORT: u16 = 80;
 pub const MAX_REQUEST: usize = 1024;
 /// A client that sends nothing for this long is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sockets listening on [`PORT`] at once. smoltcp answers a SYN for which no
+/// socket listens with a reset, so with a single socket a client that
+/// connects while the previous connection is being closed is refused; a few
+/// listeners keep one free. The board's `app::SOCKETS` must leave room.
+pub const LISTENERS: usize = 4;
 /// Socket buffer sizes.
 const RX_BUF: usize = 1024;
 const TX_BUF: usize = 1024;
 
 /// Serves forever. `board` names the board in the response body.
 pub async fn serve(stack: Stack<'static>, board: &'static str) -> ! {
+    info!("placeholder app: HTTP on port {} ({} listeners)", PORT, LISTENERS);
+    let listeners: [_; LISTENERS] = core::array::from_fn(|id| listener(stack, board, id));
+    embassy_futures::join::join_array(listeners).await;
+    // join_array of never-ending futures never returns.
+    loop {
+        Timer::after_secs(3600).await;
+    }
+}
+
+/// One listening socket, reused connection after connection.
+async fn listener(stack: Stack<'static>, board: &'static str, id: usize) {
     let mut rx = [0u8; RX_BUF];
     let mut tx = [0u8; TX_BUF];
     let mut served: u32 = 0;
-    info!("placeholder app: HTTP on port {}", PORT);
     loop {
         let mut socket = TcpSocket::new(stack, &mut rx, &mut tx);
         socket.set_timeout(Some(IDLE_TIMEOUT));
         if let Err(e) = socket.accept(PORT).await {
-            warn!("accept: {:?}", e);
+            warn!("listener {}: accept: {:?}", id, e);
             continue;
         }
         let peer = socket.remote_endpoint();
         match answer(&mut socket, board).await {
             Ok(()) => {
                 served = served.wrapping_add(1);
-                info!("answered {:?} (200 OK, #{})", peer, served);
+                info!("listener {}: answered {:?} (200 OK, #{})", id, peer, served);
             }
-            Err(e) => warn!("{:?}: {:?}", peer, e),
+            Err(e) => warn!("listener {}: {:?}: {:?}", id, peer, e),
         }
         // Let the FIN exchange finish before the socket goes away (dropping an
         // open socket resets the connection); bounded by the socket timeout.
@@ -53,7 +68,6 @@ pub async fn serve(stack: Stack<'static>, board: &'static str) -> ! {
                 break;
             }
         }
-        Timer::after_millis(1).await;
     }
 }
 
