@@ -31,6 +31,11 @@ pub const MTU: usize = 1514;
 /// Size of the receive and transmit staging buffers. QEMU's receive path
 /// rejects frames of 2048 bytes and more; anything above this is dropped.
 pub const FRAME_BUF: usize = 1536;
+/// Full-size frames the RX data FIFO holds (QEMU: 2640 words = 10,560
+/// bytes, about 1,520 bytes a frame with its FCS). Given to embassy-net as
+/// the burst size, so that smoltcp advertises no TCP window larger than the
+/// FIFO can take in one go.
+pub const RX_BURST_FRAMES: usize = 6;
 /// Upper bound on spins while waiting for a busy bit (MAC CSR, MII, reset).
 /// QEMU never sets busy bits; real silicon clears them in microseconds.
 pub const BUSY_SPINS: u32 = 100_000;
@@ -428,7 +433,7 @@ impl embassy_net_driver::Driver for Lan9118 {
     fn capabilities(&self) -> Capabilities {
         let mut caps = Capabilities::default();
         caps.max_transmission_unit = MTU;
-        caps.max_burst_size = Some(1);
+        caps.max_burst_size = Some(RX_BURST_FRAMES);
         caps
     }
 
