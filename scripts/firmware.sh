@@ -71,18 +71,27 @@ size_tool() {
   return 1
 }
 
-# Prints "NAME: flash N bytes (text+data), static RAM N bytes (data+bss)".
+# Prints the image's flash use (vector table, code, read-only data, and the
+# initial values of .data) and its static RAM (.data + .bss + .uninit), from
+# the section table (`size -A`, which llvm-size and GNU size both print).
+# PSRAM pools (mps2's .psram section) are shown apart.
 print_size() {
-  local name="$1" elf="$2" tool text data bss
+  local name="$1" elf="$2" tool
   tool="$(size_tool)" || {
     hf_warn "no size tool (llvm-size or binutils' size): sizes not shown"
     return 0
   }
-  # Berkeley format: text data bss dec hex filename (text includes rodata
-  # and the vector table).
-  read -r text data bss _ < <("$tool" "$elf" | awk 'NR == 2')
-  printf '%-28s flash %7d bytes (text %d + data %d), static RAM %7d bytes (data %d + bss %d)  [%s]\n' \
-    "$name" $((text + data)) "$text" "$data" $((data + bss)) "$data" "$bss" "$tool"
+  "$tool" -A "$elf" | awk -v name="$name" -v tool="$tool" '
+    $1 == ".vector_table" || $1 == ".text" || $1 == ".rodata" || $1 == ".gnu.sgstubs" { flash += $2 }
+    $1 == ".data" { flash += $2; data = $2 }
+    $1 == ".bss" || $1 == ".uninit" { bss += $2 }
+    $1 == ".psram" { psram = $2 }
+    END {
+      printf "%-40s flash %7d bytes (incl. data %d), static RAM %7d bytes (data %d + bss %d)", \
+        name, flash, data, data + bss, data, bss
+      if (psram > 0) printf ", PSRAM %d bytes", psram
+      printf "  [%s -A]\n", tool
+    }'
 }
 
 cmd_build() {
