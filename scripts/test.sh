@@ -6,8 +6,9 @@
 #
 # Steps: install deps, start PostgreSQL (exports DATABASE_URL), cargo fmt --check,
 # clippy -D warnings, cargo test --workspace, the no_std trunk build for
-# thumbv7em-none-eabihf, the fuzz smoke run, the end-to-end run (scripts/e2e.sh), and README's
-# run command (scripts/run.sh --once).
+# thumbv7em-none-eabihf, the firmware smoke run in QEMU (scripts/firmware.sh smoke),
+# the fuzz smoke run, the end-to-end run (scripts/e2e.sh), and README's run command
+# (scripts/run.sh --once).
 # CARGO_TARGET_DIR defaults to "$HOME/.cache/holdfast/target" so builds are
 # reused between runs and clones.
 set -euo pipefail
@@ -15,7 +16,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
-steps_total=9
+steps_total=10
 step_no=0
 step_name=""
 started=$(date +%s)
@@ -50,8 +51,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "cargo: $(command -v cargo) ($(cargo --version)); CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
-step "cargo fmt --all -- --check"
+step "cargo fmt --all -- --check (root and firmware/boards workspaces)"
 cargo fmt --all -- --check
+(cd firmware/boards && cargo fmt --all -- --check)
 
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
@@ -71,6 +73,9 @@ rm -f "$test_log"
 
 step "no_std build for thumbv7em-none-eabihf (scripts/build-thumb.sh -p trunk)"
 bash scripts/build-thumb.sh -p trunk </dev/null
+
+step "firmware in QEMU: build mps2-an386, boot, HTTP 200 through hostfwd (scripts/firmware.sh smoke)"
+bash scripts/firmware.sh smoke </dev/null
 
 step "fuzz smoke (scripts/fuzz.sh --smoke)"
 if [ -f scripts/fuzz.sh ]; then
