@@ -12,12 +12,15 @@
 //! * [`provisioning::block`]: the bytes written at flash time into the
 //!   provisioning block that each board's `memory.x` reserves;
 //! * [`executor`]: the WFI executor all boards run on;
-//! * [`placeholder`]: the stand-in app (an HTTP 200 on port 80) that the
-//!   gateway core replaces.
+//! * [`gateway`]: the gateway core (`firmware/core`) on the board's stack, in
+//!   static memory;
+//! * [`placeholder`]: a stand-in app (an HTTP 200 on port 80) for bringing up
+//!   a new board before the gateway.
 #![no_std]
 
 pub mod entropy;
 pub mod executor;
+pub mod gateway;
 pub mod placeholder;
 pub mod provisioning;
 pub mod rng;

@@ -7,7 +7,7 @@ use embassy_executor::Spawner;
 use embassy_net::Stack;
 
 /// Sockets the network stack has room for (DHCP takes one of them).
-pub const SOCKETS: usize = 8;
+pub const SOCKETS: usize = board_common::gateway::SOCKETS;
 
 /// The application.
 ///
@@ -16,6 +16,6 @@ pub const SOCKETS: usize = 8;
 /// * `rng`: the board's cryptographic RNG (`rand_core` 0.6 `RngCore +
 ///   CryptoRng`), seeded from, and refreshed by, the STM32 hardware RNG;
 /// * `provisioning`: the 16 KiB provisioning block (format: the core's).
-pub async fn app(_spawner: Spawner, stack: Stack<'static>, _rng: Drbg, _provisioning: &'static [u8]) -> ! {
-    board_common::placeholder::serve(stack, "nucleo-h743zi").await
+pub async fn app(spawner: Spawner, stack: Stack<'static>, rng: Drbg, provisioning: &'static [u8]) -> ! {
+    board_common::gateway::run(spawner, stack, rng, provisioning).await
 }

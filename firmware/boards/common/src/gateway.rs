@@ -1,0 +1,159 @@
+//! The gateway on a board: the core's phone workers and trunk links on embassy-net, all of it in
+//! static memory, with its budget here in named constants.
+//!
+//! RAM per phone session, everything counted: its TCP socket buffers ([`PHONE_RX`] +
+//! [`PHONE_TX`]), smoltcp's socket, the worker task (the core's `phone::worker` future), the
+//! trunk [`SessionSlot`] and a waker. `scripts/firmware.sh ram-per-phone` measures the total
+//! by building the image with two values of [`PHONES`].
+
+use core::cell::RefCell;
+use core::net::{Ipv4Addr, SocketAddr};
+
+use edge_nal::TcpBind;
+use edge_nal_embassy::{Tcp, TcpBuffers};
+use embassy_executor::Spawner;
+use embassy_net::Stack;
+use embassy_time::Timer;
+use gateway_core::hub::PhoneWaker;
+use gateway_core::link::LinkBuffers;
+use gateway_core::provision::Provisioning;
+use gateway_core::{Hub, PhoneConfig, TrunkConfig};
+use log::{error, info};
+use rand_core::RngCore;
+use static_cell::{ConstStaticCell, StaticCell};
+use trunk::gateway::{GatewayConfig, Identity, SessionSlot};
+
+use crate::rng::Drbg;
+
+/// Phone sessions the board holds (set at build time with `HOLDFAST_PHONES`, default 64).
+pub const PHONES: usize = parse(option_env!("HOLDFAST_PHONES"), 64);
+/// Phone sockets beyond [`PHONES`]: a phone over capacity is still answered (503), not reset.
+pub const OVERFLOW: usize = 2;
+/// Trunk links the board can run (a provisioning block may ask for fewer).
+pub const LINKS: usize = 2;
+/// TCP port phones connect to.
+pub const PORT: u16 = 80;
+/// Each phone socket's TCP receive and send buffers: phones send a few bytes at a time, and the
+/// gateway sends them at most a 127-byte frame.
+pub const PHONE_RX: usize = 256;
+pub const PHONE_TX: usize = 256;
+/// Each trunk socket's TCP buffers (TLS records are buffered by embedded-tls, not here).
+pub const TRUNK_RX: usize = 2048;
+pub const TRUNK_TX: usize = 2048;
+/// Sockets the network stack needs: phones, links, and DHCP.
+pub const SOCKETS: usize = PHONES + OVERFLOW + LINKS + 1;
+
+const fn parse(value: Option<&str>, default: usize) -> usize {
+    let Some(value) = value else { return default };
+    let bytes = value.as_bytes();
+    let mut n = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(bytes[i].is_ascii_digit(), "HOLDFAST_PHONES must be a number");
+        n = n * 10 + (bytes[i] - b'0') as usize;
+        i += 1;
+    }
+    n
+}
+
+type PhoneTcp = Tcp<'static>;
+
+/// Runs the gateway for ever; without a valid provisioning block, says so and waits.
+pub async fn run(spawner: Spawner, stack: Stack<'static>, rng: Drbg, block: &'static [u8]) -> ! {
+    let p = match Provisioning::parse(block) {
+        Ok(p) => p,
+        Err(e) => loop {
+            error!("not provisioned ({e:?}): write a block made by `gateway provision` (firmware/README.md)");
+            Timer::after_secs(60).await;
+        },
+    };
+    static RNG: StaticCell<RefCell<Drbg>> = StaticCell::new();
+    let rng = RNG.init(RefCell::new(rng));
+    let links = usize::from(p.links).clamp(1, LINKS);
+    let boot_epoch = rng.borrow_mut().next_u64();
+
+    // Const-initialised cells: large values are placed by the linker, never built on the stack.
+    static SLOTS: ConstStaticCell<[SessionSlot; PHONES]> = ConstStaticCell::new([SessionSlot::FREE; PHONES]);
+    static WAKERS: ConstStaticCell<[PhoneWaker; PHONES]> = ConstStaticCell::new([const { None }; PHONES]);
+    static HUB: StaticCell<Hub<'static>> = StaticCell::new();
+    let identity = Identity { gateway_id: p.gateway_id.as_bytes(), secret: p.secret, boot_epoch };
+    let slots = SLOTS.take();
+    let wakers = WAKERS.take();
+    let hub = match Hub::new(GatewayConfig::default(), identity, links, slots, wakers) {
+        Ok(hub) => HUB.init(hub),
+        Err(e) => loop {
+            error!("provisioning block rejected: {e:?}");
+            Timer::after_secs(60).await;
+        },
+    };
+    static TRUNK: StaticCell<TrunkConfig<'static>> = StaticCell::new();
+    let trunk = TRUNK.init(TrunkConfig::new(p.aggregator, p.server_name, p.ca_der));
+    static PHONE_CONFIG: PhoneConfig = PhoneConfig {
+        handshake_timeout_ms: 10_000,
+        max_request_len: 4096,
+        max_message_len: 4096,
+        idle_timeout_ms: 300_000,
+        write_timeout_ms: 10_000,
+        linger_ms: 2_000,
+    };
+
+    static TRUNK_BUFFERS: ConstStaticCell<TcpBuffers<LINKS, TRUNK_TX, TRUNK_RX>> =
+        ConstStaticCell::new(TcpBuffers::new());
+    static LINK_BUFFERS: ConstStaticCell<[LinkBuffers; LINKS]> =
+        ConstStaticCell::new([LinkBuffers::NEW; LINKS]);
+    let trunks = Tcp::new(stack, TRUNK_BUFFERS.take());
+    for (link, bufs) in LINK_BUFFERS.take().iter_mut().enumerate().take(links) {
+        spawn(spawner, trunk_link(trunks, hub, link, trunk, bufs, rng));
+    }
+    static PHONE_BUFFERS: ConstStaticCell<TcpBuffers<{ PHONES + OVERFLOW }, PHONE_TX, PHONE_RX>> =
+        ConstStaticCell::new(TcpBuffers::new());
+    let phones = Tcp::new(stack, PHONE_BUFFERS.take());
+    for _ in 0..PHONES + OVERFLOW {
+        spawn(spawner, phone_worker(phones, hub, &PHONE_CONFIG));
+    }
+    info!(
+        "gateway {} up: {} phone sessions on port {PORT}, {links} trunk links to {} ({})",
+        p.gateway_id, PHONES, p.aggregator, p.server_name
+    );
+    loop {
+        Timer::after_secs(10).await;
+        let (capacity, live, phases) = hub.status();
+        let s = hub.stats();
+        info!(
+            "status: {live}/{capacity} sessions, {} bytes, accepted {} refused {} failed {}, links {:?}",
+            s.bytes,
+            s.phones_accepted,
+            s.phones_refused,
+            s.phones_failed,
+            &phases[..links]
+        );
+    }
+}
+
+fn spawn<S>(spawner: Spawner, token: Result<embassy_executor::SpawnToken<S>, embassy_executor::SpawnError>) {
+    match token {
+        Ok(token) => spawner.spawn(token),
+        Err(_) => error!("task pool exhausted"),
+    }
+}
+
+#[embassy_executor::task(pool_size = PHONES + OVERFLOW)]
+async fn phone_worker(tcp: PhoneTcp, hub: &'static Hub<'static>, config: &'static PhoneConfig) {
+    let Ok(acceptor) = tcp.bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), PORT)).await else {
+        error!("cannot listen on port {PORT}");
+        return;
+    };
+    gateway_core::phone::worker(&acceptor, hub, config).await
+}
+
+#[embassy_executor::task(pool_size = LINKS)]
+async fn trunk_link(
+    tcp: Tcp<'static>,
+    hub: &'static Hub<'static>,
+    link: usize,
+    config: &'static TrunkConfig<'static>,
+    bufs: &'static mut LinkBuffers,
+    rng: &'static RefCell<Drbg>,
+) {
+    gateway_core::link::run(hub, link, &tcp, config, bufs, rng).await
+}
