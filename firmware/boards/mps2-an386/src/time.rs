@@ -21,7 +21,7 @@ use embassy_time_queue_utils::Queue;
 /// The timers' clock (the board's SYSCLK).
 pub const CLOCK_HZ: u64 = 25_000_000;
 const CYCLES_PER_TICK: u64 = CLOCK_HZ / TICK_HZ;
-const _: () = assert!(CLOCK_HZ % TICK_HZ == 0, "embassy-time's tick rate must divide 25 MHz");
+const _: () = assert!(CLOCK_HZ.is_multiple_of(TICK_HZ), "embassy-time's tick rate must divide 25 MHz");
 
 const TIMER0: usize = 0x4000_0000;
 const TIMER1: usize = 0x4000_1000;
