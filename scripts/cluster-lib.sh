@@ -393,7 +393,7 @@ cl_gateway_start() {
   line="$(sed -n "${i}p" "$CL_GATEWAYS_FILE")"
   name="${line%% *}"
   secret="${line##* }"
-  [ -n "$name" ] && [ "$name" != "$line" ] || hf_die "gateway $i is not provisioned in $CL_GATEWAYS_FILE"
+  if [ -z "$name" ] || [ "$name" = "$line" ]; then hf_die "gateway $i is not provisioned in $CL_GATEWAYS_FILE"; fi
   cl_load_args "$duration" "$prefix"
   case "$CL_GATEWAY" in
     virtual)
@@ -457,8 +457,9 @@ cl_wait() {
 
 # The store, CL_AGGREGATORS aggregators and nginx, ready for load.
 cl_start_servers() {
-  [ -x "$CL_BIN/aggregator" ] && [ -x "$CL_BIN/mobile-sim" ] ||
+  if [ ! -x "$CL_BIN/aggregator" ] || [ ! -x "$CL_BIN/mobile-sim" ]; then
     hf_die "build first: cargo build --release -p aggregator -p mobile-sim"
+  fi
   cl_pki
   cl_store_start
   local i

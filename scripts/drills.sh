@@ -117,6 +117,7 @@ wait_for() {
   done
 }
 all_links_up() { [ "$(metric_sum holdfast_trunks)" -eq "$LINKS_TOTAL" ]; }
+flushed_since() { [ "$(metric_sum holdfast_flushes_total)" -gt "$FLUSHES_BEFORE" ]; }
 all_up() { all_links_up && [ "$(metric_sum holdfast_direct_sessions)" -eq "$PHONES" ]; }
 
 # Waits for the load to end and checks every report: prints one verification line, fails on any
@@ -197,8 +198,11 @@ if drops < 1: bad.append('no gateway link was dropped: the killed aggregator car
   local closed
   closed="$(db "SELECT count(*) FROM sessions WHERE starts_with(device, '$PREFIX') AND device NOT LIKE '${PREFIX}phone-%' AND close_reason = 0")"
   say "phones at gateways: ${rows%%|*} devices, ${rows##*|} with exactly one session, $closed sessions closed normally"
-  [ "${rows%%|*}" -eq $((GATEWAYS * CL_SESSIONS)) ] && [ "${rows##*|}" -eq "${rows%%|*}" ] &&
-    [ "$closed" -eq "${rows%%|*}" ] || { say "FAILED: a gateway phone lost its session"; return 1; }
+  if [ "${rows%%|*}" -ne $((GATEWAYS * CL_SESSIONS)) ] || [ "${rows##*|}" -ne "${rows%%|*}" ] ||
+    [ "$closed" -ne "${rows%%|*}" ]; then
+    say "FAILED: a gateway phone lost its session"
+    return 1
+  fi
 }
 
 drill_postgres_restart() {
@@ -229,7 +233,8 @@ drill_postgres_restart() {
   # backoff; either way nothing commits, so nothing is acknowledged.
   say "while down: committed flushes $flushes_1 -> $flushes_2 (none, so no acknowledgement), $errors flushes failed so far (a flush first waits up to 30 s for a connection)"
   [ "$flushes_1" -eq "$flushes_2" ] || { say "FAILED: flushes were committed while PostgreSQL was down"; return 1; }
-  wait_for 60 "a committed flush after the restart" eval '[ "$(metric_sum holdfast_flushes_total)" -gt "$flushes_2" ]' || return 1
+  FLUSHES_BEFORE="$flushes_2"
+  wait_for 60 "a committed flush after the restart" flushed_since || return 1
   say "acknowledgements resumed $(elapsed "$started_at") s after the restart"
   sleep 5
   for i in 1 2; do rss_after[i]="$(cl_rss_kib "$(cl_pid "aggregator-$i")")"; done

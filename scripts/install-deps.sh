@@ -142,8 +142,9 @@ fi
 k8s_venv="$HOME/.cache/holdfast/k8s-validate"
 if [ "$rust_only" -eq 0 ] && [ ! -x "$k8s_venv/bin/kubernetes-validate" ]; then
   hf_log "kubernetes-validate: installing into $k8s_venv"
-  python3 -m venv "$k8s_venv" && "$k8s_venv/bin/pip" install --quiet kubernetes-validate </dev/null ||
+  if ! { python3 -m venv "$k8s_venv" && "$k8s_venv/bin/pip" install --quiet kubernetes-validate </dev/null; }; then
     hf_warn "kubernetes-validate could not be installed (scripts/check-deploy.sh will fail)"
+  fi
 fi
 
 # --- report ------------------------------------------------------------------------

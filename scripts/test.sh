@@ -6,8 +6,9 @@
 #
 # Steps: install deps, start PostgreSQL (exports DATABASE_URL), cargo fmt --check,
 # clippy -D warnings, cargo test --workspace, the no_std trunk build for
-# thumbv7em-none-eabihf, the fuzz smoke run, the end-to-end run (scripts/e2e.sh), and README's
-# run command (scripts/run.sh --once).
+# thumbv7em-none-eabihf, the fuzz smoke run, the end-to-end run (scripts/e2e.sh), the deployment
+# files (scripts/check-deploy.sh), the failure drills on a local cluster (scripts/drills.sh), and
+# README's run command (scripts/run.sh --once).
 # CARGO_TARGET_DIR defaults to "$HOME/.cache/holdfast/target" so builds are
 # reused between runs and clones.
 set -euo pipefail
@@ -15,7 +16,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
-steps_total=9
+steps_total=11
 step_no=0
 step_name=""
 started=$(date +%s)
@@ -82,10 +83,16 @@ fi
 step "end to end with Postgres: 21,000 phones, 100,000 gateway sessions (scripts/e2e.sh)"
 bash scripts/e2e.sh </dev/null
 
-step "README's run command (scripts/run.sh --once, 5 s of simulated load, verified)"
+step "deployment files: k8s schemas, nginx -t, systemd units, sysctl (scripts/check-deploy.sh)"
+bash scripts/check-deploy.sh </dev/null
+
+step "failure drills on a local cluster: kill an aggregator, restart Postgres, cut a trunk (scripts/drills.sh)"
+bash scripts/drills.sh </dev/null
+
+step "README's run command as on a fresh machine (scripts/run.sh --once --store sqlite, 5 s of load, verified)"
 demo_dir="$(mktemp -d)"
 HOLDFAST_DATA_DIR="$demo_dir" HOLDFAST_LISTEN="127.0.0.1:$((18000 + RANDOM % 1000))" DEMO_DURATION=5s \
-  bash scripts/run.sh --once </dev/null
+  bash scripts/run.sh --once --store sqlite </dev/null
 rm -rf "$demo_dir"
 
 printf '\n========== all %d steps passed in %ds ==========\n' "$steps_total" "$(($(date +%s) - started))"
