@@ -50,7 +50,17 @@ cl_init() {
   # one, but a value meant for something else (scripts/test.sh's shared Postgres) must not leak.
   unset DATABASE_URL
   case "$CL_STORE" in
-    auto) if cl_pg_bindir >/dev/null; then CL_STORE=postgres; else CL_STORE=sqlite; fi ;;
+    auto)
+      CL_STORE=sqlite
+      if cl_pg_bindir >/dev/null; then
+        # As root the server runs as the postgres account, which must reach the folder.
+        if [ "$(id -u)" -ne 0 ] || runuser -u postgres -- test -x "$(dirname "$CL_DIR")" 2>/dev/null; then
+          CL_STORE=postgres
+        else
+          cl_log "PostgreSQL is installed but its account cannot reach $CL_DIR: using the embedded store"
+        fi
+      fi
+      ;;
     sqlite | postgres) ;;
     *) hf_die "CL_STORE must be sqlite, postgres or auto, not '$CL_STORE'" ;;
   esac
