@@ -408,7 +408,8 @@ cl_gateway_start() {
   case "$CL_GATEWAY" in
     virtual)
       printf '%s %s\n' "$name" "$secret" >"$CL_DIR/gateway-$i.txt"
-      setsid "$CL_BIN/mobile-sim" gateways --target "wss://localhost:$CL_PORT/trunk" --ca "$CL_PKI/ca.pem" \
+      # CL_TRUNK_URL: another way to the aggregators for this gateway (the drills' relay).
+      setsid "$CL_BIN/mobile-sim" gateways --target "${CL_TRUNK_URL:-wss://localhost:$CL_PORT/trunk}" --ca "$CL_PKI/ca.pem" \
         --gateways-file "$CL_DIR/gateway-$i.txt" --sessions-per-gateway "$CL_SESSIONS" --links "$CL_LINKS" \
         "${CL_LOAD[@]}" "$@" >"$report" 2>"$CL_DIR/gateway-$i.log" </dev/null &
       cl_remember "gateway-$i" $!
