@@ -2,7 +2,7 @@
 # Installs what holdfast's build and tests need on Debian 12 (bookworm).
 #
 #   scripts/install-deps.sh              everything: toolchains, qemu, postgres, cargo-fuzz
-#   scripts/install-deps.sh --rust-only  only what `cargo build/run` needs
+#   scripts/install-deps.sh --rust-only  only what `cargo build` and scripts/run.sh need
 #
 # Runs as root, or through sudo when not root. Idempotent: packages already
 # installed are only checked (dpkg), so a re-run takes about a second, and
@@ -40,13 +40,17 @@ command -v dpkg-query >/dev/null 2>&1 || hf_die "this script needs Debian (12, b
 
 # --- which packages -----------------------------------------------------------
 pkgs=(build-essential pkg-config rustc-web cargo-web rust-web-src rust-web-llvm lld-22)
+# scripts/run.sh's local cluster: nginx in front (the stream module for the TLS passthrough
+# variant), openssl for its local CA, curl for its probes. Run as the invoking user with its own
+# prefix; the system nginx service is not used.
+pkgs+=(nginx libnginx-mod-stream openssl curl)
 if hf_host_cargo_is_debian; then
   # no rustup: Debian's cargo is the host toolchain, so `cargo fmt` and
   # `cargo clippy` must come from Debian too
   pkgs+=(rustfmt-web rust-web-clippy)
 fi
 if [ "$rust_only" -eq 0 ]; then
-  pkgs+=(qemu-system-arm postgresql iproute2)
+  pkgs+=(qemu-system-arm postgresql iproute2 python3-venv)
 fi
 # packages whose installed version must be at least HOLDFAST_MIN_DEBIAN_RUST
 versioned=" rustc-web cargo-web rust-web-src rust-web-llvm rustfmt-web rust-web-clippy "
@@ -130,6 +134,16 @@ if [ "$rust_only" -eq 0 ]; then
     hf_log "python3 websockets: installing"
     python3 -m pip install --quiet websockets </dev/null ||
       hf_as_root apt-get install -y --no-install-recommends python3-websockets </dev/null
+  fi
+fi
+
+# scripts/check-deploy.sh validates deploy/k8s offline with kubernetes-validate (it bundles the
+# Kubernetes schemas), in a venv of its own.
+k8s_venv="$HOME/.cache/holdfast/k8s-validate"
+if [ "$rust_only" -eq 0 ] && [ ! -x "$k8s_venv/bin/kubernetes-validate" ]; then
+  hf_log "kubernetes-validate: installing into $k8s_venv"
+  if ! { python3 -m venv "$k8s_venv" && "$k8s_venv/bin/pip" install --quiet kubernetes-validate </dev/null; }; then
+    hf_warn "kubernetes-validate could not be installed (scripts/check-deploy.sh will fail)"
   fi
 fi
 

@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
-# Runs holdfast locally and shows phones being counted:
-#   - an aggregator on the embedded SQLite store with a self-made TLS certificate
-#     (data, certificates and logs in ./holdfast-data, or HOLDFAST_DATA_DIR);
-#   - two simulated gateways (500 phone sessions each) on TLS trunks, and 300 simulated
-#     phones connected straight to the aggregator over wss, for DEMO_DURATION (default 30s);
-#   - then mobile-sim's verification: every byte confirmed durable is in the database once.
-# The aggregator keeps running afterwards (its URLs are printed) until Ctrl-C, which stops
-# everything this script started. With --once it stops right after the verification.
+# Runs holdfast as a local cluster and shows phones being counted:
+#   - the store: a private PostgreSQL in the data folder when PostgreSQL is installed, else the
+#     embedded SQLite file (shared by the aggregators: safe on one machine);
+#   - 2 aggregators behind nginx, which terminates TLS 1.3 (a local CA made in the data folder);
+#   - 3 gateways of 500 phones each on TLS trunks through nginx, and 300 phones straight to the
+#     aggregators through nginx, each phone sending a byte every 0.2-2 s for --duration;
+#   - then mobile-sim's verification of every phone: 0 lost and 0 double-counted bytes.
+# It prints where to look, and keeps the cluster running until Ctrl-C, which stops everything
+# it started (with --once it stops right after the verification).
 #
-#   scripts/run.sh [--once]
+#   scripts/run.sh [--once] [--store sqlite|postgres] [--aggregators N] [--gateways G]
+#                  [--phones N] [--duration 30s] [--tls terminate|passthrough]
 #
-# Installs a Rust toolchain first if there is none (Debian's rustc-web when rustup is absent).
+# Data, certificates, logs: ./holdfast-data (HOLDFAST_DATA_DIR). Port: 8443 (the port of
+# HOLDFAST_LISTEN). The gateways are mobile-sim's virtual gateways until firmware/host's gateway
+# exists (scripts/cluster-lib.sh, cl_gateway_start). Installs Rust and nginx first if missing.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
+usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 once=0
-for arg in "$@"; do
-  case "$arg" in
+gateways=3
+phones=300
+duration="${DEMO_DURATION:-30s}"
+while [ "$#" -gt 0 ]; do
+  case "$1" in
     --once) once=1 ;;
-    -h | --help)
-      sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
-      exit 0
-      ;;
-    *) hf_die "unknown argument: $arg (see --help)" ;;
+    --store) CL_STORE="$2" && shift ;;
+    --aggregators) CL_AGGREGATORS="$2" && shift ;;
+    --gateways) gateways="$2" && shift ;;
+    --phones) phones="$2" && shift ;;
+    --duration) duration="$2" && shift ;;
+    --tls) CL_TLS="$2" && shift ;;
+    -h | --help) usage && exit 0 ;;
+    *) usage >&2 && hf_die "unknown argument: $1" ;;
   esac
+  shift
 done
 
 bash scripts/install-deps.sh --rust-only </dev/null >&2
@@ -33,66 +45,48 @@ hf_setup_path
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
 hf_log "building aggregator and mobile-sim (release; the first build takes a few minutes)"
 cargo build --release -p aggregator -p mobile-sim
-bin="$CARGO_TARGET_DIR/release"
 
-# The demo runs on the embedded store in the data folder, even when DATABASE_URL is set (for
-# example by scripts/test.sh for the Postgres tests).
-unset DATABASE_URL
-data="${HOLDFAST_DATA_DIR:-$HOLDFAST_ROOT/holdfast-data}"
+# shellcheck source=scripts/cluster-lib.sh
+. scripts/cluster-lib.sh
 listen="${HOLDFAST_LISTEN:-127.0.0.1:8443}"
-duration="${DEMO_DURATION:-30s}"
-port="${listen##*:}"
-mkdir -p "$data"
+CL_GATEWAYS="$gateways"
+cl_init "${HOLDFAST_DATA_DIR:-$HOLDFAST_ROOT/holdfast-data}" "${listen##*:}"
 
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-}
-trap cleanup EXIT
+trap cl_stop_all EXIT
 trap 'exit 130' INT TERM
+started=$(date +%s)
+hf_log "starting: store $CL_STORE, $CL_AGGREGATORS aggregators, nginx on $CL_FRONT (TLS: $CL_TLS)"
+cl_start_servers
+echo
+echo "holdfast local cluster is up ($(($(date +%s) - started)) s):"
+cl_print_where
+echo
 
-"$bin/aggregator" --data-dir "$data" --listen "$listen" >"$data/aggregator.out" 2>"$data/aggregator.log" &
-agg=$!
-pids+=("$agg")
-for _ in $(seq 1 300); do
-  grep -q '^listening on' "$data/aggregator.out" 2>/dev/null && break
-  kill -0 "$agg" 2>/dev/null || { cat "$data/aggregator.log" >&2; hf_die "the aggregator did not start"; }
-  sleep 0.2
-done
-grep -q '^listening on' "$data/aggregator.out" || hf_die "the aggregator did not start listening"
-cat "$data/aggregator.out"
-
-gateways="$data/demo-gateways.txt"
-if [ ! -s "$gateways" ]; then
-  "$bin/aggregator" --data-dir "$data" gateway add "demo-gw-1" "demo-gw-2" >"$gateways"
-fi
-
-run="demo$(date +%s)"
-api="https://localhost:$port/api/devices?prefix="
-ca="$data/ca.pem"
-hf_log "2 gateways x 500 sessions over TLS trunks, and 300 direct phones, for $duration"
-"$bin/mobile-sim" gateways --target "wss://localhost:$port/trunk" --ca "$ca" --gateways-file "$gateways" \
-  --gateways 2 --sessions-per-gateway 500 --duration "$duration" --device-prefix "$run-" \
-  --verify --verify-url "${api}$run-demo-gw" --quiet >"$data/gateways-report.txt" 2>&1 &
-gw=$!
-pids+=("$gw")
-"$bin/mobile-sim" phones --target "wss://localhost:$port/ws" --ca "$ca" --phones 300 --rate 100 \
-  --min-interval 200ms --max-interval 2s --duration "$duration" --device-prefix "$run-phone-" \
-  --verify --verify-url "${api}$run-phone-"
+run="run$(date +%s)-"
+hf_log "$gateways gateways x $CL_SESSIONS phones on TLS trunks, and $phones phones straight to the aggregators, for $duration"
+CL_TEXT=1
+for i in $(seq 1 "$gateways"); do cl_gateway_start "$i" "$duration" "$run"; done
+# The direct phones in the foreground: their progress shows phones connected and bytes counted.
+cl_load_args "$duration" "${run}phone-"
+args=()
+for a in "${CL_LOAD[@]}"; do [ "$a" = --quiet ] || args+=("$a"); done
 status=0
-wait "$gw" || status=$?
-echo
-echo "== simulated gateways (report also in $data/gateways-report.txt)"
-cat "$data/gateways-report.txt"
-[ "$status" -eq 0 ] || hf_die "the gateways' verification failed"
+"$CL_BIN/mobile-sim" phones --target "wss://localhost:$CL_PORT/ws" --ca "$CL_PKI/ca.pem" --phones "$phones" \
+  --rate 200 "${args[@]}" || status=$?
+for i in $(seq 1 "$gateways"); do
+  cl_wait "$(cl_gateway_load "$i")" || status=$?
+  echo
+  echo "== gateway $i ($CL_DIR/gateway-$i.report)"
+  grep -E '^(mobile-sim|connections|bytes|errors|verification|  (lost|double))' "$CL_DIR/gateway-$i.report" || true
+done
+[ "$status" -eq 0 ] || hf_die "a verification failed (reports above, logs in $CL_DIR)"
 
 echo
-echo "The aggregator is still running:"
-echo "  metrics:         https://localhost:$port/metrics"
-echo "  device totals:   ${api}$run-"
-echo "  CA to pin:       $ca      (curl --cacert $ca ...)"
-echo "  logs:            $data/aggregator.log"
+echo "Every phone's bytes confirmed durable are in the database, none twice. Totals of this run:"
+echo "  curl --cacert $CL_PKI/ca.pem 'https://localhost:$CL_PORT/api/devices?prefix=$run'"
 [ "$once" -eq 1 ] && exit 0
-echo "Ctrl-C stops it."
-wait "$agg"
+echo
+echo "The cluster keeps running (Ctrl-C stops everything this started):"
+cl_print_where
+while kill -0 "$(cl_pid nginx)" 2>/dev/null; do sleep 1; done
+hf_die "nginx stopped (see $CL_DIR/nginx/logs/error.log)"
