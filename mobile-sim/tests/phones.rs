@@ -193,8 +193,9 @@ fn phones_reconnect_after_a_server_crash_and_nothing_confirmed_is_lost() {
             "10ms",
             "--max-interval",
             "50ms",
+            // Long enough after the restart for every phone's backoff on a loaded machine.
             "--duration",
-            "6s",
+            "15s",
             "--json",
             "--verify",
             "--database-url",
