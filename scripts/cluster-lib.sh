@@ -28,7 +28,7 @@ CL_MIN_INTERVAL="${CL_MIN_INTERVAL:-200ms}" # pause between a phone's bytes
 CL_MAX_INTERVAL="${CL_MAX_INTERVAL:-2s}"
 # Which gateway cl_gateway_start runs: "virtual" (mobile-sim's virtual gateway: the trunk crate's
 # real state machine, with its phones inside) or "host" (firmware/host's `gateway` binary, with
-# mobile-sim phones connecting to it). The host gateway is not written yet; see cl_gateway_start.
+# mobile-sim phones connecting to it).
 CL_GATEWAY="${CL_GATEWAY:-virtual}"
 CL_GATEWAY_BIN="${CL_GATEWAY_BIN:-}"
 
@@ -394,8 +394,7 @@ cl_load_args() {
 # This is the one place that knows what "a gateway" is. CL_GATEWAY=virtual (today): mobile-sim's
 # virtual gateway, the trunk crate's real gateway state machine with its phones inside, on real
 # TLS trunks through nginx. CL_GATEWAY=host: the host gateway of firmware/host (binary `gateway`,
-# being written; its CLI as planned), and mobile-sim phones over ws:// to it. The host branch is
-# written to the planned CLI and has NOT been run.
+# the firmware's core on the kernel's TCP), and mobile-sim phones over ws:// to it.
 cl_gateway_start() {
   local i="$1" duration="$2" prefix="$3"
   shift 3
@@ -415,25 +414,34 @@ cl_gateway_start() {
       cl_remember "gateway-$i" $!
       ;;
     host)
-      # TODO(lead): check against the real CLI of firmware/host once it exists.
-      local bin="${CL_GATEWAY_BIN:-$CL_BIN/gateway}" listen="127.0.2.$i:$CL_PORT"
-      [ -x "$bin" ] || hf_die "no host gateway binary at $bin (firmware/host is not written yet): use CL_GATEWAY=virtual"
-      RUST_LOG="${CL_GATEWAY_LOG:-info}" setsid "$bin" --listen "$listen" --aggregator "localhost:$CL_PORT" \
-        --server-name localhost --ca "$CL_PKI/ca.pem" --id "$name" --secret "$secret" \
-        --links "$CL_LINKS" --capacity "$CL_SESSIONS" >"$CL_DIR/gateway-$i.out" 2>"$CL_DIR/gateway-$i.log" </dev/null &
-      cl_remember "gateway-$i" $!
-      for _ in $(seq 1 100); do
-        [ -n "$(ss -Hltn "src = $listen" 2>/dev/null)" ] && break
-        sleep 0.1
-      done
+      cl_host_gateway_spawn "$i"
       # Phones of a real gateway are device ids of their own; "$prefix$name-" keeps them apart.
       cl_load_args "$duration" "$prefix$name-"
-      setsid "$CL_BIN/mobile-sim" phones --target "ws://$listen/ws" --phones "$CL_SESSIONS" --rate 500 \
+      setsid "$CL_BIN/mobile-sim" phones --target "ws://127.0.2.$i:$CL_PORT/ws" --phones "$CL_SESSIONS" --rate 500 \
         "${CL_LOAD[@]}" "$@" >"$report" 2>"$CL_DIR/gateway-$i-phones.log" </dev/null &
       cl_remember "gateway-$i-phones" $!
       ;;
     *) hf_die "CL_GATEWAY must be virtual or host, not '$CL_GATEWAY'" ;;
   esac
+}
+
+# cl_host_gateway_spawn I: starts host gateway I (firmware/host's `gateway`, provisioned as
+# line I of CL_GATEWAYS_FILE) on 127.0.2.I:CL_PORT, its trunks through nginx; waits until it
+# listens. Also how the drills restart one.
+cl_host_gateway_spawn() {
+  local i="$1" line name secret bin="${CL_GATEWAY_BIN:-$CL_BIN/gateway}" listen="127.0.2.$1:$CL_PORT"
+  line="$(sed -n "${i}p" "$CL_GATEWAYS_FILE")"
+  name="${line%% *}"
+  secret="${line##* }"
+  [ -x "$bin" ] || hf_die "no host gateway binary at $bin (cargo build --release -p gateway)"
+  RUST_LOG="${CL_GATEWAY_LOG:-info}" NO_COLOR=1 setsid "$bin" --listen "$listen" --aggregator "127.0.0.1:$CL_PORT" \
+    --server-name localhost --ca "$CL_PKI/ca.pem" --id "$name" --secret "$secret" --links "$CL_LINKS" \
+    --capacity "$CL_SESSIONS" --status-interval-s 1 >>"$CL_DIR/gateway-$i.out" 2>>"$CL_DIR/gateway-$i.log" </dev/null &
+  cl_remember "gateway-$i" $!
+  for _ in $(seq 1 100); do
+    [ -n "$(ss -Hltn "src = $listen" 2>/dev/null)" ] && break
+    sleep 0.1
+  done
 }
 
 # The name (for cl_wait) of the process whose exit ends gateway I's load and which writes its

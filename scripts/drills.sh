@@ -15,7 +15,8 @@
 #   trunk-cut         kill one trunk's TCP connection (ss -K; where the kernel cannot, or with
 #                     DRILL_CUT=relay, a relay of scripts/tcp-relay.py cuts it): the gateway
 #                     reconnects and replays
-#   gateway-restart   TODO(lead): needs the host gateway (firmware/host); skipped
+#   gateway-restart   SIGKILL a host gateway (firmware/host) and restart it: its phones come
+#                     back with backoff and jitter, the aggregators see only its trunks
 #   passthrough       not a failure: the TLS passthrough variant of nginx (stream proxy, the
 #                     aggregators' own TLS) on the embedded SQLite store, 15 s of load, verified
 #
@@ -46,7 +47,7 @@ for arg in "$@"; do
 done
 [ "${#drills[@]}" -gt 0 ] || drills=("${all[@]}")
 
-cargo build --release -q -p aggregator -p mobile-sim
+cargo build --release -q -p aggregator -p mobile-sim -p gateway
 command -v python3 >/dev/null || hf_die "python3 is needed to read mobile-sim's reports"
 
 # shellcheck source=scripts/cluster-lib.sh
@@ -78,9 +79,10 @@ say() { printf '  %s\n' "$*"; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
 
-# drill_start NAME STORE TLS: a fresh cluster in its own folder and port.
+# drill_start NAME STORE TLS [GATEWAY]: a fresh cluster in its own folder and port, with
+# virtual gateways (mobile-sim's) or host gateways (firmware/host's `gateway`).
 drill_start() {
-  CL_STORE="$2" CL_TLS="$3" CL_AGGREGATORS=2 CL_GATEWAYS=$GATEWAYS
+  CL_STORE="$2" CL_TLS="$3" CL_AGGREGATORS=2 CL_GATEWAYS=$GATEWAYS CL_GATEWAY="${4:-virtual}"
   CL_PIDS=()
   cl_init "$work_root/$1" "$(cl_free_port)"
   cl_start_servers
@@ -346,21 +348,33 @@ if c['dropped'] < 1 or c['established'] < $CL_LINKS + 1: bad.append('gateway 1 d
 }
 
 drill_gateway_restart() {
-  # TODO(lead): needs the host gateway (firmware/host, binary `gateway`), whose phones are real
-  # WebSocket connections. With CL_GATEWAY=host, cl_gateway_start runs it and mobile-sim phones
-  # on ws://127.0.2.I:PORT/ws. The drill, to write then:
-  #   1. drill_start gateway-restart postgres terminate; drill_load restart 45s (host gateways).
-  #   2. wait_for all_up; kill -TERM (and in a second round -KILL) gateway 1's `gateway` process
-  #      (cl_pid gateway-1), restart it with the same --id and a new boot epoch.
-  #   3. Its phones (mobile-sim, trunk::backoff::Backoff::PHONE: 0.5 s to 60 s, full jitter)
-  #      reconnect over several seconds: assert from gateway-1's phones report that all phones
-  #      are connected again, and that no reconnect storm reached the aggregators: the accept
-  #      rate of /trunk at nginx (access.log) stays at the gateway's K links, and the phones'
-  #      reconnects spread (mobile-sim's timeline: established_per_s peak well below the
-  #      phone count).
-  #   4. drill_verify (0 lost, 0 double-counted; the phones' new sessions are new rows).
-  say "SKIPPED: needs the host gateway (firmware/host), which is not written yet (TODO for the lead)"
-  return 2
+  # The real host gateway (firmware/host), with real phone WebSockets from mobile-sim.
+  drill_start gateway-restart postgres terminate host
+  drill_load restart 40s
+  wait_for 60 "all trunks and phones connected" all_up || return 1
+  local out="$CL_DIR/gateway-1.out" lines killed_at direct_before
+  sleep 4
+  direct_before="$(metric_sum holdfast_direct_sessions)"
+  killed_at="$(now)"
+  local victim
+  victim="$(cl_pid gateway-1)"
+  kill -KILL "$victim"
+  wait "$victim" 2>/dev/null || true
+  say "SIGKILL gateway 1 (its $CL_SESSIONS phones lose their connections; unacknowledged counts die with it)"
+  lines="$(($(wc -l <"$out") + 1))" # what the restarted gateway logs comes after this
+  sleep 1
+  cl_host_gateway_spawn 1
+  say "gateway 1 restarted with the same id (a new boot epoch) after $(elapsed "$killed_at") s"
+  wait_for 30 "gateway 1's trunks back ($LINKS_TOTAL in all)" all_links_up || return 1
+  # Its phones come back on their own, spread by their backoff with jitter.
+  back() { tail -n +"$lines" "$out" | grep -o 'live=[0-9]*' | tail -1 | grep -q "live=$CL_SESSIONS\b"; }
+  wait_for 60 "all $CL_SESSIONS phones of gateway 1 back" back || return 1
+  say "all $CL_SESSIONS phones of gateway 1 reconnected $(elapsed "$killed_at") s after the kill, spread by their backoff; phones held, second by second after the restart: $(tail -n +"$lines" "$out" | grep -o 'live=[0-9]*' | cut -d= -f2 | tr '\n' ' ')"
+  local direct_after
+  direct_after="$(metric_sum holdfast_direct_sessions)"
+  [ "$direct_after" -eq "$direct_before" ] || { say "FAILED: direct phones at the aggregators went from $direct_before to $direct_after"; return 1; }
+  say "no storm reached the aggregators: they saw $CL_LINKS trunk reconnects, and $direct_after direct phones before and after"
+  drill_verify || return 1
 }
 
 drill_passthrough() {
