@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Fuzzes the trunk protocol: the cargo-fuzz targets in trunk/fuzz (libFuzzer, nightly Rust).
+# Fuzzes the parsers and state machines that read network input: the cargo-fuzz targets in
+# trunk/fuzz and firmware/core/fuzz (libFuzzer, nightly Rust).
 #
 #   scripts/fuzz.sh --smoke          every target for FUZZ_SECONDS (default 30) each, as CI does
 #   scripts/fuzz.sh [TARGET...]      the named targets (default: all) for FUZZ_SECONDS (default 300)
 #   scripts/fuzz.sh --list           the targets
 #
 # Targets: decode (arbitrary bytes through the frame decoder; every decoded frame must re-encode
-# to the same bytes) and gateway (a gateway driven by arbitrary phone, link and aggregator events).
+# to the same bytes) and gateway (a gateway driven by arbitrary phone, link and aggregator events),
+# in trunk/fuzz; phone-upgrade and phone-ws (the gateway's phone upgrade parser and WebSocket
+# framing, bytes cut into arbitrary pieces), in firmware/core/fuzz.
 # Each run starts from a fresh temporary corpus seeded from trunk/fuzz/seeds/TARGET, so the
 # repository is not touched. Exits non-zero when a target fails; libFuzzer writes the input to
 # trunk/fuzz/artifacts/TARGET/ (replay: cd trunk && cargo +nightly fuzz run TARGET FILE).
@@ -22,7 +25,9 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-targets_all=(decode gateway)
+targets_all=(decode gateway phone-upgrade phone-ws)
+# The crate folder that holds a target's fuzz/ package.
+crate_of() { case "$1" in decode | gateway) echo "$HOLDFAST_ROOT/trunk" ;; *) echo "$HOLDFAST_ROOT/firmware/core" ;; esac; }
 usage() { sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 smoke=0
@@ -76,12 +81,13 @@ if ! have_libfuzzer; then
   if [ "${FUZZ_REQUIRE_LIBFUZZER:-0}" = 1 ]; then
     hf_die "cargo-fuzz or a nightly toolchain is missing (install: rustup toolchain install nightly && cargo install --locked cargo-fuzz)"
   fi
-  hf_warn "cargo-fuzz or a nightly toolchain is missing: running the stable replay of the fuzz targets instead"
+  hf_warn "cargo-fuzz or a nightly toolchain is missing: running the stable replay of the trunk's fuzz targets instead (the phone parsers' property tests run in cargo test)"
   hf_log "cargo test --release --manifest-path trunk/fuzz/Cargo.toml (FUZZ_REPLAY_CASES=${FUZZ_REPLAY_CASES:-100000})"
   filters=()
-  if [ "${#targets[@]}" -lt "${#targets_all[@]}" ]; then
-    filters=("${targets[@]}")
-  fi
+  for t in "${targets[@]}"; do
+    case "$t" in decode | gateway) filters+=("$t") ;; esac
+  done
+  [ "${#filters[@]}" -lt 2 ] || filters=()
   CARGO_TARGET_DIR="$target_dir" cargo test --release --manifest-path "$fuzz_dir/Cargo.toml" \
     --test replay -- --nocapture "${filters[@]}"
   exit $?
@@ -89,9 +95,9 @@ fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cd "$trunk_dir"
 
 for t in "${targets[@]}"; do
+  cd "$(crate_of "$t")"
   hf_log "building $t (cargo +nightly fuzz build, target dir $target_dir)"
   cargo +nightly fuzz build --target-dir "$target_dir" "$t" >"$work/build.log" 2>&1 || {
     cat "$work/build.log" >&2
@@ -102,10 +108,11 @@ done
 failed=()
 summary=()
 for t in "${targets[@]}"; do
+  cd "$(crate_of "$t")"
   corpus="$work/corpus-$t"
   mkdir -p "$corpus"
-  if [ -d "$fuzz_dir/seeds/$t" ]; then
-    cp "$fuzz_dir/seeds/$t"/* "$corpus"/ 2>/dev/null || true
+  if [ -d "fuzz/seeds/$t" ]; then
+    cp "fuzz/seeds/$t"/* "$corpus"/ 2>/dev/null || true
   fi
   log="$work/$t.log"
   hf_log "fuzzing $t for ${seconds}s ($(find "$corpus" -type f | wc -l) seeds)"
@@ -126,5 +133,5 @@ done
 printf '\nfuzz summary:\n' >&2
 printf '  %s\n' "${summary[@]}" >&2
 if [ "${#failed[@]}" -gt 0 ]; then
-  hf_die "fuzz target(s) failed: ${failed[*]} (inputs in trunk/fuzz/artifacts/)"
+  hf_die "fuzz target(s) failed: ${failed[*]} (inputs in trunk/fuzz/artifacts/ or firmware/core/fuzz/artifacts/)"
 fi

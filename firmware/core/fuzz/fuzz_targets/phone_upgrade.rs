@@ -1,0 +1,28 @@
+//! Arbitrary bytes, cut into arbitrary pieces, as a phone's upgrade request: never a panic, never
+//! more consumed than given, and every answer fits its buffer.
+#![no_main]
+
+use gateway_core::upgrade::{write_accept, write_refusal, Parsed, RequestParser, MAX_ANSWER_LEN};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cuts, data)) = data.split_first() else { return };
+    let mut parser = RequestParser::new(512);
+    let step = usize::from(cuts % 64) + 1;
+    for piece in data.chunks(step) {
+        match parser.feed(piece) {
+            Parsed::More => {}
+            Parsed::Upgrade { upgrade, consumed } => {
+                assert!(consumed <= piece.len());
+                let mut out = [0u8; MAX_ANSWER_LEN];
+                assert!(write_accept(&upgrade.key, &mut out) < MAX_ANSWER_LEN);
+                return;
+            }
+            Parsed::Refuse(refusal) => {
+                let mut out = [0u8; MAX_ANSWER_LEN];
+                assert!(write_refusal(refusal, &mut out) < MAX_ANSWER_LEN);
+                return;
+            }
+        }
+    }
+});

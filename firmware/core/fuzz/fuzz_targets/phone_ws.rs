@@ -1,0 +1,35 @@
+//! Arbitrary bytes, cut into arbitrary pieces, as a phone's WebSocket stream: never a panic,
+//! never more payload counted than bytes received, nothing read once the connection is done, and
+//! every frame the gateway owes fits its buffer.
+#![no_main]
+
+use gateway_core::ws::{Connection, MAX_OUTGOING_FRAME};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&cuts, data)) = data.split_first() else { return };
+    let mut ws = Connection::new(u64::from(cuts) * 64);
+    let step = usize::from(cuts % 32) + 1;
+    let (mut consumed, mut counted) = (0usize, 0u64);
+    for piece in data.chunks(step) {
+        let mut at = 0;
+        while at < piece.len() {
+            let done_before = ws.is_done();
+            let fed = ws.feed(&piece[at..]);
+            if done_before {
+                assert_eq!(fed.consumed, 0, "read after the end");
+            }
+            consumed += fed.consumed;
+            counted += fed.payload;
+            assert!(counted <= consumed as u64);
+            let mut out = [0u8; MAX_OUTGOING_FRAME];
+            while let Some(n) = ws.poll_transmit(&mut out) {
+                assert!(n <= MAX_OUTGOING_FRAME);
+            }
+            if fed.consumed == 0 {
+                break;
+            }
+            at += fed.consumed;
+        }
+    }
+});
