@@ -26,16 +26,21 @@ pub struct PhoneConfig {
     pub linger_ms: u64,
 }
 
+impl PhoneConfig {
+    /// The defaults, as a constant (for a board's `static`).
+    pub const DEFAULT: Self = Self {
+        handshake_timeout_ms: 10_000,
+        max_request_len: 4096,
+        max_message_len: 4096,
+        idle_timeout_ms: 300_000,
+        write_timeout_ms: 10_000,
+        linger_ms: 2_000,
+    };
+}
+
 impl Default for PhoneConfig {
     fn default() -> Self {
-        Self {
-            handshake_timeout_ms: 10_000,
-            max_request_len: 4096,
-            max_message_len: 4096,
-            idle_timeout_ms: 300_000,
-            write_timeout_ms: 10_000,
-            linger_ms: 2_000,
-        }
+        Self::DEFAULT
     }
 }
 

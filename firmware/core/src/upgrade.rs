@@ -7,6 +7,8 @@
 //! the aggregator decodes it, see [`trunk::phone`]) and the key to answer.
 
 use crate::head::{has_token, header, LineReader, Step};
+use core::fmt::Write as _;
+
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use trunk::phone::{device_id, DeviceId};
@@ -96,9 +98,7 @@ pub fn write_refusal(refusal: Refusal, out: &mut [u8; MAX_ANSWER_LEN]) -> usize 
     w.put(status.as_bytes());
     w.put(b"\r\nConnection: close\r\n");
     w.put(extra.as_bytes());
-    w.put(b"Content-Length: ");
-    w.put_len(body.len() + 1);
-    w.put(b"\r\n\r\n");
+    let _ = write!(w, "Content-Length: {}\r\n\r\n", body.len() + 1);
     w.put(body.as_bytes());
     w.put(b"\n");
     w.len
@@ -134,20 +134,12 @@ impl Writer<'_> {
         self.out[self.len..end].copy_from_slice(&bytes[..end - self.len]);
         self.len = end;
     }
+}
 
-    fn put_len(&mut self, n: usize) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.put(&digits[i..]);
+impl core::fmt::Write for Writer<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.put(s.as_bytes());
+        Ok(())
     }
 }
 

@@ -88,14 +88,7 @@ pub async fn run(spawner: Spawner, stack: Stack<'static>, rng: Drbg, block: &'st
     };
     static TRUNK: StaticCell<TrunkConfig<'static>> = StaticCell::new();
     let trunk = TRUNK.init(TrunkConfig::new(p.aggregator, p.server_name, p.ca_der));
-    static PHONE_CONFIG: PhoneConfig = PhoneConfig {
-        handshake_timeout_ms: 10_000,
-        max_request_len: 4096,
-        max_message_len: 4096,
-        idle_timeout_ms: 300_000,
-        write_timeout_ms: 10_000,
-        linger_ms: 2_000,
-    };
+    static PHONE_CONFIG: PhoneConfig = PhoneConfig::DEFAULT;
 
     static TRUNK_BUFFERS: ConstStaticCell<TcpBuffers<LINKS, TRUNK_TX, TRUNK_RX>> =
         ConstStaticCell::new(TcpBuffers::new());

@@ -13,14 +13,11 @@
 //!   provisioning block that each board's `memory.x` reserves;
 //! * [`executor`]: the WFI executor all boards run on;
 //! * [`gateway`]: the gateway core (`firmware/core`) on the board's stack, in
-//!   static memory;
-//! * [`placeholder`]: a stand-in app (an HTTP 200 on port 80) for bringing up
-//!   a new board before the gateway.
+//!   static memory.
 #![no_std]
 
 pub mod entropy;
 pub mod executor;
 pub mod gateway;
-pub mod placeholder;
 pub mod provisioning;
 pub mod rng;
