@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what holdfast's build and tests need on Debian 12 (bookworm).
 #
-#   scripts/install-deps.sh              everything: toolchains, qemu, postgres, cargo-fuzz
+#   scripts/install-deps.sh              everything: toolchains, qemu, postgres, chromium, cargo-fuzz
 #   scripts/install-deps.sh --rust-only  only what `cargo build` and scripts/run.sh need
 #
 # Runs as root, or through sudo when not root. Idempotent: packages already
@@ -51,6 +51,8 @@ if hf_host_cargo_is_debian; then
 fi
 if [ "$rust_only" -eq 0 ]; then
   pkgs+=(qemu-system-arm postgresql iproute2 python3-venv)
+  # the aggregator's browser tests: headless Chromium driven by chromedriver, and a font to draw with
+  pkgs+=(chromium chromium-driver fonts-dejavu-core)
 fi
 # packages whose installed version must be at least HOLDFAST_MIN_DEBIAN_RUST
 versioned=" rustc-web cargo-web rust-web-src rust-web-llvm rustfmt-web rust-web-clippy "

@@ -43,7 +43,8 @@ pub enum GatewayCommand {
 /// Settings of the running service.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// Address to listen on (phones, trunks, pages and metrics share it).
+    /// Address to listen on (phones, trunks, the phone page at /, the dashboard at /dashboard,
+    /// and metrics share it).
     #[arg(long, env = "HOLDFAST_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
 
@@ -123,10 +124,25 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_SHUTDOWN_GRACE_MS", default_value_t = 3_000)]
     pub shutdown_grace_ms: u64,
 
-    /// Token required for /dashboard and its data (?token= or Authorization: Bearer). Empty:
-    /// the dashboard is open, which suits a local run only.
-    #[arg(long, env = "HOLDFAST_DASHBOARD_TOKEN", default_value = "")]
+    /// Token for the dashboard's data (/api/dashboard, its event stream) and /api/devices: sent
+    /// as ?token=T or "Authorization: Bearer T". Without a token these answer only when --listen
+    /// is a loopback address and TLS is on (this machine only); on any other address, or with
+    /// --plain (a proxy may forward the world to it), they answer 403 until a token is set.
+    #[arg(long, env = "HOLDFAST_DASHBOARD_TOKEN", default_value = "", hide_env_values = true)]
     pub dashboard_token: String,
+
+    /// Dashboard event streams (/api/dashboard/events) open at once; beyond it, 503.
+    #[arg(long, env = "HOLDFAST_DASHBOARD_STREAMS", default_value_t = 16)]
+    pub dashboard_streams: usize,
+
+    /// Open sessions the dashboard tracks per gateway (8 to 16 bytes each); beyond it the
+    /// dashboard's count for that gateway is a lower bound (byte counts stay exact).
+    #[arg(long, env = "HOLDFAST_DASHBOARD_SESSIONS_PER_GATEWAY", default_value_t = 100_000)]
+    pub dashboard_sessions_per_gateway: usize,
+
+    /// Gateways listed in a dashboard snapshot, the busiest first (the totals count them all).
+    #[arg(long, env = "HOLDFAST_DASHBOARD_GATEWAYS", default_value_t = 200)]
+    pub dashboard_gateways: usize,
 
     /// Database connections in the pool.
     #[arg(long, env = "HOLDFAST_DB_CONNECTIONS", default_value_t = 4)]

@@ -31,7 +31,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(shared.settings.flush_interval());
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failures = 0u32;
-    let mut summary_at = Instant::now();
+    // The first summary right away, so the dashboard's persisted totals are there from the start.
+    let mut summary_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -48,8 +49,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             Flushed::Committed(_) | Flushed::Nothing => failures = 0,
         }
-        if summary_at.elapsed() >= SUMMARY_INTERVAL {
-            summary_at = Instant::now();
+        if summary_at.is_none_or(|t| t.elapsed() >= SUMMARY_INTERVAL) {
+            summary_at = Some(Instant::now());
             refresh_summary(&shared).await;
         }
     }
@@ -107,9 +108,11 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
             shared.room.notify_waiters();
             m.flushes.inc();
             m.flush_rows.inc_by(rows.len() as u64);
-            if let Some(oldest) = oldest {
-                m.flush_lag.observe(oldest.elapsed().as_secs_f64());
+            let lag = oldest.map(|t| t.elapsed());
+            if let Some(lag) = lag {
+                m.flush_lag.observe(lag.as_secs_f64());
             }
+            shared.last_flush.record(shared.now_ms(), rows.len(), lag, started.elapsed());
             debug!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "flush committed");
             Flushed::Committed(rows.len())
         }
@@ -131,5 +134,6 @@ async fn refresh_summary(shared: &Shared) {
     if let Ok((sessions, bytes)) = shared.store.summary().await {
         shared.metrics.persisted_sessions.set(sessions as i64);
         shared.metrics.persisted_bytes.set(bytes as i64);
+        shared.dashboard.persisted(bytes);
     }
 }

@@ -1,34 +1,85 @@
-//! The routes of the one listener: phones (`/ws`), trunks (`/trunk`), probes, metrics and the
-//! small JSON API that mobile-sim's verification and the dashboard read.
+//! The routes of the one listener: phones (`/ws`), trunks (`/trunk`), probes, metrics, the phone
+//! page and the dashboard (`/`, `/dashboard`, see [`crate::web`]), and the small JSON API that
+//! mobile-sim's verification and the dashboard read.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{CONTENT_TYPE, SEC_WEBSOCKET_VERSION};
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, SEC_WEBSOCKET_VERSION,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
+use crate::dashboard::EventStream;
 use crate::state::Shared;
-use crate::{phone, trunk_link, websocket};
+use crate::{dashboard, phone, trunk_link, web, websocket};
 
-pub type Body = Full<Bytes>;
+/// A whole body, or the dashboard's endless event stream.
+pub type Body = Either<Full<Bytes>, EventStream>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(body.into()))
+}
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
     r
 }
 
-fn json(body: serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    r.headers_mut().insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
+fn json(body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// An embedded page, script or style sheet.
+fn page(asset: &web::Asset) -> Response<Body> {
+    let mut r = Response::new(full(asset.body));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
+    // Small files; always revalidated, so a new aggregator's pages are picked up at once.
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(web::CONTENT_SECURITY_POLICY));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // The dashboard's URL may carry its token: never send it to another site.
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    r
+}
+
+/// The dashboard's data: the latest snapshot, or (`events`) a stream of them.
+fn dashboard_data(shared: &Arc<Shared>, events: bool) -> Response<Body> {
+    if !events {
+        return json(shared.dashboard.latest());
+    }
+    let Some(stream) = dashboard::events(shared) else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "too many dashboard streams (--dashboard-streams)\n");
+    };
+    let mut r = Response::new(Either::Right(stream));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // A proxy (nginx) must pass each event on at once rather than buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// The answer to a request the access rule turned away.
+fn denied(status: StatusCode, reason: &'static str) -> Response<Body> {
+    let mut r = text(status, format!("{reason}\n"));
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     r
 }
 
@@ -68,20 +119,6 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-fn authorized<B>(shared: &Shared, req: &Request<B>) -> bool {
-    let token = &shared.settings.dashboard_token;
-    if token.is_empty() {
-        return true;
-    }
-    let bearer = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    bearer.or_else(|| query_param(req.uri().query(), "token")).as_deref() == Some(token.as_str())
-}
-
 /// Answers one request.
 pub async fn route(
     shared: Arc<Shared>,
@@ -106,22 +143,39 @@ pub async fn route(
             );
             r
         }
-        "/api/devices" if authorized(&shared, &req) => {
-            let prefix = query_param(req.uri().query(), "prefix").unwrap_or_default();
-            match shared.store.device_totals(&prefix).await {
-                Ok(totals) => json(serde_json::json!({
-                    "devices": totals.iter().map(|(d, b)| serde_json::json!({"device": d, "bytes": b})).collect::<Vec<_>>()
-                })),
-                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {e}\n")),
+        "/api/devices" | "/api/dashboard" | "/api/dashboard/events" => {
+            if let Err((status, reason)) = shared.access.check(&req) {
+                return Ok(denied(status, reason));
+            }
+            match path.as_str() {
+                "/api/devices" => devices(&shared, &req).await,
+                "/api/dashboard" => dashboard_data(&shared, false),
+                _ => dashboard_data(&shared, true),
             }
         }
-        "/api/devices" => text(StatusCode::UNAUTHORIZED, "token required\n"),
-        "/" => text(
-            StatusCode::OK,
-            "holdfast aggregator\n\n/ws      phones (WebSocket; ?device=ID)\n/trunk   gateway trunks (WebSocket, subprotocol trunk.v1)\n/healthz /readyz /metrics\n/api/devices?prefix=P\n",
-        ),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        "/favicon.ico" => {
+            let mut r = text(StatusCode::NO_CONTENT, "");
+            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("max-age=86400"));
+            r
+        }
+        other => match web::asset(other) {
+            Some(asset) => page(asset),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
     })
+}
+
+async fn devices(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let prefix = query_param(req.uri().query(), "prefix").unwrap_or_default();
+    match shared.store.device_totals(&prefix).await {
+        Ok(totals) => json(
+            serde_json::json!({
+                "devices": totals.iter().map(|(d, b)| serde_json::json!({"device": d, "bytes": b})).collect::<Vec<_>>()
+            })
+            .to_string(),
+        ),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {e}\n")),
+    }
 }
 
 fn stopping(shared: &Shared) -> bool {
@@ -139,7 +193,7 @@ fn refuse(shared: &Shared, status: StatusCode, reason: &'static str) -> Response
 
 fn switching(head: Response<()>) -> Response<Body> {
     let (parts, ()) = head.into_parts();
-    Response::from_parts(parts, Full::new(Bytes::new()))
+    Response::from_parts(parts, full(Bytes::new()))
 }
 
 fn upgrade_phone(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {

@@ -10,9 +10,12 @@
 //! - [`phone`]: a direct phone's session; [`trunk_link`]: a gateway's link.
 //! - [`state`]: what connection tasks share; [`flusher`]: ledger to database, then acks.
 //! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
+//! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
+//!   [`dashboard`]: its live snapshots.
 //! - [`metrics`], [`shutdown`], [`workers`].
 
 pub mod config;
+pub mod dashboard;
 pub mod flusher;
 pub mod http;
 pub mod metrics;
@@ -23,6 +26,7 @@ pub mod state;
 pub mod store;
 pub mod tls;
 pub mod trunk_link;
+pub mod web;
 pub mod websocket;
 pub mod workers;
 
@@ -131,12 +135,20 @@ pub async fn serve(s: Settings) -> anyhow::Result<()> {
         "listening on {scheme}://{} (phones: /ws, trunks: /trunk, metrics: /metrics)",
         listener.local_addr()?
     );
+    if s.worker_index.unwrap_or(0) == 0 {
+        println!(
+            "phone page: {scheme}://{0}/   dashboard: {scheme}://{0}/dashboard ({1})",
+            listener.local_addr()?,
+            web::Access::of(&s).describe()
+        );
+    }
 
     let (stop_tx, stop_rx) = shutdown::channel();
     let (flush_stop_tx, flush_stop_rx) = shutdown::channel();
     let grace = s.shutdown_grace();
     let shared = Arc::new(state::Shared::new(s, store, stop_rx));
     let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx));
+    tokio::spawn(dashboard::run(shared.clone()));
     let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls));
 
     shutdown::signal().await;

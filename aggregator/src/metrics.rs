@@ -1,5 +1,8 @@
 //! Prometheus metrics, served as text at `/metrics`, and the live figures the dashboard shows.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +42,27 @@ pub struct Metrics {
     pub closed_bad_input: Family<Reason, Counter>,
     pub persisted_bytes: Gauge,
     pub persisted_sessions: Gauge,
+    /// The same counts as `refused` and `closed_bad_input`, readable by reason for the dashboard
+    /// (a Prometheus family cannot be listed). Only refusal paths touch them, never a byte's.
+    pub refused_tally: Tally,
+    pub bad_input_tally: Tally,
+}
+
+/// Counts by reason; the reasons are the code's fixed strings, so the map stays small.
+#[derive(Clone, Default)]
+pub struct Tally(Arc<Mutex<BTreeMap<&'static str, u64>>>);
+
+impl Tally {
+    pub fn inc(&self, reason: &'static str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    /// Every reason with its count, and their sum.
+    pub fn read(&self) -> (BTreeMap<&'static str, u64>, u64) {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let total = map.values().sum();
+        (map, total)
+    }
 }
 
 impl Metrics {
@@ -61,6 +85,8 @@ impl Metrics {
             closed_bad_input: Family::default(),
             persisted_bytes: Gauge::default(),
             persisted_sessions: Gauge::default(),
+            refused_tally: Tally::default(),
+            bad_input_tally: Tally::default(),
         };
         let mut r = Registry::with_prefix("holdfast");
         r.register(
@@ -113,10 +139,12 @@ impl Metrics {
 
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&Reason { reason }).inc();
+        self.refused_tally.inc(reason);
     }
 
     pub fn bad_input(&self, reason: &'static str) {
         self.closed_bad_input.get_or_create(&Reason { reason }).inc();
+        self.bad_input_tally.inc(reason);
     }
 }
 

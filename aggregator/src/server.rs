@@ -2,6 +2,7 @@
 //! upgrades on every connection, with a timeout on everything before the request head.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,9 +81,15 @@ where
 {
     let timeout = shared.settings.handshake_timeout();
     let mut shutdown = shared.shutdown.clone();
+    // Requests served on this connection: a browser keeps its connection open after a page
+    // and lets the header timeout end it, which is no refusal.
+    let served = Arc::new(AtomicU64::new(0));
     let svc = {
-        let shared = shared.clone();
-        service_fn(move |req| crate::http::route(shared.clone(), peer, req))
+        let (shared, served) = (shared.clone(), served.clone());
+        service_fn(move |req| {
+            served.fetch_add(1, Ordering::Relaxed);
+            crate::http::route(shared.clone(), peer, req)
+        })
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -99,7 +106,7 @@ where
         }
     };
     if let Err(e) = result {
-        if e.is_timeout() {
+        if e.is_timeout() && served.load(Ordering::Relaxed) == 0 {
             shared.metrics.refuse("handshake timeout");
         } else if e.is_parse() || e.is_parse_too_large() {
             shared.metrics.refuse("bad http request");

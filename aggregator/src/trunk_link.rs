@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use trunk::frame::GoAwayReason;
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
-use crate::state::{Route, Shared};
+use crate::state::{LinkLive, Route, Shared};
 use crate::websocket::close;
 
 /// What gateways are told to wait before reconnecting when this process shuts down: long enough
@@ -42,8 +42,8 @@ where
         return;
     }
 
-    let link = match authenticate(&shared, &mut ws, handshake, &peer).await {
-        Ok(link) => link,
+    let (link, name) = match authenticate(&shared, &mut ws, handshake, &peer).await {
+        Ok(authenticated) => authenticated,
         Err(reason) => {
             shared.metrics.refuse(reason);
             return;
@@ -53,14 +53,16 @@ where
     let route = shared.next_route();
     let (tx, rx) = mpsc::unbounded_channel();
     shared.register(route, Route::Trunk(tx));
-    shared.gateway_link(gateway, 1);
+    let live =
+        LinkLive { route, index: link.link_index(), peer: peer.clone(), since: std::time::Instant::now() };
+    shared.link_up(gateway, &name, link.boot_epoch(), live);
     shared.metrics.trunks.inc();
     info!(%peer, gateway, link = link.link_index(), route, "trunk up");
 
     let outcome = run_link(&shared, &mut ws, link, route, rx, &mut buf).await;
 
     shared.unregister(route);
-    shared.gateway_link(gateway, -1);
+    shared.link_down(gateway, route);
     shared.metrics.trunks.dec();
     match outcome {
         Ok(()) => info!(%peer, gateway, route, "trunk closed"),
@@ -82,13 +84,14 @@ where
     drop(permit);
 }
 
-/// Reads the Hello, checks it against the gateway's provisioned secret, and sends the verdict.
+/// Reads the Hello, checks it against the gateway's provisioned secret, and sends the verdict:
+/// the link and the gateway's name, or why it was refused.
 async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     ws: &mut Ws<S>,
     handshake: Handshake,
     peer: &str,
-) -> Result<ServerLink, &'static str> {
+) -> Result<(ServerLink, String), &'static str> {
     let config = shared.settings.trunk();
     let first = match tokio::time::timeout(shared.settings.handshake_timeout(), next_binary(ws)).await {
         Err(_) => {
@@ -112,15 +115,18 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(record) => {
                     let secret = record.as_ref().map(|r| r.secret.as_slice());
                     let number = record.as_ref().map_or(0, |r| r.number);
-                    handshake.verify(&hello, secret, number, shared.now_ms()).map_err(|e| (e, name))
+                    match handshake.verify(&hello, secret, number, shared.now_ms()) {
+                        Ok(link) => Ok((link, name)),
+                        Err(e) => Err((e, name)),
+                    }
                 }
             }
         }
     };
     match verdict {
-        Ok(link) => {
+        Ok((link, name)) => {
             let _ = shared.store.gateway_seen(link.gateway()).await;
-            Ok(link)
+            Ok((link, name))
         }
         Err((e, name)) => {
             warn!(%peer, gateway = %name, reason = e.reason(), "trunk refused");
@@ -214,6 +220,7 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
                     m.trunk_sessions_opened.inc_by(received.opens as u64);
                     m.trunk_sessions_closed.inc_by(received.closes as u64);
                     m.trunk_count_reports.inc_by(received.counts as u64);
+                    shared.link_reports(link.gateway(), link.boot_epoch(), &bytes);
                 }
                 Some(Ok(Message::Text(_))) => return Err(LinkError::Unexpected(0)),
                 Some(Ok(_)) => {}

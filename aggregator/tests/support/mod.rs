@@ -2,6 +2,7 @@
 //! process, and clients built on the same crates the real clients use.
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod browser;
 pub mod clients;
 pub mod db;
 pub mod process;

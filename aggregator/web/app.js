@@ -1,0 +1,462 @@
+// holdfast phone page: one WebSocket to /ws?device=ID, one byte at a time at random pauses, and
+// the server's {"durable":N} (N bytes of this connection are in the database) shown as they come.
+// Plain JavaScript, no build step. Settings, totals and the battery log live in localStorage.
+(() => {
+  'use strict';
+
+  const SETTINGS_KEY = 'holdfast.phone.v1';
+  const LOG_KEY = 'holdfast.batterylog.v1';
+  // Bounds of the pause between bytes, seconds. The aggregator closes a phone silent for 300 s
+  // (--phone-idle-timeout-ms), so the longest pause stays below it.
+  const MIN_PAUSE_S = 0.1;
+  const MAX_PAUSE_S = 290;
+  // Reconnects: exponential backoff with full jitter over [bound/2, bound], bound doubling from
+  // 0.5 s to 60 s, as trunk::backoff::Backoff::PHONE, so a crowd of phones that lost the server
+  // does not come back at the same instant.
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_MAX_MS = 60000;
+  // A connection counts as good (the backoff starts over) once a byte was confirmed on it or it
+  // stayed up this long.
+  const GOOD_AFTER_MS = 30000;
+  // A byte not confirmed within this long means the connection is dead without the browser
+  // knowing (the phone slept, the network changed): close it and reconnect. The server confirms
+  // within its flush interval (200 ms by default).
+  const CONFIRM_TIMEOUT_MS = 20000;
+  // A connection attempt (TCP, TLS, upgrade) not done within this long is given up.
+  const CONNECT_TIMEOUT_MS = 15000;
+  // On Stop, wait this long for the last bytes to be confirmed before closing.
+  const STOP_DRAIN_MS = 5000;
+  // Battery log rows kept (about 100 bytes each in localStorage); the oldest go first. At one
+  // row a minute this is a week.
+  const LOG_MAX_ROWS = 10000;
+  const LOG_COLUMNS = ['time', 'battery_percent', 'charging', 'bytes_sent', 'bytes_durable',
+    'pause_min_s', 'pause_max_s', 'connection', 'page_visible', 'event'];
+  const ONE_BYTE = new Uint8Array([0x2a]);
+
+  const $ = (id) => document.getElementById(id);
+  const fmt = new Intl.NumberFormat();
+
+  function read(key) {
+    try { return JSON.parse(localStorage.getItem(key) || 'null'); } catch (e) { return null; }
+  }
+  function write(key, value) {
+    try { localStorage.setItem(key, JSON.stringify(value)); return true; } catch (e) { return false; }
+  }
+  function randomDevice() {
+    const b = new Uint8Array(5);
+    crypto.getRandomValues(b);
+    return 'web-' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+  function defaultServer() {
+    return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+  }
+  const utf8Length = (s) => new TextEncoder().encode(s).length;
+
+  // --- settings and totals ------------------------------------------------------------------
+  const saved = read(SETTINGS_KEY) || {};
+  const s = {
+    device: typeof saved.device === 'string' && saved.device ? saved.device : randomDevice(),
+    server: typeof saved.server === 'string' ? saved.server : '',
+    min: Number(saved.min) || 1,
+    max: Number(saved.max) || 10,
+    every: Number(saved.every) || 60,
+    running: !!saved.running,
+    wake: !!saved.wake,
+    // Over every connection and page load: bytes sent, and bytes confirmed durable.
+    sent: Number(saved.sent) || 0,
+    durable: Number(saved.durable) || 0,
+    reconnects: Number(saved.reconnects) || 0,
+  };
+  // A link can set things up: /?device=ID&server=wss://...&min=1&max=10&every=60
+  const q = new URLSearchParams(location.search);
+  if (q.get('device')) s.device = q.get('device').slice(0, 32);
+  if (q.has('server')) s.server = q.get('server');
+  if (q.get('min')) s.min = Number(q.get('min')) || s.min;
+  if (q.get('max')) s.max = Number(q.get('max')) || s.max;
+  if (q.get('every')) s.every = Number(q.get('every')) || s.every;
+  clampPauses();
+
+  let savedAt = 0;
+  function save(now) {
+    if (!now && Date.now() - savedAt < 2000) return;
+    savedAt = Date.now();
+    write(SETTINGS_KEY, s);
+  }
+  function clampPauses() {
+    const clamp = (v) => Math.min(MAX_PAUSE_S, Math.max(MIN_PAUSE_S, v));
+    s.min = clamp(s.min);
+    s.max = Math.max(s.min, clamp(s.max));
+    s.every = Math.min(3600, Math.max(5, Math.round(s.every)));
+  }
+
+  // --- the connection -------------------------------------------------------------------------
+  let ws = null;
+  let conn = null; // {sent, durable, openedAt, waitingSince, good}
+  let failures = 0;
+  let state = 'stopped';
+  let stateNote = '';
+  let reconnectAt = 0;
+  let reconnectTimer = 0;
+  let sendTimer = 0;
+  let nextSendAt = 0;
+  let drainTimer = 0;
+  let connectingSince = 0;
+
+  function setState(next, note) {
+    const changed = next !== state;
+    state = next;
+    stateNote = note || '';
+    if (changed && (next === 'connected' || next === 'waiting' || next === 'offline')) record(next);
+    render();
+  }
+
+  function target() {
+    const base = s.server || defaultServer();
+    return base + (base.includes('?') ? '&' : '?') + 'device=' + encodeURIComponent(s.device);
+  }
+
+  function connect() {
+    clearTimeout(reconnectTimer);
+    reconnectTimer = 0;
+    reconnectAt = 0;
+    if (!s.running || ws) return;
+    if (navigator.onLine === false) { setState('offline', 'no network'); return; }
+    let sock;
+    try {
+      sock = new WebSocket(target());
+    } catch (e) {
+      setState('error', e.message);
+      failures += 1;
+      scheduleReconnect();
+      return;
+    }
+    sock.binaryType = 'arraybuffer';
+    ws = sock;
+    connectingSince = Date.now();
+    conn = { sent: 0, durable: 0, openedAt: 0, waitingSince: 0, good: false };
+    setState('connecting');
+    sock.onopen = () => {
+      if (ws !== sock) return;
+      conn.openedAt = Date.now();
+      setState('connected');
+      scheduleSend();
+    };
+    sock.onmessage = (ev) => {
+      if (ws !== sock || typeof ev.data !== 'string') return;
+      let m;
+      try { m = JSON.parse(ev.data); } catch (e) { return; }
+      if (!m || typeof m.durable !== 'number' || m.durable <= conn.durable) return;
+      s.durable += m.durable - conn.durable;
+      conn.durable = m.durable;
+      conn.good = true;
+      failures = 0;
+      conn.waitingSince = conn.durable >= conn.sent ? 0 : Date.now();
+      save(false);
+      render();
+      if (state === 'stopping' && conn.durable >= conn.sent) sock.close(1000, 'stopped');
+    };
+    sock.onclose = (ev) => {
+      if (ws !== sock) return;
+      closed(ev.code === 1000 || ev.code === 1005 ? '' : 'closed ' + ev.code + (ev.reason ? ' (' + ev.reason + ')' : ''));
+    };
+    // onerror is always followed by onclose, which does the work.
+  }
+
+  // The current connection is gone (closed by either side, or given up on).
+  function closed(note) {
+    const wasGood = conn && (conn.good || (conn.openedAt && Date.now() - conn.openedAt >= GOOD_AFTER_MS));
+    ws = null;
+    conn = null;
+    clearTimeout(sendTimer);
+    clearTimeout(drainTimer);
+    sendTimer = 0;
+    nextSendAt = 0;
+    save(true);
+    if (!s.running) { setState('stopped'); releaseWake(); return; }
+    failures = wasGood ? 1 : failures + 1;
+    s.reconnects += 1;
+    scheduleReconnect(note);
+  }
+
+  function scheduleReconnect(note) {
+    const bound = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(failures - 1, 20));
+    const delay = Math.max(0, bound / 2 + Math.random() * (bound / 2));
+    reconnectAt = Date.now() + delay;
+    clearTimeout(reconnectTimer);
+    reconnectTimer = setTimeout(connect, delay);
+    setState(navigator.onLine === false ? 'offline' : 'waiting', note);
+  }
+
+  function abandon(reason) {
+    // The browser may never notice a connection that died while the phone slept: give up on it.
+    const sock = ws;
+    if (!sock) return;
+    try { sock.close(4000, reason); } catch (e) { /* closing anyway */ }
+    closed(reason);
+  }
+
+  function sendByte() {
+    if (!ws || ws.readyState !== WebSocket.OPEN || state !== 'connected') return false;
+    // A socket whose buffer is not draining is stuck: do not pile bytes on it.
+    if (ws.bufferedAmount > 1024) return false;
+    ws.send(ONE_BYTE);
+    if (conn.durable >= conn.sent) conn.waitingSince = Date.now();
+    conn.sent += 1;
+    s.sent += 1;
+    save(false);
+    render();
+    return true;
+  }
+
+  function scheduleSend() {
+    clearTimeout(sendTimer);
+    if (!s.running || state !== 'connected') return;
+    const pause = (s.min + Math.random() * (s.max - s.min)) * 1000;
+    nextSendAt = Date.now() + pause;
+    sendTimer = setTimeout(() => { sendByte(); scheduleSend(); }, pause);
+  }
+
+  function start() {
+    s.running = true;
+    save(true);
+    record('start');
+    failures = 0;
+    holdWake();
+    connect();
+    render();
+  }
+
+  function stop() {
+    s.running = false;
+    save(true);
+    record('stop');
+    clearTimeout(reconnectTimer);
+    clearTimeout(sendTimer);
+    sendTimer = 0;
+    nextSendAt = 0;
+    reconnectAt = 0;
+    if (ws && ws.readyState === WebSocket.OPEN && conn.durable < conn.sent) {
+      // Let the last bytes be confirmed, then close.
+      setState('stopping');
+      const sock = ws;
+      drainTimer = setTimeout(() => { if (ws === sock) sock.close(1000, 'stopped'); }, STOP_DRAIN_MS);
+      return;
+    }
+    if (ws) {
+      const sock = ws;
+      try { sock.close(1000, 'stopped'); } catch (e) { /* already closing */ }
+      closed('');
+    } else {
+      setState('stopped');
+      releaseWake();
+    }
+  }
+
+  // Checked every second, and at once when the page comes back: a dead connection is replaced.
+  function watchdog() {
+    if (!s.running) return;
+    if (ws && conn && conn.waitingSince && Date.now() - conn.waitingSince > CONFIRM_TIMEOUT_MS) {
+      abandon('no confirmation for ' + CONFIRM_TIMEOUT_MS / 1000 + ' s');
+    } else if (ws && ws.readyState === WebSocket.CONNECTING && Date.now() - connectingSince > CONNECT_TIMEOUT_MS) {
+      abandon('connect timed out');
+    } else if (!ws && reconnectAt && Date.now() >= reconnectAt) {
+      connect(); // a timer throttled in the background is overdue
+    }
+  }
+
+  function wakeUp() {
+    // The page is visible again, or the network is back: reconnect now rather than after the
+    // backoff, since the reason for waiting is probably gone.
+    holdWake();
+    if (!s.running) return;
+    watchdog();
+    if (!ws) { failures = 0; connect(); }
+  }
+
+  // --- screen wake lock (optional) -----------------------------------------------------------
+  let wakeLock = null;
+  async function holdWake() {
+    if (!s.wake || !s.running || wakeLock || !('wakeLock' in navigator) || document.hidden) return;
+    try {
+      wakeLock = await navigator.wakeLock.request('screen');
+      wakeLock.addEventListener('release', () => { wakeLock = null; });
+    } catch (e) { wakeLock = null; }
+  }
+  function releaseWake() {
+    if (wakeLock) { wakeLock.release().catch(() => {}); wakeLock = null; }
+  }
+
+  // --- battery log ----------------------------------------------------------------------------
+  let battery = null;
+  let log = read(LOG_KEY);
+  if (!Array.isArray(log)) log = [];
+  let logTimer = 0;
+
+  function record(event) {
+    const row = [
+      new Date().toISOString(),
+      battery ? Math.round(battery.level * 100) : '',
+      battery ? (battery.charging ? 'yes' : 'no') : '',
+      s.sent, s.durable, s.min, s.max, state, document.hidden ? 'no' : 'yes', event,
+    ];
+    log.push(row);
+    if (log.length > LOG_MAX_ROWS) log.splice(0, log.length - LOG_MAX_ROWS);
+    while (!write(LOG_KEY, log) && log.length > 10) log.splice(0, Math.ceil(log.length / 4));
+    renderLog();
+  }
+  function scheduleLog() {
+    clearInterval(logTimer);
+    logTimer = setInterval(() => record('tick'), s.every * 1000);
+  }
+  function csvCell(v) {
+    const t = String(v);
+    return /[",\n]/.test(t) ? '"' + t.replace(/"/g, '""') + '"' : t;
+  }
+  function exportCsv() {
+    const lines = [LOG_COLUMNS.join(',')].concat(log.map((r) => r.map(csvCell).join(',')));
+    const blob = new Blob([lines.join('\n') + '\n'], { type: 'text/csv' });
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(blob);
+    a.download = 'holdfast-battery-' + s.device + '-' + new Date().toISOString().slice(0, 19).replace(/:/g, '') + '.csv';
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  }
+  if (navigator.getBattery) {
+    navigator.getBattery().then((b) => {
+      battery = b;
+      b.addEventListener('levelchange', () => record('battery level'));
+      b.addEventListener('chargingchange', () => record('charging'));
+      renderBattery();
+    }).catch(() => renderBattery());
+  }
+
+  // --- rendering ------------------------------------------------------------------------------
+  function setCount(id, n) {
+    const el = $(id);
+    el.dataset.value = String(n);
+    el.textContent = fmt.format(n);
+  }
+  function secs(ms) {
+    const t = Math.max(0, ms) / 1000;
+    if (t < 10) return t.toFixed(1) + ' s';
+    if (t < 120) return Math.round(t) + ' s';
+    if (t < 7200) return Math.round(t / 60) + ' min';
+    return (t / 3600).toFixed(1) + ' h';
+  }
+  const LABELS = {
+    stopped: 'stopped', connecting: 'connecting', connected: 'connected', waiting: 'reconnecting',
+    offline: 'offline', error: 'error', stopping: 'stopping',
+  };
+  function render() {
+    setCount('sent', s.sent);
+    setCount('durable', s.durable);
+    setCount('pending', Math.max(0, s.sent - s.durable));
+    const pill = $('state');
+    pill.dataset.state = state;
+    pill.textContent = LABELS[state] || state;
+    const now = Date.now();
+    const parts = [];
+    if (state === 'connected') {
+      parts.push(nextSendAt ? 'next byte in ' + secs(nextSendAt - now) : 'sending');
+      parts.push('up ' + secs(now - conn.openedAt));
+    } else if (state === 'waiting' || state === 'offline') {
+      if (reconnectAt) parts.push('retry in ' + secs(reconnectAt - now));
+    } else if (state === 'stopping') {
+      parts.push('waiting for the last confirmations');
+    }
+    if (stateNote) parts.push(stateNote);
+    if (s.reconnects) parts.push(s.reconnects + (s.reconnects === 1 ? ' reconnect' : ' reconnects'));
+    parts.push('device ' + s.device);
+    $('detail').textContent = parts.join(' · ');
+    const run = $('run');
+    run.textContent = s.running ? 'Stop' : 'Start';
+    run.classList.toggle('stop', s.running);
+    $('once').disabled = state !== 'connected';
+  }
+  function renderBattery() {
+    $('battery').textContent = battery
+      ? 'Battery: ' + Math.round(battery.level * 100) + ' %, ' + (battery.charging ? 'charging' : 'not charging')
+      : 'Battery: not exposed by this browser (rows are still logged, without it)';
+  }
+  function renderLog() {
+    $('logsize').textContent = fmt.format(log.length) + (log.length === 1 ? ' row' : ' rows') +
+      (log.length ? ' since ' + new Date(log[0][0]).toLocaleString() : '') +
+      ' (the oldest are dropped past ' + fmt.format(LOG_MAX_ROWS) + ')';
+  }
+  function fillInputs() {
+    $('min').value = s.min;
+    $('max').value = s.max;
+    $('device').value = s.device;
+    $('server').value = s.server;
+    $('server').placeholder = defaultServer();
+    $('every').value = s.every;
+    $('wake').checked = s.wake;
+  }
+
+  // --- inputs ---------------------------------------------------------------------------------
+  function message(text) { $('msg').textContent = text || ''; }
+  function onSettings() {
+    const device = $('device').value.trim();
+    const server = $('server').value.trim();
+    if (!device || utf8Length(device) > 32) { message('A device id is 1 to 32 bytes.'); fillInputs(); return; }
+    if (server && !/^wss?:\/\/[^/]+/i.test(server)) { message('The server is a ws:// or wss:// URL (empty: this site).'); fillInputs(); return; }
+    message('');
+    const reconnect = device !== s.device || server !== s.server;
+    const pausesChanged = Number($('min').value) !== s.min || Number($('max').value) !== s.max;
+    if (device !== s.device) {
+      // The counts are this device's: the old device's connection ends here.
+      if (ws) abandon('device changed');
+      s.sent = 0;
+      s.durable = 0;
+      s.reconnects = 0;
+    }
+    s.device = device;
+    s.server = server;
+    s.min = Number($('min').value) || s.min;
+    s.max = Number($('max').value) || s.max;
+    s.every = Number($('every').value) || s.every;
+    s.wake = $('wake').checked;
+    clampPauses();
+    fillInputs();
+    save(true);
+    scheduleLog();
+    if (pausesChanged) { record('settings'); scheduleSend(); }
+    if (s.wake) holdWake(); else releaseWake();
+    if (reconnect && ws) abandon('server changed');
+    if (reconnect && s.running && !ws) { failures = 0; connect(); }
+    render();
+  }
+  for (const id of ['min', 'max', 'device', 'server', 'every', 'wake']) $(id).addEventListener('change', onSettings);
+  $('run').addEventListener('click', () => (s.running ? stop() : start()));
+  $('once').addEventListener('click', sendByte);
+  $('export').addEventListener('click', exportCsv);
+  $('clear').addEventListener('click', () => {
+    if (!log.length || confirm('Delete all ' + log.length + ' rows of the battery log?')) {
+      log = [];
+      write(LOG_KEY, log);
+      renderLog();
+    }
+  });
+
+  // --- sleep, network and page life ------------------------------------------------------------
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden) { save(true); record('hidden'); } else { record('visible'); wakeUp(); }
+  });
+  window.addEventListener('online', wakeUp);
+  window.addEventListener('offline', () => { if (s.running && !ws) setState('offline', 'no network'); });
+  window.addEventListener('pageshow', (e) => { if (e.persisted) wakeUp(); });
+  document.addEventListener('resume', wakeUp);
+  window.addEventListener('pagehide', () => save(true));
+
+  // Timers: the watchdog, and the countdowns (only while someone looks).
+  setInterval(() => { watchdog(); if (!document.hidden) render(); }, 1000);
+
+  fillInputs();
+  renderBattery();
+  renderLog();
+  scheduleLog();
+  render();
+  if (s.running) { record('page load'); holdWake(); connect(); }
+})();
