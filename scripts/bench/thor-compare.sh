@@ -21,11 +21,15 @@
 #   is Thor's one empty frame per connection (6 bytes on the wire).
 # - The same server binary and settings, the same URL path, the same number of connection
 #   attempts in flight (Thor -C, mobile-sim -C, and no rate limit for mobile-sim: --rate 0).
-# - Memory is measured from outside the same way for both: VmRSS summed over every process of the
-#   tool (Thor's master and its cluster workers; mobile-sim's workers if any), SETTLE seconds
-#   after the server counted all N connections. Per connection = (that sum - the same sum for a
-#   run holding 1 connection) / N, so the fixed cost of the runtime (Node's ~50 MiB per process)
-#   is not spread over the connections. The marginal cost between two N is printed too.
+# - Memory is measured from outside the same way for both, summed over every process of the tool
+#   (Thor's master and its cluster workers; mobile-sim's workers if any), SETTLE seconds after
+#   the server counted all N connections: VmRSS, and its anonymous part RssAnon (heap, stacks:
+#   where connections live). Per connection = (RssAnon sum - the same sum in a run holding 1
+#   connection) / N, so the fixed cost of the runtime (Node's ~50 MiB per process) is not spread
+#   over the connections. RssAnon and not VmRSS because this machine runs DAMON with a pageout
+#   scheme (/sys/kernel/mm/damon): with no swap it can only drop file-backed pages, such as the
+#   node binary's code, and it does so at unpredictable moments, so VmRSS of the same run moved
+#   by up to 80 MiB. The marginal cost between two N is printed too.
 # - Time is from starting the tool's command to the server counting N open sessions
 #   (`holdfast_direct_sessions` on /metrics, polled every 50 ms), the same clock for both,
 #   process start-up included (Node forks its workers first).
@@ -120,11 +124,12 @@ tree_pids() {
   echo "$pids"
 }
 
-# Sum of VmRSS (KiB) over the given processes.
-rss_sum_kib() {
-  local sum=0 p v
+# Sum of one /proc/PID/status field (KiB: VmRSS, RssAnon) over the given processes.
+status_sum_kib() {
+  local field="$1" sum=0 p v
+  shift
   for p in "$@"; do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+    v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null || true)
     sum=$((sum + ${v:-0}))
   done
   echo "$sum"
@@ -144,11 +149,11 @@ cpu_sum_s() {
   awk -v u="$user" -v s="$sys" -v hz="$hz" 'BEGIN {printf "%.2f %.2f", u / hz, s / hz}'
 }
 
-# VmRSS (MiB) of each given process, "74+97+97", to show where the memory is.
-rss_each_mib() {
+# RssAnon (MiB) of each given process, "20+47+47", to show where the memory is.
+anon_each_mib() {
   local out="" p v
   for p in "$@"; do
-    v=$(awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$p/status" 2>/dev/null || true)
+    v=$(awk '$1 == "RssAnon:" {printf "%.0f", $2 / 1024}' "/proc/$p/status" 2>/dev/null || true)
     out="$out${out:++}${v:-0}"
   done
   echo "$out"
@@ -175,11 +180,11 @@ wait_time_wait() {
 }
 
 # One run: a fresh aggregator, one tool holding N connections, measured, then both stopped.
-# Appends "mode tool n run seconds_to_all rss_kib user_s sys_s processes held own_time
-# rss_each" to results.tsv.
+# Appends "mode tool n run seconds_to_all rss_kib anon_kib user_s sys_s processes held own_time
+# anon_each_mib" to results.tsv.
 run_one() {
   local mode="$1" which="$2" n="$3" run="$4"
-  local port dir scheme http curl_opts=() agg_flags=() ca_opt=() t0 t1 held=0 pids rss each cpu own="-"
+  local port dir scheme http curl_opts=() agg_flags=() ca_opt=() t0 t1 held=0 pids rss anon each cpu own="-"
   # Below the ephemeral port range (32768-60999), so no client socket can hold the port.
   port=$((20000 + RANDOM % 12000))
   wait_time_wait
@@ -229,9 +234,11 @@ run_one() {
   sleep "$settle"
   pids=$(tree_pids "$tool")
   # shellcheck disable=SC2086
-  rss=$(rss_sum_kib $pids)
+  rss=$(status_sum_kib VmRSS $pids)
   # shellcheck disable=SC2086
-  each=$(rss_each_mib $pids)
+  anon=$(status_sum_kib RssAnon $pids)
+  # shellcheck disable=SC2086
+  each=$(anon_each_mib $pids)
   # shellcheck disable=SC2086
   cpu=$(cpu_sum_s $pids)
   held=$(curl -s "${curl_opts[@]}" "$http://127.0.0.1:$port/metrics" | awk '/^holdfast_direct_sessions / {print $2}')
@@ -259,10 +266,10 @@ run_one() {
       console.log(s == null ? "-" : s.toFixed(2));' "$dir/tool.out" 2>/dev/null || echo -)
   fi
   # shellcheck disable=SC2086
-  printf '%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$which" "$n" "$run" \
-    "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" "$rss" "${cpu% *}" "${cpu#* }" \
+  printf '%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$which" "$n" "$run" \
+    "$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" "$rss" "$anon" "${cpu% *}" "${cpu#* }" \
     "$(echo $pids | wc -w)" "${held:-0}" "${own:--}" "$each" >>"$work/results.tsv"
-  tail -n 1 "$work/results.tsv" | awk -F'\t' '{printf "    %-5s %-10s N=%-6s run %s: %6.2f s to all held, RSS %7d KiB (%s MiB), CPU %5.2f s user %5.2f s sys, server held %s, tool says %s s\n", $1, $2, $3, $4, $5, $6, $12, $7, $8, $10, $11}' >&2
+  tail -n 1 "$work/results.tsv" | awk -F'\t' '{printf "    %-5s %-10s N=%-6s run %s: %6.2f s to all held, RSS %7d KiB, anon %7d KiB (%s MiB), CPU %5.2f s user %5.2f s sys, server held %s, tool says %s s\n", $1, $2, $3, $4, $5, $6, $7, $13, $8, $9, $11, $12}' >&2
 }
 
 # Median of the numbers on stdin.
@@ -289,33 +296,35 @@ echo
 echo "Idle connections held against the aggregator (--plain or TLS, embedded SQLite, a fresh process per run); medians of $runs runs"
 echo "Node $(node --version), thor $thor_version (ws $ws_version), $(nproc) CPUs, -C $concurrent, measured ${settle}s after all held;"
 echo "load average at start $load0, at end $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-5s %-10s %6s %12s %10s %10s %10s %9s %9s  %s\n' mode tool N "to all held" "tool says" "RSS sum" "per conn" "CPU user" "CPU sys" "RSS per process (MiB)"
+printf '%-5s %-10s %6s %12s %10s %10s %10s %10s %9s %9s  %s\n' mode tool N "to all held" "tool says" "VmRSS" "RssAnon" "per conn" \
+  "CPU user" "CPU sys" "RssAnon per process (MiB)"
 for mode in $modes; do
   for which in mobile-sim thor; do
-    base=$(med "$mode" "$which" 1 6)
+    base=$(med "$mode" "$which" 1 7)
     for n in 1 "${sizes[@]}"; do
-      rss=$(med "$mode" "$which" "$n" 6)
+      anon=$(med "$mode" "$which" "$n" 7)
       per="-"
-      [ "$n" -gt 1 ] && per=$(awk -v r="$rss" -v b="$base" -v n="$n" 'BEGIN {printf "%.2f KiB", (r - b) / n}')
-      # The per-process split of the run whose RSS sum is the median.
-      each=$(awk -F'\t' -v m="$mode" -v t="$which" -v n="$n" -v r="$rss" \
-        '$1 == m && $2 == t && $3 == n && $6 == r {print $12; exit}' "$work/results.tsv")
-      printf '%-5s %-10s %6s %10.2f s %8s s %6.1f MiB %10s %7.2f s %7.2f s  %s\n' "$mode" "$which" "$n" \
-        "$(med "$mode" "$which" "$n" 5)" "$(med "$mode" "$which" "$n" 11)" \
-        "$(awk -v r="$rss" 'BEGIN {print r / 1024}')" "$per" "$(med "$mode" "$which" "$n" 7)" \
-        "$(med "$mode" "$which" "$n" 8)" "${each:-}"
+      [ "$n" -gt 1 ] && per=$(awk -v r="$anon" -v b="$base" -v n="$n" 'BEGIN {printf "%.2f KiB", (r - b) / n}')
+      # The per-process split of the run whose RssAnon sum is the median.
+      each=$(awk -F'\t' -v m="$mode" -v t="$which" -v n="$n" -v r="$anon" \
+        '$1 == m && $2 == t && $3 == n && $7 == r {print $13; exit}' "$work/results.tsv")
+      printf '%-5s %-10s %6s %10.2f s %8s s %6.1f MiB %6.1f MiB %10s %7.2f s %7.2f s  %s\n' "$mode" "$which" "$n" \
+        "$(med "$mode" "$which" "$n" 5)" "$(med "$mode" "$which" "$n" 12)" \
+        "$(awk -v r="$(med "$mode" "$which" "$n" 6)" 'BEGIN {print r / 1024}')" \
+        "$(awk -v r="$anon" 'BEGIN {print r / 1024}')" "$per" "$(med "$mode" "$which" "$n" 8)" \
+        "$(med "$mode" "$which" "$n" 9)" "${each:-}"
     done
     # The marginal cost between consecutive N: independent of any fixed cost.
     prev=""
     for n in "${sizes[@]}"; do
       if [ -n "$prev" ] && [ "$n" -gt "$prev" ]; then
-        awk -v a="$(med "$mode" "$which" "$prev" 6)" -v b="$(med "$mode" "$which" "$n" 6)" -v p="$prev" -v n="$n" \
-          -v m="$mode" -v t="$which" 'BEGIN {printf "%-5s %-10s marginal %d -> %d: %.2f KiB per connection\n", m, t, p, n, (b - a) / (n - p)}'
+        awk -v a="$(med "$mode" "$which" "$prev" 7)" -v b="$(med "$mode" "$which" "$n" 7)" -v p="$prev" -v n="$n" \
+          -v m="$mode" -v t="$which" 'BEGIN {printf "%-5s %-10s marginal %d -> %d: %.2f KiB RssAnon per connection\n", m, t, p, n, (b - a) / (n - p)}'
       fi
       prev="$n"
     done
   done
 done
 echo
-echo "Every run: mode, tool, N, run, s to all held, RSS KiB, CPU user s, CPU sys s, processes, held, tool's own s, RSS per process MiB"
+echo "Every run: mode, tool, N, run, s to all held, VmRSS KiB, RssAnon KiB, CPU user s, CPU sys s, processes, held, tool's own s, RssAnon per process MiB"
 sort -t$'\t' -k1,1 -k2,2 -k3,3n -k4,4n "$work/results.tsv"
