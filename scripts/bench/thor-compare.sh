@@ -165,7 +165,7 @@ now_s() { date +%s.%N; }
 # Each run closes up to N connections, and the side that closed first keeps them for 60 s, with
 # their local port; with tens of thousands of them the kernel's search for a free ephemeral port
 # slows every connect() of the next run (Thor's 10,000 connections took 15, 28 and 41 s in
-# three back-to-back runs before this wait).
+# three back-to-back runs before this wait, though the machine's load rose meanwhile too).
 used_ports=""
 wait_time_wait() {
   local p left filter=""
