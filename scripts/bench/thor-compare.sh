@@ -28,8 +28,8 @@
 #   connection) / N, so the fixed cost of the runtime (Node's ~50 MiB per process) is not spread
 #   over the connections. RssAnon and not VmRSS because this machine runs DAMON with a pageout
 #   scheme (/sys/kernel/mm/damon): with no swap it can only drop file-backed pages, such as the
-#   node binary's code, and it does so at unpredictable moments, so VmRSS of the same run moved
-#   by up to 80 MiB. The marginal cost between two N is printed too.
+#   node binary's code, and it does so at unpredictable moments, so VmRSS of identical runs
+#   differed by up to 80 MiB. The marginal cost between two N is printed too.
 # - Time is from starting the tool's command to the server counting N open sessions
 #   (`holdfast_direct_sessions` on /metrics, polled every 50 ms), the same clock for both,
 #   process start-up included (Node forks its workers first).
