@@ -80,6 +80,7 @@ async fn phones_through_embassy_net_on_a_tap_device_are_counted_exactly() {
             .arg(data.path())
             .args(["--listen", &format!("{AGGREGATOR}:8443")])
             .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
