@@ -66,13 +66,16 @@ async fn phones_through_embassy_net_on_a_tap_device_are_counted_exactly() {
     let Some(ns) = Namespace::create() else { return };
     let data = tempfile::tempdir().unwrap();
     let aggregator = support::process::binary();
+    // The embedded store: Postgres on the host's loopback is out of the namespace's reach (and
+    // DATABASE_URL, set for other tests, must not leak in).
     let out = Command::new(&aggregator)
         .arg("--data-dir")
         .arg(data.path())
         .args(["gateway", "add", "site-tap"])
+        .env_remove("DATABASE_URL")
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "gateway add: {}", String::from_utf8_lossy(&out.stderr));
     let secret = String::from_utf8(out.stdout).unwrap().split_whitespace().nth(1).unwrap().to_owned();
     let agg = Killed(
         ns.command(&aggregator)
