@@ -13,14 +13,16 @@
 #                  [--phones N] [--duration 30s] [--tls terminate|passthrough]
 #
 # Data, certificates, logs: ./holdfast-data (HOLDFAST_DATA_DIR). Port: 8443 (the port of
-# HOLDFAST_LISTEN). The gateways are mobile-sim's virtual gateways until firmware/host's gateway
-# exists (scripts/cluster-lib.sh, cl_gateway_start). Installs Rust and nginx first if missing.
+# HOLDFAST_LISTEN). The gateways are firmware/host's `gateway` (the firmware's core on Linux)
+# with mobile-sim phones connected to them; CL_GATEWAY=virtual runs mobile-sim's virtual
+# gateways instead (scripts/cluster-lib.sh, cl_gateway_start). Installs Rust and nginx first if
+# missing.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
-usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 once=0
 gateways=3
 phones=300
@@ -44,8 +46,10 @@ bash scripts/install-deps.sh --rust-only </dev/null >&2
 hf_setup_path
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
 hf_log "building aggregator and mobile-sim (release; the first build takes a few minutes)"
-cargo build --release -p aggregator -p mobile-sim
+cargo build --release -p aggregator -p mobile-sim -p gateway
 
+# Real host gateways unless CL_GATEWAY says otherwise (set before the library's default).
+CL_GATEWAY="${CL_GATEWAY:-host}"
 # shellcheck source=scripts/cluster-lib.sh
 . scripts/cluster-lib.sh
 listen="${HOLDFAST_LISTEN:-127.0.0.1:8443}"
