@@ -94,7 +94,7 @@ bash scripts/e2e.sh </dev/null
 step "deployment files: k8s schemas, nginx -t, systemd units, sysctl (scripts/check-deploy.sh)"
 bash scripts/check-deploy.sh </dev/null
 
-step "failure drills on a local cluster: kill an aggregator, restart Postgres, cut a trunk (scripts/drills.sh)"
+step "failure drills on a local cluster: kill an aggregator, restart Postgres, cut a trunk, restart a gateway (scripts/drills.sh)"
 bash scripts/drills.sh </dev/null
 
 step "README's run command as on a fresh machine (scripts/run.sh --once --store sqlite, 5 s of load, verified)"
