@@ -7,9 +7,7 @@ use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::mutex::Mutex;
 use embedded_io_async::{ErrorType, Read, Write};
 use embedded_tls::pki::CertVerifier;
-use embedded_tls::{
-    Aes128GcmSha256, Certificate, CryptoProvider, NoClock, SignatureScheme, TlsError, TlsVerifier,
-};
+use embedded_tls::{Aes128GcmSha256, Certificate, CryptoProvider, NoClock, TlsError, TlsVerifier};
 use rand_core::{CryptoRng, RngCore};
 
 /// Largest server certificate message the verifier keeps while checking the handshake. The
@@ -94,7 +92,8 @@ impl<R: RngCore> RngCore for SharedRng<'_, R> {
 impl<R: CryptoRng> CryptoRng for SharedRng<'_, R> {}
 
 /// Verifies the aggregator against the pinned CA (and the configured server name), with the
-/// gateway's random source. There is no clock on a board: certificate validity periods are not
+/// gateway's random source. The aggregator signs with ECDSA P-256 / SHA-256, which embedded-tls
+/// verifies without an allocator. There is no clock on a board: certificate validity periods are not
 /// checked; the pinned CA is the trust.
 pub struct Provider<'a, R> {
     rng: SharedRng<'a, R>,
@@ -126,7 +125,3 @@ impl<R: RngCore + CryptoRng> CryptoProvider for Provider<'_, R> {
         Ok(&mut self.verifier)
     }
 }
-
-/// Kept so the signature scheme list is visible to readers: the aggregator signs with
-/// ECDSA P-256 / SHA-256, which embedded-tls verifies without an allocator.
-pub const AGGREGATOR_SIGNATURE: SignatureScheme = SignatureScheme::EcdsaSecp256r1Sha256;
