@@ -25,8 +25,12 @@ random intervals and counts what the server confirms durable ({\"durable\":N} te
 `gateways` runs virtual site gateways that speak the trunk protocol straight to the aggregator: \
 G gateways x P sessions load the central tier without one socket per phone.
 
-Exit status: 0 when the run completed (and --verify found nothing lost or double-counted), 1 when \
---verify found lost or double-counted bytes, 2 when the run could not be carried out.";
+Exit status: 0 when every check held: every connection (phone, or trunk link) was up at once at \
+some point, no connection attempt failed and none dropped beyond --max-failed and --max-dropped \
+(default: none), and with --verify every device was checked, bytes were sent and confirmed, every \
+device that sent has a persisted row, nothing was lost or double-counted, and no byte stayed \
+unconfirmed beyond --allow-unconfirmed (default: none). 1 when a check failed (the report names \
+each rule that failed), 2 when the run could not be carried out.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -177,6 +181,17 @@ pub struct CommonArgs {
     #[arg(short = 'M', long, value_name = "M")]
     pub messages: Option<u64>,
 
+    /// Connection attempts (TCP, TLS, WebSocket upgrade, trunk handshake) that may fail before
+    /// the run fails. Default none: a run where a server refuses anyone fails. A drill that
+    /// kills a server on purpose gives its bound here.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_failed: u64,
+
+    /// Established connections that may be lost (other than by our own close) before the run
+    /// fails. Default none.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_dropped: u64,
+
     /// At the end, how long to wait for the server to confirm durable everything sent.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -232,6 +247,12 @@ pub struct VerifyArgs {
     /// (`?prefix=` with --device-prefix is added when the URL has no query).
     #[arg(long, value_name = "URL", requires = "verify")]
     pub verify_url: Option<String>,
+
+    /// Bytes that may stay unconfirmed after the drain (sent, never confirmed durable) before
+    /// verification fails. Default none: every byte sent must be confirmed. A drill that kills a
+    /// server with bytes in flight gives its bound here.
+    #[arg(long, default_value_t = 0, value_name = "BYTES", requires = "verify")]
+    pub allow_unconfirmed: u64,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -231,7 +231,7 @@ pub async fn run_gateways(args: GatewaysArgs) -> anyhow::Result<ExitCode> {
     };
     let report = Report::new(parts, &totals);
     let tls = crate::workers::tls_for_verify(&common)?;
-    report::conclude(report, &totals, &common, tls).await
+    report::conclude(report, links_total, &totals, &common, tls).await
 }
 
 /// What a link task tells its gateway.
@@ -546,14 +546,21 @@ impl GatewaySim {
                 task.abort();
             }
         }
-        if self.gw.link_phase(link) != LinkPhase::Up && self.gw.link_phase(link) != LinkPhase::Draining {
+        let was_up = matches!(self.gw.link_phase(link), LinkPhase::Up | LinkPhase::Draining);
+        if !was_up {
             l.failures = l.failures.saturating_add(1);
         }
         self.gw.disconnected(link, now);
         if let Some(failure) = failure {
             tracing::debug!(gateway = %self.name, link, %failure, "trunk link lost");
             let stats = &self.shared.stats;
-            stats.dropped.fetch_add(1, Relaxed);
+            // A link that ends before its trunk came up (refused, or lost in the handshake) is a
+            // failed attempt, not a dropped trunk: the WebSocket was up, the trunk never was.
+            if was_up {
+                stats.dropped.fetch_add(1, Relaxed);
+            } else {
+                stats.failed.fetch_add(1, Relaxed);
+            }
             stats.error(&failure);
         }
         self.schedule_reconnect(link, now);

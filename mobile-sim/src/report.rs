@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::cli::CommonArgs;
 use crate::run::{End, Sample};
 use crate::stats::{DeviceTotals, Memory, Snapshot};
-use crate::verify::Verification;
+use crate::verify::{Failure, Verification};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -44,6 +44,10 @@ pub struct Report {
     pub memory: Option<MemoryReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// The verdict: every check held (the connection rules, and the verification's when asked).
+    pub ok: bool,
+    /// Every rule that did not hold, connection rules first, then the verification's.
+    pub failures: Vec<Failure>,
     pub timeline: Vec<Sample>,
     #[serde(skip)]
     pub histogram: Option<Histogram<u64>>,
@@ -174,9 +178,51 @@ impl Report {
                 per_held_bytes: m.per_held(),
             }),
             verification: None,
+            ok: false,
+            failures: Vec::new(),
             timeline: p.samples,
             histogram: Some(p.histogram),
         }
+    }
+
+    /// The connection rules: every connection (phone, or trunk link) was up at once at some
+    /// point, and failed attempts and drops stay within the caller's bounds. Then the
+    /// verification's rules, if it ran. Sets `ok` and `failures`.
+    pub fn judge(&mut self, connections_wanted: u64, max_failed: u64, max_dropped: u64) {
+        let mut failures = Vec::new();
+        let c = &self.connections;
+        let unit = if self.mode == "gateways" { "trunk links" } else { "phones" };
+        if self.connect_rate.all_connected_after_s.is_none() {
+            failures.push(Failure::new(
+                "all-connected",
+                format!(
+                    "never all {} {unit} connected at once ({} established, {} held at the end of the run)",
+                    group(connections_wanted),
+                    group(c.established),
+                    group(c.held_at_end_of_run)
+                ),
+            ));
+        }
+        if c.failed > max_failed {
+            failures.push(Failure::new(
+                "failed-connections",
+                format!(
+                    "{} connection attempts failed (allowed: {max_failed}, --max-failed)",
+                    group(c.failed)
+                ),
+            ));
+        }
+        if c.dropped > max_dropped {
+            failures.push(Failure::new(
+                "dropped-connections",
+                format!("{} connections dropped (allowed: {max_dropped}, --max-dropped)", group(c.dropped)),
+            ));
+        }
+        if let Some(v) = &self.verification {
+            failures.extend(v.failures.iter().cloned());
+        }
+        self.ok = failures.is_empty();
+        self.failures = failures;
     }
 
     pub fn to_text(&self) -> String {
@@ -269,6 +315,14 @@ impl Report {
         if let Some(v) = &self.verification {
             o.push_str(&v.to_text());
         }
+        if self.ok {
+            let _ = writeln!(o, "verdict      OK: every check held");
+        } else {
+            let _ = writeln!(o, "verdict      FAILED:");
+            for f in &self.failures {
+                let _ = writeln!(o, "  {}: {}", f.rule, f.detail);
+            }
+        }
         o
     }
 }
@@ -299,19 +353,23 @@ pub fn human_bytes(b: f64) -> String {
 }
 
 /// The end of every run: verification, the files asked for, the report on stdout, the status.
+/// `connections_wanted`: phones, or gateways x links.
 pub async fn conclude(
     mut report: Report,
+    connections_wanted: u64,
     totals: &[(String, DeviceTotals)],
     common: &CommonArgs,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<ExitCode> {
     let mut verify_error = None;
     if common.verify.verify {
-        match crate::verify::verify(&common.verify, &common.device_prefix, totals, tls).await {
+        let expected = report.devices;
+        match crate::verify::verify(&common.verify, &common.device_prefix, expected, totals, tls).await {
             Ok(v) => report.verification = Some(v),
             Err(e) => verify_error = Some(e),
         }
     }
+    report.judge(connections_wanted, common.max_failed, common.max_dropped);
     if let Some(path) = &common.output.per_device {
         write_per_device(path, totals).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -330,10 +388,7 @@ pub async fn conclude(
     if let Some(e) = verify_error {
         return Err(e.context("verification could not be carried out"));
     }
-    Ok(match &report.verification {
-        Some(v) if !v.ok => ExitCode::from(1),
-        _ => ExitCode::SUCCESS,
-    })
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn write_per_device(path: &std::path::Path, totals: &[(String, DeviceTotals)]) -> std::io::Result<()> {

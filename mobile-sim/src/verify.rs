@@ -5,10 +5,11 @@
 //! Per device, with `sent >= confirmed` as the simulator counts them:
 //! - lost: confirmed durable but not persisted, `max(0, confirmed - persisted)`;
 //! - double-counted: persisted more than was ever sent, `max(0, persisted - sent)`;
-//! - unconfirmed: sent but never confirmed, `sent - confirmed` (allowed: the byte may or may
-//!   not have arrived, so it may or may not be persisted).
+//! - unconfirmed: sent but never confirmed, `sent - confirmed` (the byte may or may not have
+//!   arrived, so it may or may not be persisted).
 //!
-//! Lost and double-counted must both be zero.
+//! The verdict has no loophole: a run where nothing arrived, nothing was confirmed, or some
+//! device was never looked at fails. Each [`Rule`] that does not hold is named in the report.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -26,23 +27,84 @@ use crate::stats::DeviceTotals;
 /// How many mismatching devices the report names.
 const EXAMPLES: usize = 10;
 
+/// One property a verified run must have. [`Verification::failures`] names those that did not
+/// hold, so a failed run says why.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rule {
+    /// Every device of the run was compared (none missing from our side, e.g. a worker's).
+    EveryDeviceChecked,
+    /// The run sent at least one byte: a run that sent nothing proves nothing.
+    BytesSent,
+    /// At least one byte was confirmed durable: a server that never confirms fails.
+    BytesConfirmed,
+    /// Every device that sent a byte has a persisted row (unless all its bytes are unconfirmed
+    /// and the caller allowed unconfirmed bytes).
+    EverySenderPersisted,
+    /// No byte confirmed durable is missing from the database.
+    NoneLost,
+    /// No device has more bytes persisted than it sent.
+    NoneDoubleCounted,
+    /// Unconfirmed bytes after the drain are within `--allow-unconfirmed` (default 0).
+    UnconfirmedWithinBound,
+}
+
+impl Rule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::EveryDeviceChecked => "every-device-checked",
+            Rule::BytesSent => "bytes-sent",
+            Rule::BytesConfirmed => "bytes-confirmed",
+            Rule::EverySenderPersisted => "every-sender-persisted",
+            Rule::NoneLost => "none-lost",
+            Rule::NoneDoubleCounted => "none-double-counted",
+            Rule::UnconfirmedWithinBound => "unconfirmed-within-bound",
+        }
+    }
+}
+
+/// A rule that did not hold, and the figures that show it.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct Failure {
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(rule: &'static str, detail: impl Into<String>) -> Self {
+        Self { rule, detail: detail.into() }
+    }
+}
+
 #[derive(Debug, Serialize, Clone, PartialEq)]
 pub struct Verification {
     /// Where the persisted totals came from (the URL without credentials).
     pub source: String,
+    /// Devices the run had (phones, or sessions).
+    pub devices_expected: u64,
     pub devices_checked: u64,
     /// Our devices with a persisted row.
     pub devices_persisted: u64,
+    /// Our devices that sent at least one byte.
+    pub devices_sent: u64,
+    /// Devices that sent a byte and have no persisted row.
+    pub devices_sent_not_persisted: u64,
     /// Rows with the prefix that name no device of this run (an earlier run's, with the same
     /// prefix: ignored, but worth knowing).
     pub other_devices: u64,
+    pub sent_bytes: u64,
+    pub confirmed_bytes: u64,
     pub lost_bytes: u64,
     pub double_counted_bytes: u64,
     pub unconfirmed_bytes: u64,
+    /// The bound on unconfirmed bytes the caller allowed (`--allow-unconfirmed`).
+    pub allowed_unconfirmed_bytes: u64,
     pub devices_with_lost_bytes: u64,
     pub devices_double_counted: u64,
     pub examples: Vec<Mismatch>,
-    /// No lost and no double-counted bytes.
+    /// The rules that did not hold (empty when ok).
+    pub failures: Vec<Failure>,
+    /// Every rule held.
     pub ok: bool,
 }
 
@@ -60,10 +122,17 @@ impl Verification {
         let verdict = if self.ok { "OK" } else { "FAILED" };
         let _ = writeln!(
             o,
-            "verification {verdict}: {} devices checked against {} ({} with a persisted total)",
+            "verification {verdict}: {} of {} devices checked against {} ({} with a persisted total)",
             group(self.devices_checked),
+            group(self.devices_expected),
             self.source,
             group(self.devices_persisted)
+        );
+        let _ = writeln!(
+            o,
+            "  bytes sent {}, confirmed durable {}",
+            group(self.sent_bytes),
+            group(self.confirmed_bytes)
         );
         let _ = writeln!(
             o,
@@ -79,8 +148,9 @@ impl Verification {
         );
         let _ = writeln!(
             o,
-            "  unconfirmed bytes (sent, never confirmed)       {:>12}",
-            group(self.unconfirmed_bytes)
+            "  unconfirmed bytes (sent, never confirmed)       {:>12}  (allowed: {})",
+            group(self.unconfirmed_bytes),
+            group(self.allowed_unconfirmed_bytes)
         );
         if self.other_devices > 0 {
             let _ = writeln!(
@@ -88,6 +158,9 @@ impl Verification {
                 "  {} persisted devices with the prefix are not from this run (ignored)",
                 group(self.other_devices)
             );
+        }
+        for f in &self.failures {
+            let _ = writeln!(o, "  rule {} failed: {}", f.rule, f.detail);
         }
         for m in &self.examples {
             let _ = writeln!(
@@ -100,37 +173,58 @@ impl Verification {
     }
 }
 
-/// Compares our totals with the persisted ones.
+/// Compares our totals with the persisted ones. `expected`: the devices the run had;
+/// `allowed_unconfirmed`: bytes that may stay unconfirmed (a crash drill's in-flight bytes).
 pub fn compare(
     source: String,
+    expected: u64,
+    allowed_unconfirmed: u64,
     ours: &[(String, DeviceTotals)],
     persisted: &HashMap<String, u64>,
 ) -> Verification {
     let mut v = Verification {
         source,
+        devices_expected: expected,
         devices_checked: ours.len() as u64,
         devices_persisted: 0,
+        devices_sent: 0,
+        devices_sent_not_persisted: 0,
         other_devices: 0,
+        sent_bytes: 0,
+        confirmed_bytes: 0,
         lost_bytes: 0,
         double_counted_bytes: 0,
         unconfirmed_bytes: 0,
+        allowed_unconfirmed_bytes: allowed_unconfirmed,
         devices_with_lost_bytes: 0,
         devices_double_counted: 0,
         examples: Vec::new(),
-        ok: true,
+        failures: Vec::new(),
+        ok: false,
     };
+    // Devices with no row whose every byte is unconfirmed: excused only by an allowance.
+    let mut silent_unconfirmed_devices = 0u64;
     for (device, t) in ours {
         let p = persisted.get(device).copied();
         v.devices_persisted += u64::from(p.is_some());
+        v.devices_sent += u64::from(t.sent > 0);
+        if t.sent > 0 && p.is_none() {
+            v.devices_sent_not_persisted += 1;
+            silent_unconfirmed_devices += u64::from(t.durable == 0);
+        }
         let p = p.unwrap_or(0);
         let lost = t.durable.saturating_sub(p);
         let double = p.saturating_sub(t.sent);
+        v.sent_bytes += t.sent;
+        v.confirmed_bytes += t.durable;
         v.lost_bytes += lost;
         v.double_counted_bytes += double;
         v.unconfirmed_bytes += t.sent.saturating_sub(t.durable);
         v.devices_with_lost_bytes += u64::from(lost > 0);
         v.devices_double_counted += u64::from(double > 0);
-        if (lost > 0 || double > 0) && v.examples.len() < EXAMPLES {
+        if (lost > 0 || double > 0 || (t.sent > 0 && persisted.get(device).is_none()))
+            && v.examples.len() < EXAMPLES
+        {
             v.examples.push(Mismatch {
                 device: device.clone(),
                 sent: t.sent,
@@ -140,7 +234,58 @@ pub fn compare(
         }
     }
     v.other_devices = persisted.len() as u64 - v.devices_persisted;
-    v.ok = v.lost_bytes == 0 && v.double_counted_bytes == 0;
+
+    let mut fail = |rule: Rule, detail: String| v.failures.push(Failure::new(rule.name(), detail));
+    if v.devices_checked != expected || expected == 0 {
+        fail(
+            Rule::EveryDeviceChecked,
+            format!("{} devices checked, the run had {}", v.devices_checked, expected),
+        );
+    }
+    if v.sent_bytes == 0 {
+        fail(Rule::BytesSent, "no byte was sent: the run proves nothing".into());
+    }
+    if v.sent_bytes > 0 && v.confirmed_bytes == 0 {
+        fail(Rule::BytesConfirmed, format!("{} bytes sent, none confirmed durable", v.sent_bytes));
+    }
+    let excused = if allowed_unconfirmed > 0 { silent_unconfirmed_devices } else { 0 };
+    if v.devices_sent_not_persisted > excused {
+        fail(
+            Rule::EverySenderPersisted,
+            format!(
+                "{} devices sent bytes and have no persisted row",
+                v.devices_sent_not_persisted - excused
+            ),
+        );
+    }
+    if v.lost_bytes > 0 {
+        fail(
+            Rule::NoneLost,
+            format!(
+                "{} bytes confirmed durable are not persisted, in {} devices",
+                v.lost_bytes, v.devices_with_lost_bytes
+            ),
+        );
+    }
+    if v.double_counted_bytes > 0 {
+        fail(
+            Rule::NoneDoubleCounted,
+            format!(
+                "{} bytes persisted more than sent, in {} devices",
+                v.double_counted_bytes, v.devices_double_counted
+            ),
+        );
+    }
+    if v.unconfirmed_bytes > allowed_unconfirmed {
+        fail(
+            Rule::UnconfirmedWithinBound,
+            format!(
+                "{} bytes were never confirmed durable (allowed: {allowed_unconfirmed}, --allow-unconfirmed)",
+                v.unconfirmed_bytes
+            ),
+        );
+    }
+    v.ok = v.failures.is_empty();
     v
 }
 
@@ -148,6 +293,7 @@ pub fn compare(
 pub async fn verify(
     args: &VerifyArgs,
     prefix: &str,
+    expected: u64,
     ours: &[(String, DeviceTotals)],
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> anyhow::Result<Verification> {
@@ -159,7 +305,7 @@ pub async fn verify(
     } else {
         bail!("--verify needs --database-url or --verify-url");
     };
-    Ok(compare(source, ours, &persisted))
+    Ok(compare(source, expected, args.allow_unconfirmed, ours, &persisted))
 }
 
 /// The URL without a password.
@@ -368,6 +514,14 @@ mod tests {
         DeviceTotals { sent, durable }
     }
 
+    fn persisted(rows: &[(&str, u64)]) -> HashMap<String, u64> {
+        rows.iter().map(|&(d, b)| (d.to_string(), b)).collect()
+    }
+
+    fn rules(v: &Verification) -> Vec<&'static str> {
+        v.failures.iter().map(|f| f.rule).collect()
+    }
+
     #[test]
     fn lost_double_and_unconfirmed() {
         let ours = vec![
@@ -375,20 +529,57 @@ mod tests {
             ("d2".to_string(), totals(10, 8)),  // 2 unconfirmed, persisted 9: fine
             ("d3".to_string(), totals(10, 8)),  // persisted 5: 3 lost
             ("d4".to_string(), totals(10, 10)), // persisted 12: 2 double
-            ("d5".to_string(), totals(3, 0)),   // nothing persisted, nothing confirmed: fine
+            ("d5".to_string(), totals(3, 0)),   // nothing persisted, nothing confirmed
         ];
-        let persisted: HashMap<String, u64> = [("d1", 10), ("d2", 9), ("d3", 5), ("d4", 12), ("old", 7)]
-            .map(|(d, b)| (d.to_string(), b))
-            .into();
-        let v = compare("test".into(), &ours, &persisted);
+        let db = persisted(&[("d1", 10), ("d2", 9), ("d3", 5), ("d4", 12), ("old", 7)]);
+        let v = compare("test".into(), 5, 0, &ours, &db);
         assert_eq!(v.devices_checked, 5);
         assert_eq!(v.devices_persisted, 4);
+        assert_eq!(v.devices_sent_not_persisted, 1);
         assert_eq!(v.other_devices, 1);
         assert_eq!(v.lost_bytes, 3);
         assert_eq!(v.double_counted_bytes, 2);
         assert_eq!(v.unconfirmed_bytes, 2 + 2 + 3);
-        assert_eq!(v.examples.len(), 2);
+        assert_eq!(v.examples.len(), 3);
+        assert_eq!(
+            rules(&v),
+            ["every-sender-persisted", "none-lost", "none-double-counted", "unconfirmed-within-bound"]
+        );
         assert!(!v.ok);
+        // With an allowance that covers the 7 unconfirmed bytes (and so d5's silence), only the
+        // lost and double-counted bytes remain.
+        let v = compare("test".into(), 5, 7, &ours, &db);
+        assert_eq!(rules(&v), ["none-lost", "none-double-counted"]);
+    }
+
+    #[test]
+    fn an_exact_run_is_ok() {
+        let ours = vec![("d1".to_string(), totals(4, 4)), ("d2".to_string(), totals(0, 0))];
+        let v = compare("test".into(), 2, 0, &ours, &persisted(&[("d1", 4)]));
+        assert!(v.ok, "{:?}", v.failures);
+        assert_eq!(v.devices_sent, 1);
+    }
+
+    #[test]
+    fn nothing_sent_nothing_confirmed_or_devices_missing_fail() {
+        // Nothing sent at all: 0 lost of 0 is no proof.
+        let idle = vec![("d1".to_string(), totals(0, 0))];
+        let v = compare("test".into(), 1, 0, &idle, &HashMap::new());
+        assert_eq!(rules(&v), ["bytes-sent"]);
+        // A server that accepts and never confirms: everything unconfirmed, nothing persisted.
+        let unconfirmed = vec![("d1".to_string(), totals(5, 0))];
+        let v = compare("test".into(), 1, 0, &unconfirmed, &HashMap::new());
+        assert_eq!(rules(&v), ["bytes-confirmed", "every-sender-persisted", "unconfirmed-within-bound"]);
+        // Even an allowance does not excuse a run where nothing at all was confirmed.
+        let v = compare("test".into(), 1, 100, &unconfirmed, &HashMap::new());
+        assert_eq!(rules(&v), ["bytes-confirmed"]);
+        // A server that confirms and persists nothing.
+        let confirmed = vec![("d1".to_string(), totals(5, 5))];
+        let v = compare("test".into(), 1, 0, &confirmed, &HashMap::new());
+        assert_eq!(rules(&v), ["every-sender-persisted", "none-lost"]);
+        // Devices missing from our side (a worker's report that never came).
+        let v = compare("test".into(), 3, 0, &confirmed, &persisted(&[("d1", 5)]));
+        assert_eq!(rules(&v), ["every-device-checked"]);
     }
 
     #[test]

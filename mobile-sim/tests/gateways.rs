@@ -336,8 +336,11 @@ async fn a_gateway_with_the_wrong_secret_is_refused() {
         "--json",
     ])
     .await;
-    assert!(output.status.success());
+    assert_eq!(output.status.code(), Some(1), "a run whose every trunk is refused must fail");
     let r = common::report(&output);
+    let rules: Vec<&str> =
+        r["failures"].as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["all-connected", "failed-connections"], "report: {r}");
     assert!(r["errors"]["trunk refused"].as_u64().unwrap() >= 1, "errors: {}", r["errors"]);
     assert!(r["error_examples"]["trunk refused"].as_str().unwrap().contains("code 2"), "bad proof");
     assert_eq!(r["bytes"]["durable"], 0);

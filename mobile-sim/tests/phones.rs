@@ -43,6 +43,9 @@ fn two_hundred_phones_match_the_servers_counts_exactly() {
     let peer = server.stop();
 
     // The report, read as a machine would.
+    assert_eq!(r["ok"], true, "failures: {}", r["failures"]);
+    assert_eq!(r["verification"]["devices_expected"], 200);
+    assert_eq!(r["verification"]["devices_checked"], 200);
     assert_eq!(r["mode"], "phones");
     assert_eq!(r["devices"], 200);
     assert_eq!(r["connections"]["established"], 200);
@@ -138,6 +141,7 @@ fn verification_catches_a_confirmed_byte_that_was_not_persisted() {
     assert_eq!(v["devices_with_lost_bytes"], 1);
     assert_eq!(v["double_counted_bytes"], 0);
     assert_eq!(v["examples"].as_array().unwrap().len(), 1);
+    assert_eq!(failed_rules(&r), ["none-lost"]);
 }
 
 #[test]
@@ -151,6 +155,45 @@ fn verification_catches_a_byte_counted_twice() {
     assert_eq!(v["ok"], false);
     assert_eq!(v["double_counted_bytes"], 1);
     assert_eq!(v["lost_bytes"], 0);
+    assert_eq!(failed_rules(&r), ["none-double-counted"]);
+}
+
+#[test]
+fn a_server_that_accepts_and_never_confirms_fails_the_run() {
+    // Everything sent is persisted, nothing is confirmed: "0 lost" holds, yet nothing was proven.
+    let server = CountServer::start(&["--commit-ms", "10", "--fault", "never-confirm"]);
+    let output = run_fault(&server);
+    drop(server);
+    assert_eq!(output.status.code(), Some(1), "a run with nothing confirmed must fail");
+    let r = report(&output);
+    assert_eq!(r["verification"]["lost_bytes"], 0, "nothing confirmed, so nothing lost");
+    assert_eq!(r["verification"]["unconfirmed_bytes"], 60);
+    assert_eq!(failed_rules(&r), ["bytes-confirmed", "unconfirmed-within-bound"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!text.contains("\"ok\": true"), "{text}");
+}
+
+#[test]
+fn a_server_that_persists_nothing_fails_the_run() {
+    let server = CountServer::start(&["--commit-ms", "10", "--fault", "persist-nothing"]);
+    let output = run_fault(&server);
+    drop(server);
+    assert_eq!(output.status.code(), Some(1), "confirmed bytes that were never persisted must fail");
+    let r = report(&output);
+    assert_eq!(r["verification"]["lost_bytes"], 60);
+    assert_eq!(r["verification"]["devices_persisted"], 0);
+    assert_eq!(failed_rules(&r), ["every-sender-persisted", "none-lost"]);
+}
+
+/// The rules the verdict names as failed, in order.
+fn failed_rules(r: &serde_json::Value) -> Vec<String> {
+    assert_eq!(r["ok"], false, "the verdict must be a failure: {r}");
+    r["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .map(|f| f["rule"].as_str().expect("rule").to_string())
+        .collect()
 }
 
 fn run_fault(server: &CountServer) -> std::process::Output {
@@ -167,6 +210,9 @@ fn run_fault(server: &CountServer) -> std::process::Output {
         "5ms",
         "--max-interval",
         "20ms",
+        // The peer commits every 10 ms; a server that never confirms need not hold the test 10 s.
+        "--drain-timeout",
+        "2s",
         "--json",
         "--verify",
         "--verify-url",
@@ -196,6 +242,14 @@ fn phones_reconnect_after_a_server_crash_and_nothing_confirmed_is_lost() {
             // Long enough after the restart for every phone's backoff on a loaded machine.
             "--duration",
             "15s",
+            // The crash is on purpose: every phone drops once and retries while the server is
+            // down, and bytes in flight at the crash stay unconfirmed. Bounds, not a blank cheque.
+            "--max-dropped",
+            "100",
+            "--max-failed",
+            "2000",
+            "--allow-unconfirmed",
+            "1000",
             "--json",
             "--verify",
             "--database-url",
@@ -212,6 +266,7 @@ fn phones_reconnect_after_a_server_crash_and_nothing_confirmed_is_lost() {
     drop(second);
     assert!(output.status.success(), "exit status {:?}", output.status);
     let r = report(&output);
+    assert_eq!(r["ok"], true, "failures: {}", r["failures"]);
     assert!(r["connections"]["dropped"].as_u64().unwrap() >= 100, "every phone lost its connection");
     assert!(r["connections"]["established"].as_u64().unwrap() >= 200, "and came back");
     assert_eq!(r["connections"]["held_at_end_of_run"], 100);
@@ -229,8 +284,9 @@ fn a_server_that_is_not_there_is_reported_as_refused() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let target = format!("ws://127.0.0.1:{port}/ws");
     let output = run_sim(&["--target", &target, "-A", "5", "--duration", "1500ms", "--json"]);
-    assert!(output.status.success());
+    assert_eq!(output.status.code(), Some(1), "a run where no phone connects must fail");
     let r = report(&output);
+    assert_eq!(failed_rules(&r), ["all-connected", "failed-connections"]);
     assert_eq!(r["connections"]["established"], 0);
     assert!(r["connections"]["failed"].as_u64().unwrap() >= 5);
     assert!(r["errors"]["refused"].as_u64().unwrap() >= 5, "errors: {}", r["errors"]);

@@ -14,9 +14,11 @@ It stands in for a gateway or the aggregator in mobile-sim's tests:
 - on SIGTERM it prints ``{"received": {device: bytes}, "committed": {device: bytes}}`` on one
   line of stdout and exits.
 
-The first line on stdout is ``PORT <n>`` once it listens. ``--fault lose`` confirms bytes it
-then does not persist for one device, ``--fault double`` persists one byte too many for one
-device: for testing that mobile-sim's verification catches both.
+The first line on stdout is ``PORT <n>`` once it listens. Faults, for testing that mobile-sim's
+verdict catches each: ``--fault lose`` confirms bytes it then does not persist for one device,
+``--fault double`` persists one byte too many for one device, ``--fault never-confirm`` persists
+everything and confirms nothing, ``--fault persist-nothing`` confirms everything and persists
+nothing.
 
 Needs the ``websockets`` package, 10.4 or newer: ``python3 -m pip install websockets``, or on
 Debian 12 ``apt-get install python3-websockets``. Both its asyncio API (13 and newer) and its
@@ -72,6 +74,8 @@ class State:
 
     def persist(self, batch):
         rows = dict(batch)
+        if self.args.fault == "persist-nothing":
+            return
         if self.args.fault and not self.faulted and rows:
             victim = sorted(rows)[0]
             self.faulted = True
@@ -117,6 +121,8 @@ async def commit(state):
     told = [(c, c.count) for c in state.dirty]
     state.dirty = set()
     state.persist(batch)
+    if state.args.fault == "never-confirm":
+        return
     for conn, n in told:
         try:
             await conn.ws.send(json.dumps({"durable": n}))
@@ -167,7 +173,7 @@ async def main():
     parser.add_argument("--keyfile")
     parser.add_argument("--sqlite")
     parser.add_argument("--commit-ms", type=int, default=20)
-    parser.add_argument("--fault", choices=["lose", "double"])
+    parser.add_argument("--fault", choices=["lose", "double", "never-confirm", "persist-nothing"])
     args = parser.parse_args()
 
     state = State(args)
