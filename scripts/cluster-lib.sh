@@ -238,6 +238,8 @@ cl_store_start() {
   esac
   # Migrations once, before the aggregators race for them; the gateways of this cluster.
   cl_provision_gateways "${CL_GATEWAYS:-2}"
+  # scripts/fault-checks.sh breaks the database here, after the migrations, on purpose.
+  hf_inject_fault "$CL_DB_URL"
 }
 
 # A database URL for a client other than the aggregators (mobile-sim's verification).
@@ -310,10 +312,15 @@ cl_aggregator_signal() {
   fi
 }
 
-# The value of an unlabelled metric of aggregator I (0 when absent or unreachable).
+# The value of an unlabelled metric of aggregator I, as a whole number. Fails (prints nothing,
+# status 1) when the aggregator does not answer or has no such metric: a probe that errs must
+# never read as 0.
 cl_metric() {
-  cl_curl "$(cl_aggregator_url "$1")/metrics" 2>/dev/null |
-    awk -v m="$2" '$1 == m {print $2; found = 1} END {if (!found) print 0}'
+  local body value
+  body="$(cl_curl "$(cl_aggregator_url "$1")/metrics")" || { cl_log "metrics of aggregator $1: no answer"; return 1; }
+  value="$(awk -v m="$2" '$1 == m {printf "%d", $2; found = 1} END {if (!found) exit 1}' <<<"$body")" ||
+    { cl_log "metrics of aggregator $1: no metric $2"; return 1; }
+  echo "$value"
 }
 
 # --- nginx --------------------------------------------------------------------------------------
@@ -437,11 +444,15 @@ cl_host_gateway_spawn() {
   RUST_LOG="${CL_GATEWAY_LOG:-info}" NO_COLOR=1 setsid "$bin" --listen "$listen" --aggregator "127.0.0.1:$CL_PORT" \
     --server-name localhost --ca "$CL_PKI/ca.pem" --id "$name" --secret "$secret" --links "$CL_LINKS" \
     --capacity "$CL_SESSIONS" --status-interval-s 1 >>"$CL_DIR/gateway-$i.out" 2>>"$CL_DIR/gateway-$i.log" </dev/null &
-  cl_remember "gateway-$i" $!
+  local pid=$!
+  cl_remember "gateway-$i" "$pid"
   for _ in $(seq 1 100); do
-    [ -n "$(ss -Hltn "src = $listen" 2>/dev/null)" ] && break
+    [ -n "$(ss -Hltn "src = $listen" 2>/dev/null)" ] && return 0
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$CL_DIR/gateway-$i.log" >&2; hf_die "host gateway $i exited at start"; }
     sleep 0.1
   done
+  tail -n 20 "$CL_DIR/gateway-$i.log" >&2
+  hf_die "host gateway $i does not listen on $listen after 10 s (see $CL_DIR/gateway-$i.log)"
 }
 
 # The name (for cl_wait) of the process whose exit ends gateway I's load and which writes its

@@ -81,12 +81,13 @@ for i in $(seq 1 "$gateways"); do
   cl_wait "$(cl_gateway_load "$i")" || status=$?
   echo
   echo "== gateway $i ($CL_DIR/gateway-$i.report)"
-  grep -E '^(mobile-sim|connections|bytes|errors|verification|  (lost|double))' "$CL_DIR/gateway-$i.report" || true
+  grep -E '^(mobile-sim|connections|bytes|errors|verification|verdict|  (lost|double|unconfirmed|rule ))' "$CL_DIR/gateway-$i.report" || true
 done
 [ "$status" -eq 0 ] || hf_die "a verification failed (reports above, logs in $CL_DIR)"
 
 echo
-echo "Every phone's bytes confirmed durable are in the database, none twice. Totals of this run:"
+echo "Every phone connected, every byte it sent was confirmed durable and is in the database, none"
+echo "twice (mobile-sim's verdict on each of the $((gateways + 1)) loads above). Totals of this run:"
 echo "  curl --cacert $CL_PKI/ca.pem 'https://localhost:$CL_PORT/api/devices?prefix=$run'"
 [ "$once" -eq 1 ] && exit 0
 echo

@@ -9,7 +9,8 @@
 # thumbv7em-none-eabihf, the firmware images and their boot smoke run in QEMU
 # (scripts/firmware.sh smoke), the fuzz smoke run, the end-to-end run (scripts/e2e.sh), the
 # deployment files (scripts/check-deploy.sh), the failure drills on a local cluster
-# (scripts/drills.sh), and README's run command (scripts/run.sh --once).
+# (scripts/drills.sh), the checks of those checks against a broken database
+# (scripts/fault-checks.sh), and README's run command (scripts/run.sh --once).
 # CARGO_TARGET_DIR defaults to "$HOME/.cache/holdfast/target" so builds are
 # reused between runs and clones.
 set -euo pipefail
@@ -17,7 +18,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
-steps_total=12
+steps_total=13
 step_no=0
 step_name=""
 started=$(date +%s)
@@ -96,6 +97,9 @@ bash scripts/check-deploy.sh </dev/null
 
 step "failure drills on a local cluster: kill an aggregator, restart Postgres, cut a trunk, restart a gateway (scripts/drills.sh)"
 bash scripts/drills.sh </dev/null
+
+step "checks of the checks: e2e, run.sh and drills against a broken database must fail (scripts/fault-checks.sh)"
+bash scripts/fault-checks.sh </dev/null
 
 step "README's run command as on a fresh machine (scripts/run.sh --once --store sqlite, 5 s of load, verified)"
 demo_dir="$(mktemp -d)"
