@@ -85,6 +85,12 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_MAX_FLUSH_ROWS", default_value_t = 50_000)]
     pub max_flush_rows: usize,
 
+    /// Flush transactions in flight at once, each over sessions no other holds (PostgreSQL; the
+    /// embedded SQLite store has one writer, so one). Kept below --db-connections: trunk
+    /// handshakes need a connection too.
+    #[arg(long, env = "HOLDFAST_FLUSHES_IN_FLIGHT", default_value_t = 3)]
+    pub flushes_in_flight: usize,
+
     /// Sessions the in-memory ledger holds between commits (rounded down to a power of two,
     /// filled to 7/8). When full, trunks and phones are not read until a commit frees room:
     /// memory stays bounded while the database is slow or down.

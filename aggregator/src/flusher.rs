@@ -1,22 +1,32 @@
-//! The flush loop: every `--flush-interval-ms`, the ledger's changed sessions are written in one
-//! transaction, and only after it commits are the acknowledgements handed to their trunks and
-//! phones. A failed transaction puts the rows back; they are retried, with backoff, while reports
-//! keep coalescing in the ledger (bounded: see `--ledger-capacity`).
+//! The flush loop: the ledger's changed sessions are written in transactions, and only after a
+//! transaction commits are its acknowledgements handed to their trunks and phones. A failed
+//! transaction puts its sessions back, first in line; they are retried, with backoff, while
+//! reports keep coalescing in the ledger (bounded: see `--ledger-capacity`).
+//!
+//! Up to `--flushes-in-flight` transactions run at once, each over sessions no other one holds
+//! (the ledger hands out disjoint flights), so the rate is not bounded by one commit's latency:
+//! while one transaction waits for its fsync, the next is already writing. A flush starts every
+//! `--flush-interval-ms`, and at once whenever a transaction lands while more than
+//! `--max-flush-rows` sessions wait. The work of a flush follows the sessions it writes, never
+//! the ledger's size.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 use trunk::frame::AckEntry;
+use trunk::ledger::SessionKey;
 
 use crate::state::Shared;
 use crate::store::FlushRow;
 
-/// How often the persisted totals shown in metrics are refreshed (a scan of the sessions table).
-const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the persisted totals shown in metrics and the dashboard are read (16 rows of the
+/// `totals` table, which the flushes keep up to date: no scan of the sessions).
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Outcome of one flush.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,35 +36,51 @@ pub enum Flushed {
     Failed,
 }
 
-/// Runs until `stop` becomes true, then flushes what is left (a few attempts) and returns.
+/// Runs until `stop` becomes true, waits for the transactions in flight, then flushes what is
+/// left (a few attempts) and returns.
 pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(shared.settings.flush_interval());
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let max_in_flight = shared.flushes_in_flight();
+    let mut flights: JoinSet<Flushed> = JoinSet::new();
     let mut failures = 0u32;
-    // The first summary right away, so the dashboard's persisted totals are there from the start.
-    let mut summary_at: Option<Instant> = None;
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    let summary = tokio::spawn(summary_loop(shared.clone(), stop.clone()));
     loop {
+        let paused = paused_until.is_some_and(|t| tokio::time::Instant::now() < t);
         tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => break,
-        }
-        match flush_once(&shared).await {
-            Flushed::Failed => {
-                failures += 1;
-                let pause = Duration::from_millis(100 << failures.min(6));
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.changed() => break,
+            _ = tick.tick() => {
+                if !paused {
+                    // One flush per tick, more only while a backlog waits (below).
+                    start_flush(&shared, &mut flights, max_in_flight);
                 }
             }
-            Flushed::Committed(_) | Flushed::Nothing => failures = 0,
+            Some(done) = flights.join_next() => {
+                match done.unwrap_or(Flushed::Failed) {
+                    Flushed::Failed => {
+                        failures += 1;
+                        // Back off before writing again: the database is failing.
+                        paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(100 << failures.min(6)));
+                    }
+                    Flushed::Committed(_) | Flushed::Nothing => failures = 0,
+                }
+            }
+            _ = stop.changed() => break,
         }
-        if summary_at.is_none_or(|t| t.elapsed() >= SUMMARY_INTERVAL) {
-            summary_at = Some(Instant::now());
-            refresh_summary(&shared).await;
+        // A backlog larger than one flush: use every transaction slot now, not at the next tick.
+        if paused_until.is_none_or(|t| tokio::time::Instant::now() >= t) {
+            while flights.len() < max_in_flight
+                && shared.books().ledger.ready() >= shared.settings.max_flush_rows
+            {
+                if !start_flush(&shared, &mut flights, max_in_flight) {
+                    break;
+                }
+            }
         }
     }
-    // Final flushes: whatever phones and trunks reported before they closed.
+    // The transactions in flight land (their acknowledgements go out), then the final flushes:
+    // whatever phones and trunks reported before they closed.
+    while flights.join_next().await.is_some() {}
     for _ in 0..5 {
         match flush_once(&shared).await {
             Flushed::Nothing => break,
@@ -62,23 +88,40 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             Flushed::Failed => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+    summary.abort();
     let left = shared.books().ledger.len();
     if left > 0 {
         warn!(sessions = left, "shutting down with uncommitted reports; they were not acknowledged");
     }
 }
 
-/// Writes one flush; see the module documentation.
+/// Starts a flush in `flights` if a slot is free and something waits; whether it did.
+fn start_flush(shared: &Arc<Shared>, flights: &mut JoinSet<Flushed>, max_in_flight: usize) -> bool {
+    if flights.len() >= max_in_flight || shared.books().ledger.ready() == 0 {
+        return false;
+    }
+    let shared = shared.clone();
+    flights.spawn(async move { flush_once(&shared).await });
+    true
+}
+
+/// Writes one flush of up to `--max-flush-rows` sessions, the ones that changed longest ago;
+/// see the module documentation.
 pub async fn flush_once(shared: &Shared) -> Flushed {
-    let (rows, oldest) = {
+    // Sized to what waits now (another flush may take some meanwhile: begin_flush takes what is
+    // there, up to this many).
+    let take = shared.books().ledger.ready().min(shared.settings.max_flush_rows.max(1));
+    let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; take];
+    let (flight, rows, oldest) = {
         let mut books = shared.books();
-        let n = books.ledger.begin_flush(shared.settings.max_flush_rows);
-        if n == 0 {
+        let flight = books.ledger.begin_flush(&mut keys);
+        if flight.is_empty() {
+            books.ledger.commit_succeeded(flight, |_, _, _| {});
             return Flushed::Nothing;
         }
         let rows: Vec<FlushRow> = books
             .ledger
-            .rows()
+            .rows(&flight)
             .map(|r| FlushRow {
                 key: r.key,
                 total: r.total,
@@ -88,10 +131,10 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
             .collect();
         let oldest = books.dirty_since.take();
         if books.ledger.dirty() > 0 {
-            // Reports beyond --max-flush-rows keep waiting; their age is at most this old.
+            // Reports not in this flight keep waiting; their age is at most this old.
             books.dirty_since = oldest;
         }
-        (rows, oldest)
+        (flight, rows, oldest)
     };
     let started = Instant::now();
     let result = shared.store.write_flush(&rows).await;
@@ -99,15 +142,18 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
     m.flush_duration.observe(started.elapsed().as_secs_f64());
     let mut books = shared.books();
     match result {
-        Ok(()) => {
+        Ok(written) => {
             let mut acks: HashMap<u32, Vec<AckEntry>> = HashMap::new();
-            books.ledger.commit_succeeded(|route, _key, entry| acks.entry(route).or_default().push(entry));
+            books
+                .ledger
+                .commit_succeeded(flight, |route, _key, entry| acks.entry(route).or_default().push(entry));
             m.ledger_entries.set(books.ledger.len() as i64);
             drop(books);
             shared.deliver(acks);
             shared.room.notify_waiters();
             m.flushes.inc();
             m.flush_rows.inc_by(rows.len() as u64);
+            m.flushed_bytes.inc_by(written.bytes);
             let lag = oldest.map(|t| t.elapsed());
             if let Some(lag) = lag {
                 m.flush_lag.observe(lag.as_secs_f64());
@@ -117,7 +163,7 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
             Flushed::Committed(rows.len())
         }
         Err(e) => {
-            books.ledger.commit_failed();
+            books.ledger.commit_failed(flight);
             books.dirty_since = match (oldest, books.dirty_since) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -130,10 +176,23 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
     }
 }
 
-async fn refresh_summary(shared: &Shared) {
-    if let Ok((sessions, bytes)) = shared.store.summary().await {
-        shared.metrics.persisted_sessions.set(sessions as i64);
-        shared.metrics.persisted_bytes.set(bytes as i64);
-        shared.dashboard.persisted(bytes);
+/// Reads the persisted totals every [`SUMMARY_INTERVAL`] for the metrics and the dashboard, in
+/// a task of its own: no flush ever waits for it.
+async fn summary_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SUMMARY_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match shared.store.summary().await {
+            Ok((sessions, bytes)) => {
+                shared.metrics.persisted_sessions.set(i64::try_from(sessions).unwrap_or(i64::MAX));
+                shared.metrics.persisted_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                shared.dashboard.persisted(bytes);
+            }
+            Err(e) => debug!(error = %e, "reading the persisted totals failed"),
+        }
     }
 }

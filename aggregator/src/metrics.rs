@@ -35,6 +35,7 @@ pub struct Metrics {
     pub ledger_entries: Gauge,
     pub flushes: Counter,
     pub flush_rows: Counter,
+    pub flushed_bytes: Counter,
     pub flush_lag: Histogram,
     pub flush_duration: Histogram,
     pub db_errors: Counter,
@@ -78,6 +79,7 @@ impl Metrics {
             ledger_entries: Gauge::default(),
             flushes: Counter::default(),
             flush_rows: Counter::default(),
+            flushed_bytes: Counter::default(),
             flush_lag: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             db_errors: Counter::default(),
@@ -116,6 +118,11 @@ impl Metrics {
         r.register("flushes", "Committed flushes", m.flushes.clone());
         r.register("flush_rows", "Session rows written by committed flushes", m.flush_rows.clone());
         r.register(
+            "flushed_bytes",
+            "Bytes by which this process's committed flushes grew the stored counts (replays add nothing)",
+            m.flushed_bytes.clone(),
+        );
+        r.register(
             "flush_lag_seconds",
             "Age of the oldest report a flush committed, at commit",
             m.flush_lag.clone(),
@@ -130,7 +137,7 @@ impl Metrics {
         );
         r.register(
             "persisted_bytes",
-            "Bytes the database holds over all sessions",
+            "Bytes the database holds over all sessions (its totals table, read every 2 s)",
             m.persisted_bytes.clone(),
         );
         r.register("persisted_sessions", "Sessions the database holds", m.persisted_sessions.clone());

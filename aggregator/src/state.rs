@@ -163,6 +163,18 @@ impl Shared {
         }
     }
 
+    /// Flush transactions that may run at once: `--flushes-in-flight`, at least 1, leaving one
+    /// database connection for handshakes; 1 on SQLite (one writer at a time).
+    pub fn flushes_in_flight(&self) -> usize {
+        match self.store {
+            crate::store::Store::Sqlite(_) => 1,
+            crate::store::Store::Postgres(_) => {
+                let spare = (self.settings.db_connections as usize).saturating_sub(1).max(1);
+                self.settings.flushes_in_flight.clamp(1, spare)
+            }
+        }
+    }
+
     /// Milliseconds since the process started: the clock of the trunk state machines.
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64

@@ -70,6 +70,7 @@ both!(
     concurrent_flushes,
     keys_and_edges,
     reopen,
+    summary_is_kept_by_the_flushes,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -419,6 +420,36 @@ async fn concurrent_flushes(db: Db) {
     let totals = db.store.device_totals("d").await.unwrap();
     assert_eq!(totals.len(), 10);
     assert_eq!(totals.iter().map(|t| t.1).sum::<u64>(), expected_sum, "no session counted twice");
+}
+
+/// The persisted totals come from what each flush added in its own transaction, not from a
+/// scan of `sessions`: replays, smaller counts and closes add nothing; growth and new sessions
+/// add exactly themselves; and a change made to `sessions` behind the flushes' back (here, to
+/// prove no scan happens) does not show.
+async fn summary_is_kept_by_the_flushes(db: Db) {
+    let s = &db.store;
+    let w = s.write_flush(&[row(key(2, 1), 10), row(key(2, 2), 5)]).await.unwrap();
+    assert_eq!((w.sessions, w.bytes), (2, 15));
+    let w = s.write_flush(&[row(key(2, 1), 10), row(key(2, 2), 3)]).await.unwrap();
+    assert_eq!((w.sessions, w.bytes), (0, 0), "a replay and a smaller count add nothing");
+    let w =
+        s.write_flush(&[closed(row(key(2, 1), 14), 0), with_device(row(key(2, 3), 0), "d")]).await.unwrap();
+    assert_eq!((w.sessions, w.bytes), (1, 4));
+    // A total at the edge saturates instead of wrapping or failing the flush.
+    let w = s.write_flush(&[row(key(2, 4), u64::MAX)]).await.unwrap();
+    assert_eq!(w.sessions, 1);
+    assert_eq!(s.summary().await.unwrap(), (4, i64::MAX as u64));
+    let w = s.write_flush(&[row(key(2, 5), 1)]).await.unwrap();
+    assert_eq!((w.sessions, w.bytes), (1, 1));
+    assert_eq!(s.summary().await.unwrap(), (5, i64::MAX as u64), "saturated, and the flush still committed");
+
+    // Behind the flushes' back: the summary does not read the table.
+    match s {
+        Store::Postgres(pool) => sqlx::query("UPDATE sessions SET bytes = 0").execute(pool).await.map(drop),
+        Store::Sqlite(pool) => sqlx::query("UPDATE sessions SET bytes = 0").execute(pool).await.map(drop),
+    }
+    .unwrap();
+    assert_eq!(s.summary().await.unwrap(), (5, i64::MAX as u64));
 }
 
 async fn keys_and_edges(db: Db) {

@@ -47,11 +47,10 @@ impl Aggregator {
     /// One commit: the ledger's dirty rows go to the table (keeping the larger total, as
     /// `GREATEST` does), then their acknowledgements go out on the links they came from.
     fn commit(&mut self) {
-        if self.ledger.begin_flush(usize::MAX) == 0 {
-            return;
-        }
         let Self { ledger, db, routes, config, .. } = self;
-        for row in ledger.rows() {
+        let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; ledger.ready()];
+        let flight = ledger.begin_flush(&mut keys);
+        for row in ledger.rows(&flight) {
             let r = db.entry(row.key).or_default();
             r.total = r.total.max(row.total);
             if let Some(device) = row.device {
@@ -60,7 +59,7 @@ impl Aggregator {
             r.closed |= row.closed.is_some();
         }
         let mut acks: HashMap<u32, Vec<AckEntry>> = HashMap::new();
-        ledger.commit_succeeded(|route, _key, entry| acks.entry(route).or_default().push(entry));
+        ledger.commit_succeeded(flight, |route, _key, entry| acks.entry(route).or_default().push(entry));
         let mut buf = vec![0u8; config.max_message_len];
         for (route, entries) in acks {
             let Some(tx) = routes.get(&route) else { continue };

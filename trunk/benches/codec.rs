@@ -12,7 +12,7 @@ use trunk::frame::{
     PROOF_LEN, PROTOCOL_VERSION,
 };
 use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkPhase, SessionSlot};
-use trunk::ledger::{Ledger, LedgerSlot};
+use trunk::ledger::{Ledger, LedgerSlot, SessionKey};
 use trunk::server::{Handshake, ServerConfig, ServerLink};
 
 const SECRET: &[u8] = b"bench secret";
@@ -171,6 +171,7 @@ fn server_ingest(c: &mut Criterion) {
     hello.proof = trunk::auth::prove(SECRET, &[0xc0; NONCE_LEN], &hello);
     let mut link: ServerLink = handshake.verify(&hello, Some(SECRET), 1, 0).unwrap();
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 4_096], 0x5eed);
+    let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 4_096];
 
     let mut group = c.benchmark_group("server_ingest");
     group.throughput(Throughput::Elements(ENTRIES));
@@ -183,8 +184,8 @@ fn server_ingest(c: &mut Criterion) {
                 elapsed += start.elapsed();
                 assert_eq!(r.counts, ENTRIES as usize);
                 // Empty the ledger again, outside the measurement.
-                ledger.begin_flush(usize::MAX);
-                ledger.commit_succeeded(|_, _, _| {});
+                let flight = ledger.begin_flush(&mut keys);
+                ledger.commit_succeeded(flight, |_, _, _| {});
             }
             elapsed
         })

@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use trunk::frame::{self, Frame, MessageWriter, Open, DEFAULT_MAX_PAYLOAD_LEN, NONCE_LEN};
 use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkPhase, SessionSlot};
-use trunk::ledger::{Ledger, LedgerSlot};
+use trunk::ledger::{Ledger, LedgerSlot, SessionKey};
 use trunk::server::{self, Handshake, ServerConfig};
 
 const GATEWAY_ID: &[u8] = b"site-1";
@@ -121,10 +121,11 @@ fn main() {
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 0x5eed);
     let received = link.handle_message(reports, now, &server_config, &mut ledger, 0).unwrap();
     assert_eq!((received.opens, received.counts), (2, 3));
-    ledger.begin_flush(usize::MAX);
+    let mut keys = [SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 64];
+    let flight = ledger.begin_flush(&mut keys);
     let mut acks = Vec::new();
-    ledger.commit_succeeded(|_route, _key, entry| acks.push(entry));
-    acks.sort_by_key(|e| e.session); // the ledger's order is its hash order; sorted for the example
+    ledger.commit_succeeded(flight, |_route, _key, entry| acks.push(entry));
+    acks.sort_by_key(|e| e.session); // the ledger's order is the order of change; sorted by session here
     let mut ack = [0u8; 256];
     let n = server::write_acks(&mut acks.into_iter().peekable(), &mut ack, &server_config);
     let ack = &ack[..n];

@@ -4,17 +4,24 @@
 //! Every report from a trunk (open, cumulative count, close) and every direct phone's count is
 //! [`Ledger::record`]ed here under its [`SessionKey`]. Reports of one session merge into one entry
 //! (the larger count wins), so a flush writes one row per session that changed, however many bytes
-//! or replays arrived. A flush takes a snapshot ([`Ledger::begin_flush`]), the caller writes
-//! [`Ledger::rows`] in one transaction, and then reports the outcome:
+//! or replays arrived. A flush takes the sessions that changed longest ago
+//! ([`Ledger::begin_flush`] returns them as a [`Flight`]), the caller writes [`Ledger::rows`] in one
+//! transaction, and then reports the outcome:
 //!
 //! - [`Ledger::commit_succeeded`] hands back one acknowledgement per row, addressed to the route
 //!   (trunk link or phone) the session's latest report came from. Only now is anything acknowledged.
-//! - [`Ledger::commit_failed`] puts the snapshot back; it is written again by the next flush.
+//! - [`Ledger::commit_failed`] puts the flight back, first in line for the next flush.
 //!
-//! Reports keep arriving during a commit; they wait for the next flush. The table is a fixed slice
-//! the caller provides, so memory is bounded: when [`Ledger::room`] runs low the caller stops
-//! reading from trunks (backpressure), and the gateways hold their counts, which costs them nothing
-//! since counts are cumulative.
+//! Several flights may be in the air at once: a session is in at most one of them, so concurrent
+//! transactions never write the same row. Reports that arrive for a session in flight wait for
+//! the next flush after that flight lands.
+//!
+//! The cost of every step follows the sessions that changed, never the table's size: changed
+//! sessions wait in a first-in, first-out queue of their keys (kept in the table's own storage),
+//! and a flight names its sessions by key. The table is a fixed slice the caller provides, so
+//! memory is bounded: when [`Ledger::room`] runs low the caller stops reading from trunks
+//! (backpressure), and the gateways hold their counts, which costs them nothing since counts are
+//! cumulative.
 //!
 //! The store must keep, per session, the larger of the stored and the written count
 //! (`GREATEST`): that is what makes a replay change nothing twice.
@@ -95,6 +102,9 @@ pub struct LedgerSlot {
     pending: Part,
     inflight: Part,
     device: ShortBytes<MAX_DEVICE_ID_LEN>,
+    /// Entry `i` of the queue of changed sessions lives in slot `i` (not the session's slot):
+    /// the queue never holds more keys than the table holds sessions.
+    queued: SessionKey,
 }
 
 impl LedgerSlot {
@@ -105,7 +115,34 @@ impl LedgerSlot {
         pending: Part::NONE,
         inflight: Part::NONE,
         device: ShortBytes::EMPTY,
+        queued: SessionKey { gateway: 0, boot_epoch: 0, session: 0 },
     };
+}
+
+/// The sessions of one flush, between [`Ledger::begin_flush`] and its commit. It names them by
+/// key in a buffer the caller lends, and is consumed by [`Ledger::commit_succeeded`] or
+/// [`Ledger::commit_failed`], so a flight lands once.
+#[derive(Debug)]
+#[must_use = "a flight must land: commit_succeeded or commit_failed"]
+pub struct Flight<'k> {
+    keys: &'k [SessionKey],
+}
+
+impl Flight<'_> {
+    /// Sessions in this flight.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the flight carries no session (nothing had changed).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The sessions, oldest change first.
+    pub fn keys(&self) -> &[SessionKey] {
+        self.keys
+    }
 }
 
 /// The coalescing table; see the module documentation.
@@ -117,6 +154,10 @@ pub struct Ledger<S> {
     dirty: usize,
     inflight: usize,
     max_used: usize,
+    /// The queue of changed sessions not in flight: `queue_len` keys from `queue_head`, in the
+    /// slots' `queued` fields, wrapping at the table's size.
+    queue_head: usize,
+    queue_len: usize,
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -141,6 +182,8 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             dirty: 0,
             inflight: 0,
             max_used: cap - cap / 8,
+            queue_head: 0,
+            queue_len: 0,
         }
     }
 
@@ -154,12 +197,18 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         self.used == 0
     }
 
-    /// Sessions with reports not yet in a flush.
+    /// Sessions with reports not yet in a flush (some of them may be waiting for their flight
+    /// to land).
     pub fn dirty(&self) -> usize {
         self.dirty
     }
 
-    /// Sessions in the flush being committed.
+    /// Sessions a flush could take now: changed, and not in a flight.
+    pub fn ready(&self) -> usize {
+        self.queue_len
+    }
+
+    /// Sessions in flights being committed.
     pub fn in_flight(&self) -> usize {
         self.inflight
     }
@@ -191,6 +240,37 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         }
     }
 
+    /// The slot of a session the ledger holds (flights and the queue only name such sessions).
+    fn slot_of(&self, key: &SessionKey) -> usize {
+        let (i, found) = self.find(key);
+        debug_assert!(found, "a queued or flying session is in the table");
+        i
+    }
+
+    fn queue_push_back(&mut self, key: SessionKey) {
+        debug_assert!(self.queue_len <= self.mask);
+        let at = (self.queue_head + self.queue_len) & self.mask;
+        self.slots.as_mut()[at].queued = key;
+        self.queue_len += 1;
+    }
+
+    fn queue_push_front(&mut self, key: SessionKey) {
+        debug_assert!(self.queue_len <= self.mask);
+        self.queue_head = self.queue_head.wrapping_sub(1) & self.mask;
+        self.slots.as_mut()[self.queue_head].queued = key;
+        self.queue_len += 1;
+    }
+
+    fn queue_pop_front(&mut self) -> Option<SessionKey> {
+        if self.queue_len == 0 {
+            return None;
+        }
+        let key = self.slots.as_ref()[self.queue_head].queued;
+        self.queue_head = (self.queue_head + 1) & self.mask;
+        self.queue_len -= 1;
+        Some(key)
+    }
+
     /// Adds one report; `route` is where its acknowledgement should go (the caller's number for a
     /// trunk link or phone connection). Every report makes the session dirty, even one that adds
     /// nothing: a replay on a new link must be acknowledged on that link.
@@ -200,7 +280,8 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             if self.used >= self.max_used {
                 return Err(LedgerFull);
             }
-            self.slots.as_mut()[i] = LedgerSlot { key, used: true, ..LedgerSlot::EMPTY };
+            let queued = self.slots.as_ref()[i].queued;
+            self.slots.as_mut()[i] = LedgerSlot { key, used: true, queued, ..LedgerSlot::EMPTY };
             self.used += 1;
         }
         let slot = &mut self.slots.as_mut()[i];
@@ -215,11 +296,17 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             part.flags |= CLOSED;
             part.reason = reason.0;
         }
-        if slot.pending.flags & DIRTY == 0 {
-            self.dirty += 1;
-        }
+        let newly_dirty = slot.pending.flags & DIRTY == 0;
+        let flying = slot.inflight.flags & DIRTY != 0;
         slot.pending.merge(part);
         slot.route = route;
+        if newly_dirty {
+            self.dirty += 1;
+            // A session in flight joins the queue when its flight lands.
+            if !flying {
+                self.queue_push_back(key);
+            }
+        }
         Ok(())
     }
 
@@ -228,86 +315,83 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         self.inflight > 0
     }
 
-    /// Moves up to `max_rows` dirty sessions into a new flush and returns how many. Call only when
-    /// no flush is being committed (returns 0 otherwise).
-    pub fn begin_flush(&mut self, max_rows: usize) -> usize {
-        if self.inflight > 0 || self.dirty == 0 {
-            return 0;
-        }
+    /// Starts a flight with up to `keys.len()` of the sessions that changed longest ago and are
+    /// not in another flight; their keys are written to `keys`. Costs O(sessions taken).
+    pub fn begin_flush<'k>(&mut self, keys: &'k mut [SessionKey]) -> Flight<'k> {
         let mut taken = 0;
-        for slot in self.slots.as_mut().iter_mut() {
-            if taken == max_rows {
-                break;
-            }
-            if slot.used && slot.pending.flags & DIRTY != 0 {
-                slot.inflight = slot.pending;
-                slot.pending = Part { total: slot.pending.total, flags: 0, reason: 0 };
-                taken += 1;
-            }
+        while taken < keys.len() {
+            let Some(key) = self.queue_pop_front() else { break };
+            let i = self.slot_of(&key);
+            let slot = &mut self.slots.as_mut()[i];
+            slot.inflight = slot.pending;
+            slot.pending = Part { total: slot.pending.total, flags: 0, reason: 0 };
+            keys[taken] = key;
+            taken += 1;
         }
         self.dirty -= taken;
-        self.inflight = taken;
-        taken
+        self.inflight += taken;
+        Flight { keys: &keys[..taken] }
     }
 
-    /// The rows of the flush being committed.
-    pub fn rows(&self) -> impl Iterator<Item = Row<'_>> + '_ {
-        self.slots.as_ref().iter().filter(|s| s.used && s.inflight.flags & DIRTY != 0).map(|s| Row {
-            key: s.key,
-            total: s.inflight.total,
-            device: (s.inflight.flags & HAS_DEVICE != 0).then(|| s.device.as_slice()),
-            closed: (s.inflight.flags & CLOSED != 0).then_some(CloseReason(s.inflight.reason)),
+    /// The rows of a flight, in its order.
+    pub fn rows<'a>(&'a self, flight: &'a Flight<'_>) -> impl Iterator<Item = Row<'a>> + 'a {
+        flight.keys.iter().map(move |key| {
+            let s = &self.slots.as_ref()[self.slot_of(key)];
+            Row {
+                key: s.key,
+                total: s.inflight.total,
+                device: (s.inflight.flags & HAS_DEVICE != 0).then(|| s.device.as_slice()),
+                closed: (s.inflight.flags & CLOSED != 0).then_some(CloseReason(s.inflight.reason)),
+            }
         })
     }
 
-    /// The flush's transaction committed: `ack(route, key, entry)` is called once per row, and
-    /// sessions with nothing newer are forgotten.
-    pub fn commit_succeeded(&mut self, mut ack: impl FnMut(u32, SessionKey, AckEntry)) {
-        let mut i = 0;
-        while i <= self.mask && self.inflight > 0 {
+    /// The flight's transaction committed: `ack(route, key, entry)` is called once per row, and
+    /// sessions with nothing newer are forgotten. Costs O(sessions in the flight).
+    pub fn commit_succeeded(&mut self, flight: Flight<'_>, mut ack: impl FnMut(u32, SessionKey, AckEntry)) {
+        for key in flight.keys {
+            let i = self.slot_of(key);
             let slot = &mut self.slots.as_mut()[i];
-            if !slot.used {
-                i += 1;
-                continue;
-            }
-            if slot.inflight.flags & DIRTY != 0 {
-                let entry = AckEntry {
-                    session: slot.key.session,
-                    total: slot.inflight.total,
-                    closed: slot.inflight.flags & CLOSED != 0,
-                };
-                ack(slot.route, slot.key, entry);
-                // A close that is durable stays durable: later reports need not repeat it.
-                slot.inflight = Part::NONE;
-                self.inflight -= 1;
-            }
-            if slot.pending.flags & DIRTY == 0 {
-                self.remove(i);
-                // An entry may have moved into slot i: look at it again.
+            let entry = AckEntry {
+                session: slot.key.session,
+                total: slot.inflight.total,
+                closed: slot.inflight.flags & CLOSED != 0,
+            };
+            ack(slot.route, slot.key, entry);
+            // A close that is durable stays durable: later reports need not repeat it.
+            slot.inflight = Part::NONE;
+            let dirty = slot.pending.flags & DIRTY != 0;
+            self.inflight -= 1;
+            if dirty {
+                self.queue_push_back(*key);
             } else {
-                i += 1;
+                self.remove(i);
             }
         }
     }
 
-    /// The flush's transaction failed: its rows go back to waiting for the next flush.
-    pub fn commit_failed(&mut self) {
-        let mut dirty = 0;
-        for slot in self.slots.as_mut().iter_mut() {
-            if slot.used && slot.inflight.flags & DIRTY != 0 {
-                if slot.pending.flags & DIRTY == 0 {
-                    dirty += 1;
-                }
-                slot.pending.merge(slot.inflight);
-                slot.inflight = Part::NONE;
+    /// The flight's transaction failed: its sessions go back to the front of the queue, so the
+    /// next flush writes them first. Costs O(sessions in the flight).
+    pub fn commit_failed(&mut self, flight: Flight<'_>) {
+        // Backwards, so that pushing each to the front keeps the flight's order.
+        for key in flight.keys.iter().rev() {
+            let i = self.slot_of(key);
+            let slot = &mut self.slots.as_mut()[i];
+            let was_dirty = slot.pending.flags & DIRTY != 0;
+            let inflight = slot.inflight;
+            slot.pending.merge(inflight);
+            slot.inflight = Part::NONE;
+            self.inflight -= 1;
+            if !was_dirty {
+                self.dirty += 1;
             }
+            self.queue_push_front(*key);
         }
-        self.dirty += dirty;
-        self.inflight = 0;
     }
 
     /// Removes slot `i` by shifting later members of its probe run back (no tombstones, so lookups
-    /// stay short however long the aggregator runs).
+    /// stay short however long the aggregator runs). The queue lives in the `queued` fields by
+    /// queue position, not by session, so it does not move.
     fn remove(&mut self, i: usize) {
         let mask = self.mask;
         let mut hole = i;
@@ -322,11 +406,13 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             // The entry at j may fill the hole unless its home lies cyclically in (hole, j].
             let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
             if !stays {
-                self.slots.as_mut()[hole] = slot;
+                let queued = self.slots.as_ref()[hole].queued;
+                self.slots.as_mut()[hole] = LedgerSlot { queued, ..slot };
                 hole = j;
             }
         }
-        self.slots.as_mut()[hole] = LedgerSlot::EMPTY;
+        let queued = self.slots.as_ref()[hole].queued;
+        self.slots.as_mut()[hole] = LedgerSlot { queued, ..LedgerSlot::EMPTY };
         self.used -= 1;
     }
 }
@@ -337,6 +423,7 @@ impl<S> core::fmt::Debug for Ledger<S> {
             .field("capacity", &self.mask.wrapping_add(1))
             .field("used", &self.used)
             .field("dirty", &self.dirty)
+            .field("ready", &self.queue_len)
             .field("inflight", &self.inflight)
             .finish_non_exhaustive()
     }

@@ -3,7 +3,7 @@
 
 use trunk::frame::{self, CloseReason, Frame, RefuseCode};
 use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkError, LinkPhase, OpenError, SessionSlot};
-use trunk::ledger::{Ledger, LedgerSlot};
+use trunk::ledger::{Ledger, LedgerSlot, SessionKey};
 use trunk::server::{self, Handshake, HandshakeError, ServerConfig};
 
 fn gateway(secret: &'static [u8], sessions: usize) -> Gateway<Vec<SessionSlot>> {
@@ -45,14 +45,15 @@ fn the_right_secret_opens_the_link_and_sessions_flow() {
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 5);
     let got = link.handle_message(&buf[..n], 5, &config, &mut ledger, 42).unwrap();
     assert_eq!((got.opens, got.counts), (1, 1));
-    ledger.begin_flush(10);
-    let row = ledger.rows().next().unwrap();
+    let mut keys = [SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 10];
+    let flight = ledger.begin_flush(&mut keys);
+    let row = ledger.rows(&flight).next().unwrap();
     assert_eq!(
         (row.key.gateway, row.key.boot_epoch, row.total, row.device),
         (1, 77, 3, Some(&b"phone-a"[..]))
     );
     let mut acks = Vec::new();
-    ledger.commit_succeeded(|route, _, e| acks.push((route, e)));
+    ledger.commit_succeeded(flight, |route, _, e| acks.push((route, e)));
     assert_eq!(acks[0].0, 42);
     let n = server::write_acks(&mut acks.into_iter().map(|(_, e)| e).peekable(), &mut buf, &config);
     assert_eq!(gw.durable(phone), Some(0));

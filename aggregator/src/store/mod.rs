@@ -36,6 +36,25 @@ pub struct FlushRow {
     pub closed: Option<u8>,
 }
 
+/// What a committed flush added to the persisted totals: sessions stored for the first time,
+/// and bytes by which stored counts grew (a replay adds nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    pub sessions: u64,
+    pub bytes: u64,
+}
+
+impl Written {
+    fn add(&mut self, sessions: u64, bytes: u64) {
+        self.sessions = self.sessions.saturating_add(sessions);
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+}
+
+/// Shards of the `totals` table: a flush adds to one chosen at random, so concurrent flushes
+/// rarely wait for one another's row lock.
+const TOTALS_SHARDS: i16 = 16;
+
 /// A provisioned gateway.
 #[derive(Clone, PartialEq, Eq)]
 pub struct GatewayRecord {
@@ -200,15 +219,17 @@ impl Store {
     /// Writes one flush in one transaction. Per session: insert, or update keeping the larger
     /// count, the first device id and the first close (`closed_at` = now, `close_reason`);
     /// `last_byte_at` = now when the count grew, `opened_at` = now on insert. A row that would
-    /// change nothing (a replay) is not rewritten. Rows are written in key order.
-    pub async fn write_flush(&self, rows: &[FlushRow]) -> anyhow::Result<()> {
+    /// change nothing (a replay) is not rewritten. Rows are written in key order. In the same
+    /// transaction, what the flush added goes into the `totals` (see [`Store::summary`]).
+    pub async fn write_flush(&self, rows: &[FlushRow]) -> anyhow::Result<Written> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Written::default());
         }
         let rows = prepare(rows);
+        let shard = rand::random_range(0..TOTALS_SHARDS);
         match self {
-            Store::Postgres(pool) => postgres::write_flush(pool, &rows).await,
-            Store::Sqlite(pool) => sqlite::write_flush(pool, &rows).await,
+            Store::Postgres(pool) => postgres::write_flush(pool, &rows, shard).await,
+            Store::Sqlite(pool) => sqlite::write_flush(pool, &rows, shard).await,
         }
         .with_context(|| format!("writing a flush of {} sessions", rows.len()))
     }
@@ -274,8 +295,8 @@ impl Store {
         }
     }
 
-    /// (number of session rows, sum of their bytes). Reads the whole table: fine for a dashboard,
-    /// too slow for a frequent health check on a large database (use [`Store::ping`] there).
+    /// (sessions stored, sum of their bytes), from the totals every flush keeps up to date in its
+    /// own transaction: a read of 16 rows, not of the sessions table.
     pub async fn summary(&self) -> anyhow::Result<(u64, u64)> {
         match self {
             Store::Postgres(pool) => postgres::summary(pool).await,

@@ -7,7 +7,7 @@ use trunk::ledger::SessionKey;
 
 use super::{
     count_from_db, is_unique_violation, key_from_db, redact, DbRow, GatewayExists, GatewayRecord,
-    SessionRecord, PG_CHUNK_ROWS,
+    SessionRecord, Written, PG_CHUNK_ROWS,
 };
 
 pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -24,18 +24,23 @@ pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPo
 /// One statement for up to [`PG_CHUNK_ROWS`] sessions: the rows arrive as arrays and are unnested
 /// in order (the caller sorted them by key). `now()` is the transaction's start: one timestamp
 /// for the whole flush. The WHERE clause skips rows that would change nothing (a replay), so they
-/// leave no dead tuple behind; they are still locked, in order.
+/// leave no dead tuple behind; they are still locked, in order. The statement answers one row:
+/// by how much the stored counts grew (`prev_bytes` holds each row's count before this write)
+/// and how many sessions are new, for the totals (migrations/postgres/0002_totals.sql).
 const UPSERT: &str = r#"
+WITH up AS (
 INSERT INTO sessions AS s
-    (gateway_id, boot_epoch, session_id, device, opened_at, closed_at, close_reason, bytes, last_byte_at)
+    (gateway_id, boot_epoch, session_id, device, opened_at, closed_at, close_reason, bytes, last_byte_at,
+     prev_bytes)
 SELECT t.g, t.e, t.i, t.d, now(),
        CASE WHEN t.r IS NULL THEN NULL ELSE now() END, t.r, t.b,
-       CASE WHEN t.b > 0 THEN now() ELSE NULL END
+       CASE WHEN t.b > 0 THEN now() ELSE NULL END, 0
 FROM UNNEST($1::int4[], $2::int8[], $3::int8[], $4::text[], $5::int8[], $6::int2[])
      WITH ORDINALITY AS t(g, e, i, d, b, r, n)
 ORDER BY t.n
 ON CONFLICT (gateway_id, boot_epoch, session_id) DO UPDATE SET
     bytes        = GREATEST(s.bytes, EXCLUDED.bytes),
+    prev_bytes   = s.bytes,
     device       = COALESCE(s.device, EXCLUDED.device),
     closed_at    = COALESCE(s.closed_at, EXCLUDED.closed_at),
     close_reason = CASE WHEN s.closed_at IS NULL THEN EXCLUDED.close_reason ELSE s.close_reason END,
@@ -43,10 +48,21 @@ ON CONFLICT (gateway_id, boot_epoch, session_id) DO UPDATE SET
 WHERE EXCLUDED.bytes > s.bytes
    OR (s.device IS NULL AND EXCLUDED.device IS NOT NULL)
    OR (s.closed_at IS NULL AND EXCLUDED.closed_at IS NOT NULL)
+RETURNING s.bytes - s.prev_bytes AS grew, (s.xmax = 0) AS inserted
+)
+SELECT LEAST(COALESCE(sum(grew::numeric), 0), 9223372036854775807)::int8 AS grew,
+       count(*) FILTER (WHERE inserted) AS inserted
+FROM up
 "#;
 
-pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>]) -> anyhow::Result<()> {
+/// Adds a flush's growth to one shard of the totals, saturating (a total never wraps).
+const ADD_TOTALS: &str = "UPDATE totals SET sessions = sessions + $1, \
+     bytes = CASE WHEN bytes > 9223372036854775807 - $2 THEN 9223372036854775807 ELSE bytes + $2 END \
+     WHERE shard = $3";
+
+pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>], shard: i16) -> anyhow::Result<Written> {
     let mut tx = pool.begin().await?;
+    let mut written = Written::default();
     for chunk in rows.chunks(PG_CHUNK_ROWS) {
         let n = chunk.len();
         let (mut g, mut e, mut i, mut d, mut b, mut r) = (
@@ -66,10 +82,20 @@ pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>]) -> anyhow::Re
             b.push(row.bytes);
             r.push(row.close_reason);
         }
-        sqlx::query(UPSERT).bind(g).bind(e).bind(i).bind(d).bind(b).bind(r).execute(&mut *tx).await?;
+        let out =
+            sqlx::query(UPSERT).bind(g).bind(e).bind(i).bind(d).bind(b).bind(r).fetch_one(&mut *tx).await?;
+        written.add(count_from_db(out.try_get("inserted")?), count_from_db(out.try_get("grew")?));
+    }
+    if written.sessions > 0 || written.bytes > 0 {
+        sqlx::query(ADD_TOTALS)
+            .bind(i64::try_from(written.sessions).unwrap_or(i64::MAX))
+            .bind(i64::try_from(written.bytes).unwrap_or(i64::MAX))
+            .bind(shard)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(written)
 }
 
 /// Timestamps as text, ISO-8601 in UTC with milliseconds (the format SQLite stores).
@@ -161,9 +187,13 @@ pub(super) async fn session(pool: &PgPool, key: SessionKey) -> anyhow::Result<Op
     }))
 }
 
+/// The totals' shards, summed: 16 rows, however large `sessions` grows.
 pub(super) async fn summary(pool: &PgPool) -> anyhow::Result<(u64, u64)> {
-    let row = sqlx::query("SELECT count(*) AS n, COALESCE(sum(bytes), 0)::bigint AS bytes FROM sessions")
-        .fetch_one(pool)
-        .await?;
+    let row = sqlx::query(
+        "SELECT COALESCE(sum(sessions), 0)::int8 AS n, \
+         LEAST(COALESCE(sum(bytes::numeric), 0), 9223372036854775807)::int8 AS bytes FROM totals",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok((count_from_db(row.try_get("n")?), count_from_db(row.try_get("bytes")?)))
 }

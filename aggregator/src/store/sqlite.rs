@@ -11,6 +11,7 @@ use trunk::ledger::SessionKey;
 
 use super::{
     count_from_db, is_unique_violation, key_from_db, DbRow, GatewayExists, GatewayRecord, SessionRecord,
+    Written,
 };
 
 /// How long a writer waits for another's transaction before giving up (`SQLITE_BUSY`).
@@ -53,12 +54,14 @@ pub(super) async fn open(options: SqliteConnectOptions, max_connections: u32) ->
 /// order: 8 per session, count and close reason twice): sqlx asks SQLite for the name of each
 /// numbered parameter (`?NNN`), a linear scan, which makes binding a large statement quadratic. In the DO UPDATE part
 /// a bare column is the stored value, `excluded.` the written one; every SET sees the values from
-/// before the update. Rows that would change nothing (a replay) are not rewritten.
+/// before the update. Rows that would change nothing (a replay) are not rewritten. Each written
+/// row answers by how much its count grew and whether it is new (a new row's `prev_bytes` is
+/// -1, SQLite having no other way to tell), for the totals (migrations/sqlite/0002_totals.sql).
 fn upsert_sql(rows: usize) -> String {
     let now = now!();
     let mut sql = String::from(
         "INSERT INTO sessions (gateway_id, boot_epoch, session_id, device, opened_at, closed_at, \
-         close_reason, bytes, last_byte_at) VALUES ",
+         close_reason, bytes, last_byte_at, prev_bytes) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
@@ -67,19 +70,21 @@ fn upsert_sql(rows: usize) -> String {
         // gateway, boot_epoch, session, device, close_reason (twice), bytes (twice)
         sql.push_str(&format!(
             "(?, ?, ?, ?, {now}, CASE WHEN ? IS NULL THEN NULL ELSE {now} END, ?, ?, \
-             CASE WHEN ? > 0 THEN {now} ELSE NULL END)"
+             CASE WHEN ? > 0 THEN {now} ELSE NULL END, -1)"
         ));
     }
     sql.push_str(
         "\nON CONFLICT (gateway_id, boot_epoch, session_id) DO UPDATE SET
             bytes        = max(bytes, excluded.bytes),
+            prev_bytes   = bytes,
             device       = coalesce(device, excluded.device),
             closed_at    = coalesce(closed_at, excluded.closed_at),
             close_reason = CASE WHEN closed_at IS NULL THEN excluded.close_reason ELSE close_reason END,
             last_byte_at = CASE WHEN excluded.bytes > bytes THEN excluded.last_byte_at ELSE last_byte_at END
         WHERE excluded.bytes > bytes
            OR (device IS NULL AND excluded.device IS NOT NULL)
-           OR (closed_at IS NULL AND excluded.closed_at IS NOT NULL)",
+           OR (closed_at IS NULL AND excluded.closed_at IS NOT NULL)
+        RETURNING bytes - max(prev_bytes, 0) AS grew, prev_bytes < 0 AS inserted",
     );
     sql
 }
@@ -99,10 +104,20 @@ fn upsert(rows: usize) -> &'static str {
     &all[rows.trailing_zeros() as usize]
 }
 
-pub(super) async fn write_flush(pool: &SqlitePool, rows: &[DbRow<'_>]) -> anyhow::Result<()> {
+/// Adds a flush's growth to one shard of the totals, saturating (a total never wraps).
+const ADD_TOTALS: &str = "UPDATE totals SET sessions = sessions + ?1, \
+     bytes = CASE WHEN bytes > 9223372036854775807 - ?2 THEN 9223372036854775807 ELSE bytes + ?2 END \
+     WHERE shard = ?3";
+
+pub(super) async fn write_flush(
+    pool: &SqlitePool,
+    rows: &[DbRow<'_>],
+    shard: i16,
+) -> anyhow::Result<Written> {
     // IMMEDIATE: take the write lock up front (waiting up to BUSY_TIMEOUT for another writer),
     // rather than failing on upgrade from a read lock midway.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut written = Written::default();
     let mut rest = rows;
     while !rest.is_empty() {
         let n = if rest.len() >= MAX_ROWS_PER_STATEMENT {
@@ -124,10 +139,21 @@ pub(super) async fn write_flush(pool: &SqlitePool, rows: &[DbRow<'_>]) -> anyhow
                 .bind(row.bytes)
                 .bind(row.bytes);
         }
-        query.execute(&mut *tx).await?;
+        for out in query.fetch_all(&mut *tx).await? {
+            let inserted: bool = out.try_get("inserted")?;
+            written.add(u64::from(inserted), count_from_db(out.try_get("grew")?));
+        }
+    }
+    if written.sessions > 0 || written.bytes > 0 {
+        sqlx::query(ADD_TOTALS)
+            .bind(i64::try_from(written.sessions).unwrap_or(i64::MAX))
+            .bind(i64::try_from(written.bytes).unwrap_or(i64::MAX))
+            .bind(shard)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(written)
 }
 
 const GATEWAY_COLUMNS: &str = "id, name, secret, last_seen, created_at AS created";
@@ -215,9 +241,14 @@ pub(super) async fn session(pool: &SqlitePool, key: SessionKey) -> anyhow::Resul
     }))
 }
 
+/// The totals' shards, summed (in Rust, saturating: SQLite's sum() fails on overflow and total()
+/// rounds): 16 rows, however large `sessions` grows.
 pub(super) async fn summary(pool: &SqlitePool) -> anyhow::Result<(u64, u64)> {
-    let row = sqlx::query("SELECT count(*) AS n, COALESCE(sum(bytes), 0) AS bytes FROM sessions")
-        .fetch_one(pool)
-        .await?;
-    Ok((count_from_db(row.try_get("n")?), count_from_db(row.try_get("bytes")?)))
+    let rows = sqlx::query("SELECT sessions, bytes FROM totals").fetch_all(pool).await?;
+    let mut total = (0u64, 0u64);
+    for row in rows {
+        total.0 = total.0.saturating_add(count_from_db(row.try_get("sessions")?));
+        total.1 = total.1.saturating_add(count_from_db(row.try_get("bytes")?));
+    }
+    Ok((total.0, total.1.min(i64::MAX as u64)))
 }

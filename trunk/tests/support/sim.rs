@@ -293,15 +293,18 @@ impl World {
 
     fn flush(&mut self, crash_after_commit: bool, may_fail: bool) {
         let max_rows = 1 + self.rng.below(40) as usize;
-        if self.ledger.begin_flush(max_rows) == 0 {
+        let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; max_rows];
+        let flight = self.ledger.begin_flush(&mut keys);
+        if flight.is_empty() {
+            self.ledger.commit_succeeded(flight, |_, _, _| {});
             return;
         }
         if may_fail && self.rng.chance(20) {
             self.stats.failed_commits += 1;
-            self.ledger.commit_failed();
+            self.ledger.commit_failed(flight);
             return;
         }
-        for row in self.ledger.rows() {
+        for row in self.ledger.rows(&flight) {
             let r = self.db.entry(row.key).or_default();
             r.total = r.total.max(row.total); // GREATEST(stored, written)
             if r.device.is_none() {
@@ -317,7 +320,7 @@ impl World {
         let pending = &mut self.acks_pending;
         let live: Vec<u32> = self.connections.iter().map(|c| c.route).collect();
         let mut acks = 0;
-        self.ledger.commit_succeeded(|route, _key, entry| {
+        self.ledger.commit_succeeded(flight, |route, _key, entry| {
             acks += 1;
             if live.contains(&route) {
                 pending.entry(route).or_default().push(entry);
