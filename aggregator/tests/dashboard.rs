@@ -40,6 +40,12 @@ async fn snapshot(agg: &Aggregator, token: Option<&str>) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// Now, in Unix milliseconds: the clock the aggregator stamps its snapshots with (`t`), on the
+/// same machine.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
 /// Waits (the sampler takes a snapshot a second) until `check` holds for a snapshot.
 async fn wait_snapshot(
     agg: &Aggregator,
@@ -160,12 +166,10 @@ async fn trunk_sessions_are_counted_once_through_replays_on_another_link() {
     assert!(gw.connect(1).await);
     gw.pump_until(Duration::from_secs(30), |g| ids.iter().all(|id| g.durable(*id) == Some(2))).await;
 
-    let snap = wait_snapshot(&agg, None, "200 trunk sessions", |s| s["sessions"]["trunk"] == 200).await;
-    let g = &snap["gateways"][0];
-    assert_eq!(g["name"], "site-a");
-    assert_eq!(g["sessions"], 200);
-    assert_eq!(g["opened"], 200, "replayed opens count once");
-    // The test is worth something only if opens were in fact replayed.
+    // The test is worth something only if opens were in fact replayed: first prove that, then
+    // read a snapshot the sampler took after the proof. A snapshot taken earlier could predate
+    // the replays (link 0's opens alone already make 200 sessions) and pass with replays
+    // counted twice.
     let (_, _, metrics) = get(&agg, "/metrics", None).await;
     let received: u64 = metrics
         .lines()
@@ -173,6 +177,18 @@ async fn trunk_sessions_are_counted_once_through_replays_on_another_link() {
         .and_then(|v| v.trim().parse().ok())
         .expect("the opens counter");
     assert!(received > 200, "opens received, replays included: {received}");
+    // Every session is durable, so every replay was handled (the aggregator acknowledges a
+    // message's reports only after the same task has passed them to the dashboard's state):
+    // a sample taken from now on includes them all.
+    let replayed_by = unix_ms();
+    let snap = wait_snapshot(&agg, None, "200 trunk sessions, sampled after the replays", |s| {
+        s["t"].as_u64().is_some_and(|t| t > replayed_by) && s["sessions"]["trunk"] == 200
+    })
+    .await;
+    let g = &snap["gateways"][0];
+    assert_eq!(g["name"], "site-a");
+    assert_eq!(g["sessions"], 200);
+    assert_eq!(g["opened"], 200, "replayed opens count once");
     assert_eq!(snap["gateways_total"], 1);
 
     for id in &ids[..50] {

@@ -94,9 +94,43 @@ fn a_garbage_first_message_is_a_protocol_error() {
     assert!(hs.expired(10_001, &config));
 }
 
+/// One round trip between link 0 of `gw` and the aggregator's side at time `now`: what the
+/// gateway sends goes into `ledger`, which commits it, and the acknowledgements go back. Returns
+/// the acknowledgement message (empty when there was nothing to acknowledge).
+fn round_trip(
+    gw: &mut Gateway<Vec<SessionSlot>>,
+    link: &mut server::ServerLink,
+    ledger: &mut Ledger<Vec<LedgerSlot>>,
+    now: u64,
+) -> Vec<u8> {
+    let config = ServerConfig::default();
+    let mut buf = [0u8; 1024];
+    while let Some(n) = gw.poll_transmit(0, now, &mut buf).unwrap() {
+        link.handle_message(&buf[..n], now, &config, ledger, 0).unwrap();
+    }
+    ledger.begin_flush(64);
+    let mut acks = Vec::new();
+    ledger.commit_succeeded(|_, _, entry| acks.push(entry));
+    let mut acks = acks.into_iter().peekable();
+    let n = server::write_acks(&mut acks, &mut buf, &config);
+    assert!(acks.next().is_none(), "every acknowledgement fits in one message");
+    if n > 0 {
+        gw.handle_message(0, &buf[..n], now).unwrap();
+    }
+    buf[..n].to_vec()
+}
+
 #[test]
 fn a_full_gateway_refuses_new_phones_and_never_reuses_an_id() {
+    let config = ServerConfig::default();
     let mut gw = gateway(b"s", 2);
+    let mut link = handshake(&mut gw, Some(b"s")).expect("verified");
+    let mut buf = [0u8; 1024];
+    let n = link.poll_transmit(2, &config, &mut buf).unwrap().expect("welcome");
+    gw.handle_message(0, &buf[..n], 2).unwrap();
+    assert_eq!(gw.link_phase(0), LinkPhase::Up);
+    let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 5);
+
     let a = gw.open(None).unwrap();
     let b = gw.open(None).unwrap();
     assert_eq!(gw.open(None), Err(OpenError::Full));
@@ -105,7 +139,43 @@ fn a_full_gateway_refuses_new_phones_and_never_reuses_an_id() {
     // Still full: the close is not yet durable.
     assert_eq!(gw.open(None), Err(OpenError::Full));
     assert!(gw.record(a, 1).is_err(), "a closed session takes no more bytes");
-    assert_ne!(a, b);
+
+    // Ids are what the aggregator keys a session's bytes by (with the gateway and its boot
+    // epoch), so an id given twice in one boot would add a new phone's bytes to an old one's row.
+    // Every session is closed and acknowledged, its slot given to a new phone, 100 times over
+    // the 2 slots: no id may come back.
+    let mut ids = std::collections::HashSet::from([a, b]);
+    assert_eq!(ids.len(), 2, "{a} and {b}");
+    let mut live = vec![b];
+    let mut now = 3;
+    let mut first_acks = None;
+    for round in 0..100 {
+        for id in live.drain(..) {
+            gw.record(id, 1).unwrap();
+            gw.close(id, CloseReason::NORMAL).unwrap();
+        }
+        // A flush interval later: the closes are reported, committed and acknowledged.
+        now += GatewayConfig::default().flush_interval_ms + 1;
+        let acks = round_trip(&mut gw, &mut link, &mut ledger, now);
+        first_acks.get_or_insert(acks);
+        // The slots are free again: the gateway is not full, and new phones reuse the slots.
+        while let Ok(id) = gw.open(None) {
+            assert!(ids.insert(id), "round {round}: id {id} given again in the same boot");
+            live.push(id);
+        }
+        assert_eq!(live.len(), 2, "round {round}: both slots were freed and given out again");
+    }
+    assert_eq!(ids.len(), 2 + 2 * 100);
+
+    // What unique ids are for: an acknowledgement that arrives late (a duplicate of the first
+    // round's, which closed the first sessions) touches none of the sessions now in their slots.
+    let stale = first_acks.expect("the first round's acknowledgements");
+    assert!(!stale.is_empty());
+    gw.handle_message(0, &stale, now + 1).expect("a late duplicate is ignored");
+    for id in &live {
+        assert_eq!((gw.total(*id), gw.durable(*id)), (Some(0), Some(0)), "session {id}");
+        gw.record(*id, 1).expect("still open");
+    }
 }
 
 #[test]
