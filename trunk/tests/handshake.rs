@@ -108,9 +108,10 @@ fn round_trip(
     while let Some(n) = gw.poll_transmit(0, now, &mut buf).unwrap() {
         link.handle_message(&buf[..n], now, &config, ledger, 0).unwrap();
     }
-    ledger.begin_flush(64);
+    let mut keys = [SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 64];
+    let flight = ledger.begin_flush(&mut keys);
     let mut acks = Vec::new();
-    ledger.commit_succeeded(|_, _, entry| acks.push(entry));
+    ledger.commit_succeeded(flight, |_, _, entry| acks.push(entry));
     let mut acks = acks.into_iter().peekable();
     let n = server::write_acks(&mut acks, &mut buf, &config);
     assert!(acks.next().is_none(), "every acknowledgement fits in one message");
