@@ -7,6 +7,9 @@
 #   systemd   every unit with `systemd-analyze verify` (stand-in binaries for the ones not built)
 #   sysctl    every key exists on this kernel, with as many fields as the kernel's value
 #   limits    every line of deploy/limits is `account soft|hard nofile N`
+#   postgres  deploy/postgres/holdfast.conf included by a throwaway cluster's postgresql.conf:
+#             `postgres -C` reads every setting back (an unknown name or a bad value fails), and
+#             synchronous_commit and fsync are on
 #
 #   scripts/check-deploy.sh        (scripts/test.sh runs it; scripts/install-deps.sh installs
 #                                   kubernetes-validate in $HOME/.cache/holdfast/k8s-validate)
@@ -171,6 +174,37 @@ limits_lines() {
        END { exit bad }' deploy/limits/*.conf
 }
 check "limits: pam_limits lines" limits_lines
+
+# --- postgres -------------------------------------------------------------------------------------
+postgres_settings() {
+  local v bin data keys key value as=()
+  v="$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/postgres' 2>/dev/null |
+    awk -F/ '{print $5}' | sort -n | tail -1)"
+  [ -n "$v" ] || { echo "      PostgreSQL is not installed (scripts/install-deps.sh)" >&2; return 1; }
+  bin="/usr/lib/postgresql/$v/bin"
+  data="$work/pg"
+  mkdir -p "$data"
+  cp deploy/postgres/holdfast.conf "$work/holdfast.conf"
+  if [ "$(id -u)" -eq 0 ]; then
+    # root cannot run postgres: its own account does, in a folder it can reach.
+    chmod 755 "$work"
+    chown postgres: "$data" "$work/holdfast.conf"
+    as=(runuser -u postgres --)
+  fi
+  (cd / && "${as[@]}" "$bin/initdb" -D "$data" -A trust >/dev/null) || return 1
+  echo "include '$work/holdfast.conf'" >>"$data/postgresql.conf"
+  keys="$(awk -F= '!/^[[:space:]]*(#|$)/ {gsub(/[[:space:]]/, "", $1); print $1}' deploy/postgres/holdfast.conf)"
+  for key in $keys; do
+    value="$(cd / && "${as[@]}" "$bin/postgres" -D "$data" -C "$key" 2>&1)" ||
+      { echo "      $key: $value" >&2; return 1; }
+  done
+  for key in synchronous_commit fsync; do
+    value="$(cd / && "${as[@]}" "$bin/postgres" -D "$data" -C "$key")"
+    [ "$value" = on ] || { echo "      $key is '$value': acknowledged bytes must be on disk" >&2; return 1; }
+  done
+  echo "      $(wc -w <<<"$keys") settings read back by PostgreSQL $v"
+}
+check "postgres: deploy/postgres/holdfast.conf is valid and keeps commits durable" postgres_settings
 
 echo
 echo "deploy checks: $passed passed, $failed failed"
