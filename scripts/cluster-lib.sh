@@ -31,6 +31,9 @@ CL_MAX_INTERVAL="${CL_MAX_INTERVAL:-2s}"
 # mobile-sim phones connecting to it).
 CL_GATEWAY="${CL_GATEWAY:-virtual}"
 CL_GATEWAY_BIN="${CL_GATEWAY_BIN:-}"
+# LAN mode (scripts/run.sh --lan): this machine's address on its local network, for a real
+# phone. nginx then listens on it as well as on 127.0.0.1, and the certificate names it.
+CL_LAN_ADDRESS="${CL_LAN_ADDRESS:-}"
 
 CL_PIDS=()  # "name:pid" of every process started here, oldest first
 CL_PG_STARTED=0
@@ -46,6 +49,12 @@ cl_init() {
   CL_BIN="${CL_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}/release}"
   CL_FRONT="127.0.0.1:$CL_PORT"
   CL_PKI="$CL_DIR/pki"
+  # The dashboard's token, kept with the cluster so its address stays the same between runs: the
+  # aggregators run --plain behind nginx, where without a token the dashboard is closed.
+  if [ ! -s "$CL_DIR/dashboard.token" ]; then
+    (umask 077 && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$CL_DIR/dashboard.token")
+  fi
+  CL_DASHBOARD_TOKEN="$(cat "$CL_DIR/dashboard.token")"
   # The aggregators read DATABASE_URL when no --database-url is given; the cluster always gives
   # one, but a value meant for something else (scripts/test.sh's shared Postgres) must not leak.
   unset DATABASE_URL
@@ -109,25 +118,33 @@ cl_rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0
 # --- certificates -----------------------------------------------------------------------------
 
 # A local CA and one server certificate (ECDSA P-256, what the gateways' TLS stack speaks) for
-# localhost, 127.0.0.1 and the aggregators' addresses, made once in DIR/pki. nginx serves it
-# (terminate) or every aggregator does (passthrough): clients pin the CA either way.
+# localhost, 127.0.0.1 and the aggregators' addresses (and CL_LAN_ADDRESS), made once in
+# DIR/pki; the server certificate is made again when it lacks CL_LAN_ADDRESS or is about to
+# expire, the CA is kept (a phone that installed it keeps trusting the cluster). nginx serves it
+# (terminate) or every aggregator does (passthrough): clients pin the CA either way. 825 days at
+# most: iOS refuses longer-lived server certificates even from a CA the user installed.
 cl_pki() {
   local sans i
   if [ -s "$CL_PKI/ca.pem" ] && [ -s "$CL_PKI/server.pem" ] && [ -s "$CL_PKI/server.key" ] &&
-    openssl x509 -checkend 86400 -noout -in "$CL_PKI/server.pem" >/dev/null 2>&1; then
+    openssl x509 -checkend 86400 -noout -in "$CL_PKI/server.pem" >/dev/null 2>&1 &&
+    { [ -z "$CL_LAN_ADDRESS" ] || openssl x509 -noout -ext subjectAltName -in "$CL_PKI/server.pem" 2>/dev/null |
+      grep -qE "IP Address:$CL_LAN_ADDRESS(,|\$)"; }; then
     return 0
   fi
   mkdir -p "$CL_PKI"
   (
     umask 077
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-      -subj "/CN=holdfast local cluster CA" -keyout "$CL_PKI/ca.key" -out "$CL_PKI/ca.pem" \
-      -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
-      -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    if [ ! -s "$CL_PKI/ca.pem" ] || [ ! -s "$CL_PKI/ca.key" ]; then
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -subj "/CN=holdfast local cluster CA" -keyout "$CL_PKI/ca.key" -out "$CL_PKI/ca.pem" \
+        -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    fi
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=holdfast" \
       -keyout "$CL_PKI/server.key" -out "$CL_PKI/server.csr" 2>/dev/null
     sans="DNS:localhost,IP:127.0.0.1,IP:::1"
     for i in $(seq 1 16); do sans="$sans,IP:127.0.1.$i"; done
+    [ -z "$CL_LAN_ADDRESS" ] || sans="$sans,IP:$CL_LAN_ADDRESS"
     printf '%s\n' "subjectAltName=$sans" "basicConstraints=critical,CA:FALSE" \
       "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$CL_PKI/server.ext"
     openssl x509 -req -in "$CL_PKI/server.csr" -CA "$CL_PKI/ca.pem" -CAkey "$CL_PKI/ca.key" \
@@ -288,7 +305,8 @@ cl_aggregator_start() {
   local out="$CL_DIR/aggregator-$i.out" log="$CL_DIR/aggregator-$i.log"
   : >"$out"
   NO_COLOR=1 RUST_LOG="${CL_AGGREGATOR_LOG:-info}" setsid "$CL_BIN/aggregator" --data-dir "$CL_DIR/aggregator-$i" \
-    --listen "$(cl_aggregator_addr "$i")" --database-url "$CL_DB_URL" "${tls[@]}" "$@" \
+    --listen "$(cl_aggregator_addr "$i")" --database-url "$CL_DB_URL" "${tls[@]}" \
+    --ca-cert "$CL_PKI/ca.pem" --dashboard-token "$CL_DASHBOARD_TOKEN" "$@" \
     >"$out" 2>>"$log" </dev/null &
   local pid=$!
   cl_remember "aggregator-$i" "$pid"
@@ -333,7 +351,11 @@ cl_render_nginx() {
   # Leave room for logs and listeners; every proxied connection needs two.
   conns=$((nofile - 256))
   for i in $(seq 1 "$CL_AGGREGATORS"); do aggs="$aggs $(cl_aggregator_addr "$i")"; done
-  awk -v aggs="$aggs" -v prefix="$prefix" -v listen="$CL_FRONT" -v cert="$CL_PKI/server.pem" \
+  # LAN mode: each listen line again for the LAN address (not 0.0.0.0, which would collide with
+  # the aggregators on 127.0.1.i at the same port).
+  local lan_listen=""
+  [ -z "$CL_LAN_ADDRESS" ] || lan_listen="$CL_LAN_ADDRESS:$CL_PORT"
+  awk -v aggs="$aggs" -v prefix="$prefix" -v listen="$CL_FRONT" -v lan="$lan_listen" -v cert="$CL_PKI/server.pem" \
     -v key="$CL_PKI/server.key" -v nofile="$nofile" -v conns="$conns" \
     -v workers="${CL_NGINX_WORKERS:-1}" -v modules="${CL_NGINX_MODULES:-/usr/lib/nginx/modules}" '
     function fill(s) {
@@ -342,6 +364,9 @@ cl_render_nginx() {
       gsub(/@WORKER_CONNECTIONS@/, conns, s); gsub(/@WORKER_PROCESSES@/, workers, s)
       gsub(/@MODULES@/, modules, s)
       return s
+    }
+    /^[[:space:]]*listen @LISTEN@/ && lan != "" {
+      line = $0; gsub(/@LISTEN@/, lan, line); print fill(line)
     }
     /@AGGREGATOR@/ {
       n = split(aggs, list, " ")
@@ -522,14 +547,27 @@ cl_print_where() {
   else
     db="SQLite $CL_DIR/store/holdfast.db, shared by the aggregators (WAL; one machine)"
   fi
+  local host=localhost
+  [ -z "$CL_LAN_ADDRESS" ] || host="$CL_LAN_ADDRESS"
   cat <<EOF
+  phone page              https://$host:$CL_PORT/
+  dashboard               https://$host:$CL_PORT/dashboard?token=$CL_DASHBOARD_TOKEN   (the figures of the aggregator nginx picks; each one's below)
+  metrics                 per aggregator, below
   front (nginx, TLS 1.3)  https://localhost:$CL_PORT   phones: wss://localhost:$CL_PORT/ws?device=ID   gateways: wss://localhost:$CL_PORT/trunk
-  CA to pin               $CL_PKI/ca.pem   (curl --cacert $CL_PKI/ca.pem ...)
-  device totals           https://localhost:$CL_PORT/api/devices?prefix=PREFIX
+  CA to pin               $CL_PKI/ca.pem   (curl --cacert $CL_PKI/ca.pem ...; phones: https://$host:$CL_PORT/ca)
+  device totals           https://localhost:$CL_PORT/api/devices?prefix=PREFIX&token=$CL_DASHBOARD_TOKEN
   database                $db
   nginx                   $CL_DIR/nginx/nginx.conf, logs in $CL_DIR/nginx/logs/
 EOF
   for i in $(seq 1 "$CL_AGGREGATORS"); do
-    printf '  aggregator %-12s %s/metrics   log %s\n' "$i" "$(cl_aggregator_url "$i")" "$CL_DIR/aggregator-$i.log"
+    printf '  aggregator %-12s %s/metrics   %s/dashboard?token=%s   log %s\n' "$i" "$(cl_aggregator_url "$i")" \
+      "$(cl_aggregator_url "$i")" "$CL_DASHBOARD_TOKEN" "$CL_DIR/aggregator-$i.log"
   done
+  if [ -n "$CL_LAN_ADDRESS" ]; then
+    printf '\nOn the phone (same Wi-Fi; nginx listens on %s too): install the CA\n' "$CL_LAN_ADDRESS"
+    printf 'from https://%s:%s/ca (accept the certificate warning that one time; check that the phone\n' "$CL_LAN_ADDRESS" "$CL_PORT"
+    printf 'shows SHA-256 %s),\nthen open the phone page:\n' "$(openssl x509 -noout -fingerprint -sha256 -in "$CL_PKI/ca.pem" | cut -d= -f2)"
+    "$CL_BIN/aggregator" qr "https://$CL_LAN_ADDRESS:$CL_PORT/" || true
+    echo "  https://$CL_LAN_ADDRESS:$CL_PORT/"
+  fi
 }

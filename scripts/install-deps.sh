@@ -53,6 +53,9 @@ if [ "$rust_only" -eq 0 ]; then
   pkgs+=(qemu-system-arm postgresql iproute2 python3-venv)
   # the aggregator's browser tests: headless Chromium driven by chromedriver, and a font to draw with
   pkgs+=(chromium chromium-driver fonts-dejavu-core)
+  # the LAN mode's browser test: Chromium trusts the downloaded CA through an NSS database
+  # (certutil), as a person's browser does once the CA is installed
+  pkgs+=(libnss3-tools)
 fi
 # packages whose installed version must be at least HOLDFAST_MIN_DEBIAN_RUST
 versioned=" rustc-web cargo-web rust-web-src rust-web-llvm rustfmt-web rust-web-clippy "

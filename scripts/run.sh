@@ -9,9 +9,12 @@
 # It prints where to look, and keeps the cluster running until Ctrl-C, which stops everything
 # it started (with --once it stops right after the verification).
 #
-#   scripts/run.sh [--once] [--store sqlite|postgres] [--aggregators N] [--gateways G]
+#   scripts/run.sh [--once] [--lan] [--store sqlite|postgres] [--aggregators N] [--gateways G]
 #                  [--phones N] [--duration 30s] [--tls terminate|passthrough]
 #
+# --lan: for a real phone on this machine's network: nginx listens on its LAN address too, the
+# certificate names the LAN address (the default route's source, or HOLDFAST_LAN_ADDRESS), and it
+# prints the phone page's address as a QR code and where the phone gets the CA (/ca).
 # Data, certificates, logs: ./holdfast-data (HOLDFAST_DATA_DIR). Port: 8443 (the port of
 # HOLDFAST_LISTEN). The gateways are firmware/host's `gateway` (the firmware's core on Linux)
 # with mobile-sim phones connected to them; CL_GATEWAY=virtual runs mobile-sim's virtual
@@ -22,14 +25,16 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
-usage() { sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 once=0
+lan=0
 gateways=3
 phones=300
 duration="${DEMO_DURATION:-30s}"
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --once) once=1 ;;
+    --lan) lan=1 ;;
     --store) CL_STORE="$2" && shift ;;
     --aggregators) CL_AGGREGATORS="$2" && shift ;;
     --gateways) gateways="$2" && shift ;;
@@ -54,6 +59,11 @@ CL_GATEWAY="${CL_GATEWAY:-host}"
 . scripts/cluster-lib.sh
 listen="${HOLDFAST_LISTEN:-127.0.0.1:8443}"
 CL_GATEWAYS="$gateways"
+if [ "$lan" -eq 1 ]; then
+  # The address the default route leaves from: a routing table lookup, nothing is sent.
+  CL_LAN_ADDRESS="${HOLDFAST_LAN_ADDRESS:-$(ip -4 route get 192.0.2.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") {print $(i + 1); exit}}')}"
+  [ -n "$CL_LAN_ADDRESS" ] || hf_die "--lan: cannot tell this machine's LAN address; set HOLDFAST_LAN_ADDRESS"
+fi
 cl_init "${HOLDFAST_DATA_DIR:-$HOLDFAST_ROOT/holdfast-data}" "${listen##*:}"
 
 trap cl_stop_all EXIT
@@ -88,7 +98,7 @@ done
 echo
 echo "Every phone connected, every byte it sent was confirmed durable and is in the database, none"
 echo "twice (mobile-sim's verdict on each of the $((gateways + 1)) loads above). Totals of this run:"
-echo "  curl --cacert $CL_PKI/ca.pem 'https://localhost:$CL_PORT/api/devices?prefix=$run'"
+echo "  curl --cacert $CL_PKI/ca.pem 'https://localhost:$CL_PORT/api/devices?prefix=$run&token=$CL_DASHBOARD_TOKEN'"
 [ "$once" -eq 1 ] && exit 0
 echo
 echo "The cluster keeps running (Ctrl-C stops everything this started):"

@@ -104,7 +104,12 @@ bash scripts/fault-checks.sh </dev/null
 step "README's run command as on a fresh machine (scripts/run.sh --once --store sqlite, 5 s of load, verified)"
 demo_dir="$(mktemp -d)"
 HOLDFAST_DATA_DIR="$demo_dir" HOLDFAST_LISTEN="127.0.0.1:$((18000 + RANDOM % 1000))" DEMO_DURATION=5s \
-  bash scripts/run.sh --once --store sqlite </dev/null
+  bash scripts/run.sh --once --store sqlite </dev/null | tee "$demo_dir/run.out"
+# It says where to look (README promises it): the phone page, the dashboard with its token, metrics.
+grep -q '^  phone page  *https://localhost:[0-9]*/$' "$demo_dir/run.out" || hf_die "run.sh printed no phone page"
+dash="$(sed -n 's#^  dashboard  *\(https://[^ ]*\).*#\1#p' "$demo_dir/run.out" | head -1)"
+case "$dash" in *"/dashboard?token="?*) ;; *) hf_die "run.sh printed no dashboard address with its token" ;; esac
+grep -q '^  aggregator 1 .*/metrics' "$demo_dir/run.out" || hf_die "run.sh printed no metrics"
 rm -rf "$demo_dir"
 
 printf '\n========== all %d steps passed in %ds ==========\n' "$steps_total" "$(($(date +%s) - started))"

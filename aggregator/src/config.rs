@@ -24,6 +24,12 @@ pub enum Command {
     /// Provision gateways: their ids and secrets.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// Print URL as a QR code in the terminal (what --lan prints for the phone page; for a
+    /// phone's camera: black on white where the terminal takes colours).
+    Qr {
+        /// The text to encode, usually an https:// address.
+        url: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +54,14 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
 
+    /// Serve phones on this machine's local network, for a test with a real phone: listen on the
+    /// LAN address (the one the default route leaves from; or --listen's address when it is not
+    /// loopback), put it in the self-made certificate, make a dashboard token for this run when
+    /// none is set, and print the phone page's address as a QR code, the dashboard's address
+    /// with its token, and where phones get the CA certificate (/ca).
+    #[arg(long, env = "HOLDFAST_LAN", conflicts_with = "plain")]
+    pub lan: bool,
+
     /// Serve plain HTTP/WebSocket instead of TLS: only behind a proxy that terminates TLS.
     #[arg(long, env = "HOLDFAST_PLAIN")]
     pub plain: bool,
@@ -67,6 +81,12 @@ pub struct Settings {
     /// Server private key (PEM).
     #[arg(long, env = "HOLDFAST_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// The CA certificate (PEM) phones should install, offered at /ca.crt with install steps at
+    /// /ca. Default: the self-made CA, when the aggregator makes its own certificate; with
+    /// neither, /ca.crt answers 404.
+    #[arg(long, env = "HOLDFAST_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 
     /// Extra names (DNS or IP) for the self-made server certificate.
     #[arg(long = "tls-san", env = "HOLDFAST_TLS_SANS", value_delimiter = ',')]

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, SEC_WEBSOCKET_VERSION,
-    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+    SEC_WEBSOCKET_VERSION, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
 };
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -153,6 +153,7 @@ pub async fn route(
                 _ => dashboard_data(&shared, true),
             }
         }
+        "/ca.crt" => ca_certificate(&shared),
         "/favicon.ico" => {
             let mut r = text(StatusCode::NO_CONTENT, "");
             r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("max-age=86400"));
@@ -163,6 +164,24 @@ pub async fn route(
             None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
     })
+}
+
+/// The CA certificate phones install (`/ca` says how). Served as a download with the type
+/// phones' installers expect: iOS offers to install a profile, Android saves it for Settings.
+fn ca_certificate(shared: &Shared) -> Response<Body> {
+    let Some(pem) = shared.ca_pem.clone() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no CA certificate to offer: this aggregator was given its certificate (--tls-cert) without --ca-cert\n",
+        );
+    };
+    let mut r = Response::new(full(pem));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-x509-ca-cert"));
+    h.insert(CONTENT_DISPOSITION, HeaderValue::from_static("attachment; filename=\"holdfast-ca.crt\""));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    r
 }
 
 async fn devices(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {

@@ -12,14 +12,17 @@
 //! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
 //!   [`dashboard`]: its live snapshots.
+//! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
 //! - [`metrics`], [`shutdown`], [`workers`].
 
 pub mod config;
 pub mod dashboard;
 pub mod flusher;
 pub mod http;
+pub mod lan;
 pub mod metrics;
 pub mod phone;
+pub mod qr;
 pub mod server;
 pub mod shutdown;
 pub mod state;
@@ -42,17 +45,27 @@ use store::Store;
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Gateway(cmd)) => gateway_command(cmd, &cli.serve).await,
+        Some(Command::Qr { url }) => {
+            use std::io::IsTerminal as _;
+            print!("{}", qr::render(&url, std::io::stdout().is_terminal())?);
+            Ok(())
+        }
         Some(Command::Serve) | None => {
-            let s = cli.serve;
+            let mut s = cli.serve;
+            let lan = lan::apply(&mut s)?;
             if s.workers > 1 && s.worker_index.is_none() {
                 // Migrations and self-made certificates once, before the workers race for them.
                 open_store(&s).await?.close().await;
                 if !s.plain {
                     tls_config(&s)?;
                 }
-                workers::supervise(s.workers).await
+                // A token --lan made must be the same in every worker (they apply --lan again).
+                let token = lan
+                    .filter(|l| l.token_made)
+                    .map(|_| ("HOLDFAST_DASHBOARD_TOKEN", s.dashboard_token.clone()));
+                workers::supervise(s.workers, token.as_slice()).await
             } else {
-                serve(s).await
+                serve(s, lan).await
             }
         }
     }
@@ -98,8 +111,9 @@ async fn gateway_command(cmd: GatewayCommand, s: &Settings) -> anyhow::Result<()
     Ok(())
 }
 
-/// Loads or makes the TLS configuration, printing the CA's path when it is self-made.
-fn tls_config(s: &Settings) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// Loads or makes the TLS configuration, printing the CA's path when it is self-made; that
+/// path too.
+fn tls_config(s: &Settings) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option<std::path::PathBuf>)> {
     let (config, ca) = tls::server_config(
         s.tls_cert.as_deref(),
         s.tls_key.as_deref(),
@@ -107,26 +121,32 @@ fn tls_config(s: &Settings) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         &s.tls_sans,
         &[b"http/1.1"],
     )?;
-    if let Some(ca) = ca {
+    let ca = ca.map(|ca| ca.canonicalize().unwrap_or(ca));
+    if let Some(ca) = &ca {
         // Printed, not logged: gateways and mobile-sim need this path to pin the CA. Workers
         // leave it to their parent.
         if s.worker_index.is_none() {
-            let ca = ca.canonicalize().unwrap_or(ca);
             println!("CA certificate (pin it in gateways and mobile-sim): {}", ca.display());
         }
     }
-    Ok(config)
+    Ok((config, ca))
 }
 
-/// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
-pub async fn serve(s: Settings) -> anyhow::Result<()> {
+/// Serves until SIGTERM or Ctrl-C, then shuts down gracefully. `lan`: what `--lan` decided
+/// ([`lan::apply`], already applied to `s`).
+pub async fn serve(s: Settings, lan: Option<lan::Lan>) -> anyhow::Result<()> {
     let store = open_store(&s).await?;
     info!(store = store.kind(), "store ready, migrations applied");
-    let tls = if s.plain {
+    let (tls, self_made_ca) = if s.plain {
         warn!("serving plain HTTP: only behind a proxy that terminates TLS");
-        None
+        (None, None)
     } else {
-        Some(tokio_rustls::TlsAcceptor::from(tls_config(&s)?))
+        let (config, ca) = tls_config(&s)?;
+        (Some(tokio_rustls::TlsAcceptor::from(config)), ca)
+    };
+    let ca = match s.ca_cert.clone().or(self_made_ca) {
+        Some(path) => Some(lan::CaOffer::load(&path)?),
+        None => None,
     };
     let listener =
         server::bind(s.listen, s.workers > 1).with_context(|| format!("cannot listen on {}", s.listen))?;
@@ -136,17 +156,15 @@ pub async fn serve(s: Settings) -> anyhow::Result<()> {
         listener.local_addr()?
     );
     if s.worker_index.unwrap_or(0) == 0 {
-        println!(
-            "phone page: {scheme}://{0}/   dashboard: {scheme}://{0}/dashboard ({1})",
-            listener.local_addr()?,
-            web::Access::of(&s).describe()
-        );
+        print!("{}", lan::where_to_look(&s, scheme, listener.local_addr()?, ca.as_ref(), lan.as_ref())?);
     }
 
     let (stop_tx, stop_rx) = shutdown::channel();
     let (flush_stop_tx, flush_stop_rx) = shutdown::channel();
     let grace = s.shutdown_grace();
-    let shared = Arc::new(state::Shared::new(s, store, stop_rx));
+    let mut shared = state::Shared::new(s, store, stop_rx);
+    shared.ca_pem = ca.map(|ca| ca.pem.into());
+    let shared = Arc::new(shared);
     let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx));
     tokio::spawn(dashboard::run(shared.clone()));
     let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls));

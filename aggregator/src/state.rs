@@ -59,6 +59,8 @@ pub struct Shared {
     pub access: crate::web::Access,
     /// Becomes true when the process begins to shut down.
     pub shutdown: watch::Receiver<bool>,
+    /// The CA certificate (PEM) offered to phones at `/ca.crt`, if any (see `--ca-cert`).
+    pub ca_pem: Option<hyper::body::Bytes>,
 }
 
 /// A gateway with links to this process, as the dashboard shows it. Kept after its last link
@@ -160,6 +162,7 @@ impl Shared {
             epoch,
             started: Instant::now(),
             shutdown,
+            ca_pem: None,
         }
     }
 

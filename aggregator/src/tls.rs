@@ -13,7 +13,7 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use rcgen::{
@@ -54,9 +54,13 @@ const DEFAULT_SANS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// The local CA's subject (the issuer of the server certificates it signs).
 const CA_COMMON_NAME: &str = "holdfast local CA";
 const SERVER_COMMON_NAME: &str = "holdfast aggregator";
-/// Validity, in years from January 1st of last year.
+/// The CA's validity, in years from January 1st of last year.
 const CA_YEARS: i32 = 30;
-const SERVER_YEARS: i32 = 5;
+/// The server certificate's validity from a day ago: iOS refuses server certificates valid for
+/// more than 825 days, even from a CA the user installed (a phone on `--lan`).
+const SERVER_DAYS: u64 = 800;
+/// A server certificate that expires within this long is made again at start.
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -173,7 +177,9 @@ fn self_made(
     let issuer = Issuer::new(ca_params(), ca_key);
 
     let mut params = CertificateParams::new(names.clone()).context("invalid TLS server name")?;
-    set_validity(&mut params, SERVER_YEARS);
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(86_400)).into();
+    params.not_after = (now + Duration::from_secs(SERVER_DAYS * 86_400)).into();
     params.distinguished_name.remove(DnType::CommonName);
     params.distinguished_name.push(DnType::CommonName, SERVER_COMMON_NAME);
     params.is_ca = IsCa::ExplicitNoCa;
@@ -243,7 +249,7 @@ fn check_name(san: &str) -> anyhow::Result<ServerName<'static>> {
 }
 
 /// The server certificate and key in `files` if they go together, verify against the CA in
-/// `roots` right now, and cover all `names`; otherwise why not.
+/// `roots` now and for [`RENEW_BEFORE`], and cover all `names`; otherwise why not.
 fn current_server_cert(
     files: &TlsFiles,
     roots: &Arc<RootCertStore>,
@@ -255,7 +261,10 @@ fn current_server_cert(
     rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider())
         .context("the key does not match the certificate")?;
     let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider()).build()?;
-    let now = UnixTime::now();
+    // Valid now and for RENEW_BEFORE more: a certificate about to expire is replaced at start.
+    let now = UnixTime::since_unix_epoch(
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default() + RENEW_BEFORE,
+    );
     for name in names {
         verifier
             .verify_server_cert(&chain[0], &chain[1..], &check_name(name)?, &[], now)

@@ -32,6 +32,7 @@ pub const ASSETS: &[Asset] = &[
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../web/dashboard.js"),
     },
+    Asset { path: "/ca", content_type: "text/html; charset=utf-8", body: include_str!("../web/ca.html") },
     Asset {
         path: "/style.css",
         content_type: "text/css; charset=utf-8",

@@ -7,8 +7,9 @@ use std::process::Stdio;
 use anyhow::Context;
 use tracing::{info, warn};
 
-/// Runs `count` worker processes with the same arguments plus `--worker-index I`.
-pub async fn supervise(count: usize) -> anyhow::Result<()> {
+/// Runs `count` worker processes with the same arguments plus `--worker-index I`, and the
+/// environment variables `env` set.
+pub async fn supervise(count: usize, env: &[(&str, String)]) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut children = Vec::with_capacity(count);
@@ -17,6 +18,7 @@ pub async fn supervise(count: usize) -> anyhow::Result<()> {
             .args(&args)
             .arg("--worker-index")
             .arg(i.to_string())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()

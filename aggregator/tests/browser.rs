@@ -90,7 +90,7 @@ async fn the_phone_page_sends_over_wss_and_shows_what_is_durable() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("time,battery_percent,charging,bytes_sent,bytes_durable,pause_min_s,pause_max_s,connection,page_visible,event")
+        Some("time,battery_percent,charging,bytes_sent,bytes_durable,pause_min_s,pause_max_s,connection,page_visible,event,run,mode")
     );
     let last: Vec<&str> = lines.last().expect("rows").split(',').collect();
     assert_eq!(last[9], "stop", "the last row is the stop: {last:?}");
@@ -246,4 +246,182 @@ async fn the_dashboard_shows_the_sessions_of_a_mobile_sim_run() {
     b.wait_for("every session closed", Duration::from_secs(30), |b| {
         (b.number("#direct")? == 0 && b.number("#trunk")? == 0).then_some(())
     });
+}
+
+/// A battery for the page, injected before its scripts (see `Browser::add_init_script`): it
+/// drains at `window.__battery.rate` percent per hour of real time, fast-forwarded (hundreds of
+/// percent an hour) so a run of seconds shows what a phone shows in hours. Its level is computed
+/// from the clock whenever read, so how fast the machine is does not change what the page
+/// measures; it fires `levelchange` at each whole percent, as a phone does.
+const SCRIPTED_BATTERY: &str = r#"(() => {
+  let start = 90, rate = 0, t0 = Date.now();
+  const level = () => Math.max(0, start - rate * (Date.now() - t0) / 3600000) / 100;
+  const events = new EventTarget();
+  const battery = {
+    get level() { return level(); },
+    charging: false, chargingTime: Infinity, dischargingTime: Infinity,
+    onlevelchange: null, onchargingchange: null,
+    addEventListener: (...a) => events.addEventListener(...a),
+    removeEventListener: (...a) => events.removeEventListener(...a),
+    dispatchEvent: (e) => events.dispatchEvent(e),
+  };
+  let whole = Math.floor(level() * 100);
+  setInterval(() => {
+    const now = Math.floor(level() * 100);
+    if (now !== whole) { whole = now; events.dispatchEvent(new Event('levelchange')); }
+  }, 50);
+  // The test sets the rate between runs; the level carries on from where it is.
+  window.__battery = {
+    setRate(r) { start = level() * 100; t0 = Date.now(); rate = r; },
+    percent: () => level() * 100,
+  };
+  Object.defineProperty(Navigator.prototype, 'getBattery', {
+    configurable: true, value: () => Promise.resolve(battery),
+  });
+})();"#;
+
+/// The runs' table rows: (mode, drain in %/h, screen-off ms, pause text).
+fn runs_table(b: &Browser) -> Vec<(String, Option<f64>, u64, String)> {
+    let rows = b.eval(
+        "return [...document.querySelectorAll('#runs tr')].map(r => \
+         [r.dataset.mode, r.dataset.drain, r.dataset.hiddenMs, r.querySelector('.pause').textContent])",
+    );
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_owned(),
+                r[1].as_str().unwrap().parse().ok(),
+                r[2].as_str().unwrap().parse().unwrap(),
+                r[3].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn scripted_percent(b: &Browser) -> f64 {
+    b.eval("return window.__battery.percent()").as_f64().unwrap()
+}
+
+#[tokio::test]
+async fn the_battery_assessment_measures_each_runs_drain_and_keeps_every_row() {
+    if !browser::available() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    let Some(agg) = Aggregator::start(Kind::Sqlite, &[]).await else { return };
+    let b = trusting(&agg, PHONE);
+    b.add_init_script(SCRIPTED_BATTERY);
+    let device = format!("battery-{:08x}", rand::random::<u32>());
+    b.goto(&page_url(&agg, &format!("/?device={device}&min=0.2&max=0.5")));
+    b.wait_for("the scripted battery", Duration::from_secs(20), |b| {
+        b.read("#battery", "textContent").as_str()?.contains("90 %").then_some(())
+    });
+    assert_eq!(b.read("#bchart", "dataset.series"), "0", "no run, nothing drawn");
+
+    // Baseline: the page alone, no connection, at 1800 %/h.
+    const BASELINE: f64 = 1800.0;
+    const CONNECTED: f64 = 3600.0;
+    b.eval_with("window.__battery.setRate(arguments[0])", serde_json::json!([BASELINE]));
+    b.click("#run-baseline");
+    assert_eq!(b.read("#run-now", "dataset.mode"), "baseline");
+    assert_eq!(b.read("#run", "disabled"), true, "no connection during a baseline run");
+    b.wait_for("the baseline to drain 6 points", Duration::from_secs(60), |b| {
+        (scripted_percent(b) <= 84.0).then_some(())
+    });
+    b.click("#run-end");
+    assert_eq!(b.read("#state", "dataset.state"), "stopped", "the baseline never connected");
+
+    // Connected: the page sends; the battery drains twice as fast. The screen goes "off" (the
+    // page is hidden behind another tab) for a few seconds.
+    b.eval_with("window.__battery.setRate(arguments[0])", serde_json::json!([CONNECTED]));
+    let start_level = scripted_percent(&b);
+    b.click("#run-connected");
+    b.wait_for("connected", Duration::from_secs(30), |b| {
+        (b.read("#state", "dataset.state") == "connected").then_some(())
+    });
+    let page = b.cmd("GET", "/window", serde_json::Value::Null);
+    let hidden_for = Duration::from_secs(4);
+    let tab = b.cmd("POST", "/window/new", serde_json::json!({ "type": "tab" }));
+    b.cmd("POST", "/window", serde_json::json!({ "handle": tab["handle"] }));
+    let hidden_at = std::time::Instant::now();
+    std::thread::sleep(hidden_for);
+    b.cmd("DELETE", "/window", serde_json::Value::Null);
+    b.cmd("POST", "/window", serde_json::json!({ "handle": page }));
+    let hidden_most = hidden_at.elapsed();
+    b.wait_for("3 bytes durable and the level 10 points down", Duration::from_secs(60), |b| {
+        (b.number("#durable")? >= 3 && scripted_percent(b) <= start_level - 10.0).then_some(())
+    });
+    b.click("#run-end");
+    b.wait_for("stopped with the run", Duration::from_secs(30), |b| {
+        (b.read("#state", "dataset.state") == "stopped").then_some(())
+    });
+    // The battery stops draining: no more level rows while the test reads the page.
+    b.eval_with("window.__battery.setRate(arguments[0])", serde_json::json!([0]));
+
+    // Each run's drain is the scripted rate (within 1 %), its screen-off time what the test did.
+    let runs = runs_table(&b);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (connected, baseline) = (&runs[0], &runs[1]);
+    assert_eq!((baseline.0.as_str(), connected.0.as_str()), ("baseline", "connected"));
+    for (run, rate) in [(baseline, BASELINE), (connected, CONNECTED)] {
+        let drain = run.1.unwrap_or_else(|| panic!("no drain for {run:?}"));
+        assert!((drain - rate).abs() <= rate * 0.01, "{} drain {drain} %/h, scripted {rate}", run.0);
+    }
+    assert_eq!(baseline.2, 0, "the baseline's page stayed visible");
+    let hidden = Duration::from_millis(connected.2);
+    assert!(
+        hidden >= hidden_for - Duration::from_millis(500) && hidden <= hidden_most + Duration::from_secs(1),
+        "screen off {hidden:?}, hidden by the test for {hidden_for:?} to {hidden_most:?}"
+    );
+    assert_eq!(baseline.3, "no connection");
+    assert_eq!(connected.3, "pause 0.2–0.5 s", "the pause setting of the run");
+
+    // The chart: both runs drawn, in pixels.
+    assert_eq!(b.read("#bchart", "dataset.series"), "2");
+    let inked = b.eval(
+        "const c = document.getElementById('bchart'); \
+         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+         let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n",
+    );
+    assert!(inked.as_u64().unwrap() > 1000, "the chart has lines: {inked} pixels");
+    b.eval("document.getElementById('h-bat').scrollIntoView()");
+    let shot = b.screenshot("battery-390x844.png");
+    assert_eq!(png_size(&shot), (390, 844));
+
+    // The CSV holds every row of the log, both runs' rows marked with their run and mode (a
+    // minute's tick may add a row while it downloads: the log is read before and after).
+    let log = |b: &Browser| b.eval("return JSON.parse(localStorage.getItem('holdfast.batterylog.v1'))");
+    let before = log(&b).as_array().unwrap().len();
+    b.click("#export");
+    let csv = b.wait_for("the CSV download", Duration::from_secs(20), |b| {
+        let file = std::fs::read_dir(b.downloads.path())
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".csv"))?;
+        std::fs::read_to_string(file.path()).ok()
+    });
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    assert!(header.ends_with(",event,run,mode"), "{header}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let logged = log(&b);
+    let logged = logged.as_array().unwrap();
+    assert!(
+        (before..=logged.len()).contains(&rows.len()),
+        "every row of the log is in the CSV: {} rows, the log had {before} then {}",
+        rows.len(),
+        logged.len()
+    );
+    assert!(rows.iter().all(|r| r.len() == 12), "12 cells a row");
+    for (i, (row, kept)) in rows.iter().zip(logged).enumerate() {
+        assert_eq!(row[0], kept[0].as_str().unwrap(), "row {i}: same time");
+        assert_eq!(row[9], kept[9].as_str().unwrap(), "row {i}: same event");
+    }
+    let of_run = |id: &str, mode: &str| rows.iter().filter(|r| r[10] == id && r[11] == mode).count();
+    assert!(of_run("1", "baseline") >= 8, "the baseline's rows: {}", of_run("1", "baseline"));
+    assert!(of_run("2", "connected") >= 12, "the connected run's rows: {}", of_run("2", "connected"));
+    let events: Vec<&str> = rows.iter().map(|r| r[9]).collect();
+    assert!(events.contains(&"run start") && events.contains(&"run end") && events.contains(&"hidden"));
 }

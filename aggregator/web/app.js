@@ -1,11 +1,14 @@
 // holdfast phone page: one WebSocket to /ws?device=ID, one byte at a time at random pauses, and
 // the server's {"durable":N} (N bytes of this connection are in the database) shown as they come.
 // Plain JavaScript, no build step. Settings, totals and the battery log live in localStorage.
+// The battery assessment: runs (baseline: no connection; connected: sending) whose rows are in
+// the log; each run's drain in percent per hour, screen-off time and a chart of the level.
 (() => {
   'use strict';
 
   const SETTINGS_KEY = 'holdfast.phone.v1';
   const LOG_KEY = 'holdfast.batterylog.v1';
+  const RUNS_KEY = 'holdfast.batteryruns.v1';
   // Bounds of the pause between bytes, seconds. The aggregator closes a phone silent for 300 s
   // (--phone-idle-timeout-ms), so the longest pause stays below it.
   const MIN_PAUSE_S = 0.1;
@@ -30,7 +33,16 @@
   // row a minute this is a week.
   const LOG_MAX_ROWS = 10000;
   const LOG_COLUMNS = ['time', 'battery_percent', 'charging', 'bytes_sent', 'bytes_durable',
-    'pause_min_s', 'pause_max_s', 'connection', 'page_visible', 'event'];
+    'pause_min_s', 'pause_max_s', 'connection', 'page_visible', 'event', 'run', 'mode'];
+  // Where each column of a row is.
+  const C = { time: 0, level: 1, charging: 2, min: 5, max: 6, visible: 8, event: 9, run: 10, mode: 11 };
+  // Runs kept (their rows are in the log); the chart shows the newest few.
+  const RUNS_MAX = 50;
+  const CHART_RUNS = 6;
+  // A drain is shown once the level fell this many points, or the run lasted this long (a flat
+  // line over half an hour is a result too): before that a rate is mostly rounding.
+  const DRAIN_MIN_POINTS = 2;
+  const DRAIN_MIN_MS = 30 * 60000;
   const ONE_BYTE = new Uint8Array([0x2a]);
 
   const $ = (id) => document.getElementById(id);
@@ -61,6 +73,8 @@
     max: Number(saved.max) || 10,
     every: Number(saved.every) || 60,
     running: !!saved.running,
+    // The battery run in progress (its id in the runs list), or 0.
+    run: Number(saved.run) || 0,
     wake: !!saved.wake,
     // Over every connection and page load: bytes sent, and bytes confirmed durable.
     sent: Number(saved.sent) || 0,
@@ -227,6 +241,8 @@
   }
 
   function stop() {
+    // The connection was what a connected run measured: it ends with it.
+    if (currentRun() && currentRun().mode === 'connected') endRun(true);
     s.running = false;
     save(true);
     record('stop');
@@ -286,18 +302,26 @@
     if (wakeLock) { wakeLock.release().catch(() => {}); wakeLock = null; }
   }
 
-  // --- battery log ----------------------------------------------------------------------------
+  // --- battery log and runs ------------------------------------------------------------------
   let battery = null;
   let log = read(LOG_KEY);
   if (!Array.isArray(log)) log = [];
+  let runs = read(RUNS_KEY);
+  if (!Array.isArray(runs)) runs = [];
   let logTimer = 0;
 
+  // The level as a percentage with two decimals: browsers report steps of 1 % (Chrome) but the
+  // drain is a slope over many rows, which finer values (where a browser gives them) sharpen.
+  const percent = (b) => Math.round(b.level * 10000) / 100;
+
   function record(event) {
+    const run = currentRun();
     const row = [
       new Date().toISOString(),
-      battery ? Math.round(battery.level * 100) : '',
+      battery ? percent(battery) : '',
       battery ? (battery.charging ? 'yes' : 'no') : '',
       s.sent, s.durable, s.min, s.max, state, document.hidden ? 'no' : 'yes', event,
+      run ? run.id : '', run ? run.mode : '',
     ];
     log.push(row);
     if (log.length > LOG_MAX_ROWS) log.splice(0, log.length - LOG_MAX_ROWS);
@@ -313,7 +337,10 @@
     return /[",\n]/.test(t) ? '"' + t.replace(/"/g, '""') + '"' : t;
   }
   function exportCsv() {
-    const lines = [LOG_COLUMNS.join(',')].concat(log.map((r) => r.map(csvCell).join(',')));
+    // Every row of the log, each with as many cells as there are columns (rows logged before the
+    // run columns existed get them empty).
+    const lines = [LOG_COLUMNS.join(',')].concat(log.map((r) =>
+      LOG_COLUMNS.map((_, i) => csvCell(r[i] === undefined ? '' : r[i])).join(',')));
     const blob = new Blob([lines.join('\n') + '\n'], { type: 'text/csv' });
     const a = document.createElement('a');
     a.href = URL.createObjectURL(blob);
@@ -326,12 +353,93 @@
   if (navigator.getBattery) {
     navigator.getBattery().then((b) => {
       battery = b;
-      b.addEventListener('levelchange', () => record('battery level'));
-      b.addEventListener('chargingchange', () => record('charging'));
+      b.addEventListener('levelchange', () => { record('battery level'); renderBattery(); });
+      b.addEventListener('chargingchange', () => { record('charging'); renderBattery(); });
       renderBattery();
+      // The run's first row had no level yet: give it one.
+      if (currentRun()) record('battery ready');
     }).catch(() => renderBattery());
   }
 
+  function currentRun() {
+    return s.run ? runs.find((r) => r.id === s.run) || null : null;
+  }
+  function saveRuns() {
+    if (runs.length > RUNS_MAX) runs.splice(0, runs.length - RUNS_MAX);
+    write(RUNS_KEY, runs);
+  }
+  // A run: a baseline (no connection) or a connected one (the connection runs with the pauses
+  // set above). Its rows are the log's rows that carry its id.
+  function startRun(mode) {
+    if (currentRun()) endRun(false);
+    if (mode === 'baseline' && s.running) stop();
+    const id = runs.reduce((m, r) => Math.max(m, r.id), 0) + 1;
+    runs.push({ id, mode, start: Date.now(), end: 0 });
+    s.run = id;
+    saveRuns();
+    save(true);
+    record('run start');
+    if (mode === 'connected' && !s.running) start();
+    renderRuns();
+    render();
+  }
+  // `stopping`: called by stop(), which closes the connection itself.
+  function endRun(stopping) {
+    const run = currentRun();
+    if (!run) return;
+    record('run end');
+    run.end = Date.now();
+    s.run = 0;
+    saveRuns();
+    save(true);
+    if (run.mode === 'connected' && s.running && stopping !== true) stop();
+    renderRuns();
+    render();
+  }
+
+  // Least-squares slope of the level over time, in points per hour (negative: draining). The
+  // endpoints alone would be off by up to a whole step of 1 % on a phone.
+  function slopePerHour(pts) {
+    let mt = 0;
+    let mv = 0;
+    for (const p of pts) { mt += p[0]; mv += p[1]; }
+    mt /= pts.length;
+    mv /= pts.length;
+    let num = 0;
+    let den = 0;
+    for (const p of pts) { num += (p[0] - mt) * (p[1] - mv); den += (p[0] - mt) ** 2; }
+    return den > 0 ? (num / den) * 3600000 : 0;
+  }
+
+  // What a run's rows say: its level points (not charging), drain, screen-off time, pauses.
+  function runStats(run) {
+    const rows = log.filter((r) => r[C.run] === run.id);
+    const end = run.end || Date.now();
+    const pts = [];
+    let charged = false;
+    let hidden = 0;
+    let hiddenSince = null;
+    const pauses = [];
+    for (const r of rows) {
+      const t = Date.parse(r[C.time]);
+      if (!Number.isFinite(t)) continue;
+      if (r[C.charging] === 'yes') charged = true;
+      else if (r[C.level] !== '' && r[C.level] != null) pts.push([t, Number(r[C.level])]);
+      // Screen off: from a row logged while the page was hidden to the next one logged visible
+      // (the page logs a row at each change).
+      if (r[C.visible] === 'no') { if (hiddenSince === null) hiddenSince = t; } else if (hiddenSince !== null) { hidden += t - hiddenSince; hiddenSince = null; }
+      const pause = r[C.min] + '–' + r[C.max] + ' s';
+      if (!pauses.includes(pause)) pauses.push(pause);
+    }
+    if (hiddenSince !== null) hidden += Math.max(0, end - hiddenSince);
+    let drain = null;
+    if (pts.length >= 2) {
+      const levels = pts.map((p) => p[1]);
+      const fell = Math.max(...levels) - Math.min(...levels);
+      if (fell >= DRAIN_MIN_POINTS || pts[pts.length - 1][0] - pts[0][0] >= DRAIN_MIN_MS) drain = -slopePerHour(pts);
+    }
+    return { pts, drain, hidden, length: end - run.start, charged, pauses, rows: rows.length };
+  }
   // --- rendering ------------------------------------------------------------------------------
   function setCount(id, n) {
     const el = $(id);
@@ -373,6 +481,10 @@
     const run = $('run');
     run.textContent = s.running ? 'Stop' : 'Start';
     run.classList.toggle('stop', s.running);
+    // A baseline run measures the phone without the connection.
+    const baseline = !!currentRun() && currentRun().mode === 'baseline';
+    run.disabled = baseline && !s.running;
+    run.title = run.disabled ? 'A baseline run is in progress: end it first' : '';
     $('once').disabled = state !== 'connected';
   }
   function renderBattery() {
@@ -380,10 +492,158 @@
       ? 'Battery: ' + Math.round(battery.level * 100) + ' %, ' + (battery.charging ? 'charging' : 'not charging')
       : 'Battery: not exposed by this browser (rows are still logged, without it)';
   }
+  function hm(ms) {
+    const m = Math.round(Math.max(0, ms) / 60000);
+    return m < 60 ? (ms < 60000 ? Math.round(ms / 1000) + ' s' : m + ' min') : Math.floor(m / 60) + ' h ' + String(m % 60).padStart(2, '0');
+  }
+  const drainText = (st) => (st.drain === null ? '—' : (Math.abs(st.drain) >= 100 ? Math.round(st.drain) : st.drain.toFixed(1)) + ' %/h');
+  const SERIES = ['--c1', '--c2', '--c3', '--c4', '--muted', '--warn'];
+  const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
+  // The runs' table and chart, and the line about the run in progress.
+  function renderRuns() {
+    const shown = runs.slice(-CHART_RUNS);
+    const stats = new Map(runs.map((r) => [r.id, runStats(r)]));
+    const body = $('runs');
+    body.textContent = '';
+    for (const run of runs.slice().reverse()) {
+      const st = stats.get(run.id);
+      const tr = document.createElement('tr');
+      tr.dataset.run = String(run.id);
+      tr.dataset.mode = run.mode;
+      tr.dataset.drain = st.drain === null ? '' : String(st.drain);
+      tr.dataset.hiddenMs = String(st.hidden);
+      tr.dataset.rows = String(st.rows);
+      const colour = shown.indexOf(run);
+      const cells = [
+        '#' + run.id + ' ' + run.mode + (run.end ? '' : ' (now)'),
+        hm(st.length),
+        hm(st.hidden),
+        drainText(st),
+      ];
+      cells.forEach((text, i) => {
+        const td = document.createElement('td');
+        if (i === 0 && colour >= 0) {
+          const sw = document.createElement('i');
+          sw.style.background = css(SERIES[colour % SERIES.length]);
+          td.appendChild(sw);
+        }
+        td.appendChild(document.createTextNode(text));
+        if (i === 0) {
+          // The pause setting under the run's name (all of them, if it changed during the run).
+          const small = document.createElement('small');
+          small.className = 'pause';
+          small.textContent = run.mode === 'baseline' ? 'no connection' : 'pause ' + (st.pauses.join(', ') || '—');
+          td.appendChild(small);
+        }
+        if (i === 3 && st.charged) td.title = 'rows while charging are left out';
+        if (i >= 1) td.className = 'num';
+        tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    }
+    const run = currentRun();
+    const now = $('run-now');
+    now.dataset.mode = run ? run.mode : '';
+    if (run) {
+      const st = stats.get(run.id);
+      now.textContent = (run.mode === 'baseline' ? 'Baseline run #' : 'Connected run #') + run.id + ' · ' +
+        hm(st.length) + ' · screen off ' + hm(st.hidden) + ' · drain ' + drainText(st);
+    } else {
+      now.textContent = runs.length ? 'No run in progress.' : 'No run yet: start a baseline or a connected run.';
+    }
+    $('run-end').disabled = !run;
+    drawChart(shown, stats);
+  }
+
+  // Battery level (%) against time since each run's start, one line per run.
+  function drawChart(shown, stats) {
+    const canvas = $('bchart');
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth;
+    const h = canvas.clientHeight;
+    if (!w || !h) return;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+    }
+    const g = canvas.getContext('2d');
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    let lo = 100;
+    let hi = 0;
+    let span = 0;
+    let drawn = 0;
+    for (const run of shown) {
+      for (const p of stats.get(run.id).pts) { lo = Math.min(lo, p[1]); hi = Math.max(hi, p[1]); span = Math.max(span, p[0] - run.start); drawn += 1; }
+    }
+    g.font = '12px system-ui, sans-serif';
+    g.fillStyle = css('--muted');
+    if (!drawn) {
+      g.textAlign = 'center';
+      g.textBaseline = 'middle';
+      g.fillText(battery || !runs.length ? 'Start a run: its battery level is drawn here.' : 'This browser does not tell the battery level.', w / 2, h / 2);
+      canvas.dataset.series = '0';
+      canvas.dataset.points = '0';
+      $('blegend').textContent = '';
+      return;
+    }
+    // Whole percents around the data, at least 2 points tall; time from 0 to the longest run.
+    lo = Math.max(0, Math.floor(lo) - 1);
+    hi = Math.min(100, Math.ceil(hi) + 1);
+    span = Math.max(span, 60000);
+    const left = 40;
+    const right = w - 8;
+    const y0 = h - 20;
+    const y1 = 8;
+    const x = (t) => left + (t / span) * (right - left);
+    const y = (v) => y0 - ((v - lo) / (hi - lo)) * (y0 - y1);
+    g.strokeStyle = css('--line');
+    g.lineWidth = 1;
+    g.textAlign = 'right';
+    g.textBaseline = 'middle';
+    const vstep = [1, 2, 5, 10, 20, 25, 50].find((st) => (hi - lo) / st <= 4) || 50;
+    for (let v = Math.ceil(lo / vstep) * vstep; v <= hi; v += vstep) {
+      g.beginPath();
+      g.moveTo(left, Math.round(y(v)) + 0.5);
+      g.lineTo(right, Math.round(y(v)) + 0.5);
+      g.stroke();
+      g.fillText(v + ' %', left - 4, y(v));
+    }
+    g.textBaseline = 'alphabetic';
+    const tstep = [10e3, 30e3, 60e3, 300e3, 600e3, 1800e3, 3600e3, 7200e3, 21600e3].find((st) => span / st <= 5) || 43200e3;
+    for (let t = 0; t <= span; t += tstep) {
+      g.textAlign = t === 0 ? 'left' : x(t) > right - 24 ? 'right' : 'center';
+      g.fillText(t === 0 ? '0' : t < 60e3 ? t / 1e3 + ' s' : t < 3600e3 ? t / 60e3 + ' min' : t / 3600e3 + ' h', x(t), h - 4);
+    }
+    g.lineJoin = 'round';
+    const legend = $('blegend');
+    legend.textContent = '';
+    shown.forEach((run, i) => {
+      const colour = css(SERIES[i % SERIES.length]);
+      const pts = stats.get(run.id).pts;
+      g.strokeStyle = colour;
+      g.lineWidth = run.id === s.run || (i === shown.length - 1 && !s.run) ? 3 : 2;
+      g.beginPath();
+      pts.forEach((p, k) => (k ? g.lineTo(x(p[0] - run.start), y(p[1])) : g.moveTo(x(p[0] - run.start), y(p[1]))));
+      if (pts.length === 1) g.arc(x(pts[0][0] - run.start), y(pts[0][1]), 2, 0, 2 * Math.PI);
+      g.stroke();
+      const item = document.createElement('span');
+      const sw = document.createElement('i');
+      sw.style.background = colour;
+      item.appendChild(sw);
+      item.appendChild(document.createTextNode('#' + run.id + ' ' + run.mode + ' ' + drainText(stats.get(run.id))));
+      legend.appendChild(item);
+    });
+    canvas.dataset.series = String(shown.filter((r) => stats.get(r.id).pts.length).length);
+    canvas.dataset.points = String(drawn);
+  }
+
   function renderLog() {
     $('logsize').textContent = fmt.format(log.length) + (log.length === 1 ? ' row' : ' rows') +
       (log.length ? ' since ' + new Date(log[0][0]).toLocaleString() : '') +
       ' (the oldest are dropped past ' + fmt.format(LOG_MAX_ROWS) + ')';
+    if (!document.hidden) renderRuns();
   }
   function fillInputs() {
     $('min').value = s.min;
@@ -432,11 +692,19 @@
   $('run').addEventListener('click', () => (s.running ? stop() : start()));
   $('once').addEventListener('click', sendByte);
   $('export').addEventListener('click', exportCsv);
+  $('run-baseline').addEventListener('click', () => startRun('baseline'));
+  $('run-connected').addEventListener('click', () => startRun('connected'));
+  $('run-end').addEventListener('click', () => endRun(false));
+  window.addEventListener('resize', () => renderRuns());
   $('clear').addEventListener('click', () => {
-    if (!log.length || confirm('Delete all ' + log.length + ' rows of the battery log?')) {
+    if (!log.length || confirm('Delete all ' + log.length + ' rows of the battery log, and its runs?')) {
+      if (currentRun()) endRun(false);
       log = [];
+      runs = [];
       write(LOG_KEY, log);
+      saveRuns();
       renderLog();
+      renderRuns();
     }
   });
 
@@ -452,10 +720,13 @@
 
   // Timers: the watchdog, and the countdowns (only while someone looks).
   setInterval(() => { watchdog(); if (!document.hidden) render(); }, 1000);
+  // The run in progress: its length and screen-off time move on between rows.
+  setInterval(() => { if (!document.hidden && s.run) renderRuns(); }, 10000);
 
   fillInputs();
   renderBattery();
   renderLog();
+  renderRuns();
   scheduleLog();
   render();
   if (s.running) { record('page load'); holdWake(); connect(); }

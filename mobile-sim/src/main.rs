@@ -19,6 +19,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before any thread exists: an empty HOLDFAST_* or DATABASE_URL means unset (as for every
+    // holdfast binary).
+    cli_env::unset_empty_settings();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -7,7 +7,9 @@
 //!
 //! Trust: the browser trusts the aggregator's self-made certificate and nothing else new, through
 //! `--ignore-certificate-errors-spki-list` with the SHA-256 of that certificate's public key, so
-//! certificate errors are ignored for that one key only (not `--ignore-certificate-errors`).
+//! certificate errors are ignored for that one key only (not `--ignore-certificate-errors`); or
+//! ([`Trust::CaIn`]) a CA installed in the NSS database of the browser's home, as a person who
+//! installed the CA has it.
 //! Network: every host name but `localhost` fails to resolve (`--host-resolver-rules`), and
 //! Chromium's background services are off, so the browser talks to loopback only.
 
@@ -88,12 +90,23 @@ pub enum Viewport {
     },
 }
 
+/// What the browser trusts beyond its built-in roots.
+#[derive(Debug, Clone, Copy)]
+pub enum Trust<'a> {
+    /// The certificate with this public key (base64 SHA-256 of its SPKI, see [`spki_hash`]).
+    Key(&'a str),
+    /// The CA certificate (PEM) at this path, installed with `certutil` into an NSS database in
+    /// the browser's own home folder, where Chromium on Linux reads locally trusted CAs.
+    CaIn(&'a Path),
+}
+
 /// One browser session; the browser and chromedriver end when it is dropped.
 pub struct Browser {
     driver: Child,
     addr: SocketAddr,
     session: String,
     _profile: tempfile::TempDir,
+    _home: tempfile::TempDir,
     pub downloads: tempfile::TempDir,
 }
 
@@ -101,9 +114,22 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium that trusts the public key whose hash is
     /// `trusted_spki` (see [`spki_hash`]).
     pub fn start(viewport: Viewport, trusted_spki: &str) -> Browser {
+        Browser::start_trusting(viewport, Trust::Key(trusted_spki), &[])
+    }
+
+    /// Starts chromedriver and a headless Chromium that trusts what `trust` says and reaches
+    /// `hosts` (IP addresses; host names do not resolve) besides localhost.
+    pub fn start_trusting(viewport: Viewport, trust: Trust<'_>, hosts: &[&str]) -> Browser {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // A home of its own: Chromium keeps its NSS database (the CAs a person installed) there,
+        // so nothing of this machine's user leaks in or out.
+        let home = tempfile::tempdir().unwrap();
+        if let Trust::CaIn(ca) = trust {
+            install_ca(home.path(), ca);
+        }
         let driver = Command::new(chromedriver_path())
+            .env("HOME", home.path())
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdin(Stdio::null())
@@ -113,7 +139,8 @@ impl Browser {
             .expect("chromedriver starts");
         let profile = tempfile::tempdir().unwrap();
         let downloads = tempfile::tempdir().unwrap();
-        let mut b = Browser { driver, addr, session: String::new(), _profile: profile, downloads };
+        let mut b =
+            Browser { driver, addr, session: String::new(), _profile: profile, _home: home, downloads };
         let deadline = Instant::now() + Duration::from_secs(30);
         while b.request("GET", "/status", None).map(|v| v["ready"] != json!(true)).unwrap_or(true) {
             assert!(Instant::now() < deadline, "chromedriver did not become ready on {addr}");
@@ -127,8 +154,10 @@ impl Browser {
             "--disable-dev-shm-usage".into(),
             "--disable-gpu".into(),
             format!("--user-data-dir={}", b._profile.path().display()),
-            format!("--ignore-certificate-errors-spki-list={trusted_spki}"),
-            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost".into(),
+            format!(
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost{}",
+                hosts.iter().map(|h| format!(" , EXCLUDE {h}")).collect::<String>()
+            ),
             "--no-first-run".into(),
             "--no-default-browser-check".into(),
             "--disable-background-networking".into(),
@@ -140,6 +169,9 @@ impl Browser {
             "--hide-scrollbars".into(),
             "--lang=en-US".into(),
         ];
+        if let Trust::Key(spki) = trust {
+            args.push(format!("--ignore-certificate-errors-spki-list={spki}"));
+        }
         let mut options = json!({
             "binary": chromium_path(),
             "prefs": {
@@ -236,8 +268,26 @@ impl Browser {
         self.request(method, &path, body).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
+    /// A Chrome DevTools Protocol command (chromedriver's `goog/cdp/execute`); its result.
+    pub fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd("POST", "/goog/cdp/execute", json!({ "cmd": cmd, "params": params }))
+    }
+
+    /// Runs `source` in every document this browser loads from now on, before the page's own
+    /// scripts (CDP `Page.addScriptToEvaluateOnNewDocument`): how tests script what the browser
+    /// would report (a battery), with nothing test-only in the page.
+    pub fn add_init_script(&self, source: &str) {
+        self.cdp("Page.addScriptToEvaluateOnNewDocument", json!({ "source": source }));
+    }
+
     pub fn goto(&self, url: &str) {
         self.cmd("POST", "/url", json!({ "url": url }));
+    }
+
+    /// Navigates; the error's text when the browser refuses (an untrusted certificate).
+    pub fn try_goto(&self, url: &str) -> Result<(), String> {
+        let path = format!("/session/{}/url", self.session);
+        self.request("POST", &path, Some(json!({ "url": url }))).map(|_| ())
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page; its return value.
@@ -330,6 +380,24 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// Installs the CA certificate `ca` (PEM) as trusted for websites into a new NSS database in
+/// `home` (`$HOME/.pki/nssdb`), with certutil from libnss3-tools.
+fn install_ca(home: &Path, ca: &Path) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db = format!("sql:{}", db.display());
+    let certutil = |args: &[&str]| {
+        let out = Command::new("certutil")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("certutil (scripts/install-deps.sh installs libnss3-tools): {e}"));
+        assert!(out.status.success(), "certutil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    certutil(&["-N", "-d", &db, "--empty-password"]);
+    // "C,,": a CA trusted to issue server certificates (and nothing else).
+    certutil(&["-A", "-d", &db, "-n", "holdfast test CA", "-t", "C,,", "-i", &ca.display().to_string()]);
 }
 
 fn free_port() -> u16 {

@@ -11,6 +11,10 @@ use embassy_executor::Spawner;
 
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
+    // An empty HOLDFAST_* variable means unset (as for every holdfast binary). Still the only
+    // thread here: embassy's std executor runs this task on the main thread, and its time
+    // driver's thread starts at the first timer, later.
+    cli_env::unset_empty_settings();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

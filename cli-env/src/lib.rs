@@ -1,0 +1,73 @@
+//! One rule for every holdfast binary (the aggregator, mobile-sim, the host gateway): an
+//! environment variable that holds a setting (`HOLDFAST_*`, `DATABASE_URL`) but is empty means
+//! unset, as if it were not there.
+//!
+//! Why this is needed: clap's `#[arg(env = ...)]` takes an empty variable as a value. An empty
+//! `DATABASE_URL` then becomes `Some("")` (a database URL that cannot be opened, instead of the
+//! embedded store), and an empty `HOLDFAST_LISTEN` fails to parse as an address. Empty variables
+//! are common: `DATABASE_URL= cmd`, a systemd `Environment=` line, a compose file's
+//! `HOLDFAST_X: ${X}` with X unset. Clap has no setting to skip empty variables, so each binary
+//! removes them from its own environment before it parses its command line, with
+//! [`unset_empty_settings`], before any thread starts.
+
+use std::ffi::{OsStr, OsString};
+
+/// Whether the variable `name` carries a holdfast setting.
+pub fn is_setting(name: &OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    name == b"DATABASE_URL" || name.starts_with(b"HOLDFAST_")
+}
+
+/// The names among `vars` that hold a setting and are empty.
+pub fn empty_settings(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<OsString> {
+    vars.into_iter()
+        .filter(|(name, value)| value.is_empty() && is_setting(name))
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Removes every empty setting variable from this process's environment (and so from its
+/// children's); returns their names.
+///
+/// Call it first thing in `main`, before any other thread exists: changing the environment while
+/// another thread may read it is not safe on every platform (glibc's `getenv` is not locked).
+pub fn unset_empty_settings() -> Vec<OsString> {
+    let names = empty_settings(std::env::vars_os());
+    for name in &names {
+        std::env::remove_var(name);
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        list.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
+    #[test]
+    fn only_empty_settings_are_picked() {
+        let found = empty_settings(vars(&[
+            ("DATABASE_URL", ""),
+            ("HOLDFAST_LISTEN", ""),
+            ("HOLDFAST_WORKERS", "2"),
+            ("DATABASE_URL_OTHER", ""),
+            ("PATH", ""),
+            ("XHOLDFAST_A", ""),
+        ]));
+        assert_eq!(found, vec![OsString::from("DATABASE_URL"), OsString::from("HOLDFAST_LISTEN")]);
+    }
+
+    #[test]
+    fn the_environment_loses_empty_settings_only() {
+        // This test binary is the only user of these names.
+        std::env::set_var("HOLDFAST_CLI_ENV_TEST_EMPTY", "");
+        std::env::set_var("HOLDFAST_CLI_ENV_TEST_SET", "x");
+        let removed = unset_empty_settings();
+        assert!(removed.contains(&OsString::from("HOLDFAST_CLI_ENV_TEST_EMPTY")));
+        assert!(std::env::var_os("HOLDFAST_CLI_ENV_TEST_EMPTY").is_none());
+        assert_eq!(std::env::var("HOLDFAST_CLI_ENV_TEST_SET").as_deref(), Ok("x"));
+    }
+}
