@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The write path side by side: the same trunk load into each given aggregator binary in turn
+# (alternating, RUNS times), each on a fresh PostgreSQL database: mobile-sim virtual gateways,
+# G gateways x P sessions on 2 TLS trunks each, all opened at once, every session sending a byte
+# every MIN to MAX, for DURATION. Per run: phone bytes per second made durable, flush lag p50 and
+# p99 over the whole run (bucket bounds of holdfast_flush_lag_seconds), rows per second, and
+# mobile-sim's verdict on every session (a failed verdict fails the script). Then the median of
+# each figure per binary.
+#
+#   DATABASE_URL=postgres://... scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN...]
+#     the issue's load: 1000 1000 2s 6s 120s 3 OLD NEW   (1,000,000 sessions, 250,000 bytes/s offered)
+#     default binary: this checkout's release build
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+cd "$HOLDFAST_ROOT"
+hf_setup_path
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
+[ "$#" -ge 6 ] || hf_die "usage: scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN...]"
+gateways="$1" per="$2" min="$3" max="$4" duration="$5" runs="$6"
+shift 6
+: "${DATABASE_URL:?set DATABASE_URL (scripts/start-postgres.sh)}"
+cargo build --release -q -p aggregator -p mobile-sim
+bins=("$@")
+[ "${#bins[@]}" -gt 0 ] || bins=("$CARGO_TARGET_DIR/release/aggregator")
+sim="$CARGO_TARGET_DIR/release/mobile-sim"
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+
+# one_run BIN TAG: prints "bytes_per_s rows_per_s lag_p50 lag_p99"
+one_run() {
+  local bin="$1" tag="$2" db="holdfast_writepath_$$_$2" port pid
+  psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+  local url="${DATABASE_URL%/*}/$db"
+  port=$((22000 + RANDOM % 2000))
+  rm -f "$work/ca.pem" "$work/agg.out"
+  RUST_LOG=warn "$bin" --data-dir "$work" --database-url "$url" --listen "127.0.0.1:$port" \
+    --max-trunks $((gateways * 2 + 100)) >"$work/agg.out" 2>"$work/agg-$tag.log" &
+  pid=$!
+  for _ in $(seq 1 300); do grep -q '^listening' "$work/agg.out" 2>/dev/null && break; sleep 0.2; done
+  grep -q '^listening' "$work/agg.out" || { cat "$work/agg-$tag.log" >&2; hf_die "$bin did not start"; }
+  seq -f "wp-gw-%04g" 0 $((gateways - 1)) | xargs "$bin" --data-dir "$work" --database-url "$url" gateway add \
+    >"$work/gateways.txt"
+  "$sim" gateways --target "wss://localhost:$port/trunk" --ca "$work/ca.pem" --gateways-file "$work/gateways.txt" \
+    --sessions-per-gateway "$per" --min-interval "$min" --max-interval "$max" --duration "$duration" \
+    --drain-timeout 120s --device-prefix "wp$tag-" --verify --database-url "$url" --quiet --json \
+    >"$work/sim-$tag.json" 2>"$work/sim-$tag.err" ||
+    { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("failures"))' "$work/sim-$tag.json" >&2 || true
+      hf_die "mobile-sim's verdict failed (run $tag, $bin)"; }
+  curl -fsS --cacert "$work/ca.pem" "https://localhost:$port/metrics" >"$work/metrics-$tag.txt"
+  kill -TERM "$pid"
+  wait "$pid" || true
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+  local sent run_s
+  read -r sent run_s < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["bytes"]["durable"], r["run_seconds"])' "$work/sim-$tag.json")
+  awk -v sent="$sent" -v secs="$run_s" '
+    /^holdfast_flush_lag_seconds_bucket/ {
+      match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; cum[n] = $2
+    }
+    /^holdfast_flush_lag_seconds_count/ { total = $2 }
+    /^holdfast_flush_rows_total/ { rows = $2 }
+    END {
+      for (i = 1; i <= n; i++) { if (p50 == "" && cum[i] >= 0.5 * total) p50 = les[i]; if (p99 == "" && cum[i] >= 0.99 * total) p99 = les[i] }
+      printf "%.0f %.0f %s %s\n", sent / secs, rows / secs, p50, p99
+    }' "$work/metrics-$tag.txt"
+}
+
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : a[NR / 2]}'; }
+
+echo "write-path: $gateways gateways x $per sessions, a byte every $min-$max, $duration, $runs runs per binary; load $(cut -d' ' -f1-3 /proc/loadavg)"
+for r in $(seq 1 "$runs"); do
+  for i in "${!bins[@]}"; do
+    line="$(one_run "${bins[$i]}" "$r$i")"
+    echo "$line" >>"$work/results-$i"
+    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s\n' "$r" "${bins[$i]}" $line
+  done
+done
+for i in "${!bins[@]}"; do
+  f="$work/results-$i"
+  printf 'median  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  (verified)\n' "${bins[$i]}" \
+    "$(cut -d' ' -f1 "$f" | median)" "$(cut -d' ' -f2 "$f" | median)" "$(cut -d' ' -f3 "$f" | median)" "$(cut -d' ' -f4 "$f" | median)"
+done
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
