@@ -1,19 +1,20 @@
 //! TLS for wss:// targets and https:// verification: TLS 1.3 only, trusting only the CA given with
 //! `--ca` (pinning), so a load test can never end up talking to something else by accident.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
 /// A client configuration whose only roots are the certificates in the PEM file `ca`.
 pub fn client_config(ca: &Path) -> anyhow::Result<Arc<ClientConfig>> {
-    let file = File::open(ca).with_context(|| format!("opening --ca {}", ca.display()))?;
+    let certs =
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("opening --ca {}", ca.display()))?;
     let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
+    for cert in certs {
         let cert = cert.with_context(|| format!("reading --ca {}", ca.display()))?;
         roots.add(cert).with_context(|| format!("--ca {}: not a usable CA certificate", ca.display()))?;
     }

@@ -70,8 +70,11 @@ fn a_certificate_from_another_ca_is_refused() {
         "1500ms",
         "--json",
     ]);
-    assert!(output.status.success());
+    assert_eq!(output.status.code(), Some(1), "a run where no phone could connect must fail");
     let r = report(&output);
+    let rules: Vec<&str> =
+        r["failures"].as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["all-connected", "failed-connections"]);
     assert_eq!(r["connections"]["established"], 0);
     assert!(r["errors"]["tls"].as_u64().unwrap() >= 5, "errors: {}", r["errors"]);
     assert!(r["error_examples"]["tls"].as_str().unwrap().contains("certificate"), "{}", r["error_examples"]);

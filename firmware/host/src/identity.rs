@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use gateway_core::provision::Provisioning;
 use rand_core::{OsRng, RngCore};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::CertificateDer;
 
 use crate::cli::{Identity, Provision};
 
@@ -91,8 +93,7 @@ pub fn write_block(args: &Provision) -> Result<()> {
 
 fn read_ca(path: &Path) -> Result<Vec<u8>> {
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut reader = pem.as_slice();
-    let cert = rustls_pemfile::certs(&mut reader)
+    let cert = CertificateDer::pem_slice_iter(&pem)
         .next()
         .with_context(|| format!("no certificate in {}", path.display()))?
         .with_context(|| format!("bad PEM in {}", path.display()))?;
