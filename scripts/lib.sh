@@ -104,3 +104,6 @@ hf_int() {
     '' | *[!0-9]*) hf_die "$2: expected a whole number, read '$1'" ;;
   esac
 }
+
+# The median of the numbers on standard input, one a line (the lower middle of an even count).
+hf_median() { sort -g | awk '{a[NR] = $1} END {if (NR) print (NR % 2) ? a[(NR + 1) / 2] : a[NR / 2]}'; }

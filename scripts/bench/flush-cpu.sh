@@ -75,7 +75,6 @@ one_run() {
   }'
 }
 
-median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 echo "flush-cpu: $phones direct wss phones, one byte each every 6-18 s; $runs runs per binary, alternating; load $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$runs"); do
@@ -87,8 +86,8 @@ for r in $(seq 1 "$runs"); do
 done
 base=""
 for i in "${!bins[@]}"; do
-  m="$(cut -d' ' -f1 "$work/results-$i" | median)"
-  cores="$(cut -d' ' -f2 "$work/results-$i" | median)"
+  m="$(cut -d' ' -f1 "$work/results-$i" | hf_median)"
+  cores="$(cut -d' ' -f2 "$work/results-$i" | hf_median)"
   [ -n "$base" ] || base="$m"
   printf 'median  %-60s  %s us per byte, %s cores  (ratio to the first: %s)\n' "${bins[$i]}" "$m" "$cores" \
     "$(awk -v a="$m" -v b="$base" 'BEGIN {printf "%.2f", a / b}')"

@@ -65,7 +65,6 @@ one_run() {
     }' "$work/metrics-$tag.txt"
 }
 
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : a[NR / 2]}'; }
 
 echo "write-path: $gateways gateways x $per sessions, a byte every $min-$max, $duration, $runs runs per binary; load $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$runs"); do
@@ -78,6 +77,6 @@ done
 for i in "${!bins[@]}"; do
   f="$work/results-$i"
   printf 'median  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  (verified)\n' "${bins[$i]}" \
-    "$(cut -d' ' -f1 "$f" | median)" "$(cut -d' ' -f2 "$f" | median)" "$(cut -d' ' -f3 "$f" | median)" "$(cut -d' ' -f4 "$f" | median)"
+    "$(cut -d' ' -f1 "$f" | hf_median)" "$(cut -d' ' -f2 "$f" | hf_median)" "$(cut -d' ' -f3 "$f" | hf_median)" "$(cut -d' ' -f4 "$f" | hf_median)"
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -49,7 +49,18 @@ impl Written {
         self.sessions = self.sessions.saturating_add(sessions);
         self.bytes = self.bytes.saturating_add(bytes);
     }
+
+    /// (sessions, bytes) as stored (bigint), saturating.
+    fn as_db(&self) -> (i64, i64) {
+        (i64::try_from(self.sessions).unwrap_or(i64::MAX), i64::try_from(self.bytes).unwrap_or(i64::MAX))
+    }
 }
+
+/// Adds a flush's growth to one shard of the totals, saturating (a total never wraps). The same
+/// text for both databases: SQLite numbers `$1`..`$3` as PostgreSQL does.
+const ADD_TOTALS: &str = "UPDATE totals SET sessions = sessions + $1, \
+     bytes = CASE WHEN bytes > 9223372036854775807 - $2 THEN 9223372036854775807 ELSE bytes + $2 END \
+     WHERE shard = $3";
 
 /// Shards of the `totals` table: a flush adds to one chosen at random, so concurrent flushes
 /// rarely wait for one another's row lock.

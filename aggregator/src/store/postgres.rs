@@ -7,7 +7,7 @@ use trunk::ledger::SessionKey;
 
 use super::{
     count_from_db, is_unique_violation, key_from_db, redact, DbRow, GatewayExists, GatewayRecord,
-    SessionRecord, Written, PG_CHUNK_ROWS,
+    SessionRecord, Written, ADD_TOTALS, PG_CHUNK_ROWS,
 };
 
 pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -55,11 +55,6 @@ SELECT LEAST(COALESCE(sum(grew::numeric), 0), 9223372036854775807)::int8 AS grew
 FROM up
 "#;
 
-/// Adds a flush's growth to one shard of the totals, saturating (a total never wraps).
-const ADD_TOTALS: &str = "UPDATE totals SET sessions = sessions + $1, \
-     bytes = CASE WHEN bytes > 9223372036854775807 - $2 THEN 9223372036854775807 ELSE bytes + $2 END \
-     WHERE shard = $3";
-
 pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>], shard: i16) -> anyhow::Result<Written> {
     let mut tx = pool.begin().await?;
     let mut written = Written::default();
@@ -86,13 +81,9 @@ pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>], shard: i16) -
             sqlx::query(UPSERT).bind(g).bind(e).bind(i).bind(d).bind(b).bind(r).fetch_one(&mut *tx).await?;
         written.add(count_from_db(out.try_get("inserted")?), count_from_db(out.try_get("grew")?));
     }
-    if written.sessions > 0 || written.bytes > 0 {
-        sqlx::query(ADD_TOTALS)
-            .bind(i64::try_from(written.sessions).unwrap_or(i64::MAX))
-            .bind(i64::try_from(written.bytes).unwrap_or(i64::MAX))
-            .bind(shard)
-            .execute(&mut *tx)
-            .await?;
+    if written != Written::default() {
+        let (sessions, bytes) = written.as_db();
+        sqlx::query(ADD_TOTALS).bind(sessions).bind(bytes).bind(shard).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(written)

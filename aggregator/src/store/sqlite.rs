@@ -11,7 +11,7 @@ use trunk::ledger::SessionKey;
 
 use super::{
     count_from_db, is_unique_violation, key_from_db, DbRow, GatewayExists, GatewayRecord, SessionRecord,
-    Written,
+    Written, ADD_TOTALS,
 };
 
 /// How long a writer waits for another's transaction before giving up (`SQLITE_BUSY`).
@@ -104,11 +104,6 @@ fn upsert(rows: usize) -> &'static str {
     &all[rows.trailing_zeros() as usize]
 }
 
-/// Adds a flush's growth to one shard of the totals, saturating (a total never wraps).
-const ADD_TOTALS: &str = "UPDATE totals SET sessions = sessions + ?1, \
-     bytes = CASE WHEN bytes > 9223372036854775807 - ?2 THEN 9223372036854775807 ELSE bytes + ?2 END \
-     WHERE shard = ?3";
-
 pub(super) async fn write_flush(
     pool: &SqlitePool,
     rows: &[DbRow<'_>],
@@ -144,13 +139,9 @@ pub(super) async fn write_flush(
             written.add(u64::from(inserted), count_from_db(out.try_get("grew")?));
         }
     }
-    if written.sessions > 0 || written.bytes > 0 {
-        sqlx::query(ADD_TOTALS)
-            .bind(i64::try_from(written.sessions).unwrap_or(i64::MAX))
-            .bind(i64::try_from(written.bytes).unwrap_or(i64::MAX))
-            .bind(shard)
-            .execute(&mut *tx)
-            .await?;
+    if written != Written::default() {
+        let (sessions, bytes) = written.as_db();
+        sqlx::query(ADD_TOTALS).bind(sessions).bind(bytes).bind(shard).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(written)
