@@ -107,3 +107,15 @@ hf_int() {
 
 # The median of the numbers on standard input, one a line (the lower middle of an even count).
 hf_median() { sort -g | awk '{a[NR] = $1} END {if (NR) print (NR % 2) ? a[(NR + 1) / 2] : a[NR / 2]}'; }
+
+# hf_drop_database ADMIN_URL NAME: drops a test database, retrying: WITH (FORCE) cannot end an
+# autovacuum worker busy on it (it belongs to the server's superuser), which ends on its own.
+hf_drop_database() {
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do
+    psql "$1" -qc "DROP DATABASE IF EXISTS $2 WITH (FORCE)" >/dev/null 2>&1 && return 0
+    sleep "$i"
+  done
+  hf_warn "could not drop database $2"
+  return 1
+}

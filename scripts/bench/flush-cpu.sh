@@ -67,7 +67,7 @@ one_run() {
   wait "$simpid" || { cat "$work/sim-$n.json" "$work/sim-$n.err" >&2; hf_die "mobile-sim's verdict failed (run $n, $bin)"; }
   kill -TERM "$pid"
   wait "$pid" || true
-  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+  hf_drop_database "$DATABASE_URL" "$db"
   awk -v c0="$c0" -v c1="$c1" -v b0="$b0" -v b1="$b1" -v t0="$t0" -v t1="$t1" -v tck="$tck" 'BEGIN {
     cpu = (c1 - c0) / tck; secs = t1 - t0; bytes = b1 - b0
     if (bytes <= 0) { print "no bytes in the window" > "/dev/stderr"; exit 1 }

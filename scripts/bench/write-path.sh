@@ -4,8 +4,10 @@
 # G gateways x P sessions on 2 TLS trunks each, all opened at once, every session sending a byte
 # every MIN to MAX, for DURATION. Per run: phone bytes per second made durable, flush lag p50 and
 # p99 over the whole run (bucket bounds of holdfast_flush_lag_seconds), rows per second, and
-# mobile-sim's verdict on every session (a failed verdict fails the script). Then the median of
-# each figure per binary.
+# mobile-sim's verdict on every session (a failed verdict fails the script; trunk links may drop
+# or fail, up to one per link, and are counted: an aggregator that drops busy trunks as idle
+# still has its throughput measured, and its drops shown). Then the median of each figure per
+# binary.
 #
 #   DATABASE_URL=postgres://... scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN...]
 #     the issue's load: 1000 1000 2s 6s 120s 3 OLD NEW   (1,000,000 sessions, 250,000 bytes/s offered)
@@ -44,16 +46,17 @@ one_run() {
   "$sim" gateways --target "wss://localhost:$port/trunk" --ca "$work/ca.pem" --gateways-file "$work/gateways.txt" \
     --sessions-per-gateway "$per" --min-interval "$min" --max-interval "$max" --duration "$duration" \
     --drain-timeout 120s --device-prefix "wp$tag-" --verify --database-url "$url" --quiet --json \
+    --max-dropped $((gateways * 2)) --max-failed $((gateways * 2)) \
     >"$work/sim-$tag.json" 2>"$work/sim-$tag.err" ||
     { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("failures"))' "$work/sim-$tag.json" >&2 || true
       hf_die "mobile-sim's verdict failed (run $tag, $bin)"; }
   curl -fsS --cacert "$work/ca.pem" "https://localhost:$port/metrics" >"$work/metrics-$tag.txt"
   kill -TERM "$pid"
   wait "$pid" || true
-  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
-  local sent run_s
-  read -r sent run_s < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["bytes"]["durable"], r["run_seconds"])' "$work/sim-$tag.json")
-  awk -v sent="$sent" -v secs="$run_s" '
+  hf_drop_database "$DATABASE_URL" "$db"
+  local sent run_s dropped
+  read -r sent run_s dropped < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["bytes"]["durable"], r["run_seconds"], r["connections"]["dropped"])' "$work/sim-$tag.json")
+  awk -v sent="$sent" -v secs="$run_s" -v dropped="$dropped" '
     /^holdfast_flush_lag_seconds_bucket/ {
       match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; cum[n] = $2
     }
@@ -61,7 +64,7 @@ one_run() {
     /^holdfast_flush_rows_total/ { rows = $2 }
     END {
       for (i = 1; i <= n; i++) { if (p50 == "" && cum[i] >= 0.5 * total) p50 = les[i]; if (p99 == "" && cum[i] >= 0.99 * total) p99 = les[i] }
-      printf "%.0f %.0f %s %s\n", sent / secs, rows / secs, p50, p99
+      printf "%.0f %.0f %s %s %d\n", sent / secs, rows / secs, p50, p99, dropped
     }' "$work/metrics-$tag.txt"
 }
 
@@ -71,7 +74,7 @@ for r in $(seq 1 "$runs"); do
   for i in "${!bins[@]}"; do
     line="$(one_run "${bins[$i]}" "$r$i")"
     echo "$line" >>"$work/results-$i"
-    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s\n' "$r" "${bins[$i]}" $line
+    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  links dropped %s\n' "$r" "${bins[$i]}" $line
   done
 done
 for i in "${!bins[@]}"; do
