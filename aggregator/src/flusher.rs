@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
+use trunk::backoff::Backoff;
 use trunk::frame::AckEntry;
 use trunk::ledger::SessionKey;
 
@@ -60,7 +61,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     Flushed::Failed => {
                         failures += 1;
                         // Back off before writing again: the database is failing.
-                        paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(100 << failures.min(6)));
+                        let pause = Backoff::STORE.delay_ms(failures, rand::random());
+                        paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(pause));
                     }
                     Flushed::Committed(_) | Flushed::Nothing => failures = 0,
                 }

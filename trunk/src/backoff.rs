@@ -18,6 +18,9 @@ impl Backoff {
     pub const TRUNK: Self = Self { base_ms: 250, max_ms: 30_000 };
     /// Phones: a crowd of thousands spreads its reconnects over up to a minute.
     pub const PHONE: Self = Self { base_ms: 500, max_ms: 60_000 };
+    /// The aggregator's writes to a failing database: retry soon, at most every 6.4 s, so the
+    /// first commit after the database returns is not long in coming.
+    pub const STORE: Self = Self { base_ms: 200, max_ms: 6_400 };
 
     /// The delay before attempt number `failures + 1`, uniformly spread ("full jitter") over
     /// `[bound / 2, bound]` where `bound = min(max, base * 2^(failures - 1))`. No delay before the

@@ -36,16 +36,27 @@ pub const MAX_REFUSE_TEXT_LEN: usize = 255;
 
 /// Frame type codes, the first byte of every frame.
 pub mod kind {
+    /// [`super::Challenge`]: handshake, aggregator to gateway.
     pub const CHALLENGE: u8 = 0x01;
+    /// [`super::Hello`]: handshake, gateway to aggregator.
     pub const HELLO: u8 = 0x02;
+    /// [`super::Welcome`]: handshake done, aggregator to gateway.
     pub const WELCOME: u8 = 0x03;
+    /// [`super::Open`]: a session began.
     pub const OPEN: u8 = 0x10;
+    /// [`super::Counts`]: cumulative counts of many sessions.
     pub const COUNTS: u8 = 0x11;
+    /// [`super::Close`]: a session ended.
     pub const CLOSE: u8 = 0x12;
+    /// [`super::Acks`]: what a commit holds.
     pub const ACK: u8 = 0x20;
+    /// A ping, either way, carrying a value the pong echoes.
     pub const PING: u8 = 0x30;
+    /// The answer to a ping.
     pub const PONG: u8 = 0x31;
+    /// [`super::GoAway`]: the aggregator asks the gateway to leave.
     pub const GO_AWAY: u8 = 0x40;
+    /// [`super::Refuse`]: a link is refused or closed, with a reason.
     pub const REFUSE: u8 = 0x41;
 }
 
@@ -60,13 +71,16 @@ pub mod ack_flags {
 /// Aggregator → gateway, first frame on a new link: the nonce the gateway's proof must cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Challenge {
+    /// The protocol version the aggregator speaks ([`VERSION`]).
     pub version: u8,
+    /// Random bytes the gateway's proof must cover, fresh for every link.
     pub nonce: [u8; NONCE_LEN],
 }
 
 /// Gateway → aggregator: who the gateway is, and proof that it holds its secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello<'a> {
+    /// The protocol version the gateway speaks.
     pub version: u8,
     /// Which of the gateway's links this is (0..K).
     pub link: u8,
@@ -74,6 +88,7 @@ pub struct Hello<'a> {
     pub boot_epoch: u64,
     /// The gateway's own nonce, so the proof is fresh even if the aggregator repeats a challenge.
     pub nonce: [u8; NONCE_LEN],
+    /// The gateway's provisioned name (at most [`MAX_GATEWAY_ID_LEN`] bytes).
     pub gateway_id: &'a [u8],
     /// HMAC-SHA256 over the handshake (see [`crate::auth`]).
     pub proof: [u8; PROOF_LEN],
@@ -82,6 +97,7 @@ pub struct Hello<'a> {
 /// Aggregator → gateway: the link is authenticated; session frames may flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Welcome {
+    /// The link number of the Hello it answers.
     pub link: u8,
     /// How often the aggregator expects to hear from the gateway at least (ping or data).
     pub ping_interval_ms: u64,
@@ -92,7 +108,9 @@ pub struct Welcome {
 /// Gateway → aggregator: a phone session began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Open<'a> {
+    /// The session's id, unique within the gateway's boot epoch.
     pub session: u64,
+    /// The phone's device id, if it gave one (at most [`MAX_DEVICE_ID_LEN`] bytes).
     pub device: Option<&'a [u8]>,
 }
 
@@ -105,7 +123,9 @@ pub struct Counts<'a> {
 /// One entry of a [`Counts`] frame: `session` has received `total` bytes since it opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CountEntry {
+    /// The session's id.
     pub session: u64,
+    /// Bytes received since the session opened (cumulative, never a delta).
     pub total: u64,
 }
 
@@ -129,8 +149,11 @@ impl CloseReason {
 /// Gateway → aggregator: a session ended with `total` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Close {
+    /// The session's id.
     pub session: u64,
+    /// Its final cumulative count.
     pub total: u64,
+    /// Why it ended.
     pub reason: CloseReason,
 }
 
@@ -143,7 +166,9 @@ pub struct Acks<'a> {
 /// One entry of an [`Acks`] frame: `session`'s first `total` bytes are durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckEntry {
+    /// The session's id.
     pub session: u64,
+    /// The cumulative count the commit holds.
     pub total: u64,
     /// The session's close is durable as well.
     pub closed: bool,
@@ -163,7 +188,9 @@ impl GoAwayReason {
 /// Aggregator → gateway: finish what is in flight, then reconnect elsewhere after `retry_after_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GoAway {
+    /// How long to wait before reconnecting, milliseconds.
     pub retry_after_ms: u64,
+    /// Why the aggregator asks.
     pub reason: GoAwayReason,
 }
 
@@ -172,34 +199,53 @@ pub struct GoAway {
 pub struct RefuseCode(pub u8);
 
 impl RefuseCode {
+    /// No gateway is provisioned under the Hello's id.
     pub const UNKNOWN_GATEWAY: Self = Self(1);
+    /// The proof does not match the provisioned secret.
     pub const BAD_PROOF: Self = Self(2);
+    /// The Hello's protocol version is not spoken here.
     pub const UNSUPPORTED_VERSION: Self = Self(3);
+    /// A frame broke the protocol.
     pub const PROTOCOL_ERROR: Self = Self(4);
+    /// The aggregator takes no more links now.
     pub const OVERLOADED: Self = Self(5);
+    /// The handshake, or the link, was silent too long.
     pub const TIMEOUT: Self = Self(6);
 }
 
 /// Either end, just before it closes a link: a code and a human-readable reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refuse<'a> {
+    /// Why, for machines.
     pub code: RefuseCode,
+    /// Why, for people (UTF-8 expected, at most [`MAX_REFUSE_TEXT_LEN`] bytes).
     pub text: &'a [u8],
 }
 
 /// Every frame of the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame<'a> {
+    /// See [`Challenge`].
     Challenge(Challenge),
+    /// See [`Hello`].
     Hello(Hello<'a>),
+    /// See [`Welcome`].
     Welcome(Welcome),
+    /// See [`Open`].
     Open(Open<'a>),
+    /// See [`Counts`].
     Counts(Counts<'a>),
+    /// See [`Close`].
     Close(Close),
+    /// See [`Acks`].
     Ack(Acks<'a>),
+    /// A ping, either way, with a value the pong echoes.
     Ping(u64),
+    /// The answer to a ping, echoing its value.
     Pong(u64),
+    /// See [`GoAway`].
     GoAway(GoAway),
+    /// See [`Refuse`].
     Refuse(Refuse<'a>),
 }
 
@@ -207,9 +253,17 @@ pub enum Frame<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeError {
     /// The input ends before the frame does; `needed` more bytes at least.
-    Incomplete { needed: usize },
+    Incomplete {
+        /// More bytes needed, at least.
+        needed: usize,
+    },
     /// The payload length exceeds the decoder's bound.
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The payload length the frame announces.
+        len: usize,
+        /// The decoder's bound.
+        max: usize,
+    },
     /// A frame type this version does not know.
     UnknownType(u8),
     /// A handshake frame of a protocol version this crate does not speak.

@@ -69,7 +69,9 @@ impl Default for GatewayConfig {
 /// Who a gateway is: its id, its secret and this boot's epoch.
 #[derive(Debug, Clone, Copy)]
 pub struct Identity<'a> {
+    /// The provisioned name (1 to [`crate::frame::MAX_GATEWAY_ID_LEN`] bytes).
     pub gateway_id: &'a [u8],
+    /// The provisioned secret the handshake proves, never sent.
     pub secret: &'a [u8],
     /// Must differ at every boot (a persistent counter, or 64 random bits): session ids restart
     /// at every boot and the epoch keeps them apart.
@@ -195,9 +197,13 @@ impl Link {
 /// Why a gateway could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigError {
+    /// The gateway id is empty or longer than [`crate::frame::MAX_GATEWAY_ID_LEN`].
     GatewayIdLength,
+    /// The secret is empty or too long.
     SecretLength,
+    /// The number of links is not 1 to [`MAX_LINKS`].
     Links,
+    /// The session storage holds no slot.
     NoSessions,
 }
 

@@ -58,10 +58,13 @@ pub struct Update<'a> {
 /// What one flush writes for one session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Row<'a> {
+    /// Which session.
     pub key: SessionKey,
     /// The largest count reported; the store keeps the larger of this and what it has.
     pub total: u64,
+    /// The device id, if a report since the last commit carried it (the store keeps the first).
     pub device: Option<&'a [u8]>,
+    /// The session ended, if a report since the last commit said so.
     pub closed: Option<CloseReason>,
 }
 
@@ -108,6 +111,7 @@ pub struct LedgerSlot {
 }
 
 impl LedgerSlot {
+    /// An unused slot: what a new table is filled with.
     pub const EMPTY: Self = Self {
         key: SessionKey { gateway: 0, boot_epoch: 0, session: 0 },
         route: 0,

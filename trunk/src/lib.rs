@@ -20,6 +20,7 @@
 //!
 //! The byte layout and the rules are specified in `docs/trunk-protocol.md`.
 #![no_std]
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 

@@ -147,6 +147,7 @@ impl Handshake {
 /// Why an authenticated link must be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkError {
+    /// The message did not decode.
     Decode(DecodeError),
     /// A frame a gateway must not send.
     Unexpected(u8),
@@ -183,8 +184,11 @@ impl From<LedgerFull> for LinkError {
 /// What one message carried, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Received {
+    /// Open frames.
     pub opens: usize,
+    /// Count entries.
     pub counts: usize,
+    /// Close frames.
     pub closes: usize,
 }
 
