@@ -310,7 +310,7 @@ impl GatewaySim {
         let identity =
             Identity { gateway_id: entry.name.as_bytes(), secret: &entry.secret, boot_epoch: rand::random() };
         let gw = Gateway::new(config, identity, args.links, vec![SessionSlot::FREE; p])
-            .map_err(|e| anyhow::anyhow!("gateway {}: {e:?}", entry.name))?;
+            .map_err(|e| anyhow::anyhow!("gateway {}: {e}", entry.name))?;
         let mut queue = BinaryHeap::with_capacity(p);
         for s in 0..p {
             // Sessions open in the order s * G + g over all gateways, at --rate.
@@ -433,7 +433,7 @@ impl GatewaySim {
                             }
                         }
                         Err(e) => {
-                            stats.error(&Failure::new(FailureKind::Other, format!("open {device}: {e:?}")));
+                            stats.error(&Failure::new(FailureKind::Other, format!("open {device}: {e}")));
                         }
                     }
                 }
@@ -667,7 +667,7 @@ fn trunk_failure(e: LinkError) -> Failure {
             Failure::new(FailureKind::TrunkRefused, format!("refuse code {}", code.0))
         }
         LinkError::TimedOut => Failure::new(FailureKind::Timeout, "trunk link timed out"),
-        other => Failure::new(FailureKind::Trunk, format!("{other:?}")),
+        other => Failure::new(FailureKind::Trunk, other.to_string()),
     }
 }
 

@@ -251,6 +251,7 @@ pub enum Frame<'a> {
 
 /// Why bytes could not be decoded into a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The input ends before the frame does; `needed` more bytes at least.
     Incomplete {
@@ -284,8 +285,11 @@ impl core::fmt::Display for DecodeError {
     }
 }
 
+impl core::error::Error for DecodeError {}
+
 /// Why a frame could not be encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EncodeError {
     /// The output buffer is too short.
     BufferTooSmall,
@@ -301,6 +305,8 @@ impl core::fmt::Display for EncodeError {
         }
     }
 }
+
+impl core::error::Error for EncodeError {}
 
 /// Decodes one frame from the start of `input`, accepting payloads up to `max_payload` bytes.
 ///

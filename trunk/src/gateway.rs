@@ -196,6 +196,7 @@ impl Link {
 
 /// Why a gateway could not be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The gateway id is empty or longer than [`crate::frame::MAX_GATEWAY_ID_LEN`].
     GatewayIdLength,
@@ -207,8 +208,24 @@ pub enum ConfigError {
     NoSessions,
 }
 
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::GatewayIdLength => {
+                write!(f, "the gateway id must be 1 to {} bytes", crate::frame::MAX_GATEWAY_ID_LEN)
+            }
+            Self::SecretLength => f.write_str("the secret is empty or too long"),
+            Self::Links => write!(f, "a gateway has 1 to {MAX_LINKS} links"),
+            Self::NoSessions => f.write_str("the session storage holds no slot"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
 /// Why a session could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OpenError {
     /// Every session slot is taken: the phone should be answered 503.
     Full,
@@ -216,12 +233,32 @@ pub enum OpenError {
     DeviceId,
 }
 
+impl core::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Full => f.write_str("every session slot is taken"),
+            Self::DeviceId => write!(f, "the device id must be 1 to {MAX_DEVICE_ID_LEN} bytes"),
+        }
+    }
+}
+
+impl core::error::Error for OpenError {}
+
 /// The session id names no live session (it closed, or never existed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownSession;
 
+impl core::fmt::Display for UnknownSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("no live session has this id")
+    }
+}
+
+impl core::error::Error for UnknownSession {}
+
 /// Why a link must be closed. The caller closes the transport and calls [`Gateway::disconnected`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LinkError {
     /// The aggregator sent bytes that are not frames.
     Decode(DecodeError),
@@ -233,6 +270,27 @@ pub enum LinkError {
     TimedOut,
     /// The transmit buffer is smaller than [`MIN_TRANSMIT_BUFFER`].
     BufferTooSmall,
+}
+
+impl core::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Decode(e) => write!(f, "the aggregator sent bytes that are not frames: {e}"),
+            Self::Protocol(what) => write!(f, "protocol error: {what}"),
+            Self::Refused(code) => write!(f, "the aggregator refused the link (code {})", code.0),
+            Self::TimedOut => f.write_str("the link went silent past its timeout"),
+            Self::BufferTooSmall => write!(f, "the transmit buffer is under {MIN_TRANSMIT_BUFFER} bytes"),
+        }
+    }
+}
+
+impl core::error::Error for LinkError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl From<DecodeError> for LinkError {

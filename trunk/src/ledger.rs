@@ -72,6 +72,14 @@ pub struct Row<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LedgerFull;
 
+impl core::fmt::Display for LedgerFull {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("the ledger is full until a commit frees room")
+    }
+}
+
+impl core::error::Error for LedgerFull {}
+
 const DIRTY: u8 = 1 << 0;
 const HAS_DEVICE: u8 = 1 << 1;
 const CLOSED: u8 = 1 << 2;

@@ -11,10 +11,21 @@ pub const DEVICE_PARAM: &[u8] = b"device";
 
 /// Why a device id was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeviceIdError {
     /// Longer than [`MAX_DEVICE_ID_LEN`] bytes once decoded.
     TooLong,
 }
+
+impl core::fmt::Display for DeviceIdError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooLong => write!(f, "device id longer than {MAX_DEVICE_ID_LEN} bytes"),
+        }
+    }
+}
+
+impl core::error::Error for DeviceIdError {}
 
 /// A decoded device id: at most [`MAX_DEVICE_ID_LEN`] bytes.
 pub type DeviceId = crate::ShortBytes<MAX_DEVICE_ID_LEN>;

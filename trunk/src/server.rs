@@ -47,6 +47,7 @@ impl Default for ServerConfig {
 
 /// Why a handshake failed. [`HandshakeError::refuse_code`] is what the gateway is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// The message is not a valid frame.
     Decode(DecodeError),
@@ -56,6 +57,26 @@ pub enum HandshakeError {
     UnknownGateway,
     /// The proof does not match the gateway's secret.
     BadProof,
+}
+
+impl core::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Decode(e) => write!(f, "the handshake is not a valid frame: {e}"),
+            Self::NotHello => f.write_str("the first message was not exactly one Hello"),
+            Self::UnknownGateway => f.write_str("no such gateway is provisioned"),
+            Self::BadProof => f.write_str("the proof does not match the gateway's secret"),
+        }
+    }
+}
+
+impl core::error::Error for HandshakeError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl HandshakeError {
@@ -146,6 +167,7 @@ impl Handshake {
 
 /// Why an authenticated link must be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LinkError {
     /// The message did not decode.
     Decode(DecodeError),
@@ -156,6 +178,26 @@ pub enum LinkError {
     LedgerFull,
     /// The link was silent past the idle timeout.
     Idle,
+}
+
+impl core::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Decode(e) => write!(f, "the gateway sent bytes that are not frames: {e}"),
+            Self::Unexpected(kind) => write!(f, "a frame a gateway must not send (type 0x{kind:02x})"),
+            Self::LedgerFull => f.write_str("the ledger is full"),
+            Self::Idle => f.write_str("the link was silent past the idle timeout"),
+        }
+    }
+}
+
+impl core::error::Error for LinkError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Decode(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl LinkError {

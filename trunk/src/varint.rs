@@ -29,12 +29,24 @@ pub fn write(value: u64, out: &mut [u8]) -> Option<usize> {
 
 /// Why a varint could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum VarintError {
     /// The input ended inside the varint.
     Incomplete,
     /// Longer than necessary, or larger than `u64::MAX`.
     Invalid,
 }
+
+impl core::fmt::Display for VarintError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Incomplete => "the input ends inside a varint",
+            Self::Invalid => "a varint longer than necessary or larger than u64::MAX",
+        })
+    }
+}
+
+impl core::error::Error for VarintError {}
 
 /// Reads a varint from the start of `input`; returns the value and the bytes consumed.
 pub fn read(input: &[u8]) -> Result<(u64, usize), VarintError> {

@@ -45,7 +45,7 @@ pub fn start(spawner: Spawner, settings: &Serve) -> Result<()> {
     let identity =
         Identity { gateway_id: p.gateway_id.as_bytes(), secret: &p.secret, boot_epoch: OsRng.next_u64() };
     let hub = Hub::new(gateway_config, identity, usize::from(p.links), slots, wakers)
-        .map_err(|e| anyhow::anyhow!("gateway settings: {e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("gateway settings: {e}"))?;
     let parts = Parts {
         hub: Box::leak(Box::new(hub)),
         phone: Box::leak(Box::new(PhoneConfig {
