@@ -21,7 +21,7 @@ use crate::hub::{Durable, Hub};
 use crate::upgrade::{
     write_accept, write_refusal, Parsed, Refusal, RequestParser, Upgrade, KEY_LEN, MAX_ANSWER_LEN,
 };
-use crate::ws::{close_code, Connection, Event, MAX_OUTGOING_FRAME};
+use crate::ws::{close_code, Connection, Event};
 
 /// Bytes read from a phone at a time. Phones send a few bytes at a time; a larger request is
 /// simply read in more pieces.
@@ -64,26 +64,31 @@ pub async fn serve<S: Read + Write + TcpShutdown>(
     config: &PhoneConfig,
 ) -> Outcome {
     let mut buf = [0u8; READ_CHUNK];
-    let (upgrade, rest) = match read_request(&mut socket, &mut buf, config).await {
-        Ok(request) => request,
-        Err(Some(refusal)) => return refuse(&mut socket, hub, refusal, &mut buf, config).await,
-        Err(None) => {
+    // The request in a block of its own: its bytes (device id, key) are dead once it is
+    // answered, so the session below reuses them instead of holding them for its whole life.
+    let (id, rest) = {
+        let (upgrade, rest) = match read_request(&mut socket, &mut buf, config).await {
+            Ok(request) => request,
+            Err(Some(refusal)) => return refuse(&mut socket, hub, refusal, &mut buf, config).await,
+            Err(None) => {
+                socket.abort().await.ok();
+                return Outcome::NoRequest;
+            }
+        };
+        let id = match hub.open(upgrade.device.as_ref().map(|d| d.as_slice())) {
+            Ok(id) => id,
+            Err(_) => {
+                let why = if hub.is_stopping() { Refusal::ShuttingDown } else { Refusal::Full };
+                return refuse(&mut socket, hub, why, &mut buf, config).await;
+            }
+        };
+        if !accept(&mut socket, &upgrade.key, config).await {
+            hub.close(id, CloseReason::LOST, false);
             socket.abort().await.ok();
-            return Outcome::NoRequest;
+            return Outcome::Session(CloseReason::LOST);
         }
+        (id, rest)
     };
-    let id = match hub.open(upgrade.device.as_ref().map(|d| d.as_slice())) {
-        Ok(id) => id,
-        Err(_) => {
-            let why = if hub.is_stopping() { Refusal::ShuttingDown } else { Refusal::Full };
-            return refuse(&mut socket, hub, why, &mut buf, config).await;
-        }
-    };
-    if !accept(&mut socket, &upgrade.key, config).await {
-        hub.close(id, CloseReason::LOST, false);
-        socket.abort().await.ok();
-        return Outcome::Session(CloseReason::LOST);
-    }
     let (reason, failed) = session(&mut socket, hub, id, &mut buf, rest, config).await;
     hub.close(id, reason, failed);
     if reason == CloseReason::LOST {
@@ -191,12 +196,11 @@ async fn session<S: Read + Write>(
     }
 }
 
-/// Sends what the gateway owes the phone: a pong, its close. (A function of its own so that its
-/// frame buffer shares bytes with the session's wait.)
+/// Sends what the gateway owes the phone: a pong, its close (each from the connection's own
+/// buffer: the phone's task keeps no frame buffer).
 async fn send_owed<S: Write>(socket: &mut S, ws: &mut Connection, config: &PhoneConfig) -> bool {
-    let mut frame = [0u8; MAX_OUTGOING_FRAME];
-    while let Some(n) = ws.poll_transmit(&mut frame) {
-        if !write(socket, &frame[..n], config).await {
+    while let Some(frame) = ws.poll_transmit() {
+        if !write(socket, frame, config).await {
             return false;
         }
     }

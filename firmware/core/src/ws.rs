@@ -25,8 +25,13 @@ pub mod close_code {
 /// Largest control frame payload (RFC 6455 section 5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
-/// Largest frame [`Connection::poll_transmit`] writes: a pong with a full payload.
-pub const MAX_OUTGOING_FRAME: usize = 2 + MAX_CONTROL_PAYLOAD;
+/// Largest frame [`Connection::poll_transmit`] returns: a pong with a full payload.
+pub const MAX_OUTGOING_FRAME: usize = HEADER_ROOM + MAX_CONTROL_PAYLOAD;
+
+/// Bytes kept in front of a control frame's payload for the header of the frame that answers it
+/// (an unmasked server frame of at most 125 bytes has a 2-byte header), so a pong or close is
+/// sent from the connection's own buffer: no frame buffer in the phone's task.
+const HEADER_ROOM: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Body {
@@ -80,7 +85,8 @@ pub struct Connection {
     message: Option<bool>,
     message_len: u64,
     utf8: Utf8,
-    control: [u8; MAX_CONTROL_PAYLOAD],
+    /// A ping's or close's payload at `HEADER_ROOM..`, and the answer's header before it.
+    control: [u8; MAX_OUTGOING_FRAME],
     control_len: u8,
     pong_due: Option<u8>,
     close_due: Option<u16>,
@@ -109,7 +115,7 @@ impl Connection {
             message: None,
             message_len: 0,
             utf8: Utf8::new(),
-            control: [0; MAX_CONTROL_PAYLOAD],
+            control: [0; MAX_OUTGOING_FRAME],
             control_len: 0,
             pong_due: None,
             close_due: None,
@@ -242,7 +248,7 @@ impl Connection {
                     *counted += n as u64;
                 }
                 Body::Ping | Body::Close => {
-                    let at = usize::from(self.control_len);
+                    let at = HEADER_ROOM + usize::from(self.control_len);
                     self.control[at..at + n].copy_from_slice(piece);
                     self.control_len += n as u8;
                 }
@@ -279,7 +285,7 @@ impl Connection {
             }
             Body::Pong => None,
             Body::Close => {
-                let payload = &self.control[..usize::from(self.control_len)];
+                let payload = &self.control[HEADER_ROOM..HEADER_ROOM + usize::from(self.control_len)];
                 let code = match payload {
                     [] => 1005,
                     [_] => return self.fail(close_code::PROTOCOL_ERROR),
@@ -302,29 +308,29 @@ impl Connection {
         }
     }
 
-    /// The next frame the gateway owes the phone (a pong, its close), written into `out`.
-    pub fn poll_transmit(&mut self, out: &mut [u8; MAX_OUTGOING_FRAME]) -> Option<usize> {
-        if let Some(len) = self.pong_due.take() {
-            let payload = &self.control[..usize::from(len)];
-            return Some(write_frame(FrameType::Pong, payload, out));
-        }
-        if let Some(code) = self.close_due.take() {
+    /// The next frame the gateway owes the phone (a pong, its close): send it all before asking
+    /// again. It is built in the connection's control buffer, in front of the ping's payload.
+    pub fn poll_transmit(&mut self) -> Option<&[u8]> {
+        let (frame_type, len) = if let Some(len) = self.pong_due.take() {
+            (FrameType::Pong, usize::from(len))
+        } else if let Some(code) = self.close_due.take() {
             self.close_sent = true;
-            let bytes = code.to_be_bytes();
-            let payload: &[u8] = if code == 0 { &[] } else { &bytes };
-            return Some(write_frame(FrameType::Close, payload, out));
+            if code == 0 {
+                (FrameType::Close, 0)
+            } else {
+                self.control[HEADER_ROOM..HEADER_ROOM + 2].copy_from_slice(&code.to_be_bytes());
+                (FrameType::Close, 2)
+            }
+        } else {
+            return None;
+        };
+        let len = len.min(MAX_CONTROL_PAYLOAD);
+        let header = FrameHeader { frame_type, payload_len: len as u64, mask_key: None };
+        match header.serialize(&mut self.control[..HEADER_ROOM]) {
+            Ok(HEADER_ROOM) => Some(&self.control[..HEADER_ROOM + len]),
+            _ => None, // cannot happen for a payload of at most 125 bytes
         }
-        None
     }
-}
-
-/// Writes one unmasked (server) frame holding `payload` (at most [`MAX_CONTROL_PAYLOAD`] bytes).
-pub fn write_frame(frame_type: FrameType, payload: &[u8], out: &mut [u8; MAX_OUTGOING_FRAME]) -> usize {
-    let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
-    let header = FrameHeader { frame_type, payload_len: payload.len() as u64, mask_key: None };
-    let Ok(n) = header.serialize(&mut out[..]) else { return 0 };
-    out[n..n + payload.len()].copy_from_slice(payload);
-    n + payload.len()
 }
 
 /// Close codes a peer may send (RFC 6455 section 7.4).
@@ -404,9 +410,9 @@ mod tests {
 
     fn out(c: &mut Connection) -> Vec<Vec<u8>> {
         let mut frames = Vec::new();
-        let mut buf = [0; MAX_OUTGOING_FRAME];
-        while let Some(n) = c.poll_transmit(&mut buf) {
-            frames.push(buf[..n].to_vec());
+        while let Some(frame) = c.poll_transmit() {
+            assert!(frame.len() <= MAX_OUTGOING_FRAME);
+            frames.push(frame.to_vec());
         }
         frames
     }

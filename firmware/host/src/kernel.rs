@@ -1,7 +1,9 @@
-//! The gateway on the kernel's TCP (edge-nal-std): one task per phone, for scale.
+//! The gateway on the kernel's TCP (the host runtime's sockets, `runtime::net`): one task per
+//! phone, for scale.
 
 use std::net::SocketAddr;
 
+use ::gateway::runtime::net::{Stack, TcpSocket};
 use anyhow::Result;
 use edge_nal::{TcpAccept, TcpBind};
 use embassy_executor::Spawner;
@@ -36,7 +38,7 @@ async fn acceptor(
     hub: &'static Hub<'static>,
     config: &'static PhoneConfig,
 ) {
-    let stack = edge_nal_std::Stack::new();
+    let stack = Stack;
     let acceptor = match stack.bind(listen).await {
         Ok(a) => a,
         Err(e) => {
@@ -60,13 +62,13 @@ async fn acceptor(
 }
 
 #[embassy_executor::task(pool_size = MAX_PHONE_TASKS)]
-async fn phone(socket: edge_nal_std::TcpSocket, hub: &'static Hub<'static>, config: &'static PhoneConfig) {
+async fn phone(socket: TcpSocket, hub: &'static Hub<'static>, config: &'static PhoneConfig) {
     let outcome = gateway_core::phone::serve(socket, hub, config).await;
     tracing::debug!(?outcome, "phone connection ended");
 }
 
 #[embassy_executor::task(pool_size = trunk::gateway::MAX_LINKS)]
 async fn trunk_link(parts: Parts, link: usize, bufs: &'static mut LinkBuffers) {
-    let stack = edge_nal_std::Stack::new();
+    let stack = Stack;
     gateway_core::link::run(parts.hub, link, &stack, parts.trunk, bufs, parts.rng).await
 }

@@ -7,13 +7,10 @@ mod kernel;
 mod tap;
 
 use clap::Parser;
-use embassy_executor::Spawner;
 
-#[embassy_executor::main]
-async fn main(spawner: Spawner) {
-    // An empty HOLDFAST_* variable means unset (as for every holdfast binary). Still the only
-    // thread here: embassy's std executor runs this task on the main thread, and its time
-    // driver's thread starts at the first timer, later.
+fn main() {
+    // An empty HOLDFAST_* variable means unset (as for every holdfast binary); first, while this
+    // is the only thread.
     cli_env::unset_empty_settings();
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
@@ -21,12 +18,26 @@ async fn main(spawner: Spawner) {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let result = match &cli.command {
-        Some(cli::Command::Provision(args)) => identity::write_block(args).map(|()| std::process::exit(0)),
-        None => gateway::start(spawner, &cli.serve),
-    };
-    if let Err(e) = result {
-        eprintln!("gateway: {e:#}");
-        std::process::exit(2);
+    if let Some(cli::Command::Provision(args)) = &cli.command {
+        match identity::write_block(args) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => fail(&e),
+        }
     }
+    // One thread: the executor, its timers and every socket's readiness (src/runtime).
+    let runtime = ::gateway::runtime::RuntimeConfig { io_batch_us: cli.serve.io_batch_us };
+    let outcome = ::gateway::runtime::run(runtime, |spawner| {
+        if let Err(e) = gateway::start(spawner, &cli.serve) {
+            fail(&e);
+        }
+    });
+    match outcome {
+        Err(e) => fail(&anyhow::Error::from(e).context("the runtime failed")),
+        Ok(never) => match never {},
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ! {
+    eprintln!("gateway: {e:#}");
+    std::process::exit(2);
 }
