@@ -168,7 +168,13 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
     let config = shared.settings.trunk();
     let mut shutdown = shared.shutdown.clone();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Whether the last pass left the link unread for want of ledger room (backpressure).
+    let mut held_back = false;
     loop {
+        if held_back {
+            // The gateway's messages waited unread meanwhile: not its silence.
+            link.not_reading(shared.now_ms());
+        }
         // Anything the link itself has to say (welcome, pong, go-away)?
         if let Some(n) = link.poll_transmit(shared.now_ms(), &config, buf)? {
             if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
@@ -180,6 +186,11 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::pin!(room);
         room.as_mut().enable();
         let can_read = ServerLink::can_read(&shared.books().ledger, &config);
+        held_back = !can_read;
+        if held_back {
+            // Backpressure: the gateway's messages wait unread, so it is not idle.
+            link.not_reading(shared.now_ms());
+        }
         let idle_at = link.idle_deadline(&config);
         let idle_in = Duration::from_millis(idle_at.saturating_sub(shared.now_ms()));
         let drain = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));

@@ -142,19 +142,10 @@ async fn bad_input_gets_a_clear_answer_and_harms_no_other_session() {
     healthy.send(Message::binary(vec![1u8; 2])).await.unwrap();
     assert_eq!(wait_durable(&mut healthy, 3).await, 3);
 
-    let metrics = reqwest_metrics(&agg).await;
+    let metrics = support::clients::metrics_text(agg.addr, &agg.ca()).await;
     for reason in ["message too large", "websocket subprotocol trunk.v1 required", "handshake timeout"] {
         assert!(metrics.contains(reason), "metric for {reason:?} missing:\n{metrics}");
     }
-}
-
-/// GET /metrics over TLS.
-async fn reqwest_metrics(agg: &Aggregator) -> String {
-    let mut s = tls(agg.addr, &agg.ca()).await;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.ok();
-    body
 }
 
 #[tokio::test]

@@ -134,6 +134,66 @@ async fn a_sigkilled_aggregator_loses_nothing_it_acknowledged_postgres() {
     a_sigkilled_aggregator_loses_nothing_it_acknowledged(Kind::Postgres).await;
 }
 
+/// A slow database fills the ledger, the aggregator stops reading the trunks (backpressure), and
+/// the gateway's messages and pings wait unread. That silence is the aggregator's own: the trunks
+/// must not be closed as idle (issue #17: busy gateways' links were dropped in the million run),
+/// and every count arrives exactly once after the database is back.
+#[tokio::test]
+async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
+    // A ledger of 2,048 slots, read only while 1,024 have room (messages of at most 2 KiB), and
+    // an idle timeout of 3 x 300 ms: the database is blocked for several timeouts below.
+    let args = [
+        "--flush-interval-ms",
+        "50",
+        "--ledger-capacity",
+        "2048",
+        "--max-trunk-message",
+        "2048",
+        "--trunk-ping-ms",
+        "300",
+    ];
+    let Some(agg) = Aggregator::start(Kind::Postgres, &args).await else { return };
+    let secret = agg.add_gateway("site-slow");
+    let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-slow", &secret, 3_000, 2);
+    assert!(gw.connect(0).await && gw.connect(1).await);
+    gw.pump_until(Duration::from_secs(30), |g| {
+        g.link_phase(0) == trunk::gateway::LinkPhase::Up && g.link_phase(1) == trunk::gateway::LinkPhase::Up
+    })
+    .await;
+
+    // The database stalls: a transaction holds every flush off the sessions table.
+    let aggregator::store::Store::Postgres(pool) = agg.store().await else { panic!("a Postgres store") };
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    let sessions = open_all(&mut gw, "slow-", 3_000);
+    let mut sent = HashMap::new();
+    for round in 0..4 {
+        send_round(&mut gw, &sessions, round, &mut sent);
+        gw.pump(Duration::from_millis(900), false).await;
+    }
+    let stalled_ledger = metric(&agg, "holdfast_ledger_entries").await;
+    blocker.rollback().await.unwrap();
+
+    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
+        .await;
+    check_exact(&agg, "slow-", &sent).await;
+    assert_eq!(gw.refusals, 0, "a trunk was refused (closed as idle?) while the ledger was full");
+    assert_eq!(
+        metric(&agg, "holdfast_closed_bad_input_total").await,
+        0,
+        "no trunk closed for bad input or idleness (ledger held {stalled_ledger} sessions while stalled)"
+    );
+}
+
+/// An unlabelled metric, or the sum of a labelled family, from the aggregator's /metrics.
+async fn metric(agg: &Aggregator, name: &str) -> u64 {
+    let body = support::clients::metrics_text(agg.addr, &agg.ca()).await;
+    body.lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 #[tokio::test]
 async fn unknown_gateways_and_wrong_secrets_are_refused_and_write_nothing() {
     let Some(agg) = Aggregator::start(Kind::Sqlite, &[]).await else { return };

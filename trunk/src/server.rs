@@ -271,6 +271,14 @@ impl ServerLink {
         ledger.room() >= config.max_message_len / 2
     }
 
+    /// The aggregator is not reading this link (see [`ServerLink::can_read`]): what the gateway
+    /// sends, its pings included, waits in the transport, so its silence says nothing about it.
+    /// The idle timeout counts again from `now`. Call it whenever the link is not read for that
+    /// reason; without it a busy gateway would be closed as idle because the database was slow.
+    pub fn not_reading(&mut self, now: u64) {
+        self.last_rx = self.last_rx.max(now);
+    }
+
     /// Handles one message from the gateway: its reports go into `ledger`, to be acknowledged on
     /// `route` after the commit that holds them.
     pub fn handle_message<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>>(

@@ -40,6 +40,16 @@ pub async fn websocket(
 }
 
 /// A phone with device id `device`.
+/// The aggregator's /metrics page (Prometheus text), over TLS.
+pub async fn metrics_text(addr: SocketAddr, ca: &Path) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tls(addr, ca).await;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok();
+    body
+}
+
 pub async fn phone(addr: SocketAddr, ca: &Path, device: &str) -> Ws {
     websocket(addr, ca, &format!("/ws?device={device}"), None).await.expect("phone connects")
 }
