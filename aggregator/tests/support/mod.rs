@@ -4,5 +4,5 @@
 
 pub mod browser;
 pub mod clients;
-pub mod db;
-pub mod process;
+#[allow(unused_imports)] // each test file uses its own part
+pub use testkit::{db, process};

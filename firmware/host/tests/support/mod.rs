@@ -2,10 +2,8 @@
 //! own test support, shared), and the real gateway binary.
 #![allow(dead_code)]
 
-#[path = "../../../../aggregator/tests/support/db.rs"]
-pub mod db;
-#[path = "../../../../aggregator/tests/support/process.rs"]
-pub mod process;
+#[allow(unused_imports)] // each test file uses its own part
+pub use testkit::{db, process};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aggregator::store::Store;
 
-use super::db::{admin_url, Kind, PgDatabase};
+use crate::db::{admin_url, Kind, PgDatabase};
 
 pub struct Aggregator {
     child: Option<Child>,
