@@ -269,6 +269,9 @@ struct LinkSlot {
     reconnect_at: Option<u64>,
     /// Attempts that failed before the trunk came up.
     failures: u32,
+    /// Counted in the connected gauge: its trunk came up (Welcome), not only its WebSocket, so
+    /// a refused trunk never counts as connected.
+    up: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -507,6 +510,10 @@ impl GatewaySim {
                     Ok(()) => {
                         if self.gw.link_phase(link) == LinkPhase::Up {
                             self.links[link].failures = 0;
+                            if !self.links[link].up {
+                                self.links[link].up = true;
+                                self.shared.stats.connected.fetch_add(1, Relaxed);
+                            }
                         }
                         self.take_durable();
                     }
@@ -547,6 +554,9 @@ impl GatewaySim {
             }
         }
         let was_up = matches!(self.gw.link_phase(link), LinkPhase::Up | LinkPhase::Draining);
+        if std::mem::take(&mut l.up) {
+            self.shared.stats.connected.fetch_sub(1, Relaxed);
+        }
         if !was_up {
             l.failures = l.failures.saturating_add(1);
         }
@@ -655,6 +665,9 @@ impl GatewaySim {
                     abort.abort();
                 }
             }
+            if std::mem::take(&mut l.up) {
+                self.shared.stats.connected.fetch_sub(1, Relaxed);
+            }
             self.gw.disconnected(link, self.shared.now());
         }
         self.shared.stats.done.fetch_add(1, Relaxed);
@@ -668,15 +681,6 @@ fn trunk_failure(e: LinkError) -> Failure {
         }
         LinkError::TimedOut => Failure::new(FailureKind::Timeout, "trunk link timed out"),
         other => Failure::new(FailureKind::Trunk, other.to_string()),
-    }
-}
-
-/// Decrements the connected gauge when a link's reader ends, however it ends (also aborted).
-struct ConnectedGuard(Arc<Shared>);
-
-impl Drop for ConnectedGuard {
-    fn drop(&mut self) {
-        self.0.stats.connected.fetch_sub(1, Relaxed);
     }
 }
 
@@ -705,8 +709,6 @@ async fn link_task(
     let stats = &shared.stats;
     stats.established.fetch_add(1, Relaxed);
     stats.handshake(latency);
-    stats.connected.fetch_add(1, Relaxed);
-    let _guard = ConnectedGuard(shared.clone());
     let (sink, mut stream) = ws.split();
     if tx.send(LinkEvent::Connected { link, generation, sink }).is_err() {
         return;
