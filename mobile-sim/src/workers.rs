@@ -34,6 +34,11 @@ use crate::stats::{
 
 /// After the drain deadline, how long closes may take before everything is stopped.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How long the parent waits for a worker that was told to stop to send its final report and
+/// exit, before it gives up on it. Generous on purpose: a worker starved of CPU (a million phones
+/// on two cores) takes its time to close 19,000 connections and write their totals, and a report
+/// that comes late delays the run's end, while one given up on fails the run.
+const REPORT_WAIT: Duration = Duration::from_secs(180);
 /// Files a process needs besides its connections.
 const SPARE_FILES: u64 = 64;
 
@@ -265,16 +270,24 @@ async fn run_workers(
         }
     }
     let drain = drain_started.elapsed();
+    // Every worker has been told to stop (or finished): wait for each to exit on its own, its
+    // final report read to the end, up to REPORT_WAIT; only then is a worker killed and its
+    // report counted missing.
+    let give_up = Instant::now() + REPORT_WAIT;
     for (child, stdin) in &mut children {
         drop(stdin.take());
-        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+        let left = give_up.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, child.wait()).await.is_err() {
+            eprintln!(
+                "warning: a worker did not exit within {} s of being told to stop",
+                REPORT_WAIT.as_secs()
+            );
             let _ = child.start_kill();
         }
     }
-    // Give the readers a moment to take the last lines.
-    let settle = Instant::now() + Duration::from_secs(2);
+    // The readers take the last lines (the final report can be megabytes) until each sees EOF.
     while !states.lock().unwrap_or_else(|e| e.into_inner()).iter().all(|w| w.exited)
-        && Instant::now() < settle
+        && Instant::now() < give_up + Duration::from_secs(5)
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
