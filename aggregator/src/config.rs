@@ -101,6 +101,20 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_FLUSH_INTERVAL_MS", default_value_t = 200)]
     pub flush_interval_ms: u64,
 
+    /// Finished sessions are folded out of the sessions table into per-device totals this long
+    /// after they finished (a direct phone's session after its close, a gateway boot's after a
+    /// newer boot of the gateway was first seen); 0 turns folding off. See docs/ARCHITECTURE.md.
+    #[arg(long, env = "HOLDFAST_FOLD_AFTER_S", default_value_t = 60)]
+    pub fold_after_s: u64,
+
+    /// How often the compactor looks for sessions to fold.
+    #[arg(long, env = "HOLDFAST_FOLD_INTERVAL_MS", default_value_t = 5_000)]
+    pub fold_interval_ms: u64,
+
+    /// Most sessions folded in one transaction.
+    #[arg(long, env = "HOLDFAST_FOLD_BATCH_ROWS", default_value_t = 10_000)]
+    pub fold_batch_rows: usize,
+
     /// Most session rows written by one flush (one transaction).
     #[arg(long, env = "HOLDFAST_MAX_FLUSH_ROWS", default_value_t = 50_000)]
     pub max_flush_rows: usize,
@@ -182,6 +196,18 @@ pub struct Settings {
 impl Settings {
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// Folding's policy, or `None` when folding is off (`--fold-after-s 0`).
+    pub fn fold(&self) -> Option<crate::store::FoldPolicy> {
+        (self.fold_after_s > 0).then(|| crate::store::FoldPolicy {
+            after: Duration::from_secs(self.fold_after_s),
+            batch_rows: self.fold_batch_rows,
+        })
+    }
+
+    pub fn fold_interval(&self) -> Duration {
+        Duration::from_millis(self.fold_interval_ms.max(1))
     }
 
     pub fn handshake_timeout(&self) -> Duration {

@@ -10,7 +10,7 @@
 //! `--max-flush-rows` sessions wait. The work of a flush follows the sessions it writes, never
 //! the ledger's size.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -146,9 +146,14 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
     match result {
         Ok(written) => {
             let mut acks: HashMap<u32, Vec<AckEntry>> = HashMap::new();
-            books
-                .ledger
-                .commit_succeeded(flight, |route, _key, entry| acks.entry(route).or_default().push(entry));
+            // Sessions of a folded gateway boot were not written: no acknowledgement for them
+            // (their gateway, if it still runs, is refused; see compactor.rs).
+            let refused: HashSet<SessionKey> = written.refused.iter().copied().collect();
+            books.ledger.commit_succeeded(flight, |route, key, entry| {
+                if !refused.contains(&key) {
+                    acks.entry(route).or_default().push(entry);
+                }
+            });
             m.ledger_entries.set(books.ledger.len() as i64);
             drop(books);
             shared.deliver(acks);
@@ -156,6 +161,10 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
             m.flushes.inc();
             m.flush_rows.inc_by(rows.len() as u64);
             m.flushed_bytes.inc_by(written.bytes);
+            if !refused.is_empty() {
+                m.refused_rows.inc_by(refused.len() as u64);
+                warn!(rows = refused.len(), "reports of folded gateway boots were refused, not acknowledged");
+            }
             let lag = oldest.map(|t| t.elapsed());
             if let Some(lag) = lag {
                 m.flush_lag.observe(lag.as_secs_f64());

@@ -8,13 +8,15 @@
 //! - [`config`]: every setting, by flag or environment.
 //! - [`server`]: listener, TLS, HTTP; [`http`]: the routes; [`websocket`]: the upgrade.
 //! - [`phone`]: a direct phone's session; [`trunk_link`]: a gateway's link.
-//! - [`state`]: what connection tasks share; [`flusher`]: ledger to database, then acks.
+//! - [`state`]: what connection tasks share; [`flusher`]: ledger to database, then acks;
+//!   [`compactor`]: folds finished sessions into per-device totals.
 //! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
 //!   [`dashboard`]: its live snapshots.
 //! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
 //! - [`metrics`], [`shutdown`], [`workers`].
 
+pub mod compactor;
 pub mod config;
 pub mod dashboard;
 pub mod flusher;
@@ -165,7 +167,16 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>) -> anyhow::Result<()> {
     let mut shared = state::Shared::new(s, store, stop_rx);
     shared.ca_pem = ca.map(|ca| ca.pem.into());
     let shared = Arc::new(shared);
-    let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx));
+    let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx.clone()));
+    if let Some(policy) = shared.settings.fold() {
+        tokio::spawn(compactor::run(
+            shared.store.clone(),
+            policy,
+            shared.settings.fold_interval(),
+            shared.metrics.clone(),
+            flush_stop_rx.clone(),
+        ));
+    }
     tokio::spawn(dashboard::run(shared.clone()));
     let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls));
 

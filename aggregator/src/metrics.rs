@@ -39,6 +39,9 @@ pub struct Metrics {
     pub flush_lag: Histogram,
     pub flush_duration: Histogram,
     pub db_errors: Counter,
+    pub refused_rows: Counter,
+    pub folded_sessions: Counter,
+    pub folded_boots: Counter,
     pub refused: Family<Reason, Counter>,
     pub closed_bad_input: Family<Reason, Counter>,
     pub persisted_bytes: Gauge,
@@ -83,6 +86,9 @@ impl Metrics {
             flush_lag: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             db_errors: Counter::default(),
+            refused_rows: Counter::default(),
+            folded_sessions: Counter::default(),
+            folded_boots: Counter::default(),
             refused: Family::default(),
             closed_bad_input: Family::default(),
             persisted_bytes: Gauge::default(),
@@ -116,6 +122,21 @@ impl Metrics {
         );
         r.register("ledger_entries", "Sessions waiting in the ledger for a commit", m.ledger_entries.clone());
         r.register("flushes", "Committed flushes", m.flushes.clone());
+        r.register(
+            "refused_rows",
+            "Session reports not written (nor acknowledged) because their gateway boot was folded",
+            m.refused_rows.clone(),
+        );
+        r.register(
+            "folded_sessions",
+            "Finished sessions folded into per-device totals by this process's compactor",
+            m.folded_sessions.clone(),
+        );
+        r.register(
+            "folded_boots",
+            "Superseded gateway boots this process's compactor marked folded",
+            m.folded_boots.clone(),
+        );
         r.register("flush_rows", "Session rows written by committed flushes", m.flush_rows.clone());
         r.register(
             "flushed_bytes",

@@ -15,10 +15,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
-use trunk::frame::GoAwayReason;
+use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
 use crate::state::{LinkLive, Route, Shared};
+use crate::store::BootState;
 use crate::websocket::close;
 
 /// What gateways are told to wait before reconnecting when this process shuts down: long enough
@@ -128,7 +129,26 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     match verdict {
         Ok((link, name)) => {
             let _ = shared.store.gateway_seen(link.gateway()).await;
-            Ok((link, name))
+            match shared.store.boot_seen(link.gateway(), link.boot_epoch()).await {
+                Ok(BootState::Current) => Ok((link, name)),
+                Ok(BootState::Folded) => {
+                    // A newer boot of this gateway took over and this boot's sessions were
+                    // folded (compactor.rs): nothing it reports could be written.
+                    let reason = "this boot of the gateway was superseded by a newer one";
+                    warn!(%peer, gateway = %name, boot_epoch = link.boot_epoch(), "trunk refused: {reason}");
+                    let mut buf = [0u8; 300];
+                    if let Ok(n) = server::write_refuse(RefuseCode::SUPERSEDED, reason, &mut buf) {
+                        let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
+                    }
+                    close(ws, CloseCode::Policy, "boot superseded").await;
+                    Err("boot superseded")
+                }
+                Err(e) => {
+                    warn!(%peer, gateway = %name, error = %e, "cannot record the gateway's boot");
+                    close(ws, CloseCode::Again, "database unavailable").await;
+                    Err("database unavailable")
+                }
+            }
         }
         Err((e, name)) => {
             warn!(%peer, gateway = %name, reason = e.reason(), "trunk refused");

@@ -37,6 +37,56 @@ async fn phone_bytes_are_persisted_and_confirmed_postgres() {
     phone_bytes_are_persisted_and_confirmed(Kind::Postgres).await;
 }
 
+/// Phones that come, send and leave, again and again: their finished sessions are folded out of
+/// the sessions table (the compactor, `--fold-after-s`), which ends up empty, while every
+/// device's total stays exact across the folds.
+async fn finished_sessions_are_folded(kind: Kind) {
+    let args = ["--fold-after-s", "1", "--fold-interval-ms", "100"];
+    let Some(agg) = Aggregator::start(kind, &args).await else { return };
+    for round in 0..3 {
+        for i in 0..5u64 {
+            let mut ws = phone(agg.addr, &agg.ca(), &format!("fold-{i}")).await;
+            ws.send(Message::binary(vec![1u8; i as usize + 1])).await.unwrap();
+            assert_eq!(wait_durable(&mut ws, i + 1).await, i + 1);
+            ws.close(None).await.unwrap();
+        }
+        let store = agg.store().await;
+        let totals = store.device_totals("fold-").await.unwrap();
+        let want: Vec<(String, u64)> = (0..5).map(|i| (format!("fold-{i}"), (round + 1) * (i + 1))).collect();
+        assert_eq!(totals, want, "round {round}");
+    }
+    let store = agg.store().await;
+    let rows = || async {
+        let sql = "SELECT count(*) FROM sessions";
+        match &store {
+            aggregator::store::Store::Postgres(pool) => {
+                sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await
+            }
+            aggregator::store::Store::Sqlite(pool) => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await,
+        }
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rows().await > 0 {
+        assert!(std::time::Instant::now() < deadline, "{} session rows never folded", rows().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let want: Vec<(String, u64)> = (0..5).map(|i| (format!("fold-{i}"), 3 * (i + 1))).collect();
+    assert_eq!(store.device_totals("fold-").await.unwrap(), want, "exact after folding");
+    let metrics = support::clients::metrics_text(agg.addr, &agg.ca()).await;
+    assert!(metrics.contains("holdfast_folded_sessions_total 15"), "{metrics}");
+}
+
+#[tokio::test]
+async fn finished_sessions_are_folded_sqlite() {
+    finished_sessions_are_folded(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn finished_sessions_are_folded_postgres() {
+    finished_sessions_are_folded(Kind::Postgres).await;
+}
+
 /// The first run of a new user: no flags but a port, nothing installed, in an empty folder.
 #[tokio::test]
 async fn with_no_configuration_it_runs_on_sqlite_and_a_self_made_certificate() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use aggregator::store::{FlushRow, GatewayExists, Store};
+use aggregator::store::{BootState, FlushRow, FoldPolicy, GatewayExists, Store};
 use sqlx::Row as _;
 use support::db::{admin_url, with_database, PgDatabase};
 use trunk::ledger::SessionKey;
@@ -71,6 +71,9 @@ both!(
     keys_and_edges,
     reopen,
     summary_is_kept_by_the_flushes,
+    fold_direct_sessions,
+    fold_superseded_boot,
+    fold_races_with_flushes,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -539,4 +542,205 @@ fn with_database_replaces_the_name() {
         "holdfast_test_00ff"
     ))
     .is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Folding (migrations/postgres/0003_fold.sql)
+
+/// Fold at once (no margin), in batches of `batch_rows`.
+fn fold_now(batch_rows: usize) -> FoldPolicy {
+    FoldPolicy { after: Duration::ZERO, batch_rows }
+}
+
+/// Rows in the sessions table.
+async fn session_rows(store: &Store) -> i64 {
+    match store {
+        Store::Postgres(pool) => sqlx::query_scalar("SELECT count(*) FROM sessions").fetch_one(pool).await,
+        Store::Sqlite(pool) => sqlx::query_scalar("SELECT count(*) FROM sessions").fetch_one(pool).await,
+    }
+    .unwrap()
+}
+
+/// (device, bytes, sessions) from the device_totals view.
+async fn totals_with_sessions(store: &Store) -> Vec<(String, i64, i64)> {
+    let sql =
+        "SELECT device, CAST(bytes AS BIGINT), CAST(sessions AS BIGINT) FROM device_totals ORDER BY device";
+    match store {
+        Store::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        Store::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+    }
+    .unwrap()
+}
+
+/// Folds until a round finds nothing more.
+async fn fold_all(store: &Store, policy: &FoldPolicy) -> u64 {
+    let mut folded = 0;
+    for _ in 0..100 {
+        let done = store.fold_round(policy).await.unwrap();
+        folded += done.sessions;
+        if !done.more {
+            return folded;
+        }
+    }
+    panic!("folding never finished");
+}
+
+/// Closed direct sessions leave the table; open ones, and gateway sessions of a current boot,
+/// stay; every device's total and session count reads the same before and after, and the
+/// persisted summary does not move.
+async fn fold_direct_sessions(db: Db) {
+    let s = &db.store;
+    let direct = |session: u64| SessionKey { gateway: 0, boot_epoch: 42, session };
+    let mut rows = Vec::new();
+    for i in 0..25u64 {
+        let r = with_device(row(direct(i), 10 + i), &format!("phone-{}", i % 4));
+        rows.push(if i % 5 == 0 { r } else { closed(r, 0) });
+    }
+    rows.push(closed(row(direct(99), 7), 0)); // no device: counted in the summary only
+    rows.push(closed(with_device(row(key(3, 1), 5), "phone-0"), 0)); // a gateway's session
+    s.write_flush(&rows).await.unwrap();
+    s.boot_seen(3, key(3, 1).boot_epoch).await.unwrap();
+    let before = totals_with_sessions(s).await;
+    let summary = s.summary().await.unwrap();
+    assert_eq!(session_rows(s).await, 27);
+
+    // Not yet: they closed less than a minute ago.
+    let later = FoldPolicy { after: Duration::from_secs(60), batch_rows: 100 };
+    assert_eq!(fold_all(s, &later).await, 0);
+    // Now, in batches of 7 (21 closed direct sessions: 20 with a device, one without).
+    assert_eq!(fold_all(s, &fold_now(7)).await, 21);
+    assert_eq!(session_rows(s).await, 6, "5 open direct sessions and the gateway's stay");
+    assert_eq!(totals_with_sessions(s).await, before, "device totals and session counts unchanged");
+    assert_eq!(s.summary().await.unwrap(), summary);
+    assert!(s.session(direct(1)).await.unwrap().is_none());
+    assert!(s.session(direct(0)).await.unwrap().is_some(), "an open session is never folded");
+    assert_eq!(fold_all(s, &fold_now(7)).await, 0, "nothing twice");
+
+    // The open ones close later and fold into the same devices' totals.
+    let closing: Vec<FlushRow> = (0..25u64).step_by(5).map(|i| closed(row(direct(i), 100 + i), 0)).collect();
+    s.write_flush(&closing).await.unwrap();
+    assert_eq!(fold_all(s, &fold_now(1000)).await, 5);
+    let after = totals_with_sessions(s).await;
+    let grew: i64 = 5 * 90; // five sessions, each from 10 + i to 100 + i
+    assert_eq!(after.iter().map(|t| t.1).sum::<i64>(), before.iter().map(|t| t.1).sum::<i64>() + grew);
+    assert_eq!(after.iter().map(|t| t.2).sum::<i64>(), 26, "25 direct phone sessions and the gateway's");
+    assert_eq!(session_rows(s).await, 1);
+}
+
+/// A gateway boot superseded by a newer boot is folded: its rows leave the table, its devices'
+/// totals stay exact, and a late write for it (a report that waited in some ledger) is refused,
+/// not written again with the session's whole count, and a trunk of that boot is refused.
+async fn fold_superseded_boot(db: Db) {
+    let s = &db.store;
+    let old = |session: u64| SessionKey { gateway: 5, boot_epoch: 1, session };
+    let new = |session: u64| SessionKey { gateway: 5, boot_epoch: 2, session };
+    let other = |session: u64| SessionKey { gateway: 6, boot_epoch: 1, session };
+    assert_eq!(s.boot_seen(5, 1).await.unwrap(), BootState::Current);
+    assert_eq!(s.boot_seen(6, 1).await.unwrap(), BootState::Current);
+    let rows: Vec<FlushRow> =
+        (0..30u64).map(|i| with_device(row(old(i), 3 + i), &format!("g-{}", i % 3))).collect();
+    s.write_flush(&rows).await.unwrap();
+    s.write_flush(&[with_device(row(other(1), 9), "g-0")]).await.unwrap();
+    // Nothing supersedes boot 1 yet: it may be alive.
+    assert_eq!(fold_all(s, &fold_now(8)).await, 0);
+    tick().await;
+    assert_eq!(s.boot_seen(5, 2).await.unwrap(), BootState::Current, "the gateway restarted");
+    s.write_flush(&[with_device(row(new(0), 4), "g-1")]).await.unwrap();
+    tick().await;
+    let before = totals_with_sessions(s).await;
+
+    let first = s.fold_round(&fold_now(8)).await.unwrap();
+    assert_eq!(first.boots, 1, "boot 1 of gateway 5, not gateway 6's only boot");
+    assert_eq!(fold_all(s, &fold_now(8)).await + first.sessions, 30);
+    assert_eq!(session_rows(s).await, 2, "the new boot's and the other gateway's sessions stay");
+    assert_eq!(totals_with_sessions(s).await, before);
+
+    // A late report of the old boot: refused, and it changes nothing.
+    let w = s.write_flush(&[row(old(3), 500), row(new(0), 6)]).await.unwrap();
+    assert_eq!(w.refused, vec![old(3)]);
+    assert_eq!((w.sessions, w.bytes), (0, 2), "only the new boot's growth counts");
+    let after = totals_with_sessions(s).await;
+    let sum = |t: &[(String, i64, i64)]| t.iter().map(|t| t.1).sum::<i64>();
+    assert_eq!(sum(&after), sum(&before) + 2);
+    assert!(s.session(old(3)).await.unwrap().is_none(), "not written again");
+    assert_eq!(s.boot_seen(5, 1).await.unwrap(), BootState::Folded, "its trunk is refused");
+    assert_eq!(s.boot_seen(5, 2).await.unwrap(), BootState::Current);
+    // Folding the boot again finds nothing, and does not supersede the current one.
+    let again = s.fold_round(&fold_now(8)).await.unwrap();
+    assert_eq!((again.boots, again.sessions), (0, 0));
+}
+
+/// Flushes keep writing a boot's sessions (cumulative counts growing) while the boot is
+/// superseded and folded. Whatever the interleaving, every device's total must equal what the
+/// writes that were not refused put there: a write racing the fold must neither be lost nor
+/// insert a folded session a second time. Repeated over many boots, since each race is short.
+async fn fold_races_with_flushes(db: Db) {
+    const SESSIONS: u64 = 200;
+    const TRIALS: u32 = 25;
+    let s = &db.store;
+    let mut raced = 0;
+    for trial in 0..TRIALS {
+        let gateway = 100 + trial;
+        let old = move |session: u64| SessionKey { gateway, boot_epoch: 1, session };
+        let device = move |i: u64| format!("r{trial:02}-{}", i % 9);
+        let rows = move |round: u64| -> Vec<FlushRow> {
+            (0..SESSIONS).map(|i| with_device(row(old(i), round * 10 + i % 7), &device(i))).collect()
+        };
+        s.boot_seen(gateway, 1).await.unwrap();
+        s.write_flush(&rows(1)).await.unwrap();
+        tick().await;
+        s.boot_seen(gateway, 2).await.unwrap();
+        tick().await;
+        let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let writer = {
+            let (store, writing) = (s.clone(), writing.clone());
+            tokio::spawn(async move {
+                // Per session, the largest total a write put there without being refused.
+                let mut accepted: Vec<u64> = (0..SESSIONS).map(|i| 10 + i % 7).collect();
+                for round in 2..=200u64 {
+                    let w = store.write_flush(&rows(round)).await.unwrap();
+                    for i in 0..SESSIONS {
+                        if !w.refused.contains(&old(i)) {
+                            accepted[i as usize] = round * 10 + i % 7;
+                        }
+                    }
+                    if w.refused.len() as u64 == SESSIONS {
+                        break;
+                    }
+                }
+                writing.store(false, std::sync::atomic::Ordering::Relaxed);
+                accepted
+            })
+        };
+        let folder = {
+            let (store, writing) = (s.clone(), writing.clone());
+            tokio::spawn(async move {
+                let mut folded = 0;
+                while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    folded += store.fold_round(&fold_now(40)).await.unwrap().sessions;
+                }
+                folded
+            })
+        };
+        let accepted = writer.await.unwrap();
+        if folder.await.unwrap() > 0 {
+            raced += 1;
+        }
+        fold_all(s, &fold_now(1000)).await;
+        let mut want = std::collections::BTreeMap::<String, i64>::new();
+        for i in 0..SESSIONS {
+            *want.entry(device(i)).or_default() += accepted[i as usize] as i64;
+        }
+        let got: std::collections::BTreeMap<String, i64> = totals_with_sessions(s)
+            .await
+            .into_iter()
+            .filter(|(d, _, _)| d.starts_with(&format!("r{trial:02}-")))
+            .map(|(d, b, _)| (d, b))
+            .collect();
+        assert_eq!(got, want, "trial {trial}: each session counted once, at its last accepted total");
+    }
+    assert!(raced > 0, "the fold never ran while writes did");
+    assert_eq!(session_rows(s).await, 0);
+    let sessions: i64 = totals_with_sessions(s).await.iter().map(|t| t.2).sum();
+    assert_eq!(sessions, (SESSIONS * u64::from(TRIALS)) as i64);
 }

@@ -211,6 +211,9 @@ impl RefuseCode {
     pub const OVERLOADED: Self = Self(5);
     /// The handshake, or the link, was silent too long.
     pub const TIMEOUT: Self = Self(6);
+    /// The Hello's boot epoch was superseded by a newer boot of the same gateway, and the
+    /// aggregator has folded that boot's sessions: it accepts no more reports from it.
+    pub const SUPERSEDED: Self = Self(7);
 }
 
 /// Either end, just before it closes a link: a code and a human-readable reason.

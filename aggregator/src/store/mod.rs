@@ -37,14 +37,22 @@ pub struct FlushRow {
 }
 
 /// What a committed flush added to the persisted totals: sessions stored for the first time,
-/// and bytes by which stored counts grew (a replay adds nothing).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// and bytes by which stored counts grew (a replay adds nothing); and the sessions it did not
+/// write because their gateway boot was folded (see [`Store::fold_round`]): they must not be
+/// acknowledged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     pub sessions: u64,
     pub bytes: u64,
+    pub refused: Vec<SessionKey>,
 }
 
 impl Written {
+    /// Whether the flush added anything to the totals.
+    fn added(&self) -> bool {
+        self.sessions > 0 || self.bytes > 0
+    }
+
     fn add(&mut self, sessions: u64, bytes: u64) {
         self.sessions = self.sessions.saturating_add(sessions);
         self.bytes = self.bytes.saturating_add(bytes);
@@ -65,6 +73,39 @@ const ADD_TOTALS: &str = "UPDATE totals SET sessions = sessions + $1, \
 /// Shards of the `totals` table: a flush adds to one chosen at random, so concurrent flushes
 /// rarely wait for one another's row lock.
 const TOTALS_SHARDS: i16 = 16;
+
+/// When finished sessions are folded out of `sessions` into per-device totals
+/// (migrations/*/0003_fold.sql explains which sessions may be, and why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoldPolicy {
+    /// A direct phone's session is folded this long after its close was committed; a gateway
+    /// boot, this long after a newer boot of the same gateway was first seen. The margin keeps
+    /// recent sessions readable one by one, and gives a superseded boot's last reports (still
+    /// in some ledger) time to land before its writes are refused.
+    pub after: std::time::Duration,
+    /// Most sessions folded per transaction.
+    pub batch_rows: usize,
+}
+
+/// What one [`Store::fold_round`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Folded {
+    /// Session rows folded into per-device totals (and deleted).
+    pub sessions: u64,
+    /// Gateway boots newly marked as superseded (their writes refused from now on).
+    pub boots: u64,
+    /// Whether a batch was full: more may be waiting.
+    pub more: bool,
+}
+
+/// Whether a gateway boot may still report ([`Store::boot_seen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootState {
+    /// The boot may carry sessions.
+    Current,
+    /// A newer boot of the gateway superseded this one and its sessions were folded: refuse it.
+    Folded,
+}
 
 /// A provisioned gateway.
 #[derive(Clone, PartialEq, Eq)]
@@ -160,6 +201,30 @@ pub(crate) fn prepare(rows: &[FlushRow]) -> Vec<DbRow<'_>> {
     out
 }
 
+/// The gateway boots (gateway, boot epoch as stored) that `rows` (sorted by key) write, each once.
+/// Direct phones (gateway 0) are left out: their sessions are never refused (see
+/// migrations/postgres/0003_fold.sql).
+pub(crate) fn boots_of(rows: &[DbRow<'_>]) -> Vec<(u32, i64)> {
+    let mut boots: Vec<(u32, i64)> = Vec::new();
+    for row in rows.iter().filter(|r| r.gateway != trunk::ledger::DIRECT) {
+        if boots.last() != Some(&(row.gateway, row.boot_epoch)) {
+            boots.push((row.gateway, row.boot_epoch));
+        }
+    }
+    boots
+}
+
+/// Splits `rows` into those to write and the keys of those whose boot is in `folded`.
+pub(crate) fn split_refused<'a>(
+    rows: &[DbRow<'a>],
+    folded: &[(u32, i64)],
+) -> (Vec<DbRow<'a>>, Vec<SessionKey>) {
+    let (refused, kept): (Vec<DbRow<'a>>, Vec<DbRow<'a>>) =
+        rows.iter().cloned().partition(|r| folded.contains(&(r.gateway, r.boot_epoch)));
+    let keys = refused.iter().map(|r| key_from_db(i64::from(r.gateway), r.boot_epoch, r.session)).collect();
+    (kept, keys)
+}
+
 /// PostgreSQL text cannot hold NUL: one such device id would fail every flush that carries it
 /// (forever, since a failed flush is retried). Replace it, in both databases alike.
 fn clean_device(device: &str) -> Cow<'_, str> {
@@ -232,6 +297,7 @@ impl Store {
     /// `last_byte_at` = now when the count grew, `opened_at` = now on insert. A row that would
     /// change nothing (a replay) is not rewritten. Rows are written in key order. In the same
     /// transaction, what the flush added goes into the `totals` (see [`Store::summary`]).
+    /// Rows of a folded gateway boot are not written: they come back in [`Written::refused`].
     pub async fn write_flush(&self, rows: &[FlushRow]) -> anyhow::Result<Written> {
         if rows.is_empty() {
             return Ok(Written::default());
@@ -243,6 +309,65 @@ impl Store {
             Store::Sqlite(pool) => sqlite::write_flush(pool, &rows, shard).await,
         }
         .with_context(|| format!("writing a flush of {} sessions", rows.len()))
+    }
+
+    /// Records that gateway `gateway` is running boot `boot_epoch` (a trunk of it was accepted),
+    /// and says whether that boot may report: a boot that was superseded and folded may not.
+    pub async fn boot_seen(&self, gateway: u32, boot_epoch: u64) -> anyhow::Result<BootState> {
+        let folded = match self {
+            Store::Postgres(pool) => postgres::boot_seen(pool, gateway, boot_epoch as i64).await,
+            Store::Sqlite(pool) => sqlite::boot_seen(pool, gateway, boot_epoch as i64).await,
+        }
+        .context("recording a gateway boot")?;
+        Ok(if folded { BootState::Folded } else { BootState::Current })
+    }
+
+    /// One round of folding (the compactor calls it periodically): marks the gateway boots
+    /// superseded for `policy.after` as folded, then folds up to `policy.batch_rows` sessions
+    /// of folded boots and up to as many direct sessions closed for `policy.after`, each batch
+    /// in its own transaction. A folded session's bytes and count move to `device_folded` in
+    /// the transaction that deletes its row: `device_totals` stays exact at every instant.
+    pub async fn fold_round(&self, policy: &FoldPolicy) -> anyhow::Result<Folded> {
+        let limit = i64::try_from(policy.batch_rows.max(1)).unwrap_or(i64::MAX);
+        let after_s = policy.after.as_secs_f64();
+        let mut done = Folded::default();
+        match self {
+            Store::Postgres(pool) => {
+                done.boots =
+                    postgres::mark_superseded(pool, after_s).await.context("marking superseded boots")?;
+                for (gateway, epoch) in postgres::unfinished_boots(pool).await? {
+                    let n =
+                        postgres::fold_boot(pool, gateway, epoch, limit).await.context("folding a boot")?;
+                    done.sessions += n;
+                    if n == 0 {
+                        postgres::finish_boot(pool, gateway, epoch).await?;
+                    } else if n >= limit as u64 {
+                        done.more = true;
+                    }
+                }
+                let n =
+                    postgres::fold_direct(pool, after_s, limit).await.context("folding direct sessions")?;
+                done.sessions += n;
+                done.more |= n >= limit as u64;
+            }
+            Store::Sqlite(pool) => {
+                done.boots =
+                    sqlite::mark_superseded(pool, after_s).await.context("marking superseded boots")?;
+                for (gateway, epoch) in sqlite::unfinished_boots(pool).await? {
+                    let n = sqlite::fold_boot(pool, gateway, epoch, limit).await.context("folding a boot")?;
+                    done.sessions += n;
+                    if n == 0 {
+                        sqlite::finish_boot(pool, gateway, epoch).await?;
+                    } else if n >= limit as u64 {
+                        done.more = true;
+                    }
+                }
+                let n = sqlite::fold_direct(pool, after_s, limit).await.context("folding direct sessions")?;
+                done.sessions += n;
+                done.more |= n >= limit as u64;
+            }
+        }
+        Ok(done)
     }
 
     /// Provisions a gateway with a random 32-byte secret. Fails with [`GatewayExists`] if the

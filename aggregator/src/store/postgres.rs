@@ -6,8 +6,8 @@ use sqlx::{PgPool, Row as _};
 use trunk::ledger::SessionKey;
 
 use super::{
-    count_from_db, is_unique_violation, key_from_db, redact, DbRow, GatewayExists, GatewayRecord,
-    SessionRecord, Written, ADD_TOTALS, PG_CHUNK_ROWS,
+    boots_of, count_from_db, is_unique_violation, key_from_db, redact, split_refused, DbRow, GatewayExists,
+    GatewayRecord, SessionRecord, Written, ADD_TOTALS, PG_CHUNK_ROWS,
 };
 
 pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -55,9 +55,63 @@ SELECT LEAST(COALESCE(sum(grew::numeric), 0), 9223372036854775807)::int8 AS grew
 FROM up
 "#;
 
+/// Advisory locks that keep a flush's writes and the fold of a gateway boot apart: a flush holds
+/// the lock of each gateway it writes shared, the fold of a boot holds its gateway's lock
+/// exclusively while it marks the boot folded. The key is this base plus the gateway number
+/// modulo [`FOLD_LOCK_BUCKETS`], so a flush over a thousand gateways takes at most 64 locks
+/// (Postgres's lock table is small: 64 per connection by default).
+const FOLD_LOCK_BASE: i64 = 0x686f_6c64_6600_0000; // "holdf" and room for the buckets
+const FOLD_LOCK_BUCKETS: u32 = 64;
+
+fn fold_lock(gateway: u32) -> i64 {
+    FOLD_LOCK_BASE + i64::from(gateway % FOLD_LOCK_BUCKETS)
+}
+
+/// Takes the fold locks of the gateways in `boots` (shared), then answers which of the boots
+/// are folded. Two statements: in READ COMMITTED each statement sees what committed before it
+/// started, so the check must start after the locks are held (a fold marking a boot meanwhile
+/// has then either committed, and is seen, or not begun).
+async fn folded_among(tx: &mut sqlx::PgConnection, boots: &[(u32, i64)]) -> anyhow::Result<Vec<(u32, i64)>> {
+    let mut locks: Vec<i64> = boots.iter().map(|b| fold_lock(b.0)).collect();
+    locks.sort_unstable();
+    locks.dedup();
+    sqlx::query("SELECT count(pg_advisory_xact_lock_shared(k)) FROM unnest($1::int8[]) AS k")
+        .bind(locks)
+        .fetch_one(&mut *tx)
+        .await?;
+    let g: Vec<i32> = boots.iter().map(|b| b.0 as i32).collect();
+    let e: Vec<i64> = boots.iter().map(|b| b.1).collect();
+    let rows = sqlx::query(
+        "SELECT f.gateway_id, f.boot_epoch FROM folded_epochs f \
+         JOIN unnest($1::int4[], $2::int8[]) AS b(g, e) ON f.gateway_id = b.g AND f.boot_epoch = b.e",
+    )
+    .bind(g)
+    .bind(e)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<i32, _>("gateway_id")? as u32, r.try_get::<i64, _>("boot_epoch")?)))
+        .collect()
+}
+
 pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>], shard: i16) -> anyhow::Result<Written> {
     let mut tx = pool.begin().await?;
     let mut written = Written::default();
+    let boots = boots_of(rows);
+    let kept;
+    let rows = if boots.is_empty() {
+        rows
+    } else {
+        let folded = folded_among(&mut tx, &boots).await?;
+        if folded.is_empty() {
+            rows
+        } else {
+            let (k, refused) = split_refused(rows, &folded);
+            written.refused = refused;
+            kept = k;
+            &kept[..]
+        }
+    };
     for chunk in rows.chunks(PG_CHUNK_ROWS) {
         let n = chunk.len();
         let (mut g, mut e, mut i, mut d, mut b, mut r) = (
@@ -81,7 +135,7 @@ pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>], shard: i16) -
             sqlx::query(UPSERT).bind(g).bind(e).bind(i).bind(d).bind(b).bind(r).fetch_one(&mut *tx).await?;
         written.add(count_from_db(out.try_get("inserted")?), count_from_db(out.try_get("grew")?));
     }
-    if written != Written::default() {
+    if written.added() {
         let (sessions, bytes) = written.as_db();
         sqlx::query(ADD_TOTALS).bind(sessions).bind(bytes).bind(shard).execute(&mut *tx).await?;
     }
@@ -187,4 +241,118 @@ pub(super) async fn summary(pool: &PgPool) -> anyhow::Result<(u64, u64)> {
     .fetch_one(pool)
     .await?;
     Ok((count_from_db(row.try_get("n")?), count_from_db(row.try_get("bytes")?)))
+}
+
+pub(super) async fn boot_seen(pool: &PgPool, gateway: u32, boot_epoch: i64) -> anyhow::Result<bool> {
+    sqlx::query("INSERT INTO gateway_boots (gateway_id, boot_epoch) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(gateway as i32)
+        .bind(boot_epoch)
+        .execute(pool)
+        .await?;
+    let row =
+        sqlx::query("SELECT EXISTS (SELECT 1 FROM folded_epochs WHERE gateway_id = $1 AND boot_epoch = $2)")
+            .bind(gateway as i32)
+            .bind(boot_epoch)
+            .fetch_one(pool)
+            .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Marks as folded every boot that a newer boot of its gateway superseded at least `after_s`
+/// seconds ago, each in a transaction holding its gateway's fold lock exclusively (so no flush
+/// that has not seen the mark is still writing the boot's rows when the mark commits).
+pub(super) async fn mark_superseded(pool: &PgPool, after_s: f64) -> anyhow::Result<u64> {
+    let candidates = sqlx::query(
+        "SELECT b.gateway_id, b.boot_epoch FROM gateway_boots b \
+         WHERE EXISTS (SELECT 1 FROM gateway_boots n WHERE n.gateway_id = b.gateway_id \
+                       AND n.first_seen > b.first_seen AND n.first_seen < now() - make_interval(secs => $1)) \
+           AND NOT EXISTS (SELECT 1 FROM folded_epochs f \
+                           WHERE f.gateway_id = b.gateway_id AND f.boot_epoch = b.boot_epoch)",
+    )
+    .bind(after_s)
+    .fetch_all(pool)
+    .await?;
+    let mut marked = 0;
+    for row in candidates {
+        let gateway: i32 = row.try_get("gateway_id")?;
+        let epoch: i64 = row.try_get("boot_epoch")?;
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(fold_lock(gateway as u32))
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO folded_epochs (gateway_id, boot_epoch) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(gateway)
+        .bind(epoch)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        marked += done.rows_affected();
+    }
+    Ok(marked)
+}
+
+pub(super) async fn unfinished_boots(pool: &PgPool) -> anyhow::Result<Vec<(i32, i64)>> {
+    let rows = sqlx::query("SELECT gateway_id, boot_epoch FROM folded_epochs WHERE finished_at IS NULL")
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get("gateway_id")?, r.try_get("boot_epoch")?))).collect()
+}
+
+pub(super) async fn finish_boot(pool: &PgPool, gateway: i32, epoch: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE folded_epochs SET finished_at = now() WHERE gateway_id = $1 AND boot_epoch = $2")
+        .bind(gateway)
+        .bind(epoch)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// One statement that deletes the sessions `selection` names (up to `$1` of them, rows another
+/// transaction holds are skipped) and adds what they counted to `device_folded`. The rows a
+/// DELETE returns are the ones it deleted: two aggregators folding at once fold each row once.
+/// Answers how many sessions were folded.
+fn fold_sql(selection: &str) -> String {
+    format!(
+        r#"
+WITH gone AS (
+    DELETE FROM sessions s
+    WHERE (s.gateway_id, s.boot_epoch, s.session_id) IN (
+        SELECT gateway_id, boot_epoch, session_id FROM sessions WHERE {selection} LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING s.device, s.bytes, s.last_byte_at
+), per_device AS (
+    SELECT device, LEAST(sum(bytes::numeric), 9223372036854775807)::int8 AS bytes, count(*) AS sessions,
+           max(last_byte_at) AS last_byte_at
+    FROM gone WHERE device IS NOT NULL GROUP BY device
+), added AS (
+    INSERT INTO device_folded AS f (device, bytes, sessions, last_byte_at)
+    SELECT device, bytes, sessions, last_byte_at FROM per_device
+    ON CONFLICT (device) DO UPDATE SET
+        bytes        = CASE WHEN f.bytes > 9223372036854775807 - EXCLUDED.bytes THEN 9223372036854775807
+                            ELSE f.bytes + EXCLUDED.bytes END,
+        sessions     = f.sessions + EXCLUDED.sessions,
+        last_byte_at = GREATEST(f.last_byte_at, EXCLUDED.last_byte_at)
+    RETURNING 1
+)
+SELECT count(*) AS folded FROM gone
+"#
+    )
+}
+
+pub(super) async fn fold_boot(pool: &PgPool, gateway: i32, epoch: i64, limit: i64) -> anyhow::Result<u64> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| fold_sql("gateway_id = $2 AND boot_epoch = $3"));
+    let row = sqlx::query(sql).bind(limit).bind(gateway).bind(epoch).fetch_one(pool).await?;
+    Ok(count_from_db(row.try_get("folded")?))
+}
+
+pub(super) async fn fold_direct(pool: &PgPool, after_s: f64, limit: i64) -> anyhow::Result<u64> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        fold_sql("gateway_id = 0 AND closed_at IS NOT NULL AND closed_at < now() - make_interval(secs => $2)")
+    });
+    let row = sqlx::query(sql).bind(limit).bind(after_s).fetch_one(pool).await?;
+    Ok(count_from_db(row.try_get("folded")?))
 }

@@ -10,8 +10,8 @@ use sqlx::{Row as _, SqlitePool};
 use trunk::ledger::SessionKey;
 
 use super::{
-    count_from_db, is_unique_violation, key_from_db, DbRow, GatewayExists, GatewayRecord, SessionRecord,
-    Written, ADD_TOTALS,
+    boots_of, count_from_db, is_unique_violation, key_from_db, split_refused, DbRow, GatewayExists,
+    GatewayRecord, SessionRecord, Written, ADD_TOTALS,
 };
 
 /// How long a writer waits for another's transaction before giving up (`SQLITE_BUSY`).
@@ -113,7 +113,30 @@ pub(super) async fn write_flush(
     // rather than failing on upgrade from a read lock midway.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut written = Written::default();
+    // Rows of folded gateway boots are refused. SQLite has one writer: no fold can run between
+    // this check and the writes below.
+    let kept;
     let mut rest = rows;
+    let boots = boots_of(rows);
+    if !boots.is_empty() {
+        let mut folded = Vec::new();
+        for &(gateway, epoch) in &boots {
+            let hit = sqlx::query("SELECT 1 FROM folded_epochs WHERE gateway_id = ?1 AND boot_epoch = ?2")
+                .bind(i64::from(gateway))
+                .bind(epoch)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if hit.is_some() {
+                folded.push((gateway, epoch));
+            }
+        }
+        if !folded.is_empty() {
+            let (k, refused) = split_refused(rows, &folded);
+            written.refused = refused;
+            kept = k;
+            rest = &kept[..];
+        }
+    }
     while !rest.is_empty() {
         let n = if rest.len() >= MAX_ROWS_PER_STATEMENT {
             MAX_ROWS_PER_STATEMENT
@@ -139,7 +162,7 @@ pub(super) async fn write_flush(
             written.add(u64::from(inserted), count_from_db(out.try_get("grew")?));
         }
     }
-    if written != Written::default() {
+    if written.added() {
         let (sessions, bytes) = written.as_db();
         sqlx::query(ADD_TOTALS).bind(sessions).bind(bytes).bind(shard).execute(&mut *tx).await?;
     }
@@ -242,4 +265,120 @@ pub(super) async fn summary(pool: &SqlitePool) -> anyhow::Result<(u64, u64)> {
         total.1 = total.1.saturating_add(count_from_db(row.try_get("bytes")?));
     }
     Ok((total.0, total.1.min(i64::MAX as u64)))
+}
+
+pub(super) async fn boot_seen(pool: &SqlitePool, gateway: u32, boot_epoch: i64) -> anyhow::Result<bool> {
+    sqlx::query("INSERT INTO gateway_boots (gateway_id, boot_epoch) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+        .bind(i64::from(gateway))
+        .bind(boot_epoch)
+        .execute(pool)
+        .await?;
+    let hit = sqlx::query("SELECT 1 FROM folded_epochs WHERE gateway_id = ?1 AND boot_epoch = ?2")
+        .bind(i64::from(gateway))
+        .bind(boot_epoch)
+        .fetch_optional(pool)
+        .await?;
+    Ok(hit.is_some())
+}
+
+/// `now` minus `after_s` seconds, as stored, for comparisons with stored timestamps.
+fn seconds_ago(after_s: f64) -> String {
+    format!("-{after_s:.3} seconds")
+}
+
+/// Marks the boots superseded for `after_s` seconds as folded (one writer: no flush can be
+/// writing them meanwhile, see [`write_flush`]).
+pub(super) async fn mark_superseded(pool: &SqlitePool, after_s: f64) -> anyhow::Result<u64> {
+    let done = sqlx::query(
+        "INSERT INTO folded_epochs (gateway_id, boot_epoch) \
+         SELECT b.gateway_id, b.boot_epoch FROM gateway_boots b \
+         WHERE EXISTS (SELECT 1 FROM gateway_boots n WHERE n.gateway_id = b.gateway_id \
+                       AND n.first_seen > b.first_seen \
+                       AND n.first_seen < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1)) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(seconds_ago(after_s))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub(super) async fn unfinished_boots(pool: &SqlitePool) -> anyhow::Result<Vec<(i32, i64)>> {
+    let rows = sqlx::query("SELECT gateway_id, boot_epoch FROM folded_epochs WHERE finished_at IS NULL")
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get::<i64, _>("gateway_id")? as i32, r.try_get("boot_epoch")?))).collect()
+}
+
+pub(super) async fn finish_boot(pool: &SqlitePool, gateway: i32, epoch: i64) -> anyhow::Result<()> {
+    sqlx::query(concat!(
+        "UPDATE folded_epochs SET finished_at = ",
+        now!(),
+        " WHERE gateway_id = ?1 AND boot_epoch = ?2"
+    ))
+    .bind(i64::from(gateway))
+    .bind(epoch)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Folds the sessions `selection` names (parameters ?2 and ?3; at most ?1 of them, in key order)
+/// in one write transaction: their counts are added to `device_folded`, then the same rows (the
+/// same selection, same order, same snapshot) are deleted. Answers how many.
+async fn fold(
+    pool: &SqlitePool,
+    selection: &str,
+    limit: i64,
+    p2: i64,
+    p3: Option<i64>,
+) -> anyhow::Result<u64> {
+    let chosen = format!(
+        "SELECT gateway_id, boot_epoch, session_id, device, bytes, last_byte_at FROM sessions \
+         WHERE {selection} ORDER BY gateway_id, boot_epoch, session_id LIMIT ?1"
+    );
+    let add = format!(
+        "INSERT INTO device_folded (device, bytes, sessions, last_byte_at) \
+         SELECT device, sum(bytes), count(*), max(last_byte_at) FROM ({chosen}) WHERE device IS NOT NULL \
+         GROUP BY device \
+         ON CONFLICT (device) DO UPDATE SET \
+             bytes = CASE WHEN device_folded.bytes > 9223372036854775807 - excluded.bytes \
+                          THEN 9223372036854775807 ELSE device_folded.bytes + excluded.bytes END, \
+             sessions = device_folded.sessions + excluded.sessions, \
+             last_byte_at = CASE WHEN excluded.last_byte_at IS NULL \
+                                  OR device_folded.last_byte_at > excluded.last_byte_at \
+                                 THEN device_folded.last_byte_at ELSE excluded.last_byte_at END"
+    );
+    let delete = format!(
+        "DELETE FROM sessions WHERE (gateway_id, boot_epoch, session_id) IN \
+         (SELECT gateway_id, boot_epoch, session_id FROM ({chosen}))"
+    );
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(&add).bind(limit).bind(p2).bind(p3).execute(&mut *tx).await?;
+    let gone = sqlx::query(&delete).bind(limit).bind(p2).bind(p3).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(gone.rows_affected())
+}
+
+pub(super) async fn fold_boot(
+    pool: &SqlitePool,
+    gateway: i32,
+    epoch: i64,
+    limit: i64,
+) -> anyhow::Result<u64> {
+    fold(pool, "gateway_id = ?2 AND boot_epoch = ?3", limit, i64::from(gateway), Some(epoch)).await
+}
+
+pub(super) async fn fold_direct(pool: &SqlitePool, after_s: f64, limit: i64) -> anyhow::Result<u64> {
+    fold(
+        pool,
+        // ?2: milliseconds; ?3 is not used (NULL).
+        "gateway_id = 0 AND closed_at IS NOT NULL \
+         AND closed_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || (?2 / 1000.0) || ' seconds') \
+         AND ?3 IS NULL",
+        limit,
+        (after_s * 1000.0) as i64,
+        None,
+    )
+    .await
 }
