@@ -53,6 +53,11 @@ done
 [ "${#drills[@]}" -gt 0 ] || drills=("${all[@]}")
 
 cargo build --release -q -p aggregator -p mobile-sim -p gateway
+
+# Folding runs during the drills (docs/ARCHITECTURE.md, "Folding"), with a short margin so that
+# it happens while they break things: sessions closed 2 s ago and gateway boots superseded 2 s
+# ago leave the sessions table, and the verification must still find every byte exactly once.
+export HOLDFAST_FOLD_AFTER_S="${HOLDFAST_FOLD_AFTER_S:-2}" HOLDFAST_FOLD_INTERVAL_MS="${HOLDFAST_FOLD_INTERVAL_MS:-500}"
 command -v python3 >/dev/null || hf_die "python3 is needed to read mobile-sim's reports"
 
 # shellcheck source=scripts/cluster-lib.sh
@@ -422,6 +427,15 @@ drill_gateway_restart() {
   hf_int "$direct_before" "direct phones before" && hf_int "$direct_after" "direct phones after"
   [ "$direct_after" -eq "$direct_before" ] || { say "FAILED: direct phones at the aggregators went from $direct_before to $direct_after"; return 1; }
   say "no storm reached the aggregators: they saw $CL_LINKS trunk reconnects, and $direct_after direct phones before and after"
+  # The killed boot was superseded by the restarted one: its sessions are folded while the run
+  # goes on, and the verification below reads them from the folded totals.
+  folded_boot() { [ "$(metric_sum holdfast_folded_boots_total)" -ge 1 ]; }
+  wait_for 30 "gateway 1's killed boot folded" folded_boot || return 1
+  local folded
+  folded="$(metric_sum holdfast_folded_sessions_total)"
+  hf_int "$folded" "folded sessions"
+  say "the killed boot was folded: $folded sessions moved to per-device totals before the verification"
+  [ "$folded" -ge "$CL_SESSIONS" ] || { say "FAILED: only $folded sessions folded, expected the killed boot's $CL_SESSIONS"; return 1; }
   drill_verify || return 1
 }
 
