@@ -8,20 +8,16 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use crate::config::Settings;
-use crate::web::Access;
 
 /// What `--lan` decided, for the start-up message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lan {
     /// The address phones use.
     pub address: IpAddr,
-    /// The dashboard token was made for this run (and so is printed: nobody else knows it).
-    pub token_made: bool,
 }
 
-/// Applies `--lan` to the settings: the LAN address to listen on and to name in the certificate,
-/// and a dashboard token when none is set (on a LAN address the dashboard is closed without
-/// one). `None` without `--lan`.
+/// Applies `--lan` to the settings: the LAN address to listen on and to name in the certificate.
+/// `None` without `--lan`.
 pub fn apply(s: &mut Settings) -> anyhow::Result<Option<Lan>> {
     if !s.lan {
         return Ok(None);
@@ -43,11 +39,7 @@ pub fn apply(s: &mut Settings) -> anyhow::Result<Option<Lan>> {
     } else {
         s.tls_sans.push(address.to_string());
     }
-    let token_made = s.dashboard_token.is_empty();
-    if token_made {
-        s.dashboard_token = format!("{:032x}", rand::random::<u128>());
-    }
-    Ok(Some(Lan { address, token_made }))
+    Ok(Some(Lan { address }))
 }
 
 /// The address this machine's default route leaves from: a UDP socket "connected" to an address
@@ -94,20 +86,21 @@ pub fn where_to_look(
     bound: SocketAddr,
     ca: Option<&CaOffer>,
     lan: Option<&Lan>,
+    token_made: bool,
 ) -> anyhow::Result<String> {
     let host = match lan {
         Some(lan) => SocketAddr::new(lan.address, bound.port()).to_string(),
         None => bound.to_string(),
     };
     let base = format!("{scheme}://{host}");
-    let access = Access::of(s);
-    let dashboard = match (&access, lan) {
+    let dashboard = if token_made {
         // Made for this run: the terminal is the only place it is known.
-        (Access::Token(token), Some(Lan { token_made: true, .. })) => {
-            format!("{base}/dashboard?token={token}   (token made for this run)")
-        }
-        (Access::Token(_), _) => format!("{base}/dashboard   (add ?token=YOUR_TOKEN, the --dashboard-token)"),
-        (_, _) => format!("{base}/dashboard   ({})", access.describe()),
+        format!(
+            "{base}/dashboard?token={}   (token made for this run; --dashboard-token sets one)",
+            s.dashboard_token
+        )
+    } else {
+        format!("{base}/dashboard   (add ?token=YOUR_TOKEN, the --dashboard-token)")
     };
     let mut out = String::new();
     out.push_str(&format!("  phone page   {base}/\n"));
@@ -145,11 +138,11 @@ mod tests {
         let mut s = settings(&["--lan", "--listen", "10.77.0.1:9443"]);
         let lan = apply(&mut s).unwrap().unwrap();
         assert_eq!(lan.address, "10.77.0.1".parse::<IpAddr>().unwrap());
-        assert!(lan.token_made);
+        assert!(crate::web::make_token_if_unset(&mut s));
         assert_eq!(s.listen, "10.77.0.1:9443".parse().unwrap());
         assert_eq!(s.tls_sans, vec!["10.77.0.1".to_owned()]);
         assert_eq!(s.dashboard_token.len(), 32);
-        let text = where_to_look(&s, "https", s.listen, None, Some(&lan)).unwrap();
+        let text = where_to_look(&s, "https", s.listen, None, Some(&lan), true).unwrap();
         assert!(
             text.contains(&format!("https://10.77.0.1:9443/dashboard?token={}", s.dashboard_token)),
             "{text}"
@@ -162,9 +155,9 @@ mod tests {
     fn a_given_token_is_kept_and_not_printed() {
         let mut s = settings(&["--lan", "--listen", "10.77.0.1:9443", "--dashboard-token", "s3cret"]);
         let lan = apply(&mut s).unwrap().unwrap();
-        assert!(!lan.token_made);
+        assert!(!crate::web::make_token_if_unset(&mut s));
         assert_eq!(s.dashboard_token, "s3cret");
-        let text = where_to_look(&s, "https", s.listen, None, Some(&lan)).unwrap();
+        let text = where_to_look(&s, "https", s.listen, None, Some(&lan), false).unwrap();
         assert!(!text.contains("s3cret") && text.contains("?token=YOUR_TOKEN"), "{text}");
     }
 
@@ -172,9 +165,11 @@ mod tests {
     fn without_lan_every_run_still_says_where_to_look() {
         let mut s = settings(&[]);
         assert_eq!(apply(&mut s).unwrap(), None);
-        let text = where_to_look(&s, "https", "127.0.0.1:8443".parse().unwrap(), None, None).unwrap();
+        assert!(crate::web::make_token_if_unset(&mut s));
+        let text = where_to_look(&s, "https", "127.0.0.1:8443".parse().unwrap(), None, None, true).unwrap();
         assert!(text.contains("phone page   https://127.0.0.1:8443/"), "{text}");
-        assert!(text.contains("dashboard    https://127.0.0.1:8443/dashboard   (open"), "{text}");
+        let dashboard = format!("dashboard    https://127.0.0.1:8443/dashboard?token={}", s.dashboard_token);
+        assert!(text.contains(&dashboard), "{text}");
         assert!(text.contains("metrics      https://127.0.0.1:8443/metrics"), "{text}");
     }
 

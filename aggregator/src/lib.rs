@@ -43,6 +43,9 @@ use tracing::{info, warn};
 use config::{Cli, Command, GatewayCommand, Settings};
 use store::Store;
 
+/// Internal: set by a `--workers` parent for its workers when it made the dashboard token.
+const TOKEN_MADE_BY_PARENT: &str = "HOLDFAST_INTERNAL_DASHBOARD_TOKEN_MADE";
+
 /// Runs what the command line asks for.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -55,19 +58,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Serve) | None => {
             let mut s = cli.serve;
             let lan = lan::apply(&mut s)?;
+            let token_made = web::make_token_if_unset(&mut s);
             if s.workers > 1 && s.worker_index.is_none() {
                 // Migrations and self-made certificates once, before the workers race for them.
                 open_store(&s).await?.close().await;
                 if !s.plain {
                     tls_config(&s)?;
                 }
-                // A token --lan made must be the same in every worker (they apply --lan again).
-                let token = lan
-                    .filter(|l| l.token_made)
-                    .map(|_| ("HOLDFAST_DASHBOARD_TOKEN", s.dashboard_token.clone()));
-                workers::supervise(s.workers, token.as_slice()).await
+                // A token made for this run must be the same in every worker (each would make its
+                // own otherwise); worker 0 prints it.
+                let env = if token_made {
+                    vec![
+                        ("HOLDFAST_DASHBOARD_TOKEN", s.dashboard_token.clone()),
+                        (TOKEN_MADE_BY_PARENT, "1".to_owned()),
+                    ]
+                } else {
+                    Vec::new()
+                };
+                workers::supervise(s.workers, &env).await
             } else {
-                serve(s, lan).await
+                // A worker was given the parent's token: the parent made it, so worker 0 prints it.
+                let token_made = token_made
+                    || (s.worker_index.is_some() && std::env::var_os(TOKEN_MADE_BY_PARENT).is_some());
+                serve(s, lan, token_made).await
             }
         }
     }
@@ -135,8 +148,9 @@ fn tls_config(s: &Settings) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option
 }
 
 /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully. `lan`: what `--lan` decided
-/// ([`lan::apply`], already applied to `s`).
-pub async fn serve(s: Settings, lan: Option<lan::Lan>) -> anyhow::Result<()> {
+/// ([`lan::apply`], already applied to `s`); `token_made`: the dashboard token was made for this
+/// run ([`web::make_token_if_unset`]), so the start-up message prints it.
+pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyhow::Result<()> {
     let store = open_store(&s).await?;
     info!(store = store.kind(), "store ready, migrations applied");
     let (tls, self_made_ca) = if s.plain {
@@ -158,7 +172,10 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>) -> anyhow::Result<()> {
         listener.local_addr()?
     );
     if s.worker_index.unwrap_or(0) == 0 {
-        print!("{}", lan::where_to_look(&s, scheme, listener.local_addr()?, ca.as_ref(), lan.as_ref())?);
+        print!(
+            "{}",
+            lan::where_to_look(&s, scheme, listener.local_addr()?, ca.as_ref(), lan.as_ref(), token_made)?
+        );
     }
 
     let (stop_tx, stop_rx) = shutdown::channel();

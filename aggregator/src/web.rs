@@ -51,60 +51,50 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
-/// Who may read the dashboard's data and `/api/devices`.
+/// Who may read the dashboard's data and `/api/devices`: requests carrying the token, always.
+///
+/// There is no open mode, not even on a loopback listener: behind a TLS-passthrough proxy (the
+/// documented deployment, deploy/nginx/holdfast-passthrough.conf.in) a loopback listener serves
+/// the world. Without `--dashboard-token` the aggregator makes one for the run
+/// ([`make_token_if_unset`]) and prints the dashboard's address with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Access {
-    /// No token, and the listener is loopback with TLS: only this machine can connect.
-    Open,
-    /// Only requests carrying the token.
-    Token(String),
-    /// No token on a listener others can reach: nobody, until a token is set.
-    Closed,
+pub struct Access {
+    token: String,
+}
+
+/// Sets a random dashboard token (128 bits, hex) when none was given; whether it made one (then
+/// the start-up message prints it: nobody else knows it).
+pub fn make_token_if_unset(s: &mut Settings) -> bool {
+    if !s.dashboard_token.is_empty() {
+        return false;
+    }
+    s.dashboard_token = format!("{:032x}", rand::random::<u128>());
+    true
 }
 
 impl Access {
+    /// The rule for these settings ([`make_token_if_unset`] must have run: an empty token, which
+    /// only a caller that skipped it can have, lets nobody in).
     pub fn of(s: &Settings) -> Access {
-        if !s.dashboard_token.is_empty() {
-            Access::Token(s.dashboard_token.clone())
-        } else if s.listen.ip().is_loopback() && !s.plain {
-            // With --plain the aggregator sits behind a TLS proxy, usually on the same machine:
-            // a loopback listener would then be reachable by anyone the proxy serves.
-            Access::Open
-        } else {
-            Access::Closed
-        }
-    }
-
-    /// One line for the start-up message.
-    pub fn describe(&self) -> &'static str {
-        match self {
-            Access::Open => "open: loopback listener, no --dashboard-token",
-            Access::Token(_) => "token required",
-            Access::Closed => "disabled: set --dashboard-token",
-        }
+        Access { token: s.dashboard_token.clone() }
     }
 
     /// Whether `req` may read; otherwise the status and the reason to answer.
     pub fn check<B>(&self, req: &Request<B>) -> Result<(), (http::StatusCode, &'static str)> {
-        match self {
-            Access::Open => Ok(()),
-            Access::Closed => Err((
-                http::StatusCode::FORBIDDEN,
-                "the dashboard is disabled: this aggregator is reachable from other machines and has no --dashboard-token",
-            )),
-            Access::Token(token) => {
-                let bearer = req
-                    .headers()
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::to_owned);
-                let given = bearer.or_else(|| crate::http::query_param(req.uri().query(), "token"));
-                match given {
-                    Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-                    _ => Err((http::StatusCode::UNAUTHORIZED, "token required")),
-                }
+        let bearer = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let given = bearer.or_else(|| crate::http::query_param(req.uri().query(), "token"));
+        match given {
+            Some(given)
+                if !self.token.is_empty() && constant_time_eq(given.as_bytes(), self.token.as_bytes()) =>
+            {
+                Ok(())
             }
+            _ => Err((http::StatusCode::UNAUTHORIZED, "token required")),
         }
     }
 }
@@ -138,13 +128,23 @@ mod tests {
     }
 
     #[test]
-    fn without_a_token_only_a_loopback_tls_listener_is_open() {
-        assert_eq!(Access::of(&settings(&["--listen", "127.0.0.1:1"])), Access::Open);
-        assert_eq!(Access::of(&settings(&["--listen", "[::1]:1"])), Access::Open);
-        assert_eq!(Access::of(&settings(&["--listen", "0.0.0.0:1"])), Access::Closed);
-        assert_eq!(Access::of(&settings(&["--listen", "127.0.0.1:1", "--plain"])), Access::Closed);
-        let closed = Access::of(&settings(&["--listen", "10.1.2.3:443"]));
-        assert_eq!(closed.check(&request("/api/dashboard", None)).unwrap_err().0, 403);
+    fn without_a_token_one_is_made_for_the_run_whatever_the_listener() {
+        for args in [&["--listen", "127.0.0.1:1"][..], &["--listen", "0.0.0.0:1", "--plain"][..]] {
+            let mut s = settings(args);
+            assert!(make_token_if_unset(&mut s));
+            assert_eq!(s.dashboard_token.len(), 32);
+            let a = Access::of(&s);
+            // A loopback TLS listener is no exception: behind a passthrough proxy it serves anyone.
+            assert_eq!(a.check(&request("/api/dashboard", None)).unwrap_err().0, 401, "{args:?}");
+            assert!(a.check(&request(&format!("/api/devices?token={}", s.dashboard_token), None)).is_ok());
+        }
+        let mut given = settings(&["--dashboard-token", "s3cret"]);
+        assert!(!make_token_if_unset(&mut given));
+        assert_eq!(given.dashboard_token, "s3cret");
+        // Settings that skipped it let nobody in, not everybody.
+        let unset = Access::of(&settings(&[]));
+        assert_eq!(unset.check(&request("/api/dashboard?token=", None)).unwrap_err().0, 401);
+        assert_eq!(unset.check(&request("/api/dashboard", Some(""))).unwrap_err().0, 401);
     }
 
     #[test]

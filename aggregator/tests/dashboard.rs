@@ -118,15 +118,33 @@ async fn pages_are_served_and_the_data_needs_the_token() {
     drop(stream);
 }
 
+/// Without --dashboard-token the aggregator makes one for the run and prints the dashboard's
+/// address with it; the data needs it on every listener, loopback with TLS included (behind a
+/// TLS-passthrough proxy a loopback listener serves the world).
 #[tokio::test]
-async fn without_a_token_a_plain_listener_keeps_the_dashboard_closed() {
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--plain"]).await else { return };
-    let tcp = tokio::net::TcpStream::connect(agg.addr).await.unwrap();
-    let (status, _, body) = exchange(tcp, "/api/dashboard", None).await;
-    assert_eq!(status, 403, "{body}");
-    assert!(body.contains("--dashboard-token"), "{body}");
-    let tcp = tokio::net::TcpStream::connect(agg.addr).await.unwrap();
-    assert_eq!(exchange(tcp, "/", None).await.0, 200, "the phone page itself is public");
+async fn without_a_given_token_one_is_made_and_printed_and_required() {
+    for extra in [&[][..], &["--plain"][..]] {
+        let Some(agg) = Aggregator::start(Kind::Sqlite, extra).await else { return };
+        assert_eq!(agg.token().len(), 32, "{extra:?}: a token made for the run, printed");
+        let request = |path: &str, bearer: Option<String>| {
+            let (addr, ca, plain, path) = (agg.addr, agg.ca(), !extra.is_empty(), path.to_owned());
+            async move {
+                if plain {
+                    exchange(tokio::net::TcpStream::connect(addr).await.unwrap(), &path, bearer.as_deref())
+                        .await
+                } else {
+                    exchange(tls(addr, &ca).await, &path, bearer.as_deref()).await
+                }
+            }
+        };
+        for path in ["/api/dashboard", "/api/devices"] {
+            let (status, _, body) = request(path, None).await;
+            assert_eq!(status, 401, "{extra:?} {path}: {body}");
+        }
+        assert_eq!(request("/api/dashboard", Some(agg.token().to_owned())).await.0, 200, "{extra:?}");
+        assert_eq!(request(&format!("/api/devices?token={}", agg.token()), None).await.0, 200, "{extra:?}");
+        assert_eq!(request("/", None).await.0, 200, "the phone page itself is public");
+    }
 }
 
 #[tokio::test]
@@ -142,8 +160,10 @@ async fn a_browser_idle_connection_is_not_a_refusal() {
     let mut silent = tls(agg.addr, &agg.ca()).await;
     let mut b = [0u8; 16];
     tokio::time::timeout(Duration::from_secs(10), silent.read(&mut b)).await.unwrap().ok();
-    let snap =
-        wait_snapshot(&agg, None, "the silent connection refused", |s| s["refused"]["total"] == 1).await;
+    let snap = wait_snapshot(&agg, Some(agg.token()), "the silent connection refused", |s| {
+        s["refused"]["total"] == 1
+    })
+    .await;
     assert_eq!(snap["refused"]["by_reason"], serde_json::json!({"handshake timeout": 1}));
 }
 
@@ -181,7 +201,7 @@ async fn trunk_sessions_are_counted_once_through_replays_on_another_link() {
     // message's reports only after the same task has passed them to the dashboard's state):
     // a sample taken from now on includes them all.
     let replayed_by = unix_ms();
-    let snap = wait_snapshot(&agg, None, "200 trunk sessions, sampled after the replays", |s| {
+    let snap = wait_snapshot(&agg, Some(agg.token()), "200 trunk sessions, sampled after the replays", |s| {
         s["t"].as_u64().is_some_and(|t| t > replayed_by) && s["sessions"]["trunk"] == 200
     })
     .await;
@@ -195,7 +215,8 @@ async fn trunk_sessions_are_counted_once_through_replays_on_another_link() {
         gw.gw.close(*id, CloseReason::NORMAL).unwrap();
     }
     gw.pump_until(Duration::from_secs(30), |g| g.live_sessions() == 150).await;
-    let snap = wait_snapshot(&agg, None, "150 trunk sessions", |s| s["sessions"]["trunk"] == 150).await;
+    let snap =
+        wait_snapshot(&agg, Some(agg.token()), "150 trunk sessions", |s| s["sessions"]["trunk"] == 150).await;
     assert_eq!(snap["gateways"][0]["closed"], 50);
     assert_eq!(snap["sessions"]["gateways_up"], 1);
 }

@@ -18,9 +18,11 @@ use tokio_tungstenite::tungstenite::Message;
 /// `worker`).
 async fn some_workers_snapshot(agg: &Aggregator) -> serde_json::Value {
     let mut s = tls(agg.addr, &agg.ca()).await;
-    s.write_all(b"GET /api/dashboard HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let request = format!(
+        "GET /api/dashboard HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        agg.token()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await.unwrap().unwrap();
     let text = String::from_utf8_lossy(&raw);

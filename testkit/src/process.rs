@@ -10,6 +10,12 @@ use aggregator::store::Store;
 
 use crate::db::{admin_url, Kind, PgDatabase};
 
+/// What the start-up message told, in the order it tells it.
+enum Printed {
+    Addr(String),
+    Dashboard(Option<String>),
+}
+
 pub struct Aggregator {
     child: Option<Child>,
     pub addr: SocketAddr,
@@ -17,6 +23,9 @@ pub struct Aggregator {
     pub database_url: Option<String>,
     pg: Option<PgDatabase>,
     extra: Vec<String>,
+    /// The dashboard's token: the one given with `--dashboard-token`, or the one the aggregator
+    /// made for the run and printed.
+    token: String,
 }
 
 /// The aggregator binary: cargo names it for the aggregator's own tests; other packages' tests
@@ -58,6 +67,7 @@ impl Aggregator {
             database_url: pg.as_ref().map(|p| p.url.clone()),
             pg,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            token: String::new(),
         };
         a.spawn();
         Some(a)
@@ -92,13 +102,35 @@ impl Aggregator {
                 if let Some(rest) = line.strip_prefix("listening on ") {
                     let url = rest.split_whitespace().next().unwrap_or_default();
                     let addr = url.rsplit("://").next().unwrap_or_default().to_owned();
-                    let _ = tx.send(addr);
+                    let _ = tx.send(Printed::Addr(addr));
+                } else if let Some(rest) = line.trim_start().strip_prefix("dashboard ") {
+                    let token =
+                        rest.split_once("?token=").map(|(_, t)| t.split_whitespace().next().unwrap_or(""));
+                    let _ = tx.send(Printed::Dashboard(token.map(str::to_owned)));
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(60)).expect("the aggregator printed where it listens");
+        let wait = Duration::from_secs(60);
+        let Ok(Printed::Addr(addr)) = rx.recv_timeout(wait) else {
+            panic!("the aggregator printed where it listens")
+        };
+        let Ok(Printed::Dashboard(made)) = rx.recv_timeout(wait) else {
+            panic!("the aggregator printed its dashboard")
+        };
+        let given =
+            self.extra.iter().position(|a| a == "--dashboard-token").and_then(|i| self.extra.get(i + 1));
+        self.token = match (given, made) {
+            (Some(given), _) => given.clone(),
+            (None, Some(made)) => made,
+            (None, None) => panic!("no --dashboard-token given and none printed"),
+        };
         self.addr = addr.parse().unwrap();
         self.child = Some(child);
+    }
+
+    /// The dashboard's token (given, or made for the run and printed at start).
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     pub fn pid(&self) -> u32 {
