@@ -156,7 +156,7 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
             });
             m.ledger_entries.set(books.ledger.len() as i64);
             drop(books);
-            shared.deliver(acks);
+            shared.routes.deliver(acks);
             shared.room.notify_waiters();
             m.flushes.inc();
             m.flush_rows.inc_by(rows.len() as u64);

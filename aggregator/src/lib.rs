@@ -8,7 +8,7 @@
 //! - [`config`]: every setting, by flag or environment.
 //! - [`server`]: listener, TLS, HTTP; [`http`]: the routes; [`websocket`]: the upgrade.
 //! - [`phone`]: a direct phone's session; [`trunk_link`]: a gateway's link.
-//! - [`state`]: what connection tasks share; [`flusher`]: ledger to database, then acks;
+//! - [`state`]: what connection tasks share; [`routes`]: where acknowledgements go back; [`flusher`]: ledger to database, then acks;
 //!   [`compactor`]: folds finished sessions into per-device totals.
 //! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
@@ -25,6 +25,7 @@ pub mod lan;
 pub mod metrics;
 pub mod phone;
 pub mod qr;
+pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod state;

@@ -18,7 +18,8 @@ use tracing::debug;
 use trunk::frame::CloseReason;
 use trunk::ledger::{SessionKey, Update, DIRECT};
 
-use crate::state::{PhoneMailbox, Route, Shared};
+use crate::routes::{PhoneMailbox, Route};
+use crate::state::Shared;
 use crate::websocket::close;
 
 /// The message telling a phone its durable total (shared with gateways: the same text).
@@ -37,10 +38,9 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let route = shared.next_route();
-    let key = SessionKey { gateway: DIRECT, boot_epoch: shared.epoch, session: u64::from(route) };
-    let mailbox = Arc::new(PhoneMailbox::default());
-    shared.register(route, Route::Phone(mailbox.clone()));
+    let key = SessionKey { gateway: DIRECT, boot_epoch: shared.epoch, session: shared.new_direct_session() };
+    let mailbox = Arc::new(PhoneMailbox::new(key.session));
+    let route = shared.routes.add(Route::Phone(mailbox.clone()));
     shared.metrics.direct_sessions.inc();
     // The session row exists from the first flush on, with its device.
     let open = Update { total: Some(0), device: device.as_deref().map(str::as_bytes), closed: None };
@@ -88,7 +88,7 @@ pub async fn serve<S>(
     };
     debug!(route, total, reason = reason.0, "phone session ended");
     shared.record(key, route, Update { total: Some(total), closed: Some(reason), device: None }).await;
-    shared.unregister(route);
+    shared.routes.remove(route);
     shared.metrics.direct_sessions.dec();
     drop(permit);
 }

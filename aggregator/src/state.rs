@@ -1,38 +1,24 @@
 //! What every connection task of one aggregator process shares: the ledger, the routes that
 //! acknowledgements travel back on, admission limits, the store and the metrics.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
-use trunk::frame::AckEntry;
+use tokio::sync::{watch, Notify, Semaphore};
 use trunk::ledger::{Ledger, LedgerSlot, SessionKey, Update};
 
 use crate::config::Settings;
 use crate::dashboard::Dashboard;
 use crate::metrics::Metrics;
+use crate::routes::Routes;
 use crate::store::Store;
 
 /// The ledger and the age of its oldest report that is not yet in a flush.
 pub struct Books {
     pub ledger: Ledger<Vec<LedgerSlot>>,
     pub dirty_since: Option<Instant>,
-}
-
-/// Where a phone task learns its durable total: the latest value and a wake-up. A few dozen bytes
-/// per phone, and no queue that could grow.
-#[derive(Default)]
-pub struct PhoneMailbox {
-    pub durable: AtomicU64,
-    pub notify: Notify,
-}
-
-/// Where the acknowledgements of one route go.
-pub enum Route {
-    Phone(Arc<PhoneMailbox>),
-    Trunk(mpsc::UnboundedSender<Vec<AckEntry>>),
 }
 
 pub struct Shared {
@@ -44,8 +30,11 @@ pub struct Shared {
     pub epoch: u64,
     pub started: Instant,
     books: Mutex<Books>,
-    routes: Mutex<HashMap<u32, Route>>,
-    next_route: AtomicU32,
+    /// Where acknowledgements travel back to.
+    pub routes: Routes,
+    /// The next direct phone's session id (in this process's boot epoch). Its own counter, not
+    /// the route number: 64 bits never wrap, so a session key is never given out twice.
+    next_direct_session: AtomicU64,
     /// Signalled after every commit: room in the ledger may have been freed.
     pub room: Notify,
     pub phones: Arc<Semaphore>,
@@ -146,8 +135,8 @@ impl Shared {
         let epoch = rand::random::<u64>();
         Shared {
             books: Mutex::new(Books { ledger: Ledger::new(slots, rand::random()), dirty_since: None }),
-            routes: Mutex::new(HashMap::new()),
-            next_route: AtomicU32::new(1),
+            routes: Routes::default(),
+            next_direct_session: AtomicU64::new(1),
             room: Notify::new(),
             phones: Arc::new(Semaphore::new(settings.max_phones)),
             trunks: Arc::new(Semaphore::new(settings.max_trunks)),
@@ -215,36 +204,9 @@ impl Shared {
         }
     }
 
-    pub fn next_route(&self) -> u32 {
-        self.next_route.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn register(&self, route: u32, target: Route) {
-        self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(route, target);
-    }
-
-    pub fn unregister(&self, route: u32) {
-        self.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&route);
-    }
-
-    /// Hands a commit's acknowledgements to the tasks of their routes; routes that are gone
-    /// (a closed phone, a lost link) are skipped: the gateway replays on another link.
-    pub fn deliver(&self, acks: HashMap<u32, Vec<AckEntry>>) {
-        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        for (route, entries) in acks {
-            match routes.get(&route) {
-                Some(Route::Phone(mailbox)) => {
-                    if let Some(total) = entries.iter().map(|e| e.total).max() {
-                        mailbox.durable.fetch_max(total, Ordering::Relaxed);
-                        mailbox.notify.notify_one();
-                    }
-                }
-                Some(Route::Trunk(tx)) => {
-                    let _ = tx.send(entries);
-                }
-                None => {}
-            }
-        }
+    /// A new direct phone's session id, never given out before by this process.
+    pub fn new_direct_session(&self) -> u64 {
+        self.next_direct_session.fetch_add(1, Ordering::Relaxed)
     }
 
     fn gateways(&self) -> MutexGuard<'_, BTreeMap<u32, GatewayLive>> {

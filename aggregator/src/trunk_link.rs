@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
-use crate::state::{LinkLive, Route, Shared};
+use crate::routes::Route;
+use crate::state::{LinkLive, Shared};
 use crate::store::BootState;
 use crate::websocket::close;
 
@@ -51,9 +52,8 @@ where
         }
     };
     let gateway = link.gateway();
-    let route = shared.next_route();
     let (tx, rx) = mpsc::unbounded_channel();
-    shared.register(route, Route::Trunk(tx));
+    let route = shared.routes.add(Route::Trunk(tx));
     let live =
         LinkLive { route, index: link.link_index(), peer: peer.clone(), since: std::time::Instant::now() };
     shared.link_up(gateway, &name, link.boot_epoch(), live);
@@ -62,7 +62,7 @@ where
 
     let outcome = run_link(&shared, &mut ws, link, route, rx, &mut buf).await;
 
-    shared.unregister(route);
+    shared.routes.remove(route);
     shared.link_down(gateway, route);
     shared.metrics.trunks.dec();
     match outcome {
