@@ -89,8 +89,11 @@ else
   echo "scripts/fuzz.sh not present: skipped"
 fi
 
-step "end to end with Postgres: 21,000 phones, 100,000 gateway sessions (scripts/e2e.sh)"
+step "end to end with Postgres: 21,000 phones, 100,000 gateway sessions (scripts/e2e.sh); folding over repeated runs (scripts/bench/fold.sh)"
 bash scripts/e2e.sh </dev/null
+# Folding keeps the sessions table bounded over repeated runs, every device still exact.
+bash scripts/bench/fold.sh gateways 3 5000 6s 2 </dev/null
+bash scripts/bench/fold.sh direct 3 2000 6s 2 </dev/null
 
 step "deployment files: k8s schemas, nginx -t, systemd units, sysctl (scripts/check-deploy.sh)"
 bash scripts/check-deploy.sh </dev/null

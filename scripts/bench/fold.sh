@@ -12,6 +12,9 @@
 #
 #   DATABASE_URL=postgres://... scripts/bench/fold.sh MODE RUNS SESSIONS DURATION [FOLD_AFTER_S]
 #     the issue's load: gateways 10 100000 20s       (10 runs of 100,000 sessions)
+#     CI (scripts/test.sh): gateways 3 5000 6s 2, and direct 3 2000 6s 2
+# Fails when a run's verdict fails, when a device's total is wrong at the end, or when the table
+# holds more rows than the bound (at most one run's sessions with gateways, none direct).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -63,7 +66,15 @@ for r in $(seq 1 "$runs"); do
     "$(q 'SELECT count(*) FROM folded_epochs')" "$(cut -d' ' -f1-3 /proc/loadavg)"
 done
 sleep $((fold_after + 3))
-echo "after the last run + $((fold_after + 3)) s: sessions rows $(q 'SELECT count(*) FROM sessions'), device_folded rows $(q 'SELECT count(*) FROM device_folded')"
+rows="$(q 'SELECT count(*) FROM sessions')"
+folded_rows="$(q 'SELECT count(*) FROM device_folded')"
+hf_int "$rows" "sessions rows" && hf_int "$folded_rows" "device_folded rows"
+echo "after the last run + $((fold_after + 3)) s: sessions rows $rows, device_folded rows $folded_rows"
+# The bound: in direct mode nothing stays (every session closed and folded); with gateways the
+# last run's boots stay current (nothing supersedes them yet), so at most one run's sessions.
+bound=$sessions
+[ "$mode" = direct ] && bound=0
+[ "$rows" -le "$bound" ] || hf_die "the sessions table holds $rows rows after $runs runs: more than $bound (folding not working)"
 
 # Every device of every run, against device_totals (live rows plus folded totals).
 q "CREATE TABLE bench_sent (device text PRIMARY KEY, sent bigint NOT NULL, durable bigint NOT NULL)"

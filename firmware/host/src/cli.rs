@@ -40,15 +40,20 @@ pub struct Identity {
     /// The gateway's id, as provisioned with `aggregator gateway add ID`.
     #[arg(long, env = "HOLDFAST_GATEWAY_ID")]
     pub id: Option<String>,
-    /// The gateway's secret: the hex that `aggregator gateway add` printed.
-    #[arg(long, env = "HOLDFAST_GATEWAY_SECRET", hide_env_values = true)]
+    /// The gateway's secret: the hex that `aggregator gateway add` printed. Prefer --secret-file
+    /// or the environment: a flag is visible to every local user in the process list.
+    #[arg(long, env = "HOLDFAST_GATEWAY_SECRET", hide_env_values = true, conflicts_with = "secret_file")]
     pub secret: Option<String>,
+    /// A file holding the secret's hex (mode 600; systemd: LoadCredential).
+    #[arg(long, env = "HOLDFAST_GATEWAY_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
     /// The CA certificate (PEM) that signed the aggregator's certificate: the only one trusted.
     #[arg(long, env = "HOLDFAST_CA")]
     pub ca: Option<PathBuf>,
-    /// The aggregator's address.
+    /// The aggregator's address, HOST:PORT (a name, such as the load balancer's, is resolved
+    /// once at start).
     #[arg(long, env = "HOLDFAST_AGGREGATOR")]
-    pub aggregator: Option<SocketAddr>,
+    pub aggregator: Option<String>,
     /// The name in the aggregator's certificate (TLS server name). Default: localhost.
     #[arg(long, env = "HOLDFAST_SERVER_NAME")]
     pub server_name: Option<String>,
