@@ -135,7 +135,15 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_MAX_PHONES", default_value_t = 15_000)]
     pub max_phones: usize,
 
-    /// Trunk links this process admits; beyond it the upgrade is answered 503.
+    /// Trunk handshakes in progress at once (upgraded, the gateway not yet authenticated);
+    /// beyond it the upgrade is answered 503. A place among --max-trunks is taken only once the
+    /// gateway has proved who it is, so connections that never authenticate cannot keep real
+    /// gateways out of it.
+    #[arg(long, env = "HOLDFAST_MAX_PENDING_TRUNKS", default_value_t = 64)]
+    pub max_pending_trunks: usize,
+
+    /// Authenticated trunk links this process holds; beyond it the link is refused (OVERLOADED)
+    /// right after its handshake.
     #[arg(long, env = "HOLDFAST_MAX_TRUNKS", default_value_t = 2_000)]
     pub max_trunks: usize,
 

@@ -253,8 +253,9 @@ fn upgrade_trunk(shared: Arc<Shared>, peer: SocketAddr, mut req: Request<Incomin
         Ok(head) => head,
         Err(r) => return refuse(&shared, r.status, r.reason),
     };
-    let Ok(permit) = shared.trunks.clone().try_acquire_owned() else {
-        return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "trunk capacity reached");
+    // Only a place to shake hands: the trunk's own place is taken after authentication.
+    let Ok(permit) = shared.pending_trunks.clone().try_acquire_owned() else {
+        return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "too many trunk handshakes");
     };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {

@@ -39,6 +39,11 @@ pub struct Shared {
     pub room: Notify,
     pub phones: Arc<Semaphore>,
     pub trunks: Arc<Semaphore>,
+    /// Trunk handshakes in progress (see `--max-pending-trunks`).
+    pub pending_trunks: Arc<Semaphore>,
+    /// One gateway lookup at a time for the handshakes: they never take more than one database
+    /// connection from the flushes, however many unauthenticated Hellos arrive.
+    pub hello_lookups: Semaphore,
     gateways: Mutex<BTreeMap<u32, GatewayLive>>,
     /// The latest flush, for the dashboard.
     pub last_flush: LastFlush,
@@ -140,6 +145,8 @@ impl Shared {
             room: Notify::new(),
             phones: Arc::new(Semaphore::new(settings.max_phones)),
             trunks: Arc::new(Semaphore::new(settings.max_trunks)),
+            pending_trunks: Arc::new(Semaphore::new(settings.max_pending_trunks)),
+            hello_lookups: Semaphore::new(1),
             gateways: Mutex::new(BTreeMap::new()),
             last_flush: LastFlush::default(),
             dashboard: Dashboard::new(&settings),

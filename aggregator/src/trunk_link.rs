@@ -29,8 +29,9 @@ const GO_AWAY_RETRY_MS: u64 = 1_000;
 
 type Ws<S> = WebSocketStream<S>;
 
-/// Serves one trunk link until it closes.
-pub async fn serve<S>(shared: Arc<Shared>, mut ws: Ws<S>, peer: String, permit: OwnedSemaphorePermit)
+/// Serves one trunk link until it closes. `handshaking`: its place among the handshakes in
+/// progress (`--max-pending-trunks`), given back once the gateway is authenticated or refused.
+pub async fn serve<S>(shared: Arc<Shared>, mut ws: Ws<S>, peer: String, handshaking: OwnedSemaphorePermit)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -44,12 +45,26 @@ where
         return;
     }
 
-    let (link, name) = match authenticate(&shared, &mut ws, handshake, &peer).await {
+    let authenticated = authenticate(&shared, &mut ws, handshake, &peer).await;
+    drop(handshaking);
+    let (link, name) = match authenticated {
         Ok(authenticated) => authenticated,
         Err(reason) => {
             shared.metrics.refuse(reason);
             return;
         }
+    };
+    // Authenticated: now a place among the trunks this process holds.
+    let Ok(permit) = shared.trunks.clone().try_acquire_owned() else {
+        let reason = "trunk capacity reached";
+        warn!(%peer, gateway = %name, "trunk refused: {reason}");
+        let mut buf = [0u8; 300];
+        if let Ok(n) = server::write_refuse(RefuseCode::OVERLOADED, reason, &mut buf) {
+            let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
+        }
+        close(&mut ws, CloseCode::Again, reason).await;
+        shared.metrics.refuse(reason);
+        return;
     };
     let gateway = link.gateway();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -109,7 +124,12 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         Err(e) => Err((e, String::new())),
         Ok(hello) => {
             let name = String::from_utf8_lossy(hello.gateway_id).into_owned();
-            match shared.store.gateway_get(&name).await {
+            let lookup = {
+                // One lookup at a time (see Shared::hello_lookups); never closed, so no error.
+                let _one = shared.hello_lookups.acquire().await;
+                shared.store.gateway_get(&name).await
+            };
+            match lookup {
                 Err(e) => {
                     warn!(%peer, gateway = %name, error = %e, "cannot look up gateway");
                     close(ws, CloseCode::Again, "database unavailable").await;
@@ -152,11 +172,19 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err((e, name)) => {
             warn!(%peer, gateway = %name, reason = e.reason(), "trunk refused");
+            // An unknown name and a wrong secret get the same answer on the wire, so that a
+            // refusal does not tell which gateway names exist (the log and metrics tell them apart).
+            let (code, text) = match e {
+                HandshakeError::UnknownGateway | HandshakeError::BadProof => {
+                    (RefuseCode::BAD_PROOF, "gateway authentication failed")
+                }
+                _ => (e.refuse_code(), e.reason()),
+            };
             let mut buf = [0u8; 300];
-            if let Ok(n) = server::write_refuse(e.refuse_code(), e.reason(), &mut buf) {
+            if let Ok(n) = server::write_refuse(code, text, &mut buf) {
                 let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
             }
-            close(ws, CloseCode::Policy, e.reason()).await;
+            close(ws, CloseCode::Policy, text).await;
             Err(match e {
                 HandshakeError::UnknownGateway => "unknown gateway",
                 HandshakeError::BadProof => "bad proof",

@@ -205,6 +205,9 @@ async fn unknown_gateways_and_wrong_secrets_are_refused_and_write_nothing() {
         gw.gw.record(id, 5).unwrap();
         gw.pump(Duration::from_millis(300), false).await;
         assert_eq!(gw.refusals, 1, "{}: refused with a reason", String::from_utf8_lossy(name));
+        // The same answer for a wrong secret and an unknown name: the refusal must not tell
+        // which gateway names exist.
+        assert_eq!(gw.refused_with, Some(trunk::frame::RefuseCode::BAD_PROOF));
         assert_eq!(gw.gw.durable(id), Some(0));
     }
     assert!(agg.store().await.device_totals("intruder").await.unwrap().is_empty());
@@ -236,4 +239,46 @@ async fn sigterm_sends_go_away_to_trunks_and_acknowledges_what_they_sent() {
         "acknowledged before closing"
     );
     check_exact(&agg, "t-", &sent).await;
+}
+
+/// Connections that upgrade to /trunk and never authenticate hold only places among the
+/// handshakes in progress (`--max-pending-trunks`), not among the trunks (`--max-trunks`): a real
+/// gateway still gets in, and one beyond --max-trunks is refused after proving who it is.
+#[tokio::test]
+async fn unauthenticated_trunks_cannot_keep_real_gateways_out() {
+    let args = ["--max-trunks", "1", "--max-pending-trunks", "4", "--handshake-timeout-ms", "30000"];
+    let Some(agg) = Aggregator::start(Kind::Sqlite, &args).await else { return };
+    let secret = agg.add_gateway("site-real");
+    let other = agg.add_gateway("site-other");
+    // Three silent trunks: upgraded, never a Hello.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        let ws =
+            support::clients::websocket(agg.addr, &agg.ca(), "/trunk", Some(trunk::frame::SUBPROTOCOL)).await;
+        silent.push(ws.expect("a handshake place"));
+    }
+    let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-real", &secret, 10, 1);
+    assert!(gw.connect(0).await);
+    let id = gw.gw.open(Some(b"let-in")).unwrap();
+    gw.gw.record(id, 3).unwrap();
+    gw.pump_until(Duration::from_secs(20), |g| g.durable(id) == Some(3)).await;
+    assert_eq!(gw.gw.durable(id), Some(3), "the real gateway got the only trunk place");
+    assert_eq!(gw.refusals, 0);
+
+    // The only trunk place is taken: the next gateway is refused, after authenticating.
+    let mut late = TestGateway::new(agg.addr, &agg.ca(), b"site-other", &other, 10, 1);
+    assert!(late.connect(0).await);
+    late.pump(Duration::from_millis(500), false).await;
+    assert_eq!(late.refused_with, Some(trunk::frame::RefuseCode::OVERLOADED));
+    // Four handshakes at once at most: with three silent ones and one more, the fifth is 503.
+    let fourth =
+        support::clients::websocket(agg.addr, &agg.ca(), "/trunk", Some(trunk::frame::SUBPROTOCOL)).await;
+    assert!(fourth.is_ok());
+    let fifth =
+        support::clients::websocket(agg.addr, &agg.ca(), "/trunk", Some(trunk::frame::SUBPROTOCOL)).await;
+    assert!(
+        matches!(fifth, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 503),
+        "{fifth:?}"
+    );
+    drop(silent);
 }

@@ -81,6 +81,8 @@ pub struct TestGateway {
     ca: std::path::PathBuf,
     started: Instant,
     pub refusals: u32,
+    /// The code of the latest refusal.
+    pub refused_with: Option<trunk::frame::RefuseCode>,
 }
 
 impl TestGateway {
@@ -102,6 +104,7 @@ impl TestGateway {
             ca: ca.to_owned(),
             started: Instant::now(),
             refusals: 0,
+            refused_with: None,
         }
     }
 
@@ -196,8 +199,9 @@ impl TestGateway {
                 Ok(Some(Ok(Message::Binary(b)))) => {
                     let now = self.now();
                     if let Err(e) = self.gw.handle_message(link, &b, now) {
-                        if matches!(e, trunk::gateway::LinkError::Refused(_)) {
+                        if let trunk::gateway::LinkError::Refused(code) = e {
                             self.refusals += 1;
+                            self.refused_with = Some(code);
                         }
                         self.lost(link);
                     }
