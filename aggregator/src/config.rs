@@ -164,6 +164,11 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_PHONE_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub phone_idle_timeout_ms: u64,
 
+    /// A phone or gateway that does not take what it is sent (an acknowledgement) within this
+    /// long is disconnected: a peer that never reads would otherwise pin its task and buffers.
+    #[arg(long, env = "HOLDFAST_SEND_TIMEOUT_MS", default_value_t = 30_000)]
+    pub send_timeout_ms: u64,
+
     /// Gateways are asked to ping at least this often; a trunk silent for 3x is closed.
     #[arg(long, env = "HOLDFAST_TRUNK_PING_MS", default_value_t = 15_000)]
     pub trunk_ping_ms: u64,
@@ -216,6 +221,10 @@ impl Settings {
 
     pub fn fold_interval(&self) -> Duration {
         Duration::from_millis(self.fold_interval_ms.max(1))
+    }
+
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms.max(1))
     }
 
     pub fn handshake_timeout(&self) -> Duration {

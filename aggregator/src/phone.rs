@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -20,7 +20,7 @@ use trunk::ledger::{SessionKey, Update, DIRECT};
 
 use crate::routes::{PhoneMailbox, Route};
 use crate::state::Shared;
-use crate::websocket::close;
+use crate::websocket::{close, send_within};
 
 /// The message telling a phone its durable total (shared with gateways: the same text).
 pub fn durable_message(total: u64) -> String {
@@ -60,7 +60,8 @@ pub async fn serve<S>(
                 let durable = mailbox.durable.load(Ordering::Relaxed);
                 if durable > told {
                     told = durable;
-                    if ws.send(Message::text(durable_message(durable))).await.is_err() {
+                    let told_durable = Message::text(durable_message(durable));
+                    if !send_within(&mut ws, told_durable, shared.settings.send_timeout()).await {
                         break CloseReason::LOST;
                     }
                 }

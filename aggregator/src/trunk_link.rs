@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -21,7 +21,7 @@ use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 use crate::routes::Route;
 use crate::state::{LinkLive, Shared};
 use crate::store::BootState;
-use crate::websocket::close;
+use crate::websocket::{close, send_within};
 
 /// What gateways are told to wait before reconnecting when this process shuts down: long enough
 /// for the balancer to stop sending them here, short enough to be back within seconds.
@@ -41,7 +41,7 @@ where
     let handshake = Handshake::new(nonce, shared.now_ms());
     let mut buf = vec![0u8; config.max_message_len.max(trunk::gateway::MIN_TRANSMIT_BUFFER)];
     let Ok(n) = handshake.challenge(&mut buf) else { return };
-    if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+    if !send_within(&mut ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await {
         return;
     }
 
@@ -60,7 +60,8 @@ where
         warn!(%peer, gateway = %name, "trunk refused: {reason}");
         let mut buf = [0u8; 300];
         if let Ok(n) = server::write_refuse(RefuseCode::OVERLOADED, reason, &mut buf) {
-            let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
+            let _ = send_within(&mut ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout())
+                .await;
         }
         close(&mut ws, CloseCode::Again, reason).await;
         shared.metrics.refuse(reason);
@@ -94,7 +95,9 @@ where
             shared.metrics.bad_input(reason);
             let code = e.refuse_code();
             if let Ok(n) = server::write_refuse(code, reason, &mut buf) {
-                let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
+                let _ =
+                    send_within(&mut ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout())
+                        .await;
             }
             close(&mut ws, CloseCode::Policy, reason).await;
         }
@@ -158,7 +161,12 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                     warn!(%peer, gateway = %name, boot_epoch = link.boot_epoch(), "trunk refused: {reason}");
                     let mut buf = [0u8; 300];
                     if let Ok(n) = server::write_refuse(RefuseCode::SUPERSEDED, reason, &mut buf) {
-                        let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
+                        let _ = send_within(
+                            ws,
+                            Message::binary(buf[..n].to_vec()),
+                            shared.settings.send_timeout(),
+                        )
+                        .await;
                     }
                     close(ws, CloseCode::Policy, "boot superseded").await;
                     Err("boot superseded")
@@ -182,7 +190,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             };
             let mut buf = [0u8; 300];
             if let Ok(n) = server::write_refuse(code, text, &mut buf) {
-                let _ = ws.send(Message::binary(buf[..n].to_vec())).await;
+                let _ =
+                    send_within(ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await;
             }
             close(ws, CloseCode::Policy, text).await;
             Err(match e {
@@ -225,7 +234,7 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
         }
         // Anything the link itself has to say (welcome, pong, go-away)?
         if let Some(n) = link.poll_transmit(shared.now_ms(), &config, buf)? {
-            if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+            if !send_within(ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await {
                 return Ok(());
             }
         }
@@ -258,7 +267,7 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
                     if n == 0 {
                         break;
                     }
-                    if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
+                    if !send_within(ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await {
                         return Ok(());
                     }
                 }

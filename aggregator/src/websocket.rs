@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use futures_util::SinkExt as _;
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
     UPGRADE,
@@ -16,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Read buffer of a phone's WebSocket: a phone message is a 7-byte frame.
@@ -103,6 +105,17 @@ pub fn accept<B>(req: &Request<B>, subprotocol: Option<&'static str>) -> Result<
 }
 
 /// Closes with `code` and `reason`, waiting briefly for the peer's answer.
+/// Sends `message`, giving up after `limit`: a peer that does not read what it is sent (its
+/// receive window stays full) must not pin its task, its buffers and its admission place for
+/// ever. Whether it was sent; `false` means the connection is to be dropped.
+pub async fn send_within<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    message: Message,
+    limit: Duration,
+) -> bool {
+    matches!(tokio::time::timeout(limit, ws.send(message)).await, Ok(Ok(())))
+}
+
 pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     code: CloseCode,
@@ -111,4 +124,40 @@ pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     let frame = CloseFrame { code, reason: reason.into() };
     // The peer may already be gone; there is nobody left to tell then.
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// A peer that never reads: the in-memory pipe (256 bytes) fills, the send cannot complete,
+    /// and `send_within` gives up instead of waiting for ever. A peer that reads gets it.
+    #[tokio::test]
+    async fn a_peer_that_never_reads_does_not_pin_the_sender() {
+        let (ours, theirs) = tokio::io::duplex(256);
+        let mut ws = WebSocketStream::from_raw_socket(ours, Role::Server, Some(phone_config(4096))).await;
+        let limit = Duration::from_millis(200);
+        assert!(send_within(&mut ws, Message::text("{\"durable\":1}"), limit).await, "room for one");
+        let big = Message::binary(vec![0u8; 4096]);
+        let gave_up =
+            tokio::time::timeout(Duration::from_secs(5), send_within(&mut ws, big.clone(), limit)).await;
+        assert_eq!(gave_up, Ok(false), "the pipe is full and nobody reads: it gives up, in time");
+
+        let (ours, theirs2) = tokio::io::duplex(256);
+        let mut ws = WebSocketStream::from_raw_socket(ours, Role::Server, Some(phone_config(4096))).await;
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut theirs2 = theirs2;
+            let mut sink = vec![0u8; 8192];
+            let mut n = 0;
+            // The frame: 4 bytes of header (16-bit length) and the 4,096 of payload.
+            while n < 4 + 4096 {
+                n += theirs2.read(&mut sink).await.unwrap();
+            }
+        });
+        assert!(send_within(&mut ws, big, limit).await, "a reading peer takes it");
+        reader.await.unwrap();
+        drop(theirs);
+    }
 }
