@@ -94,7 +94,26 @@ async fn open_store(s: &Settings) -> anyhow::Result<Store> {
 }
 
 async fn gateway_command(cmd: GatewayCommand, s: &Settings) -> anyhow::Result<()> {
+    // Say which database this is: run from another folder, or without the service's
+    // DATABASE_URL, `gateway add` would provision into a database the aggregator never reads.
+    let (database, new) = match &s.database_url {
+        Some(url) => (store::redact(url), false),
+        None => {
+            let file =
+                std::path::absolute(s.data_dir.join("holdfast.db")).unwrap_or(s.data_dir.join("holdfast.db"));
+            let new = !file.exists();
+            (format!("the SQLite database {}", file.display()), new)
+        }
+    };
     let store = open_store(s).await?;
+    if new {
+        eprintln!(
+            "note: made a new, empty {database}: an aggregator reads these gateways only with this same \
+             --data-dir (or give --database-url)"
+        );
+    } else {
+        eprintln!("database: {database}");
+    }
     match cmd {
         GatewayCommand::Add { names } => {
             for name in names {

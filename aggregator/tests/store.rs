@@ -28,7 +28,10 @@ async fn sqlite_db() -> Db {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(None, dir.path(), 4).await.unwrap();
     assert_eq!(store.kind(), "sqlite");
-    assert!(dir.path().join("holdfast.db").exists());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("holdfast.db")).expect("the database file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the database holds the gateways' secrets: private to its owner");
     Db { store, url: None, dir, _pg: None }
 }
 

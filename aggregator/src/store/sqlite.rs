@@ -34,6 +34,12 @@ pub(super) fn options_for_file(path: &Path) -> SqliteConnectOptions {
 
 pub(super) async fn open(options: SqliteConnectOptions, max_connections: u32) -> anyhow::Result<SqlitePool> {
     let file = options.get_filename().display().to_string();
+    let path = options.get_filename();
+    if !path.as_os_str().is_empty() && path != Path::new(":memory:") && !path.exists() {
+        // A new file only its owner may read (it holds the gateways' secrets); SQLite gives its
+        // -wal and -shm files the same mode.
+        create_private(path).with_context(|| format!("creating the SQLite database {file}"))?;
+    }
     let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -48,6 +54,11 @@ pub(super) async fn open(options: SqliteConnectOptions, max_connections: u32) ->
         .with_context(|| format!("opening the SQLite database {file}"))?;
     sqlx::migrate!("./migrations/sqlite").run(&pool).await.context("applying the SQLite migrations")?;
     Ok(pool)
+}
+
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map(drop)
 }
 
 /// The upsert of `rows` sessions in one statement. The parameters are anonymous (`?`, bound in
