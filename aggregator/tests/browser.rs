@@ -36,7 +36,16 @@ async fn the_phone_page_sends_over_wss_and_shows_what_is_durable() {
     let _one = ONE_BROWSER.lock().await;
     let Some(agg) = Aggregator::start(Kind::Postgres, &[]).await else { return };
     let b = trusting(&agg, PHONE);
+    // A link may point the page at another server for that visit, but the page must not
+    // remember it: a link from anyone would otherwise send this phone's later visits elsewhere.
+    b.goto(&page_url(&agg, "/?server=wss://127.0.0.9:9/ws"));
+    assert_eq!(b.read("#server", "value"), "wss://127.0.0.9:9/ws", "the link's server, shown");
+    b.fill("#every", "30"); // another setting changed: the settings are saved
+    assert_eq!(b.read("#msg", "textContent"), "");
     b.goto(&page_url(&agg, "/"));
+    assert_eq!(b.read("#server", "value"), "", "the link's server was not remembered");
+    let saved = b.eval("return JSON.parse(localStorage.getItem('holdfast.phone.v1')).server");
+    assert_eq!(saved, "", "nor saved");
     assert_eq!(b.eval("return document.title"), "holdfast phone");
     assert_eq!(b.eval("return [innerWidth, innerHeight]"), serde_json::json!([390, 844]));
     assert_eq!(b.read("#state", "textContent"), "stopped");

@@ -84,7 +84,12 @@
   // A link can set things up: /?device=ID&server=wss://...&min=1&max=10&every=60
   const q = new URLSearchParams(location.search);
   if (q.get('device')) s.device = q.get('device').slice(0, 32);
-  if (q.has('server')) s.server = q.get('server');
+  // A link's server (a ws:// or wss:// URL) holds for this visit only and is not remembered:
+  // a link from anyone must not send this phone's later visits to another server. The settings
+  // form shows it; changing the server there makes it the phone's own choice.
+  let linkServer = '';
+  if (q.has('server') && /^wss?:\/\/[^/]+/i.test(q.get('server'))) linkServer = q.get('server');
+  const server = () => linkServer || s.server;
   if (q.get('min')) s.min = Number(q.get('min')) || s.min;
   if (q.get('max')) s.max = Number(q.get('max')) || s.max;
   if (q.get('every')) s.every = Number(q.get('every')) || s.every;
@@ -125,7 +130,7 @@
   }
 
   function target() {
-    const base = s.server || defaultServer();
+    const base = server() || defaultServer();
     return base + (base.includes('?') ? '&' : '?') + 'device=' + encodeURIComponent(s.device);
   }
 
@@ -649,7 +654,7 @@
     $('min').value = s.min;
     $('max').value = s.max;
     $('device').value = s.device;
-    $('server').value = s.server;
+    $('server').value = server();
     $('server').placeholder = defaultServer();
     $('every').value = s.every;
     $('wake').checked = s.wake;
@@ -659,11 +664,11 @@
   function message(text) { $('msg').textContent = text || ''; }
   function onSettings() {
     const device = $('device').value.trim();
-    const server = $('server').value.trim();
+    const chosen = $('server').value.trim();
     if (!device || utf8Length(device) > 32) { message('A device id is 1 to 32 bytes.'); fillInputs(); return; }
-    if (server && !/^wss?:\/\/[^/]+/i.test(server)) { message('The server is a ws:// or wss:// URL (empty: this site).'); fillInputs(); return; }
+    if (chosen && !/^wss?:\/\/[^/]+/i.test(chosen)) { message('The server is a ws:// or wss:// URL (empty: this site).'); fillInputs(); return; }
     message('');
-    const reconnect = device !== s.device || server !== s.server;
+    const reconnect = device !== s.device || chosen !== server();
     const pausesChanged = Number($('min').value) !== s.min || Number($('max').value) !== s.max;
     if (device !== s.device) {
       // The counts are this device's: the old device's connection ends here.
@@ -673,7 +678,11 @@
       s.reconnects = 0;
     }
     s.device = device;
-    s.server = server;
+    if (chosen !== server()) {
+      // The person chose a server: theirs from now on (a link's server is dropped).
+      s.server = chosen;
+      linkServer = '';
+    }
     s.min = Number($('min').value) || s.min;
     s.max = Number($('max').value) || s.max;
     s.every = Number($('every').value) || s.every;
