@@ -306,7 +306,7 @@ cl_aggregator_start() {
   : >"$out"
   NO_COLOR=1 RUST_LOG="${CL_AGGREGATOR_LOG:-info}" setsid "$CL_BIN/aggregator" --data-dir "$CL_DIR/aggregator-$i" \
     --listen "$(cl_aggregator_addr "$i")" --database-url "$CL_DB_URL" "${tls[@]}" \
-    --ca-cert "$CL_PKI/ca.pem" --dashboard-token "$CL_DASHBOARD_TOKEN" "$@" \
+    --ca-cert "$CL_PKI/ca.pem" --dashboard-token "$CL_DASHBOARD_TOKEN" --device-key "$CL_PKI/device-token.key" "$@" \
     >"$out" 2>>"$log" </dev/null &
   local pid=$!
   cl_remember "aggregator-$i" "$pid"
@@ -494,7 +494,7 @@ cl_phones_start() {
   cl_load_args "$2" "$3"
   shift 3
   setsid "$CL_BIN/mobile-sim" phones --target "wss://localhost:$CL_PORT/ws" --ca "$CL_PKI/ca.pem" \
-    --phones "$n" --rate 200 "${CL_LOAD[@]}" "$@" >"$CL_DIR/phones.report" 2>"$CL_DIR/phones.log" </dev/null &
+    --device-key "$CL_PKI/device-token.key" --phones "$n" --rate 200 "${CL_LOAD[@]}" "$@" >"$CL_DIR/phones.report" 2>"$CL_DIR/phones.log" </dev/null &
   cl_remember phones $!
 }
 

@@ -53,7 +53,8 @@ hf_log "e2e 1/2: $phones phones over wss, mobile-sim worker processes, aggregato
 # mobile-sim's verdict: every phone connected at once, no attempt failed, none dropped, every
 # device checked, every byte sent confirmed durable and persisted exactly once. Exit 1 otherwise.
 # --per-process makes two worker processes whatever the size.
-"$bin/mobile-sim" phones --target "wss://localhost:$port/ws" --ca "$ca" --phones "$phones" --rate 3000 -C 512 \
+"$bin/mobile-sim" phones --target "wss://localhost:$port/ws" --ca "$ca" --device-key "$work/device-token.key" \
+  --phones "$phones" --rate 3000 -C 512 \
   --per-process $(((phones + 1) / 2)) --min-interval 2s --max-interval 10s --duration "${E2E_DURATION:-45s}" \
   --device-prefix e2e-phone- --verify --database-url "$url" >"$work/phones.txt" ||
   { cat "$work/phones.txt"; hf_die "e2e 1/2 failed: mobile-sim's verdict is above"; }

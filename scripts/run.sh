@@ -85,7 +85,8 @@ cl_load_args "$duration" "${run}phone-"
 args=()
 for a in "${CL_LOAD[@]}"; do [ "$a" = --quiet ] || args+=("$a"); done
 status=0
-"$CL_BIN/mobile-sim" phones --target "wss://localhost:$CL_PORT/ws" --ca "$CL_PKI/ca.pem" --phones "$phones" \
+"$CL_BIN/mobile-sim" phones --target "wss://localhost:$CL_PORT/ws" --ca "$CL_PKI/ca.pem" \
+  --device-key "$CL_PKI/device-token.key" --phones "$phones" \
   --rate 200 "${args[@]}" || status=$?
 for i in $(seq 1 "$gateways"); do
   cl_wait "$(cl_gateway_load "$i")" || status=$?

@@ -79,8 +79,8 @@ totals="$(awk '/^test result:/ {
   } END { printf "%d passed, %d failed, %d skipped", p, f, s }' "$test_log")"
 rm -f "$test_log"
 
-step "no_std build for thumbv7em-none-eabihf (scripts/build-thumb.sh -p trunk)"
-bash scripts/build-thumb.sh -p trunk </dev/null
+step "no_std build for thumbv7em-none-eabihf (scripts/build-thumb.sh -p trunk -p device-token)"
+bash scripts/build-thumb.sh -p trunk -p device-token </dev/null
 
 step "fuzz smoke (scripts/fuzz.sh --smoke)"
 if [ -f scripts/fuzz.sh ]; then

@@ -24,6 +24,9 @@ pub enum Command {
     /// Provision gateways: their ids and secrets.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// Device tokens: what a phone shows to prove which device it is (see docs/SECURITY.md).
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Print URL as a QR code in the terminal (what --lan prints for the phone page; for a
     /// phone's camera: black on white where the terminal takes colours).
     Qr {
@@ -44,6 +47,30 @@ pub enum GatewayCommand {
     List,
     /// Remove a gateway: its links are refused from then on.
     Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Issue tokens; prints `DEVICE TOKEN` per device. A phone connects with
+    /// `?device=DEVICE&token=TOKEN` (the phone page takes both from its link).
+    Token {
+        #[arg(required = true)]
+        devices: Vec<String>,
+        /// Days until the tokens expire.
+        #[arg(long, default_value_t = 365)]
+        valid_for_days: u64,
+    },
+    /// Print the public key (hex) that checks the tokens, for gateways (--device-public-key).
+    PublicKey,
+}
+
+/// Whether phones must prove which device they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PhoneAuth {
+    /// A phone's upgrade carries a device token signed with the device key; otherwise 401.
+    Required,
+    /// Phones are believed (a closed test network only: anyone can add bytes to any device).
+    Off,
 }
 
 /// Settings of the running service.
@@ -91,6 +118,16 @@ pub struct Settings {
     /// Extra names (DNS or IP) for the self-made server certificate.
     #[arg(long = "tls-san", env = "HOLDFAST_TLS_SANS", value_delimiter = ',')]
     pub tls_sans: Vec<String>,
+
+    /// Whether a direct phone must show a device token (`?token=`, issued with `aggregator
+    /// device token`): `required` (401 without a valid one) or `off`.
+    #[arg(long, env = "HOLDFAST_PHONE_AUTH", value_enum, default_value_t = PhoneAuth::Required)]
+    pub phone_auth: PhoneAuth,
+
+    /// The device-token signing key (an Ed25519 seed, hex; made at the first start, mode 600).
+    /// Several aggregators must share one. Default: DATA_DIR/device-token.key.
+    #[arg(long, env = "HOLDFAST_DEVICE_KEY")]
+    pub device_key: Option<PathBuf>,
 
     /// Processes sharing the port (SO_REUSEPORT). Each holds at most --max-phones phones: use more
     /// when the open-file limit of one process is the bound.

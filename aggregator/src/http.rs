@@ -228,6 +228,15 @@ fn upgrade_phone(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
         Ok(id) => id.map(|id| String::from_utf8_lossy(id.as_slice()).into_owned()),
         Err(_) => return refuse(&shared, StatusCode::BAD_REQUEST, "device id longer than 32 bytes"),
     };
+    // The phone proves which device it is (docs/SECURITY.md); refused before it takes a place.
+    if let Some(key) = &shared.phone_key {
+        let token = query_param(req.uri().query(), "token");
+        if let Err(reason) =
+            crate::devices::check(key, device.as_deref().map(str::as_bytes), token.as_deref())
+        {
+            return refuse(&shared, StatusCode::UNAUTHORIZED, reason);
+        }
+    }
     let Ok(permit) = shared.phones.clone().try_acquire_owned() else {
         return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "phone capacity reached");
     };

@@ -102,8 +102,13 @@ pub fn where_to_look(
     } else {
         format!("{base}/dashboard   (add ?token=YOUR_TOKEN, the --dashboard-token)")
     };
+    // With phone authentication the page needs a device and its token: a demo device's link.
+    let phone_page = match crate::devices::demo_link(s)? {
+        Some((device, token)) => format!("{base}/?device={device}&token={token}"),
+        None => format!("{base}/"),
+    };
     let mut out = String::new();
-    out.push_str(&format!("  phone page   {base}/\n"));
+    out.push_str(&format!("  phone page   {phone_page}\n"));
     out.push_str(&format!("  dashboard    {dashboard}\n"));
     out.push_str(&format!("  metrics      {base}/metrics\n"));
     if let Some(ca) = ca {
@@ -116,8 +121,8 @@ pub fn where_to_look(
              one time, and check that the phone shows the SHA-256 above), then open the phone page:\n\n"
         ));
         let colours = std::io::stdout().is_terminal();
-        out.push_str(&crate::qr::render(&format!("{base}/"), colours)?);
-        out.push_str(&format!("  {base}/\n"));
+        out.push_str(&crate::qr::render(&phone_page, colours)?);
+        out.push_str(&format!("  {phone_page}\n"));
     }
     Ok(out)
 }
@@ -127,6 +132,12 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// The rest of the line in `text` after `prefix`.
+    fn value_after<'t>(text: &'t str, prefix: &str) -> &'t str {
+        let at = text.find(prefix).unwrap_or_else(|| panic!("{prefix:?} in {text}")) + prefix.len();
+        text[at..].split_whitespace().next().unwrap()
+    }
+
     fn settings(args: &[&str]) -> Settings {
         let mut argv = vec!["aggregator"];
         argv.extend_from_slice(args);
@@ -135,7 +146,9 @@ mod tests {
 
     #[test]
     fn lan_on_a_given_address_names_it_and_makes_a_token() {
-        let mut s = settings(&["--lan", "--listen", "10.77.0.1:9443"]);
+        let data = tempfile::tempdir().unwrap();
+        let data_dir = data.path().to_str().unwrap();
+        let mut s = settings(&["--lan", "--listen", "10.77.0.1:9443", "--data-dir", data_dir]);
         let lan = apply(&mut s).unwrap().unwrap();
         assert_eq!(lan.address, "10.77.0.1".parse::<IpAddr>().unwrap());
         assert!(crate::web::make_token_if_unset(&mut s));
@@ -147,13 +160,26 @@ mod tests {
             text.contains(&format!("https://10.77.0.1:9443/dashboard?token={}", s.dashboard_token)),
             "{text}"
         );
-        assert!(text.contains("  phone page   https://10.77.0.1:9443/\n"), "{text}");
+        // The phone page's link names a demo device and carries its token, valid for the key
+        // in the data folder.
+        let link = value_after(&text, "phone page   https://10.77.0.1:9443/?device=");
+        let (device, token) = link.split_once("&token=").expect("a device and its token");
+        let key = crate::devices::load_or_create(&crate::devices::key_path(&s)).unwrap().public_key();
+        assert!(key.verify(device.as_bytes(), token.as_bytes(), Some(crate::devices::unix_now())).is_ok());
         assert!(text.contains("█") || text.contains('▀') || text.contains('▄'), "a QR code: {text}");
     }
 
     #[test]
     fn a_given_token_is_kept_and_not_printed() {
-        let mut s = settings(&["--lan", "--listen", "10.77.0.1:9443", "--dashboard-token", "s3cret"]);
+        let mut s = settings(&[
+            "--lan",
+            "--listen",
+            "10.77.0.1:9443",
+            "--dashboard-token",
+            "s3cret",
+            "--phone-auth",
+            "off",
+        ]);
         let lan = apply(&mut s).unwrap().unwrap();
         assert!(!crate::web::make_token_if_unset(&mut s));
         assert_eq!(s.dashboard_token, "s3cret");
@@ -163,11 +189,14 @@ mod tests {
 
     #[test]
     fn without_lan_every_run_still_says_where_to_look() {
-        let mut s = settings(&[]);
+        let mut s = settings(&["--phone-auth", "off"]);
         assert_eq!(apply(&mut s).unwrap(), None);
         assert!(crate::web::make_token_if_unset(&mut s));
         let text = where_to_look(&s, "https", "127.0.0.1:8443".parse().unwrap(), None, None, true).unwrap();
-        assert!(text.contains("phone page   https://127.0.0.1:8443/"), "{text}");
+        assert!(
+            text.contains("phone page   https://127.0.0.1:8443/\n"),
+            "without phone auth, no token: {text}"
+        );
         let dashboard = format!("dashboard    https://127.0.0.1:8443/dashboard?token={}", s.dashboard_token);
         assert!(text.contains(&dashboard), "{text}");
         assert!(text.contains("metrics      https://127.0.0.1:8443/metrics"), "{text}");

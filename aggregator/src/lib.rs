@@ -19,6 +19,7 @@
 pub mod compactor;
 pub mod config;
 pub mod dashboard;
+pub mod devices;
 pub mod flusher;
 pub mod http;
 pub mod lan;
@@ -51,6 +52,7 @@ const TOKEN_MADE_BY_PARENT: &str = "HOLDFAST_INTERNAL_DASHBOARD_TOKEN_MADE";
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Gateway(cmd)) => gateway_command(cmd, &cli.serve).await,
+        Some(Command::Device(cmd)) => devices::command(cmd, &cli.serve),
         Some(Command::Qr { url }) => {
             use std::io::IsTerminal as _;
             print!("{}", qr::render(&url, std::io::stdout().is_terminal())?);
@@ -61,8 +63,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let lan = lan::apply(&mut s)?;
             let token_made = web::make_token_if_unset(&mut s);
             if s.workers > 1 && s.worker_index.is_none() {
-                // Migrations and self-made certificates once, before the workers race for them.
+                // Migrations, self-made certificates and the device key once, before the workers
+                // race for them.
                 open_store(&s).await?.close().await;
+                devices::verifier(&s)?;
                 if !s.plain {
                     tls_config(&s)?;
                 }
@@ -173,6 +177,10 @@ fn tls_config(s: &Settings) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option
 pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyhow::Result<()> {
     let store = open_store(&s).await?;
     info!(store = store.kind(), "store ready, migrations applied");
+    let phone_key = devices::verifier(&s)?;
+    if phone_key.is_none() {
+        warn!("--phone-auth off: phones are believed; anyone can add bytes to any device");
+    }
     let (tls, self_made_ca) = if s.plain {
         warn!("serving plain HTTP: only behind a proxy that terminates TLS");
         (None, None)
@@ -202,6 +210,7 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
     let (flush_stop_tx, flush_stop_rx) = shutdown::channel();
     let grace = s.shutdown_grace();
     let mut shared = state::Shared::new(s, store, stop_rx);
+    shared.phone_key = phone_key;
     shared.ca_pem = ca.map(|ca| ca.pem.into());
     let shared = Arc::new(shared);
     let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx.clone()));

@@ -51,6 +51,8 @@ pub struct Shared {
     pub dashboard: Dashboard,
     /// Who may read the dashboard's data and `/api/devices`.
     pub access: crate::web::Access,
+    /// Checks direct phones' device tokens; `None` with `--phone-auth off`.
+    pub phone_key: Option<device_token::PublicKey>,
     /// Becomes true when the process begins to shut down.
     pub shutdown: watch::Receiver<bool>,
     /// The CA certificate (PEM) offered to phones at `/ca.crt`, if any (see `--ca-cert`).
@@ -151,6 +153,7 @@ impl Shared {
             last_flush: LastFlush::default(),
             dashboard: Dashboard::new(&settings),
             access: crate::web::Access::of(&settings),
+            phone_key: None,
             settings,
             store,
             metrics,

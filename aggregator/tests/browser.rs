@@ -55,9 +55,12 @@ async fn the_phone_page_sends_over_wss_and_shows_what_is_durable() {
     let generated = b.read("#device", "value");
     assert!(generated.as_str().is_some_and(|d| d.starts_with("web-")), "a device id is made: {generated}");
 
-    // As a person would: a device id, fast pauses, Start.
+    // As a person would: the link the operator gave (a device and its token), fast pauses,
+    // Start.
     let device = format!("browser-{:08x}", rand::random::<u32>());
-    b.fill("#device", &device);
+    let token = support::clients::device_token(agg.data_dir(), &device);
+    b.goto(&page_url(&agg, &format!("/?device={device}&token={token}")));
+    assert_eq!(b.read("#device", "value"), device.as_str());
     b.fill("#min", "0.1");
     b.fill("#max", "0.3");
     assert_eq!(b.read("#msg", "textContent"), "", "the settings are accepted");
@@ -116,7 +119,8 @@ async fn the_phone_page_reconnects_when_the_server_comes_back() {
     let b = trusting(&agg, PHONE);
     let device = format!("restart-{:08x}", rand::random::<u32>());
     // Settings from the address, as a link or QR code would give them.
-    b.goto(&page_url(&agg, &format!("/?device={device}&min=0.1&max=0.2")));
+    let token = support::clients::device_token(agg.data_dir(), &device);
+    b.goto(&page_url(&agg, &format!("/?device={device}&token={token}&min=0.1&max=0.2")));
     b.click("#run");
     let first =
         b.wait_for("5 bytes durable", Duration::from_secs(60), |b| b.number("#durable").filter(|&n| n >= 5));
@@ -206,6 +210,7 @@ async fn the_dashboard_shows_the_sessions_of_a_mobile_sim_run() {
             .arg(&ca)
             .args(["--min-interval", "300ms", "--max-interval", "1500ms", "--duration", "40s"])
             .args(["--verify", "--database-url", &url, "--quiet"])
+            .env("HOLDFAST_DEVICE_KEY", agg.data_dir().join("device-token.key"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -323,7 +328,8 @@ async fn the_battery_assessment_measures_each_runs_drain_and_keeps_every_row() {
     let b = trusting(&agg, PHONE);
     b.add_init_script(SCRIPTED_BATTERY);
     let device = format!("battery-{:08x}", rand::random::<u32>());
-    b.goto(&page_url(&agg, &format!("/?device={device}&min=0.2&max=0.5")));
+    let token = support::clients::device_token(agg.data_dir(), &device);
+    b.goto(&page_url(&agg, &format!("/?device={device}&token={token}&min=0.2&max=0.5")));
     b.wait_for("the scripted battery", Duration::from_secs(20), |b| {
         b.read("#battery", "textContent").as_str()?.contains("90 %").then_some(())
     });

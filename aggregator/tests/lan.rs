@@ -138,15 +138,18 @@ fn a_phone_on_the_lan_trusts_the_downloaded_ca_and_sends_over_wss() {
     });
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !lines.iter().any(|l: &String| l.trim() == format!("https://{SERVER}:8443/")) {
+    // The phone page's link is printed last, under its QR code.
+    while !lines.iter().any(|l: &String| l.trim().starts_with(&format!("https://{SERVER}:8443/?device="))) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => lines.push(line),
             Err(_) => panic!("the aggregator did not print the phone page's address:\n{}", lines.join("\n")),
         }
     }
-    let page = value_after(&lines, "phone page");
-    assert_eq!(page, format!("https://{SERVER}:8443/"), "the LAN address, not loopback");
+    // A demo device and its token, on the LAN address (not loopback).
+    let link = value_after(&lines, "phone page");
+    let page = format!("https://{SERVER}:8443/");
+    assert!(link.starts_with(&format!("{page}?device=")) && link.contains("&token="), "{link}");
     let dashboard = value_after(&lines, "dashboard");
     let token =
         dashboard.split_once("?token=").map(|(_, t)| t.to_owned()).expect("the dashboard with its token");
@@ -160,7 +163,8 @@ fn a_phone_on_the_lan_trusts_the_downloaded_ca_and_sends_over_wss() {
         .args(["--exact", "phone_side", "--ignored", "--nocapture", "--test-threads=1"])
         .env(
             PHONE_ENV,
-            serde_json::json!({ "page": page, "token": token, "fingerprint": fingerprint }).to_string(),
+            serde_json::json!({ "page": page, "link": link, "token": token, "fingerprint": fingerprint })
+                .to_string(),
         )
         .output()
         .unwrap();
@@ -177,6 +181,7 @@ fn phone_side() {
     let Some(given) = std::env::var_os(PHONE_ENV) else { return };
     let given: serde_json::Value = serde_json::from_str(&given.to_string_lossy()).unwrap();
     let page = given["page"].as_str().unwrap();
+    let link = given["link"].as_str().unwrap();
     let token = given["token"].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
 
@@ -231,7 +236,7 @@ fn phone_side() {
         steps.contains("Android") && steps.contains("iPhone") && steps.contains("Certificate Trust Settings"),
         "the install steps: {steps}"
     );
-    b.goto(&format!("{page}?min=0.1&max=0.3"));
+    b.goto(&format!("{link}&min=0.1&max=0.3"));
     assert_eq!(b.eval("return document.title"), "holdfast phone");
     let server = b.read("#server", "placeholder");
     assert_eq!(server, format!("wss://{}/ws", page.trim_start_matches("https://").trim_end_matches('/')));

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::clients::{phone, tls, wait_durable, websocket};
+use support::clients::{device_token, phone, tls, wait_durable, websocket};
 use support::db::Kind;
 use support::process::Aggregator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 async fn phone_bytes_are_persisted_and_confirmed(kind: Kind) {
     let Some(agg) = Aggregator::start(kind, &[]).await else { return };
-    let mut ws = phone(agg.addr, &agg.ca(), "phone-1").await;
+    let mut ws = phone(agg.addr, agg.data_dir(), "phone-1").await;
     for _ in 0..50 {
         ws.send(Message::binary(vec![7u8])).await.unwrap();
     }
@@ -45,7 +45,7 @@ async fn finished_sessions_are_folded(kind: Kind) {
     let Some(agg) = Aggregator::start(kind, &args).await else { return };
     for round in 0..3 {
         for i in 0..5u64 {
-            let mut ws = phone(agg.addr, &agg.ca(), &format!("fold-{i}")).await;
+            let mut ws = phone(agg.addr, agg.data_dir(), &format!("fold-{i}")).await;
             ws.send(Message::binary(vec![1u8; i as usize + 1])).await.unwrap();
             assert_eq!(wait_durable(&mut ws, i + 1).await, i + 1);
             ws.close(None).await.unwrap();
@@ -114,7 +114,7 @@ async fn with_no_configuration_it_runs_on_sqlite_and_a_self_made_certificate() {
     let data = dir.path().canonicalize().unwrap().join("holdfast-data");
     assert!(out.contains(&data.join("ca.pem").display().to_string()), "the CA path is printed: {out}");
     assert!(data.join("holdfast.db").exists());
-    let mut ws = phone(addr, &data.join("ca.pem"), "first-run").await;
+    let mut ws = phone(addr, &data, "first-run").await;
     ws.send(Message::binary(vec![1u8; 3])).await.unwrap();
     assert_eq!(wait_durable(&mut ws, 3).await, 3);
 }
@@ -128,11 +128,11 @@ async fn bad_input_gets_a_clear_answer_and_harms_no_other_session() {
         return;
     };
     // A healthy phone that lives through all of it.
-    let mut healthy = phone(agg.addr, &agg.ca(), "healthy").await;
+    let mut healthy = phone(agg.addr, agg.data_dir(), "healthy").await;
     healthy.send(Message::binary(vec![1u8])).await.unwrap();
 
     // Oversized message: close 1009.
-    let mut big = phone(agg.addr, &agg.ca(), "big").await;
+    let mut big = phone(agg.addr, agg.data_dir(), "big").await;
     big.send(Message::binary(vec![0u8; 65])).await.unwrap();
     let close = loop {
         match big.next().await {
@@ -203,7 +203,7 @@ async fn sigterm_closes_phones_with_1001_flushes_and_exits_zero() {
     let Some(mut agg) = Aggregator::start(Kind::Sqlite, &["--shutdown-grace-ms", "1000"]).await else {
         return;
     };
-    let mut ws = phone(agg.addr, &agg.ca(), "leaving").await;
+    let mut ws = phone(agg.addr, agg.data_dir(), "leaving").await;
     ws.send(Message::binary(vec![1u8; 4])).await.unwrap();
     // Let the bytes reach the server, not necessarily the database.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -228,10 +228,70 @@ async fn sigterm_closes_phones_with_1001_flushes_and_exits_zero() {
 #[tokio::test]
 async fn beyond_the_admission_limit_a_phone_gets_503() {
     let Some(agg) = Aggregator::start(Kind::Sqlite, &["--max-phones", "1"]).await else { return };
-    let mut first = phone(agg.addr, &agg.ca(), "first").await;
-    let err = websocket(agg.addr, &agg.ca(), "/ws?device=second", None).await.unwrap_err();
+    let mut first = phone(agg.addr, agg.data_dir(), "first").await;
+    let second = format!("/ws?device=second&token={}", device_token(agg.data_dir(), "second"));
+    let err = websocket(agg.addr, &agg.ca(), &second, None).await.unwrap_err();
     assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 503));
     // The admitted phone is served as usual.
     first.send(Message::binary(vec![1u8; 5])).await.unwrap();
     assert_eq!(wait_durable(&mut first, 5).await, 5);
+}
+
+/// A phone proves which device it is: without a token, with another device's, with a forged or
+/// an expired one it is refused with 401 and a reason, before it takes a place; with its own it
+/// counts. Tokens issued by `aggregator device token` work; `--phone-auth off` believes phones.
+#[tokio::test]
+async fn a_phone_needs_a_token_for_its_own_device() {
+    let Some(agg) = Aggregator::start(Kind::Sqlite, &[]).await else { return };
+    let refused = |path: String| {
+        let (addr, ca) = (agg.addr, agg.ca());
+        async move {
+            match websocket(addr, &ca, &path, None).await {
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                    let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+                    (r.status().as_u16(), body)
+                }
+                other => panic!("{path}: expected a refusal, got {other:?}"),
+            }
+        }
+    };
+    let theirs = device_token(agg.data_dir(), "theirs");
+    let (status, body) = refused("/ws?device=mine".into()).await;
+    assert_eq!((status, body.trim()), (401, "a device token is required (?token=)"));
+    let (status, body) = refused(format!("/ws?device=mine&token={theirs}")).await;
+    assert_eq!((status, body.trim()), (401, "the device token is not valid for this device"));
+    let (status, _) = refused(format!("/ws?token={theirs}")).await;
+    assert_eq!(status, 401, "no device id");
+    // Signed by another key (a gateway's, say): refused.
+    let forged = device_token::SigningKey::generate().token(b"mine", u64::MAX / 2).unwrap();
+    let (status, _) = refused(format!("/ws?device=mine&token={forged}")).await;
+    assert_eq!(status, 401);
+    // Expired.
+    let key = std::fs::read_to_string(agg.data_dir().join("device-token.key")).unwrap();
+    let expired = device_token::SigningKey::from_hex(&key).unwrap().token(b"mine", 1_000_000_000).unwrap();
+    let (status, body) = refused(format!("/ws?device=mine&token={expired}")).await;
+    assert_eq!((status, body.trim()), (401, "the device token expired"));
+
+    // Issued by the command line, for the same data folder: accepted, and counted.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        .arg("--data-dir")
+        .arg(agg.data_dir())
+        .args(["device", "token", "mine"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    let token = line.trim().strip_prefix("mine ").expect("DEVICE TOKEN");
+    let mut ws =
+        websocket(agg.addr, &agg.ca(), &format!("/ws?device=mine&token={token}"), None).await.unwrap();
+    ws.send(Message::binary(vec![1u8; 4])).await.unwrap();
+    assert_eq!(wait_durable(&mut ws, 4).await, 4);
+    let metrics = support::clients::metrics_text(agg.addr, &agg.ca()).await;
+    assert!(metrics.contains("the device token is not valid for this device"), "refusals are counted");
+    assert_eq!(agg.store().await.device_totals("mine").await.unwrap(), vec![("mine".to_owned(), 4)]);
+
+    let Some(open) = Aggregator::start(Kind::Sqlite, &["--phone-auth", "off"]).await else { return };
+    let mut ws = websocket(open.addr, &open.ca(), "/ws?device=anyone", None).await.expect("believed");
+    ws.send(Message::binary(vec![1u8; 2])).await.unwrap();
+    assert_eq!(wait_durable(&mut ws, 2).await, 2);
 }

@@ -44,7 +44,7 @@ async fn two_workers_share_the_port_and_stop_together() {
     assert_eq!(children.split_whitespace().count(), 2, "two worker processes");
     let mut phones = Vec::new();
     for i in 0..40 {
-        let mut ws = phone(agg.addr, &agg.ca(), &format!("w-{i:02}")).await;
+        let mut ws = phone(agg.addr, agg.data_dir(), &format!("w-{i:02}")).await;
         ws.send(Message::binary(vec![1u8; 2])).await.unwrap();
         phones.push(ws);
     }

@@ -69,6 +69,8 @@
   const s = {
     device: typeof saved.device === 'string' && saved.device ? saved.device : randomDevice(),
     server: typeof saved.server === 'string' ? saved.server : '',
+    // The device token the operator issued for this device (docs/SECURITY.md), from the link.
+    token: typeof saved.token === 'string' ? saved.token : '',
     min: Number(saved.min) || 1,
     max: Number(saved.max) || 10,
     every: Number(saved.every) || 60,
@@ -83,7 +85,13 @@
   };
   // A link can set things up: /?device=ID&server=wss://...&min=1&max=10&every=60
   const q = new URLSearchParams(location.search);
-  if (q.get('device')) s.device = q.get('device').slice(0, 32);
+  if (q.get('device')) {
+    const device = q.get('device').slice(0, 32);
+    // A token belongs to its device: a link for another device brings its own, or none.
+    if (device !== s.device) s.token = '';
+    s.device = device;
+  }
+  if (q.get('token')) s.token = q.get('token').slice(0, 128);
   // A link's server (a ws:// or wss:// URL) holds for this visit only and is not remembered:
   // a link from anyone must not send this phone's later visits to another server. The settings
   // form shows it; changing the server there makes it the phone's own choice.
@@ -131,7 +139,8 @@
 
   function target() {
     const base = server() || defaultServer();
-    return base + (base.includes('?') ? '&' : '?') + 'device=' + encodeURIComponent(s.device);
+    const token = s.token ? '&token=' + encodeURIComponent(s.token) : '';
+    return base + (base.includes('?') ? '&' : '?') + 'device=' + encodeURIComponent(s.device) + token;
   }
 
   function connect() {
@@ -671,7 +680,9 @@
     const reconnect = device !== s.device || chosen !== server();
     const pausesChanged = Number($('min').value) !== s.min || Number($('max').value) !== s.max;
     if (device !== s.device) {
-      // The counts are this device's: the old device's connection ends here.
+      // The counts are this device's: the old device's connection ends here, and so does its
+      // token (a server that requires tokens refuses the new device without its own link).
+      s.token = '';
       if (ws) abandon('device changed');
       s.sent = 0;
       s.durable = 0;

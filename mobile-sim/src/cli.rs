@@ -70,6 +70,12 @@ pub struct PhonesArgs {
     #[arg(short = 'A', long = "phones", visible_alias = "amount", default_value_t = 1000, value_name = "N")]
     pub phones: u64,
 
+    /// The aggregator's device-token key (its DATA_DIR/device-token.key, or --device-key): each
+    /// phone then proves its device with `&token=`, as a real phone given a token by the operator
+    /// does. Needed against an aggregator that requires phone tokens (its default).
+    #[arg(long, env = "HOLDFAST_DEVICE_KEY", value_name = "FILE")]
+    pub device_key: Option<PathBuf>,
+
     /// New connections per second, the ramp (0: no limit but --concurrent). Reconnects are not
     /// limited by the rate, only by --concurrent.
     #[arg(long, default_value_t = 1000.0, value_name = "PER_SECOND")]

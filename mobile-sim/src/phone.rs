@@ -57,6 +57,8 @@ pub struct Plan {
     pub targets: Vec<Target>,
     pub sources: Vec<IpAddr>,
     pub connector: Connector,
+    /// Signs each phone's device token (`--device-key`), if given.
+    pub device_key: Option<Arc<device_token::SigningKey>>,
     width: usize,
 }
 
@@ -77,7 +79,20 @@ impl Plan {
             None => Vec::new(),
         };
         let connector = Connector::new(tls, common.connect_timeout, None, MAX_MESSAGE);
+        let device_key = match &args.device_key {
+            Some(path) => {
+                use anyhow::Context as _;
+                let hex = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the device key {}", path.display()))?;
+                let key = device_token::SigningKey::from_hex(&hex).with_context(|| {
+                    format!("{} does not hold a device key (64 hex digits)", path.display())
+                })?;
+                Some(Arc::new(key))
+            }
+            None => None,
+        };
         Ok(Self {
+            device_key,
             total: args.phones,
             rate: args.rate,
             targets,
@@ -86,6 +101,23 @@ impl Plan {
             width: device_width(args.phones),
             common,
         })
+    }
+
+    /// The URL phone `index` connects to: its device id, and its token with --device-key (valid
+    /// for a day from this attempt).
+    fn url(&self, index: u64) -> String {
+        let device = self.device_id(index);
+        let url = self.target(index).url_with_device(&device);
+        match &self.device_key {
+            Some(key) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let token = key.token(device.as_bytes(), now + 24 * 3600).unwrap_or_default();
+                format!("{url}&token={token}")
+            }
+            None => url,
+        }
     }
 
     /// The device id of phone `index`: the prefix and the zero-padded index.
@@ -312,7 +344,7 @@ async fn attempt(shared: &Shared, index: u64, _permit: tokio::sync::SemaphorePer
     stats.attempts.fetch_add(1, Relaxed);
     let plan = &shared.plan;
     let target = plan.target(index);
-    let url = target.url_with_device(&plan.device_id(index));
+    let url = plan.url(index);
     match plan.connector.connect(target, &url, plan.source(index)).await {
         Ok((ws, latency)) => {
             stats.established.fetch_add(1, Relaxed);
@@ -533,6 +565,7 @@ mod tests {
             targets: Vec::new(),
             sources: Vec::new(),
             connector: Connector::new(None, Duration::from_secs(1), None, MAX_MESSAGE),
+            device_key: None,
             width: 6,
         };
         let fleet = Fleet::new(plan, Arc::new(Stats::default()), 0, 1, Instant::now());

@@ -31,7 +31,8 @@ for mode in ${BENCH_MODES:-tls plain}; do
   sleep 1
   before=$(rss_kib "$agg")
   "$bin/mobile-sim" phones --target "$scheme://localhost:$port/ws" \
-    $([ "$mode" = tls ] && echo --ca "$work/$mode/ca.pem") --phones "$n" --rate 2000 -C 512 \
+    $([ "$mode" = tls ] && echo --ca "$work/$mode/ca.pem") --device-key "$work/$mode/device-token.key" \
+    --phones "$n" --rate 2000 -C 512 \
     --min-interval 1h --max-interval 1h --duration 60s --quiet --json >"$work/$mode-sim.json" 2>&1 &
   sim=$!
   held=0

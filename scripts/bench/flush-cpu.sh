@@ -50,7 +50,8 @@ one_run() {
   pid=$!
   for _ in $(seq 1 300); do grep -q '^listening' "$work/agg.out" 2>/dev/null && break; sleep 0.2; done
   grep -q '^listening' "$work/agg.out" || { cat "$work/agg.log" >&2; hf_die "$bin did not start"; }
-  "$sim" phones --target "wss://localhost:$port/ws" --ca "$work/ca.pem" --phones "$phones" --rate 2000 -C 256 \
+  "$sim" phones --target "wss://localhost:$port/ws" --ca "$work/ca.pem" --device-key "$work/device-token.key" \
+    --phones "$phones" --rate 2000 -C 256 \
     --min-interval 6s --max-interval 18s --duration 80s --device-prefix "cpu$n-" \
     --max-dropped $((phones / 1000)) --max-failed $((phones / 1000)) \
     --verify --database-url "$url" --quiet --json >"$work/sim-$n.json" 2>"$work/sim-$n.err" &

@@ -57,7 +57,8 @@ for r in $(seq 1 "$runs"); do
       --sessions-per-gateway "$per" "${common[@]}" >"$work/sim-$r.json" 2>"$work/sim-$r.err" ||
       hf_die "run $r: mobile-sim's verdict failed: $(grep -o '"failures":[^]]*]' "$work/sim-$r.json" || tail -3 "$work/sim-$r.err")"
   else
-    "$sim" phones --target "wss://localhost:$port/ws" --ca "$work/ca.pem" --phones "$sessions" --rate 2000 \
+    "$sim" phones --target "wss://localhost:$port/ws" --ca "$work/ca.pem" --device-key "$work/device-token.key" \
+      --phones "$sessions" --rate 2000 \
       "${common[@]}" >"$work/sim-$r.json" 2>"$work/sim-$r.err" ||
       hf_die "run $r: mobile-sim's verdict failed: $(grep -o '"failures":[^]]*]' "$work/sim-$r.json" || tail -3 "$work/sim-$r.err")"
   fi

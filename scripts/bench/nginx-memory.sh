@@ -34,7 +34,8 @@ for variant in ${BENCH_VARIANTS:-terminate passthrough}; do
   sleep 1
   nginx_before="$(cl_rss_kib "$worker")"
   agg_before="$(cl_rss_kib "$agg")"
-  "$CL_BIN/mobile-sim" phones --target "wss://localhost:$CL_PORT/ws" --ca "$CL_PKI/ca.pem" --phones "$n" \
+  "$CL_BIN/mobile-sim" phones --target "wss://localhost:$CL_PORT/ws" --ca "$CL_PKI/ca.pem" \
+    --device-key "$CL_PKI/device-token.key" --phones "$n" \
     --rate 1000 -C 256 --min-interval 1h --max-interval 1h --duration 90s --quiet --json \
     >"$work/$variant-sim.json" 2>&1 &
   sim=$!

@@ -196,7 +196,9 @@ run_one() {
   else
     scheme=wss; http=https; curl_opts=(--cacert "$dir/data/ca.pem"); ca_opt=(--ca "$dir/data/ca.pem")
   fi
-  RUST_LOG=warn "$bin/aggregator" --data-dir "$dir/data" --listen "127.0.0.1:$port" \
+  # Thor cannot show device tokens: the aggregator believes phones here (a benchmark, not a
+  # deployment).
+  RUST_LOG=warn "$bin/aggregator" --data-dir "$dir/data" --listen "127.0.0.1:$port" --phone-auth off \
     --max-phones $((n + 100)) "${agg_flags[@]}" >"$dir/aggregator.out" 2>"$dir/aggregator.log" &
   agg=$!
   for _ in $(seq 1 300); do grep -q '^listening' "$dir/aggregator.out" 2>/dev/null && break; sleep 0.1; done

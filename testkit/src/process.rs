@@ -110,13 +110,22 @@ impl Aggregator {
                 }
             }
         });
-        let wait = Duration::from_secs(60);
-        let Ok(Printed::Addr(addr)) = rx.recv_timeout(wait) else {
-            panic!("the aggregator printed where it listens")
-        };
-        let Ok(Printed::Dashboard(made)) = rx.recv_timeout(wait) else {
-            panic!("the aggregator printed its dashboard")
-        };
+        // Kept at once, so that a failure below still kills it (Drop).
+        self.child = Some(child);
+        // Each worker says where it listens; worker 0 (or the only process) prints the rest.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut addr, mut made) = (None, None);
+        while addr.is_none() || made.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Printed::Addr(a)) => addr = addr.or(Some(a)),
+                Ok(Printed::Dashboard(token)) => made = Some(token),
+                Err(_) => {
+                    panic!("the aggregator printed where it listens ({addr:?}) and its dashboard ({made:?})")
+                }
+            }
+        }
+        let (addr, made) = (addr.unwrap_or_default(), made.flatten());
         let given =
             self.extra.iter().position(|a| a == "--dashboard-token").and_then(|i| self.extra.get(i + 1));
         self.token = match (given, made) {
@@ -125,7 +134,6 @@ impl Aggregator {
             (None, None) => panic!("no --dashboard-token given and none printed"),
         };
         self.addr = addr.parse().unwrap();
-        self.child = Some(child);
     }
 
     /// The dashboard's token (given, or made for the run and printed at start).

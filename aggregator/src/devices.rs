@@ -1,0 +1,141 @@
+//! Phones prove which device they are: the operator's device-token key, the `aggregator device`
+//! command that issues tokens, and the check at a direct phone's upgrade. The token format and
+//! its verification are the `device-token` crate's, shared with the gateways.
+//!
+//! The key is an Ed25519 seed in a file (`--device-key`, default `DATA_DIR/device-token.key`,
+//! mode 600), made at the first start. Several aggregators must share one key file (a token
+//! issued by one is checked by all); gateways get only its public key.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use device_token::{PublicKey, SigningKey, TokenError};
+
+use crate::config::{DeviceCommand, PhoneAuth, Settings};
+
+/// How long `aggregator device token` tokens last unless told otherwise.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long the demo phone's token in the start-up message lasts.
+const DEMO_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The key file these settings name.
+pub fn key_path(s: &Settings) -> PathBuf {
+    s.device_key.clone().unwrap_or_else(|| s.data_dir.join("device-token.key"))
+}
+
+/// Reads the signing key, making it (mode 600) when the file does not exist.
+pub fn load_or_create(path: &Path) -> anyhow::Result<SigningKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => SigningKey::from_hex(&text)
+            .with_context(|| format!("{} does not hold a device-token key (64 hex digits)", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let key = SigningKey::generate();
+            write_private_new(path, format!("{}\n", key.to_hex()).as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
+fn write_private_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(bytes)
+}
+
+/// The key that checks phones' tokens, or `None` with `--phone-auth off`.
+pub fn verifier(s: &Settings) -> anyhow::Result<Option<PublicKey>> {
+    Ok(match s.phone_auth {
+        PhoneAuth::Required => Some(load_or_create(&key_path(s))?.public_key()),
+        PhoneAuth::Off => None,
+    })
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Checks a direct phone's upgrade: `device` and `token` from its query. The refusal is a fixed
+/// text (for the phone and the metrics).
+pub fn check(key: &PublicKey, device: Option<&[u8]>, token: Option<&str>) -> Result<(), &'static str> {
+    let Some(device) = device else { return Err("a device id is required (?device=)") };
+    match key.verify(device, token.unwrap_or("").as_bytes(), Some(unix_now())) {
+        Ok(_) => Ok(()),
+        Err(TokenError::Missing) => Err("a device token is required (?token=)"),
+        Err(TokenError::Expired { .. }) => Err("the device token expired"),
+        Err(TokenError::Malformed) => Err("the device token is malformed"),
+        Err(_) => Err("the device token is not valid for this device"),
+    }
+}
+
+/// A token for the start-up message's phone page link: a random demo device, 30 days.
+pub fn demo_link(s: &Settings) -> anyhow::Result<Option<(String, String)>> {
+    if s.phone_auth == PhoneAuth::Off {
+        return Ok(None);
+    }
+    let key = load_or_create(&key_path(s))?;
+    let device = format!("web-{:08x}", rand::random::<u32>());
+    let token =
+        key.token(device.as_bytes(), unix_now() + DEMO_VALIDITY.as_secs()).expect("a short device id");
+    Ok(Some((device, token)))
+}
+
+/// `aggregator device ...`.
+pub fn command(cmd: DeviceCommand, s: &Settings) -> anyhow::Result<()> {
+    let path = key_path(s);
+    let key = load_or_create(&path)?;
+    match cmd {
+        DeviceCommand::Token { devices, valid_for_days } => {
+            let expires = unix_now() + valid_for_days.saturating_mul(24 * 3600);
+            for device in devices {
+                let token = key.token(device.as_bytes(), expires).with_context(|| {
+                    format!("device id {device:?} is longer than {} bytes", device_token::MAX_DEVICE_LEN)
+                })?;
+                println!("{device} {token}");
+            }
+            eprintln!("signed with {} (expires at Unix time {expires})", path.display());
+        }
+        DeviceCommand::PublicKey => {
+            println!("{}", device_token::hex(&key.public_key().to_bytes()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_file_is_made_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/device-token.key");
+        let first = load_or_create(&path).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create(&path).unwrap().public_key(), first.public_key(), "the same key");
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(load_or_create(&path).is_err(), "a damaged key file is an error, not a new key");
+    }
+
+    #[test]
+    fn a_phone_needs_its_own_devices_unexpired_token() {
+        let key = SigningKey::from_seed(&[1; 32]);
+        let public = key.public_key();
+        let token = key.token(b"phone-1", unix_now() + 60).unwrap();
+        assert_eq!(check(&public, Some(b"phone-1"), Some(&token)), Ok(()));
+        assert!(check(&public, Some(b"phone-2"), Some(&token)).unwrap_err().contains("not valid"));
+        assert!(check(&public, Some(b"phone-1"), None).unwrap_err().contains("required"));
+        assert!(check(&public, None, Some(&token)).unwrap_err().contains("device id"));
+        let old = key.token(b"phone-1", unix_now() - 1).unwrap();
+        assert!(check(&public, Some(b"phone-1"), Some(&old)).unwrap_err().contains("expired"));
+    }
+}
