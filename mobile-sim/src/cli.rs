@@ -96,7 +96,7 @@ pub struct PhonesArgs {
     /// default: a current-thread runtime. Phones are light (a timer, a one-byte write, a short
     /// read), and on a multi-thread runtime the threads woke each other for nearly every message:
     /// a quarter of mobile-sim's CPU went to the kernel's thread switches and wakeups, and one
-    /// thread costs about 16 % less CPU per byte. Past one core's worth of phones, use more
+    /// thread costs 16 to 29 % less CPU per byte. Past one core's worth of phones, use more
     /// processes (--workers or --per-process); more threads here only help a ramp bound by TLS
     /// handshakes (about 1 ms of CPU each).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
