@@ -35,7 +35,7 @@ use crate::net::{Connector, Failure, FailureKind, Target, Ws};
 use crate::phone::Phase;
 use crate::report::{self, Parts, Report};
 use crate::run::{Interrupts, Monitor};
-use crate::stats::{rss_bytes, DeviceCounters, DeviceTotals, Memory, Stats};
+use crate::stats::{rss_bytes, CpuWindow, DeviceCounters, DeviceTotals, Memory, Stats};
 
 /// Largest message accepted from the aggregator (its acknowledgements).
 const MAX_MESSAGE: usize = 1 << 20;
@@ -166,17 +166,23 @@ pub async fn run_gateways(args: GatewaysArgs) -> anyhow::Result<ExitCode> {
     let mut interrupts = Interrupts::new();
     let (phase_tx, phase_rx) = watch::channel(Phase::Run);
     let rss_before = rss_bytes();
+    let mut cpu = CpuWindow::new();
     let mut tasks = Vec::with_capacity(g);
     for (index, entry) in entries.iter().enumerate() {
         let sim = GatewaySim::new(shared.clone(), index, entry)?;
         tasks.push(tokio::spawn(sim.run(phase_rx.clone())));
     }
 
-    let end = monitor
-        .run_phase(common.duration, common.messages.is_some(), &mut interrupts, || stats.snapshot())
-        .await;
+    // The CPU window starts once every trunk link is up; what is held is the sessions.
+    let snapshot = || {
+        let snap = stats.snapshot();
+        cpu.observe(&snap, snap.connected >= links_total, sessions);
+        snap
+    };
+    let end = monitor.run_phase(common.duration, common.messages.is_some(), &mut interrupts, snapshot).await;
     let run = start.elapsed();
     let at_end_of_run = stats.snapshot();
+    let cpu = cpu.finish(&at_end_of_run, sessions);
     let memory = rss_before.zip(rss_bytes()).map(|(before, held)| Memory {
         rss_before: before,
         rss_held: held,
@@ -225,6 +231,7 @@ pub async fn run_gateways(args: GatewaysArgs) -> anyhow::Result<ExitCode> {
         last: stats.snapshot(),
         histogram: stats.histogram(),
         memory,
+        cpu,
         samples: std::mem::take(&mut monitor.samples),
         all_connected_after: monitor.all_connected_after,
         peak_connect_rate: monitor.peak_connect_rate,

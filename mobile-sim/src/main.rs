@@ -31,7 +31,19 @@ fn main() -> ExitCode {
         .init();
     let command = cli::Cli::parse().into_command();
     let files_limit = raise_files_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Phones: --threads, one by default (a current-thread runtime: on two threads each message
+    // woke the other one, and a quarter of mobile-sim's CPU went to the kernel's thread switches
+    // and wakeups; past one core, more worker processes). Gateways: one thread per core.
+    let mut builder = match &command {
+        cli::Command::Phones(args) if args.threads == 1 => tokio::runtime::Builder::new_current_thread(),
+        cli::Command::Phones(args) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(args.threads));
+            b
+        }
+        cli::Command::Gateways(_) => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

@@ -1,5 +1,6 @@
 //! The final report: what was attempted, what held, how fast handshakes were, what was sent and
-//! confirmed durable, what went wrong, what a held connection costs in memory, and (with --verify)
+//! confirmed durable, what went wrong, what a held connection costs in memory and mobile-sim's own
+//! CPU, and (with --verify)
 //! whether the persisted totals match. Printed as text, or as JSON with --json; --html renders it
 //! as a page, --per-device writes every device's totals.
 
@@ -15,7 +16,7 @@ use serde::Serialize;
 
 use crate::cli::CommonArgs;
 use crate::run::{End, Sample};
-use crate::stats::{DeviceTotals, Memory, Snapshot};
+use crate::stats::{Cpu, DeviceTotals, Memory, Snapshot};
 use crate::verify::{Failure, Verification};
 
 #[derive(Debug, Serialize)]
@@ -42,6 +43,10 @@ pub struct Report {
     pub error_examples: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
+    /// mobile-sim's own CPU while it held its connections (absent when `/proc/self/stat` could
+    /// not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
     /// The verdict: every check held (the connection rules, and the verification's when asked).
@@ -101,6 +106,58 @@ pub struct MemoryReport {
     pub per_held_bytes: Option<f64>,
 }
 
+/// mobile-sim's own CPU (utime + stime from `/proc/self/stat`, read by each process that held
+/// connections, summed over them and the parent of worker processes) over the hold window: from
+/// the moment each process had all its connections up to the end of the run phase. The load
+/// generator must not be what starves the system it loads.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CpuReport {
+    /// Processes measured.
+    pub processes: u64,
+    /// The window (the longest over processes).
+    pub window_seconds: f64,
+    /// CPU seconds in the window, user + system.
+    pub cpu_seconds: f64,
+    pub user_seconds: f64,
+    pub system_seconds: f64,
+    /// Cores used over the window (each process's CPU over its window, summed).
+    pub cores: f64,
+    /// Bytes sent within the window.
+    pub bytes_sent: u64,
+    /// Microseconds of CPU per byte sent within the window (all of the window's CPU, holding
+    /// included).
+    pub us_per_byte_sent: Option<f64>,
+    /// Connections (phones, or sessions in gateways mode) held at the window's end.
+    pub held: u64,
+    /// Microseconds of CPU per held connection per second (all of the window's CPU, sending
+    /// included; with idle phones, what holding one costs).
+    pub us_per_held_per_s: Option<f64>,
+    /// CPU seconds spent before the window: connecting (the ramp).
+    pub connect_cpu_seconds: f64,
+    /// Processes whose connections were never all up at once: their window is their whole run
+    /// phase, the ramp included.
+    pub ramp_included: u64,
+}
+
+impl From<Cpu> for CpuReport {
+    fn from(c: Cpu) -> Self {
+        Self {
+            processes: c.processes,
+            window_seconds: c.window_seconds,
+            cpu_seconds: c.cpu_seconds(),
+            user_seconds: c.user_seconds,
+            system_seconds: c.system_seconds,
+            cores: c.cores,
+            bytes_sent: c.bytes_sent,
+            us_per_byte_sent: c.us_per_byte_sent(),
+            held: c.held,
+            us_per_held_per_s: c.us_per_held_per_s(),
+            connect_cpu_seconds: c.connect_cpu_seconds,
+            ramp_included: c.ramp_included,
+        }
+    }
+}
+
 /// Everything a mode hands over to build its report.
 pub struct Parts {
     pub mode: &'static str,
@@ -118,6 +175,8 @@ pub struct Parts {
     pub last: Snapshot,
     pub histogram: Histogram<u64>,
     pub memory: Option<Memory>,
+    /// mobile-sim's own CPU over the hold window.
+    pub cpu: Option<Cpu>,
     pub samples: Vec<Sample>,
     pub all_connected_after: Option<std::time::Duration>,
     pub peak_connect_rate: f64,
@@ -177,6 +236,7 @@ impl Report {
                 held: m.held,
                 per_held_bytes: m.per_held(),
             }),
+            cpu: p.cpu.map(CpuReport::from),
             verification: None,
             ok: false,
             failures: Vec::new(),
@@ -312,6 +372,9 @@ impl Report {
                 }
             }
         }
+        if let Some(c) = &self.cpu {
+            o.push_str(&cpu_line(c, unit.trim_end_matches('s')));
+        }
         if let Some(v) = &self.verification {
             o.push_str(&v.to_text());
         }
@@ -325,6 +388,39 @@ impl Report {
         }
         o
     }
+}
+
+/// The text report's `cpu` line.
+fn cpu_line(c: &CpuReport, unit: &str) -> String {
+    let per_byte = match c.us_per_byte_sent {
+        Some(us) => format!("{us:.2} µs per byte sent ({} bytes)", group(c.bytes_sent)),
+        None => "no byte sent".into(),
+    };
+    let per_held = match c.us_per_held_per_s {
+        Some(us) => format!("{us:.3} µs per held {unit} per second ({} held)", group(c.held)),
+        None => format!("no {unit} held"),
+    };
+    let mut o = format!(
+        "cpu          {:.4} cores over {:.1} s (user {:.2} s, system {:.2} s): {per_byte}, {per_held}; \
+         connecting {:.2} s ({} process{})\n",
+        c.cores,
+        c.window_seconds,
+        c.user_seconds,
+        c.system_seconds,
+        c.connect_cpu_seconds,
+        c.processes,
+        if c.processes == 1 { "" } else { "es" }
+    );
+    if c.ramp_included > 0 {
+        let _ = writeln!(
+            o,
+            "             ({} process{} never had all connections up: {} window includes the ramp)",
+            c.ramp_included,
+            if c.ramp_included == 1 { "" } else { "es" },
+            if c.ramp_included == 1 { "its" } else { "their" }
+        );
+    }
+    o
 }
 
 /// 1234567 -> "1,234,567".
@@ -410,6 +506,76 @@ mod tests {
         assert_eq!(group(999), "999");
         assert_eq!(group(1000), "1,000");
         assert_eq!(group(1_234_567), "1,234,567");
+    }
+
+    /// mobile-sim's own CPU reaches the report as data (typed JSON fields) and as text (and so
+    /// the HTML page, which shows the text summary).
+    #[test]
+    fn own_cpu_is_reported() {
+        use crate::stats::CpuMark;
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mark = |s: u64, ticks: (u64, u64), bytes_sent: u64, held: u64| CpuMark {
+            at: t0 + Duration::from_secs(s),
+            ticks,
+            bytes_sent,
+            held,
+        };
+        // Two workers: 0.2 and 0.1 cores; 4 CPU seconds for 8,000 bytes and 20,000 phone-seconds.
+        let mut cpu = Cpu::measure(
+            100,
+            mark(0, (0, 0), 0, 0),
+            Some(mark(2, (50, 50), 0, 1000)),
+            mark(12, (200, 100), 5000, 1000),
+        );
+        cpu.add(&Cpu::measure(
+            100,
+            mark(0, (0, 0), 0, 0),
+            Some(mark(1, (10, 10), 0, 500)),
+            mark(21, (110, 110), 3000, 500),
+        ));
+        let parts = Parts {
+            mode: "phones",
+            targets: vec!["ws://127.0.0.1:1/ws".into()],
+            devices: 2000,
+            connections: 2000,
+            gateways: None,
+            links_per_gateway: None,
+            processes: 2,
+            end: End::Duration,
+            run: Duration::from_secs(22),
+            drain: Duration::from_secs(1),
+            at_end_of_run: Snapshot::default(),
+            last: Snapshot::default(),
+            histogram: crate::stats::new_histogram(),
+            memory: None,
+            cpu: Some(cpu),
+            samples: Vec::new(),
+            all_connected_after: Some(Duration::from_secs(2)),
+            peak_connect_rate: 1000.0,
+        };
+        let report = Report::new(parts, &[]);
+        let json = serde_json::to_value(&report).unwrap();
+        let c = &json["cpu"];
+        assert_eq!(c["processes"], 2);
+        assert!((c["cores"].as_f64().unwrap() - 0.3).abs() < 1e-9);
+        assert!((c["cpu_seconds"].as_f64().unwrap() - 4.0).abs() < 1e-9);
+        assert!((c["window_seconds"].as_f64().unwrap() - 20.0).abs() < 1e-9);
+        assert_eq!(c["bytes_sent"], 8000);
+        assert!((c["us_per_byte_sent"].as_f64().unwrap() - 500.0).abs() < 1e-9);
+        assert_eq!(c["held"], 1500);
+        assert!((c["us_per_held_per_s"].as_f64().unwrap() - 200.0).abs() < 1e-9);
+        assert!((c["connect_cpu_seconds"].as_f64().unwrap() - 1.2).abs() < 1e-9);
+        assert_eq!(c["ramp_included"], 0);
+        let text = report.to_text();
+        assert!(
+            text.contains(
+                "cpu          0.3000 cores over 20.0 s (user 2.50 s, system 1.50 s): 500.00 µs per byte sent \
+                 (8,000 bytes), 200.000 µs per held phone per second (1,500 held); connecting 1.20 s (2 processes)"
+            ),
+            "{text}"
+        );
+        assert!(crate::html::render(&report).contains("200.000 µs per held phone per second"));
     }
 
     #[test]

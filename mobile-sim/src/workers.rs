@@ -8,8 +8,8 @@
 //!
 //! Protocol, one JSON object per line:
 //! - worker stdout: `{"type":"progress","snapshot":{...}}` twice a second, and at the end
-//!   `{"type":"final",...}` with its counters, memory, handshake histogram and every device's
-//!   totals;
+//!   `{"type":"final",...}` with its counters, memory, own CPU over its hold window, handshake
+//!   histogram and every device's totals;
 //! - worker stdin: `drain` (stop sending, drain, close) and `stop` (close now). When its stdin
 //!   closes (the parent is gone) a worker drains, then stops.
 
@@ -29,7 +29,8 @@ use crate::phone::{Fleet, Plan};
 use crate::report::{self, Parts, Report};
 use crate::run::{Interrupts, Monitor};
 use crate::stats::{
-    histogram_add_pairs, histogram_to_pairs, new_histogram, rss_bytes, DeviceTotals, Memory, Snapshot, Stats,
+    histogram_add_pairs, histogram_to_pairs, new_histogram, rss_bytes, Cpu, CpuWindow, DeviceTotals, Memory,
+    Snapshot, Stats,
 };
 
 /// After the drain deadline, how long closes may take before everything is stopped.
@@ -52,6 +53,9 @@ enum FromWorker {
         snapshot: Snapshot,
         at_end_of_run: Snapshot,
         memory: Memory,
+        /// Its own CPU over its hold window (`None`: /proc/self/stat unreadable). Boxed: the
+        /// progress lines need not be this big.
+        cpu: Option<Box<Cpu>>,
         handshakes: Vec<(u64, u64)>,
         /// (global phone index, sent, durable)
         devices: Vec<(u64, u64, u64)>,
@@ -107,6 +111,7 @@ pub async fn run_phones(args: PhonesArgs, files_limit: u64) -> anyhow::Result<Ex
         last: outcome.last,
         histogram: outcome.histogram,
         memory: outcome.memory,
+        cpu: outcome.cpu,
         samples: std::mem::take(&mut monitor.samples),
         all_connected_after: monitor.all_connected_after,
         peak_connect_rate: monitor.peak_connect_rate,
@@ -140,6 +145,7 @@ struct Outcome {
     last: Snapshot,
     histogram: hdrhistogram::Histogram<u64>,
     memory: Option<Memory>,
+    cpu: Option<Cpu>,
     devices: Vec<(u64, DeviceTotals)>,
     missing: Vec<usize>,
 }
@@ -149,11 +155,18 @@ async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrup
     let stats = Arc::new(Stats::default());
     let fleet = Fleet::new(plan.clone(), stats.clone(), 0, 1, monitor.start);
     let rss_before = rss_bytes();
+    let mut cpu = CpuWindow::new();
     fleet.spawn();
-    let end =
-        monitor.run_phase(common.duration, common.messages.is_some(), interrupts, || stats.snapshot()).await;
+    let phones = fleet.len();
+    let snapshot = || {
+        let snap = stats.snapshot();
+        cpu.observe(&snap, snap.connected >= phones, snap.connected);
+        snap
+    };
+    let end = monitor.run_phase(common.duration, common.messages.is_some(), interrupts, snapshot).await;
     let run = monitor.start.elapsed();
     let at_end_of_run = stats.snapshot();
+    let cpu = cpu.finish(&at_end_of_run, at_end_of_run.connected);
     let memory = rss_before.zip(rss_bytes()).map(|(before, held)| Memory {
         rss_before: before,
         rss_held: held,
@@ -180,6 +193,7 @@ async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrup
         last: stats.snapshot(),
         histogram: stats.histogram(),
         memory,
+        cpu,
         devices: fleet.totals(),
         missing: Vec::new(),
     }
@@ -204,6 +218,8 @@ async fn run_workers(
     let states: Arc<Mutex<Vec<WorkerState>>> =
         Arc::new(Mutex::new((0..workers).map(|_| WorkerState::default()).collect()));
     let mut children: Vec<(Child, Option<ChildStdin>)> = Vec::new();
+    // This process's own CPU counts too (it holds no phone: no bytes, nothing held).
+    let mut own_cpu = CpuWindow::new();
     for i in 0..workers {
         let mut child = Command::new(&exe)
             .args(&argv)
@@ -256,8 +272,15 @@ async fn run_workers(
     let finished =
         || states.lock().unwrap_or_else(|e| e.into_inner()).iter().all(|w| w.exited || w.done.is_some());
 
-    let end = monitor.run_phase(common.duration, common.messages.is_some(), interrupts, snapshot).await;
+    let phones = plan.total;
+    let observed = || {
+        let snap = snapshot();
+        own_cpu.observe(&Snapshot::default(), snap.connected >= phones, 0);
+        snap
+    };
+    let end = monitor.run_phase(common.duration, common.messages.is_some(), interrupts, observed).await;
     let run = monitor.start.elapsed();
+    let own_cpu = own_cpu.finish(&Snapshot::default(), 0);
     let drain_started = Instant::now();
     send_all(&mut children, "drain").await;
     let deadline = drain_started + common.drain_timeout + CLOSE_GRACE;
@@ -300,17 +323,23 @@ async fn run_workers(
         last: Snapshot::default(),
         histogram: new_histogram(),
         memory: Some(Memory::default()),
+        cpu: own_cpu,
         devices: Vec::with_capacity(plan.total as usize),
         missing: Vec::new(),
     };
     let mut states = states.lock().unwrap_or_else(|e| e.into_inner());
     for (i, w) in states.iter_mut().enumerate() {
         match w.done.take() {
-            Some(FromWorker::Final { snapshot, at_end_of_run, memory, handshakes, devices }) => {
+            Some(FromWorker::Final { snapshot, at_end_of_run, memory, cpu, handshakes, devices }) => {
                 out.last.add(&snapshot);
                 out.at_end_of_run.add(&at_end_of_run);
                 if let Some(m) = out.memory.as_mut() {
                     m.add(&memory);
+                }
+                match (out.cpu.as_mut(), cpu) {
+                    (Some(sum), Some(cpu)) => sum.add(&cpu),
+                    (None, cpu) => out.cpu = cpu.map(|c| *c),
+                    (Some(_), None) => {}
                 }
                 histogram_add_pairs(&mut out.histogram, &handshakes);
                 out.devices.extend(
@@ -347,7 +376,9 @@ async fn worker_main(args: PhonesArgs) -> anyhow::Result<ExitCode> {
     let stats = Arc::new(Stats::default());
     let fleet = Fleet::new(plan, stats.clone(), index as u64, count as u64, Instant::now());
     let rss_before = rss_bytes().unwrap_or(0);
+    let mut cpu_window = CpuWindow::new();
     fleet.spawn();
+    let phones = fleet.len();
 
     let (tx, mut commands) = mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
@@ -362,12 +393,17 @@ async fn worker_main(args: PhonesArgs) -> anyhow::Result<ExitCode> {
     let mut running = true;
     let mut at_end_of_run = None;
     let mut memory = Memory { rss_before, ..Memory::default() };
+    let mut cpu = None;
     let mut stop_at = None;
     let mut stdin_open = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let line = serde_json::to_string(&FromWorker::Progress { snapshot: stats.snapshot() })?;
+                let snapshot = stats.snapshot();
+                if running {
+                    cpu_window.observe(&snapshot, snapshot.connected >= phones, snapshot.connected);
+                }
+                let line = serde_json::to_string(&FromWorker::Progress { snapshot })?;
                 stdout.write_all(line.as_bytes()).await?;
                 stdout.write_all(b"\n").await?;
                 stdout.flush().await?;
@@ -380,6 +416,7 @@ async fn worker_main(args: PhonesArgs) -> anyhow::Result<ExitCode> {
                 if running {
                     running = false;
                     let snap = stats.snapshot();
+                    cpu = cpu_window.finish(&snap, snap.connected);
                     memory.rss_held = rss_bytes().unwrap_or(0);
                     memory.held = snap.connected;
                     at_end_of_run = Some(snap);
@@ -401,10 +438,14 @@ async fn worker_main(args: PhonesArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let snapshot = stats.snapshot();
+    if running {
+        cpu = cpu_window.finish(&snapshot, snapshot.connected);
+    }
     let done = FromWorker::Final {
         at_end_of_run: at_end_of_run.unwrap_or_else(|| snapshot.clone()),
         snapshot,
         memory,
+        cpu: cpu.map(Box::new),
         handshakes: histogram_to_pairs(&stats.histogram()),
         devices: fleet.totals().into_iter().map(|(i, t)| (i, t.sent, t.durable)).collect(),
     };

@@ -60,6 +60,14 @@ fn two_hundred_phones_match_the_servers_counts_exactly() {
     assert_eq!(r["bytes"]["unconfirmed"], 0);
     assert_eq!(r["errors"].as_object().unwrap().len(), 0, "errors: {}", r["errors"]);
     assert!(r["memory"]["per_held_bytes"].as_f64().is_some());
+    // mobile-sim's own CPU over the hold window, as typed fields.
+    let cpu = &r["cpu"];
+    assert_eq!(cpu["processes"], 1);
+    assert_eq!(cpu["held"], 200);
+    assert!(cpu["window_seconds"].as_f64().unwrap() > 0.5, "{cpu}");
+    assert!(cpu["cores"].as_f64().unwrap() >= 0.0);
+    assert!(cpu["bytes_sent"].as_u64().unwrap() > 0 && cpu["bytes_sent"].as_u64().unwrap() <= sent);
+    assert!(cpu["us_per_byte_sent"].as_f64().is_some() && cpu["us_per_held_per_s"].as_f64().is_some());
     assert!(r["timeline"].as_array().unwrap().len() >= 2);
     let v = &r["verification"];
     assert_eq!(v["ok"], true);

@@ -47,6 +47,8 @@ fn two_workers_report_as_one() {
     assert_eq!(r["bytes"]["sent"], 903);
     assert_eq!(r["bytes"]["durable"], 903);
     assert_eq!(r["memory"]["held"], 301);
+    assert_eq!(r["cpu"]["processes"], 3, "two workers' own CPU and the parent's: {}", r["cpu"]);
+    assert!(r["cpu"]["cores"].as_f64().is_some());
     let ours = read_per_device(&csv);
     assert_eq!(ours.len(), 301);
     assert!(ours.contains_key("sim-000000") && ours.contains_key("sim-000300"));
