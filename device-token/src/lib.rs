@@ -73,6 +73,18 @@ impl fmt::Display for TokenError {
 
 impl core::error::Error for TokenError {}
 
+impl TokenError {
+    /// A fixed text for the refusal (what a phone is told, and a metric's label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "a device token is required (?token=)",
+            Self::Malformed => "the device token is malformed",
+            Self::BadSignature => "the device token is not valid for this device",
+            Self::Expired { .. } => "the device token expired",
+        }
+    }
+}
+
 /// A public key given was not one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyError;
@@ -131,6 +143,26 @@ impl PublicKey {
             Some(now) if now >= expiry => Err(TokenError::Expired { at: expiry }),
             _ => Ok(expiry),
         }
+    }
+}
+
+/// The raw value of `token=` in a URL query (`a=1&token=T`): tokens use only URL-safe
+/// characters, so nothing is decoded. `None` when absent.
+pub fn from_query(query: &[u8]) -> Option<&[u8]> {
+    query.split(|&b| b == b'&').find_map(|pair| pair.strip_prefix(b"token="))
+}
+
+impl PublicKey {
+    /// The check at a phone's upgrade: a device id and a valid token for it (see
+    /// [`PublicKey::verify`]); otherwise the refusal's fixed text.
+    pub fn admit(
+        &self,
+        device: Option<&[u8]>,
+        token: Option<&[u8]>,
+        now: Option<u64>,
+    ) -> Result<(), &'static str> {
+        let Some(device) = device else { return Err("a device id is required (?device=)") };
+        self.verify(device, token.unwrap_or_default(), now).map(drop).map_err(|e| e.reason())
     }
 }
 
@@ -198,6 +230,14 @@ pub use sign::{hex, SigningKey};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_found_in_a_query() {
+        assert_eq!(from_query(b"device=a&token=12.xy"), Some(&b"12.xy"[..]));
+        assert_eq!(from_query(b"token=&device=a"), Some(&b""[..]));
+        assert_eq!(from_query(b"device=a&tokens=1"), None);
+        assert_eq!(from_query(b""), None);
+    }
 
     #[test]
     fn decimal_and_hex_edges() {
