@@ -549,8 +549,13 @@ cl_print_where() {
   fi
   local host=localhost
   [ -z "$CL_LAN_ADDRESS" ] || host="$CL_LAN_ADDRESS"
+  # The aggregators require device tokens: the phone page's link carries a demo device's (30 days).
+  local demo page
+  demo="$("$CL_BIN/aggregator" --device-key "$CL_PKI/device-token.key" device token --valid-for-days 30 \
+    "web-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')" 2>/dev/null)" || hf_die "cannot issue a device token"
+  page="https://$host:$CL_PORT/?device=${demo%% *}&token=${demo#* }"
   cat <<EOF
-  phone page              https://$host:$CL_PORT/
+  phone page              $page   (a demo device; more: aggregator --device-key $CL_PKI/device-token.key device token ID)
   dashboard               https://$host:$CL_PORT/dashboard?token=$CL_DASHBOARD_TOKEN   (the figures of the aggregator nginx picks; each one's below)
   metrics                 per aggregator, below
   front (nginx, TLS 1.3)  https://localhost:$CL_PORT   phones: wss://localhost:$CL_PORT/ws?device=ID   gateways: wss://localhost:$CL_PORT/trunk
@@ -567,7 +572,7 @@ EOF
     printf '\nOn the phone (same Wi-Fi; nginx listens on %s too): install the CA\n' "$CL_LAN_ADDRESS"
     printf 'from https://%s:%s/ca (accept the certificate warning that one time; check that the phone\n' "$CL_LAN_ADDRESS" "$CL_PORT"
     printf 'shows SHA-256 %s),\nthen open the phone page:\n' "$(openssl x509 -noout -fingerprint -sha256 -in "$CL_PKI/ca.pem" | cut -d= -f2)"
-    "$CL_BIN/aggregator" qr "https://$CL_LAN_ADDRESS:$CL_PORT/" || true
-    echo "  https://$CL_LAN_ADDRESS:$CL_PORT/"
+    "$CL_BIN/aggregator" qr "$page" || true
+    echo "  $page"
   fi
 }

@@ -109,7 +109,8 @@ demo_dir="$(mktemp -d)"
 HOLDFAST_DATA_DIR="$demo_dir" HOLDFAST_LISTEN="127.0.0.1:$((18000 + RANDOM % 1000))" DEMO_DURATION=5s \
   bash scripts/run.sh --once --store sqlite </dev/null | tee "$demo_dir/run.out"
 # It says where to look (README promises it): the phone page, the dashboard with its token, metrics.
-grep -q '^  phone page  *https://localhost:[0-9]*/$' "$demo_dir/run.out" || hf_die "run.sh printed no phone page"
+grep -q '^  phone page  *https://localhost:[0-9]*/?device=web-[0-9a-f]*&token=[0-9]*\.[A-Za-z0-9_-]* ' "$demo_dir/run.out" ||
+  hf_die "run.sh printed no phone page link with a device token"
 dash="$(sed -n 's#^  dashboard  *\(https://[^ ]*\).*#\1#p' "$demo_dir/run.out" | head -1)"
 case "$dash" in *"/dashboard?token="?*) ;; *) hf_die "run.sh printed no dashboard address with its token" ;; esac
 grep -q '^  aggregator 1 .*/metrics' "$demo_dir/run.out" || hf_die "run.sh printed no metrics"
