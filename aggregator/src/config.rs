@@ -45,7 +45,8 @@ pub enum GatewayCommand {
     },
     /// List provisioned gateways (without secrets).
     List,
-    /// Remove a gateway: its links are refused from then on.
+    /// Remove a gateway: new links are refused, and the aggregators close its live links within
+    /// --gateway-check-interval-ms.
     Remove { name: String },
 }
 
@@ -192,6 +193,11 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_MAX_TRUNK_MESSAGE", default_value_t = 64 * 1024)]
     pub max_trunk_message: usize,
 
+    /// How often the gateways with links here are checked against the provisioned ones: links of
+    /// a gateway removed meanwhile (`aggregator gateway remove`) are closed.
+    #[arg(long, env = "HOLDFAST_GATEWAY_CHECK_INTERVAL_MS", default_value_t = 10_000)]
+    pub gateway_check_interval_ms: u64,
+
     /// Time allowed for TCP accept to a complete WebSocket or HTTP request head (TLS included).
     #[arg(long, env = "HOLDFAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
@@ -258,6 +264,10 @@ impl Settings {
 
     pub fn fold_interval(&self) -> Duration {
         Duration::from_millis(self.fold_interval_ms.max(1))
+    }
+
+    pub fn gateway_check_interval(&self) -> Duration {
+        Duration::from_millis(self.gateway_check_interval_ms.max(1))
     }
 
     pub fn send_timeout(&self) -> Duration {

@@ -224,6 +224,7 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
         ));
     }
     tokio::spawn(dashboard::run(shared.clone()));
+    tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
     let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls));
 
     shutdown::signal().await;

@@ -29,10 +29,19 @@ impl PhoneMailbox {
     }
 }
 
+/// What a trunk link's task is handed.
+#[derive(Debug)]
+pub enum ToLink {
+    /// A commit's acknowledgements for sessions this link brought.
+    Acks(Vec<AckEntry>),
+    /// The gateway is no longer provisioned: refuse and close the link.
+    Revoke,
+}
+
 /// Where the acknowledgements of one route go.
 pub enum Route {
     Phone(Arc<PhoneMailbox>),
-    Trunk(mpsc::UnboundedSender<Vec<AckEntry>>),
+    Trunk(mpsc::UnboundedSender<ToLink>),
 }
 
 /// The live routes of one process.
@@ -79,6 +88,14 @@ impl Routes {
         self.lock().live.remove(&route);
     }
 
+    /// Tells the trunk link on `route` to close (its gateway was removed); whether there was one.
+    pub fn revoke(&self, route: u32) -> bool {
+        match self.lock().live.get(&route) {
+            Some(Route::Trunk(tx)) => tx.send(ToLink::Revoke).is_ok(),
+            _ => false,
+        }
+    }
+
     /// Hands a commit's acknowledgements to the tasks of their routes; routes that are gone
     /// (a closed phone, a lost link) are skipped: the gateway replays on another link.
     pub fn deliver(&self, acks: HashMap<u32, Vec<AckEntry>>) {
@@ -93,7 +110,7 @@ impl Routes {
                     }
                 }
                 Some(Route::Trunk(tx)) => {
-                    let _ = tx.send(entries);
+                    let _ = tx.send(ToLink::Acks(entries));
                 }
                 None => {}
             }

@@ -258,6 +258,16 @@ impl Shared {
     }
 
     /// The link on `route` of gateway `number` went down.
+    /// Every gateway with links here, and the routes of its links.
+    pub fn live_links(&self) -> Vec<(u32, Vec<u32>)> {
+        let gateways = self.gateways();
+        gateways
+            .iter()
+            .filter(|(_, g)| !g.links.is_empty())
+            .map(|(number, g)| (*number, g.links.iter().map(|l| l.route).collect()))
+            .collect()
+    }
+
     pub fn link_down(&self, number: u32, route: u32) {
         let mut gateways = self.gateways();
         if let Some(g) = gateways.get_mut(&number) {

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
-use crate::routes::Route;
+use crate::routes::{Route, ToLink};
 use crate::state::{LinkLive, Shared};
 use crate::store::BootState;
 use crate::websocket::{close, send_within};
@@ -219,7 +219,7 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut Ws<S>,
     mut link: ServerLink,
     route: u32,
-    mut acks: mpsc::UnboundedReceiver<Vec<trunk::frame::AckEntry>>,
+    mut acks: mpsc::UnboundedReceiver<ToLink>,
     buf: &mut [u8],
 ) -> Result<(), LinkError> {
     let config = shared.settings.trunk();
@@ -260,7 +260,23 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
                 close(ws, CloseCode::Away, "server shutting down").await;
                 return Ok(());
             }
-            Some(entries) = acks.recv() => {
+            Some(to_link) = acks.recv() => {
+                let entries = match to_link {
+                    ToLink::Acks(entries) => entries,
+                    ToLink::Revoke => {
+                        // Removed with `aggregator gateway remove`: it may not report any more.
+                        let reason = "the gateway is no longer provisioned";
+                        warn!(gateway = link.gateway(), "trunk closed: {reason}");
+                        let mut out = [0u8; 300];
+                        if let Ok(n) = server::write_refuse(RefuseCode::BAD_PROOF, reason, &mut out) {
+                            let refusal = Message::binary(out[..n].to_vec());
+                            let _ = send_within(ws, refusal, shared.settings.send_timeout()).await;
+                        }
+                        close(ws, CloseCode::Policy, reason).await;
+                        shared.metrics.refuse("gateway removed");
+                        return Ok(());
+                    }
+                };
                 let mut entries = entries.into_iter().peekable();
                 loop {
                     let n = server::write_acks(&mut entries, buf, &config);
@@ -295,6 +311,36 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
                 Some(Ok(Message::Text(_))) => return Err(LinkError::Unexpected(0)),
                 Some(Ok(_)) => {}
             },
+        }
+    }
+}
+
+/// Closes the links of gateways removed (`aggregator gateway remove`, by any process) while they
+/// were connected: every `--gateway-check-interval-ms`, the gateways with links here are checked
+/// against the provisioned ones. A new link of a removed gateway is refused at its handshake.
+pub async fn close_removed_gateways(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(shared.settings.gateway_check_interval()) => {}
+            _ = stop.changed() => return,
+        }
+        let live = shared.live_links();
+        if live.is_empty() {
+            continue;
+        }
+        let provisioned: std::collections::HashSet<u32> = match shared.store.gateway_list().await {
+            Ok(list) => list.iter().map(|g| g.number).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list gateways; checking again later");
+                continue;
+            }
+        };
+        for (number, routes) in live {
+            if !provisioned.contains(&number) {
+                for route in routes {
+                    shared.routes.revoke(route);
+                }
+            }
         }
     }
 }

@@ -277,6 +277,7 @@ async fn a_phone_needs_a_token_for_its_own_device() {
         .arg("--data-dir")
         .arg(agg.data_dir())
         .args(["device", "token", "mine"])
+        .env_remove("DATABASE_URL")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -282,3 +282,38 @@ async fn unauthenticated_trunks_cannot_keep_real_gateways_out() {
     );
     drop(silent);
 }
+
+/// `aggregator gateway remove` while the gateway is connected: its live link is closed with a
+/// refusal within --gateway-check-interval-ms, and it cannot come back.
+#[tokio::test]
+async fn a_removed_gateway_loses_its_live_links() {
+    let args = ["--gateway-check-interval-ms", "200"];
+    let Some(agg) = Aggregator::start(Kind::Sqlite, &args).await else { return };
+    let secret = agg.add_gateway("site-leaving");
+    let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-leaving", &secret, 10, 1);
+    assert!(gw.connect(0).await);
+    let id = gw.gw.open(Some(b"leaving-1")).unwrap();
+    gw.gw.record(id, 2).unwrap();
+    gw.pump_until(Duration::from_secs(20), |g| g.durable(id) == Some(2)).await;
+    assert_eq!((gw.gw.durable(id), gw.refusals), (Some(2), 0), "connected and counted");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        .arg("--data-dir")
+        .arg(agg.data_dir())
+        .args(["gateway", "remove", "site-leaving"])
+        .env_remove("DATABASE_URL") // the aggregator's own (SQLite) database, in its data folder
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gw.refusals == 0 && std::time::Instant::now() < deadline {
+        gw.pump(Duration::from_millis(200), false).await;
+    }
+    assert_eq!(gw.refused_with, Some(trunk::frame::RefuseCode::BAD_PROOF), "the live link was closed");
+    // And it cannot come back: the handshake is refused too.
+    let before = gw.refusals;
+    assert!(gw.connect(0).await);
+    gw.pump(Duration::from_millis(500), false).await;
+    assert_eq!(gw.refusals, before + 1, "refused again at the handshake");
+    assert!(support::clients::metrics_text(agg.addr, &agg.ca()).await.contains("gateway removed"));
+}
