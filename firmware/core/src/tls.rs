@@ -97,7 +97,46 @@ impl<R: CryptoRng> CryptoRng for SharedRng<'_, R> {}
 /// checked; the pinned CA is the trust.
 pub struct Provider<'a, R> {
     rng: SharedRng<'a, R>,
-    verifier: CertVerifier<'a, Aes128GcmSha256, NoClock, MAX_SERVER_CERT_LEN>,
+    verifier: LeafOnly<'a>,
+}
+
+/// The pinned CA must have signed the aggregator's certificate itself: a chain with anything
+/// between them is refused. embedded-tls checks each link's signature and the name, not
+/// basicConstraints, so a certificate the CA issued to anyone (not a CA) could otherwise sign a
+/// certificate for the aggregator's name; with the leaf alone, only the CA's own signature counts.
+/// (The aggregator's self-made CA signs its certificate directly; a deployment with an
+/// intermediate pins the intermediate.)
+pub struct LeafOnly<'a>(CertVerifier<'a, Aes128GcmSha256, NoClock, MAX_SERVER_CERT_LEN>);
+
+impl core::fmt::Debug for LeafOnly<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("LeafOnly")
+    }
+}
+
+impl TlsVerifier<Aes128GcmSha256> for LeafOnly<'_> {
+    fn set_hostname_verification(&mut self, hostname: &str) -> Result<(), TlsError> {
+        self.0.set_hostname_verification(hostname)
+    }
+
+    fn verify_certificate(
+        &mut self,
+        transcript: &<Aes128GcmSha256 as embedded_tls::TlsCipherSuite>::Hash,
+        cert: embedded_tls::CertificateRef,
+    ) -> Result<(), TlsError> {
+        if cert.entries.len() != 1 {
+            log::warn!(
+                "the aggregator sent {} certificates; only its own, signed by the pinned CA, is accepted",
+                cert.entries.len()
+            );
+            return Err(TlsError::InvalidCertificate);
+        }
+        self.0.verify_certificate(transcript, cert)
+    }
+
+    fn verify_signature(&mut self, verify: embedded_tls::CertificateVerifyRef) -> Result<(), TlsError> {
+        self.0.verify_signature(verify)
+    }
 }
 
 impl<R> core::fmt::Debug for Provider<'_, R> {
@@ -109,7 +148,7 @@ impl<R> core::fmt::Debug for Provider<'_, R> {
 impl<'a, R> Provider<'a, R> {
     /// A provider that trusts only certificates signed by `ca_der`.
     pub fn new(rng: &'a RefCell<R>, ca_der: &'a [u8]) -> Self {
-        Self { rng: SharedRng(rng), verifier: CertVerifier::new(Certificate::X509(ca_der)) }
+        Self { rng: SharedRng(rng), verifier: LeafOnly(CertVerifier::new(Certificate::X509(ca_der))) }
     }
 }
 

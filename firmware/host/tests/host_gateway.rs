@@ -192,3 +192,33 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
     let persisted = wait_totals(&agg, "healthy", &BTreeMap::from([("healthy".to_owned(), 5)])).await;
     assert_eq!(persisted["healthy"], 5);
 }
+
+/// The pinned CA must have signed the aggregator's certificate itself (#12, M5). A certificate
+/// for the aggregator's name signed by another certificate the CA issued to someone (not a CA)
+/// passes a verifier that checks only the signatures along the chain; the gateway refuses it.
+/// The control: the same CA signing the certificate directly brings the links up.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_certificate_the_pinned_ca_signed_itself_is_trusted() {
+    let ca = support::pki::TestCa::new("m5");
+    for (case, served) in [
+        ("signed by the CA", ca.server(&["localhost"])),
+        ("signed by a leaf under the CA", ca.server_signed_by_a_leaf(&["localhost"])),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+        std::fs::write(&cert, &served.chain_pem).unwrap();
+        std::fs::write(&key, &served.key_pem).unwrap();
+        let args = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+        let agg = Aggregator::start(Kind::Sqlite, &args).await.unwrap();
+        std::fs::write(agg.ca(), ca.pem()).unwrap(); // what the gateway pins
+        let gw = Gateway::start(&agg, "site-m5", &["--links", "1"]);
+        if case == "signed by the CA" {
+            gw.wait_links_up(1);
+        } else {
+            gw.wait_for("trunk link 0 down", 0, Duration::from_secs(30));
+            std::thread::sleep(Duration::from_secs(2));
+            let up = gw.logged("TLS 1.3 and WebSocket up");
+            assert!(!up, "{case}: the link came up");
+        }
+    }
+}

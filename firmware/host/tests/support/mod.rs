@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test file uses its own part
-pub use testkit::{db, process};
+pub use testkit::{db, pki, process};
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -81,6 +81,11 @@ impl Gateway {
             assert!(Instant::now() < deadline, "the gateway never logged {text:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Whether any log line so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
     /// Waits until every trunk link is up.

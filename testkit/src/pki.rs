@@ -1,0 +1,66 @@
+//! A test CA for the real binaries' TLS: the certificates an aggregator is started with
+//! (`--tls-cert`, `--tls-key`) and the CA that gateways and clients pin, including chains a
+//! verifier must refuse.
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+/// A self-signed CA that signs test certificates.
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+/// A certificate chain (leaf first) and the leaf's key, as PEM.
+pub struct Served {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::generate().expect("a key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("holdfast test CA {name}"));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let pem = params.self_signed(&key).expect("a CA").pem();
+        Self { issuer: Issuer::new(params, key), pem }
+    }
+
+    /// The CA certificate (PEM): what clients pin.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A server certificate for `names`, signed by this CA itself (not a CA).
+    pub fn server(&self, names: &[&str]) -> Served {
+        let (pem, key) = leaf(names, &self.issuer);
+        Served { chain_pem: pem, key_pem: key.serialize_pem() }
+    }
+
+    /// A server certificate for `names` that this CA did not sign: it was signed by another
+    /// certificate this CA issued to someone (not a CA). The chain holds both; a verifier that
+    /// checks only signatures along the chain, not basicConstraints, accepts it.
+    pub fn server_signed_by_a_leaf(&self, names: &[&str]) -> Served {
+        let middle_key = KeyPair::generate().expect("a key");
+        let middle_params = leaf_params(&["someone-else.example"]);
+        let middle = middle_params.signed_by(&middle_key, &self.issuer).expect("a certificate");
+        let middle_issuer = Issuer::new(middle_params, middle_key);
+        let (pem, key) = leaf(names, &middle_issuer);
+        Served { chain_pem: format!("{pem}{}", middle.pem()), key_pem: key.serialize_pem() }
+    }
+}
+
+fn leaf_params(names: &[&str]) -> CertificateParams {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("names");
+    params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
+    params.is_ca = IsCa::ExplicitNoCa;
+    params
+}
+
+fn leaf(names: &[&str], issuer: &Issuer<'_, KeyPair>) -> (String, KeyPair) {
+    let key = KeyPair::generate().expect("a key");
+    let cert = leaf_params(names).signed_by(&key, issuer).expect("a certificate");
+    (cert.pem(), key)
+}
