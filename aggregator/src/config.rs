@@ -174,10 +174,11 @@ pub struct Settings {
     pub max_phones: usize,
 
     /// Trunk handshakes in progress at once (upgraded, the gateway not yet authenticated);
-    /// beyond it the upgrade is answered 503. A place among --max-trunks is taken only once the
-    /// gateway has proved who it is, so connections that never authenticate cannot keep real
-    /// gateways out of it.
-    #[arg(long, env = "HOLDFAST_MAX_PENDING_TRUNKS", default_value_t = 64)]
+    /// beyond it the upgrade is answered 503 and the gateway retries with backoff. A place among
+    /// --max-trunks is taken only once the gateway has proved who it is, so connections that
+    /// never authenticate cannot take those. Sized for the burst of an aggregator restart (every
+    /// trunk reconnecting at once spreads over the aggregators behind the balancer).
+    #[arg(long, env = "HOLDFAST_MAX_PENDING_TRUNKS", default_value_t = 512)]
     pub max_pending_trunks: usize,
 
     /// Authenticated trunk links this process holds; beyond it the link is refused (OVERLOADED)
