@@ -196,6 +196,9 @@ impl Shared {
                 // Full: wait below for a commit to free room.
                 if let Ok(()) = books.ledger.record(key, route, update) {
                     books.dirty_since.get_or_insert_with(Instant::now);
+                    // Kept current here, not only at commits: a stalled database is when the
+                    // gauge matters, and then nothing commits.
+                    self.metrics.ledger_entries.set(books.ledger.len() as i64);
                     return;
                 }
             }

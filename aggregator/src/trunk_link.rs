@@ -299,6 +299,7 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
                         let r = link.handle_message(&bytes, now, &config, &mut books.ledger, route)?;
                         if r.opens + r.counts + r.closes > 0 {
                             books.dirty_since.get_or_insert_with(std::time::Instant::now);
+                            shared.metrics.ledger_entries.set(books.ledger.len() as i64);
                         }
                         r
                     };

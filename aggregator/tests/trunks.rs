@@ -141,7 +141,9 @@ async fn a_sigkilled_aggregator_loses_nothing_it_acknowledged_postgres() {
 #[tokio::test]
 async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
     // A ledger of 2,048 slots, read only while 1,024 have room (messages of at most 2 KiB), and
-    // an idle timeout of 3 x 300 ms: the database is blocked for several timeouts below.
+    // an idle timeout of 3 x 600 ms: the database is blocked for four timeouts below. (At 300 ms
+    // a CI machine busy with three builds once starved this process past the timeout before the
+    // stall began: both trunks closed as idle with nothing in the ledger.)
     let args = [
         "--flush-interval-ms",
         "50",
@@ -150,7 +152,7 @@ async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
         "--max-trunk-message",
         "2048",
         "--trunk-ping-ms",
-        "300",
+        "600",
     ];
     let Some(agg) = Aggregator::start(Kind::Postgres, &args).await else { return };
     let secret = agg.add_gateway("site-slow");
@@ -169,10 +171,16 @@ async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
     let mut sent = HashMap::new();
     for round in 0..4 {
         send_round(&mut gw, &sessions, round, &mut sent);
-        gw.pump(Duration::from_millis(900), false).await;
+        gw.pump(Duration::from_millis(1_800), false).await;
     }
     let stalled_ledger = metric(&agg, "holdfast_ledger_entries").await;
     blocker.rollback().await.unwrap();
+    // Otherwise the stall tested nothing: the reports must have been waiting in the ledger, up to
+    // where the aggregator stops reading (about 1,000 sessions with these settings).
+    assert!(
+        stalled_ledger > 512,
+        "the ledger held only {stalled_ledger} sessions while the database was locked"
+    );
 
     gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
         .await;
