@@ -10,6 +10,9 @@
 #                                                 load it, get DHCP, and refuse it; exit 0 or 1
 #                                                 (firmware/host/tests/qemu.rs runs the real thing)
 #   scripts/firmware.sh clippy                    clippy -D warnings over the board workspace
+#   scripts/firmware.sh ram-per-phone [A] [B]     static RAM per phone session: both images
+#                                                 built with A and B phones (default 32, 128),
+#                                                 (RAM(B) - RAM(A)) / (B - A), all RAM counted
 #   scripts/firmware.sh qemu-runner ELF           cargo's runner for mps2-an386 (cargo run)
 #   scripts/firmware.sh probe-rs-runner ELF       cargo's runner for nucleo-h743zi (cargo run)
 #
@@ -37,7 +40,7 @@ PROV_SIZE=16384
 NUCLEO_CHIP=STM32H743ZITx
 
 usage() {
-  sed -n '2,21s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 # Runs cargo in firmware/boards (its .cargo/config.toml is found from the
@@ -102,6 +105,33 @@ cmd_build() {
   hf_log "built in $((SECONDS - started))s"
   print_size "mps2-an386 ($(basename "$MPS2_ELF"))" "$MPS2_ELF"
   print_size "nucleo-h743zi ($(basename "$NUCLEO_ELF"))" "$NUCLEO_ELF"
+}
+
+# An image's static RAM in bytes: .data, .bss, .uninit and (mps2) .psram.
+ram_bytes() {
+  local tool
+  tool="$(size_tool)" || hf_die "no size tool (llvm-size or binutils' size)"
+  "$tool" -A "$1" | awk '$1 == ".data" || $1 == ".bss" || $1 == ".uninit" || $1 == ".psram" { n += $2 } END { print n + 0 }'
+}
+
+# Builds both images with two phone counts (HOLDFAST_PHONES, read at build time)
+# and prints what one more phone session costs in static RAM on each board.
+cmd_ram_per_phone() {
+  local a="${1:-32}" b="${2:-128}" name n
+  [ "$b" -gt "$a" ] || hf_die "ram-per-phone: B ($b) must be larger than A ($a)"
+  declare -A ram
+  for n in "$a" "$b"; do
+    hf_log "building both images with HOLDFAST_PHONES=$n"
+    HOLDFAST_PHONES="$n" fw_cargo build --release --locked
+    ram[mps2-an386 $n]="$(ram_bytes "$MPS2_ELF")"
+    ram[nucleo-h743zi $n]="$(ram_bytes "$NUCLEO_ELF")"
+  done
+  for name in mps2-an386 nucleo-h743zi; do
+    echo "$name: static RAM ${ram[$name $a]} B with $a phones, ${ram[$name $b]} B with $b:" \
+      "$(((ram[$name $b] - ram[$name $a]) / (b - a))) B per phone session"
+  done
+  # Leave the default build in place for the other commands.
+  fw_cargo build --release --locked
 }
 
 cmd_clippy() {
@@ -274,6 +304,10 @@ case "${1:-}" in
     ;;
   smoke) cmd_smoke ;;
   clippy) cmd_clippy ;;
+  ram-per-phone)
+    shift
+    cmd_ram_per_phone "$@"
+    ;;
   qemu-runner)
     shift
     cmd_qemu_runner "$@"

@@ -7,7 +7,6 @@
 //! the aggregator decodes it, see [`trunk::phone`]) and the key to answer.
 
 use crate::head::{has_token, header, LineReader, Step};
-use core::fmt::Write as _;
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
@@ -86,32 +85,76 @@ impl Refusal {
     }
 }
 
+/// Scratch space for the one computed piece of an answer: the accept key, or the digits of a
+/// refusal's `Content-Length`.
+pub type AnswerScratch = [u8; ACCEPT_LEN];
+
+/// The answer to a refused request, as pieces to write one after another: a phone's task needs
+/// no buffer for it (the pieces are constants, but for the body's length in `scratch`).
+pub fn refusal_answer(refusal: Refusal, scratch: &mut AnswerScratch) -> [&[u8]; 9] {
+    let (status, extra, body) = refusal.parts();
+    // Bodies are short constants (with the newline added below, under 100 bytes).
+    let len = body.len() + 1;
+    let digits = if len < 10 {
+        1
+    } else if len < 100 {
+        2
+    } else {
+        3
+    };
+    let mut n = len;
+    for d in scratch[..digits].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    [
+        b"HTTP/1.1 ",
+        status.as_bytes(),
+        b"\r\nConnection: close\r\n",
+        extra.as_bytes(),
+        b"Content-Length: ",
+        &scratch[..digits],
+        b"\r\n\r\n",
+        body.as_bytes(),
+        b"\n",
+    ]
+}
+
+/// The `101 Switching Protocols` answer for `key`, as pieces (the accept key in `scratch`).
+pub fn accept_answer<'a>(key: &[u8; KEY_LEN], scratch: &'a mut AnswerScratch) -> [&'a [u8]; 3] {
+    *scratch = accept_key(key);
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+        &scratch[..],
+        b"\r\n\r\n",
+    ]
+}
+
 /// The longest answer [`write_refusal`] or [`write_accept`] writes.
 pub const MAX_ANSWER_LEN: usize = 160;
 
-/// Writes the answer to a refused request; returns its length (it always fits
-/// [`MAX_ANSWER_LEN`]).
+/// Writes the answer to a refused request into `out`; returns its length (it always fits
+/// [`MAX_ANSWER_LEN`]). For tests and fuzzing: the gateway writes the pieces ([`refusal_answer`]).
 pub fn write_refusal(refusal: Refusal, out: &mut [u8; MAX_ANSWER_LEN]) -> usize {
-    let (status, extra, body) = refusal.parts();
-    let mut w = Writer { out, len: 0 };
-    w.put(b"HTTP/1.1 ");
-    w.put(status.as_bytes());
-    w.put(b"\r\nConnection: close\r\n");
-    w.put(extra.as_bytes());
-    let _ = write!(w, "Content-Length: {}\r\n\r\n", body.len() + 1);
-    w.put(body.as_bytes());
-    w.put(b"\n");
-    w.len
+    let mut scratch = [0; ACCEPT_LEN];
+    copy_answer(&refusal_answer(refusal, &mut scratch), out)
 }
 
-/// Writes the `101 Switching Protocols` answer for `key`; returns its length.
+/// Writes the `101 Switching Protocols` answer for `key` into `out`; returns its length. For tests
+/// and fuzzing: the gateway writes the pieces ([`accept_answer`]).
 pub fn write_accept(key: &[u8; KEY_LEN], out: &mut [u8; MAX_ANSWER_LEN]) -> usize {
-    let mut w = Writer { out, len: 0 };
-    w.put(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
-    w.put(b"Sec-WebSocket-Accept: ");
-    w.put(&accept_key(key));
-    w.put(b"\r\n\r\n");
-    w.len
+    let mut scratch = [0; ACCEPT_LEN];
+    copy_answer(&accept_answer(key, &mut scratch), out)
+}
+
+fn copy_answer(parts: &[&[u8]], out: &mut [u8]) -> usize {
+    let mut len = 0;
+    for part in parts {
+        let end = (len + part.len()).min(out.len());
+        out[len..end].copy_from_slice(&part[..end - len]);
+        len = end;
+    }
+    len
 }
 
 /// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + GUID)).
@@ -121,26 +164,6 @@ pub fn accept_key(key: &[u8]) -> [u8; ACCEPT_LEN] {
     // 20 bytes always encode to 28 characters.
     let _ = base64::engine::general_purpose::STANDARD.encode_slice(digest, &mut out);
     out
-}
-
-struct Writer<'a> {
-    out: &'a mut [u8],
-    len: usize,
-}
-
-impl Writer<'_> {
-    fn put(&mut self, bytes: &[u8]) {
-        let end = (self.len + bytes.len()).min(self.out.len());
-        self.out[self.len..end].copy_from_slice(&bytes[..end - self.len]);
-        self.len = end;
-    }
-}
-
-impl core::fmt::Write for Writer<'_> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        self.put(s.as_bytes());
-        Ok(())
-    }
 }
 
 /// What [`RequestParser::feed`] found.

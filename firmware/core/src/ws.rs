@@ -3,8 +3,8 @@
 //! Frame headers are decoded and encoded by `edge-ws` ([`FrameHeader`]); this module adds what a
 //! server must enforce on top (masking, control frame rules, fragmentation order, UTF-8 in text,
 //! the close handshake) and counts payload bytes as they stream through, so a phone costs a fixed
-//! few hundred bytes however large its messages are: nothing is buffered but a ping's payload,
-//! which the pong must echo.
+//! few dozen bytes however large its messages are: nothing is buffered, not even a ping's
+//! payload, which the pong echoes as it arrives.
 
 use edge_ws::{FrameHeader, FrameType};
 
@@ -25,13 +25,9 @@ pub mod close_code {
 /// Largest control frame payload (RFC 6455 section 5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
-/// Largest frame [`Connection::poll_transmit`] returns: a pong with a full payload.
-pub const MAX_OUTGOING_FRAME: usize = HEADER_ROOM + MAX_CONTROL_PAYLOAD;
-
-/// Bytes kept in front of a control frame's payload for the header of the frame that answers it
-/// (an unmasked server frame of at most 125 bytes has a 2-byte header), so a pong or close is
-/// sent from the connection's own buffer: no frame buffer in the phone's task.
-const HEADER_ROOM: usize = 2;
+/// Largest frame [`Connection::poll_transmit`] returns: a close with its code (a pong's header
+/// alone is 2 bytes; its payload is written from the phone's own bytes, see [`Fed::echo`]).
+pub const MAX_OUTGOING_FRAME: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Body {
@@ -39,7 +35,10 @@ enum Body {
     Data {
         text: bool,
     },
-    Ping,
+    /// A ping's payload: echoed as it streams through, unless the gateway is closing.
+    Ping {
+        echo: bool,
+    },
     Pong,
     Close,
 }
@@ -64,34 +63,47 @@ pub enum Event {
 }
 
 /// The result of [`Connection::feed`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fed {
-    /// Input bytes used; the rest was not looked at (the connection is closing).
+    /// Input bytes used; the rest was not looked at yet (feed it again after sending what is
+    /// owed), or will never be (the connection is done).
     pub consumed: usize,
     /// Payload bytes of data frames received: what the phone sent, to be counted.
     pub payload: u64,
     /// Set once the connection is closing.
     pub event: Option<Event>,
+    /// Bytes of the input, unmasked in place, that belong to the pong being sent: write them to
+    /// the phone first, then what [`Connection::poll_transmit`] has (the pong's header was
+    /// owed by an earlier call, which stopped right after the ping's header).
+    pub echo: core::ops::Range<usize>,
 }
 
 /// One phone's WebSocket connection, from the end of the upgrade to the close.
+///
+/// It buffers nothing but a frame header and a close code: a ping's payload is echoed from the
+/// phone's own bytes as they stream through ([`Fed::echo`]), so the connection is a few dozen
+/// bytes whatever the phone sends.
 #[derive(Clone)]
 pub struct Connection {
     max_message_len: u64,
+    message_len: u64,
+    frame: Option<Frame>,
     header: [u8; FrameHeader::MAX_LEN],
     header_len: u8,
-    frame: Option<Frame>,
     /// Whether a fragmented message is in progress, and if so whether it is text.
     message: Option<bool>,
-    message_len: u64,
+    /// UTF-8 state of a text message, or of a close frame's reason.
     utf8: Utf8,
-    /// A ping's or close's payload at `HEADER_ROOM..`, and the answer's header before it.
-    control: [u8; MAX_OUTGOING_FRAME],
-    control_len: u8,
+    /// The first two payload bytes of a close frame (its code), and how many came.
+    close_code: [u8; 2],
+    close_len: u8,
+    /// A pong's header is owed (its payload length); the payload follows as [`Fed::echo`].
     pong_due: Option<u8>,
     close_due: Option<u16>,
     close_sent: bool,
     done: bool,
+    /// What [`Connection::poll_transmit`] returned last.
+    out: [u8; MAX_OUTGOING_FRAME],
 }
 
 impl core::fmt::Debug for Connection {
@@ -109,18 +121,19 @@ impl Connection {
     pub const fn new(max_message_len: u64) -> Self {
         Self {
             max_message_len,
+            message_len: 0,
+            frame: None,
             header: [0; FrameHeader::MAX_LEN],
             header_len: 0,
-            frame: None,
             message: None,
-            message_len: 0,
             utf8: Utf8::new(),
-            control: [0; MAX_OUTGOING_FRAME],
-            control_len: 0,
+            close_code: [0; 2],
+            close_len: 0,
             pong_due: None,
             close_due: None,
             close_sent: false,
             done: false,
+            out: [0; MAX_OUTGOING_FRAME],
         }
     }
 
@@ -135,6 +148,12 @@ impl Connection {
         self.close_sent || self.close_due.is_some()
     }
 
+    /// Whether a pong is half sent (its ping's payload has not all come yet): nothing else may
+    /// be written to the phone until it is complete.
+    pub fn is_echoing(&self) -> bool {
+        matches!(self.frame, Some(Frame { body: Body::Ping { echo: true }, .. }))
+    }
+
     /// Starts the close handshake from the gateway's side (idle, shutdown).
     pub fn close(&mut self, code: u16) {
         if !self.is_closing() {
@@ -142,17 +161,28 @@ impl Connection {
         }
     }
 
-    /// Reads bytes from the phone.
-    pub fn feed(&mut self, data: &[u8]) -> Fed {
-        let mut fed = Fed { consumed: 0, payload: 0, event: None };
-        while fed.consumed < data.len() && !self.done && fed.event.is_none() {
-            let rest = &data[fed.consumed..];
-            let step = match self.frame {
-                None => self.read_header(rest),
-                Some(_) => self.read_payload(rest, &mut fed.payload),
-            };
-            fed.consumed += step.0;
-            fed.event = step.1;
+    /// Reads bytes from the phone (unmasking some of them in place). It stops early when a pong
+    /// is owed or echoed, so that answers go out in order: write the [`Fed::echo`] bytes, then
+    /// what [`Connection::poll_transmit`] has, then feed the rest.
+    pub fn feed(&mut self, data: &mut [u8]) -> Fed {
+        let mut fed = Fed { consumed: 0, payload: 0, event: None, echo: 0..0 };
+        while fed.consumed < data.len() && !self.done && fed.event.is_none() && self.pong_due.is_none() {
+            let start = fed.consumed;
+            let rest = &mut data[start..];
+            if self.frame.is_none() {
+                let (used, event) = self.read_header(rest);
+                fed.consumed += used;
+                fed.event = event;
+            } else {
+                let echoing = self.is_echoing();
+                let (used, event) = self.read_payload(rest, &mut fed.payload);
+                fed.consumed += used;
+                fed.event = event;
+                if echoing {
+                    fed.echo = start..start + used;
+                    break;
+                }
+            }
         }
         fed
     }
@@ -209,11 +239,24 @@ impl Connection {
                 if !fin || header.payload_len > MAX_CONTROL_PAYLOAD as u64 {
                     return self.fail(close_code::PROTOCOL_ERROR);
                 }
-                self.control_len = 0;
                 match header.frame_type {
-                    FrameType::Ping => Body::Ping,
+                    FrameType::Ping => {
+                        // Answered unless the gateway is closing (5.5.2); the pong's header goes
+                        // first, its payload as the ping's arrives.
+                        let echo = !self.is_closing();
+                        if echo {
+                            self.pong_due = Some(header.payload_len as u8);
+                        }
+                        Body::Ping { echo }
+                    }
                     FrameType::Pong => Body::Pong,
-                    _ => Body::Close,
+                    _ => {
+                        // The connection ends with this frame: a text message in progress is
+                        // abandoned, so its UTF-8 state checks the reason instead.
+                        self.close_len = 0;
+                        self.utf8 = Utf8::new();
+                        Body::Close
+                    }
                 }
             }
         };
@@ -230,39 +273,49 @@ impl Connection {
         None
     }
 
-    fn read_payload(&mut self, data: &[u8], counted: &mut u64) -> (usize, Option<Event>) {
+    fn read_payload(&mut self, data: &mut [u8], counted: &mut u64) -> (usize, Option<Event>) {
         let Some(mut frame) = self.frame else { return (0, None) };
         let take = data.len().min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
-        let mut chunk = [0u8; 32];
-        let mut used = 0;
-        while used < take {
-            let n = (take - used).min(chunk.len());
-            let piece = &mut chunk[..n];
-            piece.copy_from_slice(&data[used..used + n]);
-            FrameHeader::mask_with(piece, Some(frame.mask), usize::from(frame.offset));
-            match frame.body {
-                Body::Data { text } => {
-                    if text && !self.utf8.feed(piece) {
-                        return (used + n, self.fail(close_code::INVALID_PAYLOAD));
+        let piece = &mut data[..take];
+        let unmask =
+            |piece: &mut [u8]| FrameHeader::mask_with(piece, Some(frame.mask), usize::from(frame.offset));
+        match frame.body {
+            Body::Data { text } => {
+                if text {
+                    unmask(piece);
+                    if !self.utf8.feed(piece) {
+                        return (take, self.fail(close_code::INVALID_PAYLOAD));
                     }
-                    *counted += n as u64;
                 }
-                Body::Ping | Body::Close => {
-                    let at = HEADER_ROOM + usize::from(self.control_len);
-                    self.control[at..at + n].copy_from_slice(piece);
-                    self.control_len += n as u8;
-                }
-                Body::Pong => {}
+                *counted += take as u64;
             }
-            frame.offset = ((usize::from(frame.offset) + n) % 4) as u8;
-            used += n;
+            Body::Ping { echo } => {
+                if echo {
+                    unmask(piece);
+                }
+            }
+            Body::Close => {
+                unmask(piece);
+                let mut reason: &[u8] = piece;
+                while self.close_len < 2 {
+                    let Some((&b, rest)) = reason.split_first() else { break };
+                    self.close_code[usize::from(self.close_len)] = b;
+                    self.close_len += 1;
+                    reason = rest;
+                }
+                if !self.utf8.feed(reason) {
+                    return (take, self.fail(close_code::INVALID_PAYLOAD));
+                }
+            }
+            Body::Pong => {}
         }
+        frame.offset = ((usize::from(frame.offset) + take) % 4) as u8;
         frame.remaining -= take as u64;
         self.frame = Some(frame);
         if frame.remaining == 0 {
-            return (used, self.end_frame());
+            return (take, self.end_frame());
         }
-        (used, None)
+        (take, None)
     }
 
     fn end_frame(&mut self) -> Option<Event> {
@@ -277,24 +330,17 @@ impl Connection {
                 }
                 None
             }
-            Body::Ping => {
-                if !self.is_closing() {
-                    self.pong_due = Some(self.control_len);
-                }
-                None
-            }
-            Body::Pong => None,
+            Body::Ping { .. } | Body::Pong => None,
             Body::Close => {
-                let payload = &self.control[HEADER_ROOM..HEADER_ROOM + usize::from(self.control_len)];
-                let code = match payload {
-                    [] => 1005,
-                    [_] => return self.fail(close_code::PROTOCOL_ERROR),
-                    [hi, lo, reason @ ..] => {
-                        let code = u16::from_be_bytes([*hi, *lo]);
+                let code = match self.close_len {
+                    0 => 1005,
+                    1 => return self.fail(close_code::PROTOCOL_ERROR),
+                    _ => {
+                        let code = u16::from_be_bytes(self.close_code);
                         if !valid_close_code(code) {
                             return self.fail(close_code::PROTOCOL_ERROR);
                         }
-                        if core::str::from_utf8(reason).is_err() {
+                        if !self.utf8.complete() {
                             return self.fail(close_code::INVALID_PAYLOAD);
                         }
                         code
@@ -308,26 +354,28 @@ impl Connection {
         }
     }
 
-    /// The next frame the gateway owes the phone (a pong, its close): send it all before asking
-    /// again. It is built in the connection's control buffer, in front of the ping's payload.
+    /// The next frame the gateway owes the phone (a pong's header, its close): send it all
+    /// before asking again. A close waits while a pong is half sent.
     pub fn poll_transmit(&mut self) -> Option<&[u8]> {
         let (frame_type, len) = if let Some(len) = self.pong_due.take() {
             (FrameType::Pong, usize::from(len))
+        } else if self.is_echoing() {
+            return None;
         } else if let Some(code) = self.close_due.take() {
             self.close_sent = true;
             if code == 0 {
                 (FrameType::Close, 0)
             } else {
-                self.control[HEADER_ROOM..HEADER_ROOM + 2].copy_from_slice(&code.to_be_bytes());
+                self.out[2..4].copy_from_slice(&code.to_be_bytes());
                 (FrameType::Close, 2)
             }
         } else {
             return None;
         };
-        let len = len.min(MAX_CONTROL_PAYLOAD);
         let header = FrameHeader { frame_type, payload_len: len as u64, mask_key: None };
-        match header.serialize(&mut self.control[..HEADER_ROOM]) {
-            Ok(HEADER_ROOM) => Some(&self.control[..HEADER_ROOM + len]),
+        match header.serialize(&mut self.out[..2]) {
+            // A pong's payload follows from the phone's own bytes; a close's code is here.
+            Ok(2) => Some(&self.out[..if matches!(frame_type, FrameType::Pong) { 2 } else { 2 + len }]),
             _ => None, // cannot happen for a payload of at most 125 bytes
         }
     }
@@ -408,13 +456,33 @@ mod tests {
         f
     }
 
-    fn out(c: &mut Connection) -> Vec<Vec<u8>> {
-        let mut frames = Vec::new();
-        while let Some(frame) = c.poll_transmit() {
-            assert!(frame.len() <= MAX_OUTGOING_FRAME);
-            frames.push(frame.to_vec());
+    /// What the phone's task does with a stream cut into `pieces`: feeds each piece, sends what
+    /// is owed (frames and echoed ping payload) in order. Returns the bytes counted, everything
+    /// written to the phone, and the event.
+    fn drive(c: &mut Connection, pieces: &[&[u8]]) -> (u64, Vec<u8>, Option<Event>) {
+        let (mut counted, mut written, mut event) = (0, Vec::new(), None);
+        for piece in pieces {
+            let mut piece = piece.to_vec();
+            let mut at = 0;
+            loop {
+                let fed = c.feed(&mut piece[at..]);
+                counted += fed.payload;
+                event = event.or(fed.event);
+                written.extend_from_slice(&piece[at + fed.echo.start..at + fed.echo.end]);
+                while let Some(frame) = c.poll_transmit() {
+                    assert!(frame.len() <= MAX_OUTGOING_FRAME);
+                    written.extend_from_slice(frame);
+                }
+                at += fed.consumed;
+                if fed.consumed == 0 || at == piece.len() {
+                    break;
+                }
+            }
         }
-        frames
+        while let Some(frame) = c.poll_transmit() {
+            written.extend_from_slice(frame);
+        }
+        (counted, written, event)
     }
 
     #[test]
@@ -425,31 +493,47 @@ mod tests {
         stream.extend(client_frame(0, true, "wörld".as_bytes()));
         stream.extend(client_frame(2, true, &[0; 300]));
         let total = 1 + "héllo wörld".len() as u64 + 300;
+        let pong = [&[0x8a, 13][..], b"are you there"].concat();
         for cut in 0..stream.len() {
             let mut c = Connection::new(4096);
-            let a = c.feed(&stream[..cut]);
-            let b = c.feed(&stream[cut..]);
-            assert_eq!((a.consumed + b.consumed, a.payload + b.payload), (stream.len(), total));
-            assert_eq!(a.event.or(b.event), None);
-            let frames = out(&mut c);
-            assert_eq!(frames, vec![[&[0x8a, 13][..], b"are you there"].concat()]);
+            let (counted, written, event) = drive(&mut c, &[&stream[..cut], &stream[cut..]]);
+            assert_eq!((counted, event), (total, None), "cut at {cut}");
+            assert_eq!(written, pong, "cut at {cut}");
         }
         // byte by byte
         let mut c = Connection::new(4096);
-        let counted: u64 = stream.iter().map(|b| c.feed(core::slice::from_ref(b)).payload).sum();
-        assert_eq!(counted, total);
+        let pieces: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(drive(&mut c, &pieces), (total, pong, None));
+    }
+
+    #[test]
+    fn a_pong_is_not_interrupted_by_a_close() {
+        let ping = client_frame(9, true, b"0123456789");
+        let mut c = Connection::new(4096);
+        let (_, written, _) = drive(&mut c, &[&ping[..10]]);
+        assert_eq!(written, [&[0x8a, 10][..], b"0123"].concat());
+        assert!(c.is_echoing());
+        c.close(close_code::GOING_AWAY);
+        assert_eq!(c.poll_transmit(), None, "a close in the middle of a pong's payload");
+        let (_, written, _) = drive(&mut c, &[&ping[10..]]);
+        assert_eq!(written, [&b"456789"[..], &[0x88, 2, 0x03, 0xe9]].concat());
+        // A ping that comes once the gateway is closing is not answered.
+        let (_, written, _) = drive(&mut c, &[&client_frame(9, true, b"late")]);
+        assert_eq!(written, b"");
     }
 
     #[test]
     fn the_close_handshake_echoes_the_code() {
         let mut c = Connection::new(4096);
-        let fed = c.feed(&client_frame(8, true, &[0x03, 0xe8, b'b', b'y', b'e']));
-        assert_eq!(fed.event, Some(Event::Closed(1000)));
+        let (_, written, event) = drive(&mut c, &[&client_frame(8, true, &[0x03, 0xe8, b'b', b'y', b'e'])]);
+        assert_eq!(event, Some(Event::Closed(1000)));
         assert!(c.is_done());
-        assert_eq!(out(&mut c), vec![vec![0x88, 2, 0x03, 0xe8]]);
+        assert_eq!(written, vec![0x88, 2, 0x03, 0xe8]);
         let mut c = Connection::new(4096);
-        assert_eq!(c.feed(&client_frame(8, true, &[])).event, Some(Event::Closed(1005)));
-        assert_eq!(out(&mut c), vec![vec![0x88, 0]]);
+        assert_eq!(
+            drive(&mut c, &[&client_frame(8, true, &[])]),
+            (0, vec![0x88, 0], Some(Event::Closed(1005)))
+        );
     }
 
     #[test]
@@ -466,14 +550,16 @@ mod tests {
             (client_frame(2, true, &[0; 5000]), 1009), // too big
             (client_frame(8, true, &[0x03]), 1002),    // one-byte close
             (client_frame(8, true, &[0x03, 0xed]), 1002), // 1005 may not be sent
+            (client_frame(8, true, &[0x03, 0xe8, 0xff]), 1007), // a reason that is not UTF-8
+            (client_frame(8, true, &[0x03, 0xe8, 0xc3]), 1007), // a truncated reason
             ([client_frame(2, false, b"a"), client_frame(2, true, b"b")].concat(), 1002),
             ([client_frame(2, false, &[0; 3000]), client_frame(0, true, &[0; 3000])].concat(), 1009),
         ];
         for (bytes, code) in cases {
             let mut c = Connection::new(4096);
-            let fed = c.feed(&bytes);
-            assert_eq!(fed.event, Some(Event::Failed(code)), "{bytes:x?}");
-            assert_eq!(out(&mut c).last().unwrap()[..4], [0x88, 2, (code >> 8) as u8, code as u8]);
+            let (_, written, event) = drive(&mut c, &[&bytes]);
+            assert_eq!(event, Some(Event::Failed(code)), "{bytes:x?}");
+            assert_eq!(written[written.len() - 4..], [0x88, 2, (code >> 8) as u8, code as u8]);
         }
     }
 
@@ -491,9 +577,9 @@ mod tests {
         fn any_bytes_never_panic(data: Vec<u8>, cut in 0usize..64) {
             let mut c = Connection::new(64);
             let cut = cut.min(data.len());
-            c.feed(&data[..cut]);
-            c.feed(&data[cut..]);
-            out(&mut c);
+            let (counted, written, _) = drive(&mut c, &[&data[..cut], &data[cut..]]);
+            proptest::prop_assert!(counted <= data.len() as u64);
+            proptest::prop_assert!(written.len() <= data.len() + MAX_OUTGOING_FRAME);
         }
 
         #[test]
@@ -502,7 +588,7 @@ mod tests {
             let total: usize = payloads.iter().map(Vec::len).sum();
             let mut c = Connection::new(u64::MAX);
             let cut = cut.min(stream.len());
-            let n = c.feed(&stream[..cut]).payload + c.feed(&stream[cut..]).payload;
+            let (n, _, _) = drive(&mut c, &[&stream[..cut], &stream[cut..]]);
             proptest::prop_assert_eq!(n, total as u64);
         }
     }

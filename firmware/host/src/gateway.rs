@@ -9,6 +9,8 @@ use embassy_executor::Spawner;
 use embassy_time::{Duration, Instant, Timer};
 use gateway_core::hub::PhoneWaker;
 use gateway_core::link::LinkBuffers;
+use gateway_core::phone::Phones;
+use gateway_core::upgrade::RequestParser;
 use gateway_core::{Hub, PhoneConfig, TrunkConfig};
 use rand_core::{OsRng, RngCore};
 use trunk::gateway::{GatewayConfig, Identity, SessionSlot, MAX_LINKS};
@@ -20,11 +22,16 @@ use crate::identity::Provisioned;
 #[derive(Debug, Clone, Copy)]
 pub struct Parts {
     pub hub: &'static Hub<'static>,
-    pub phone: &'static PhoneConfig,
+    pub phones: &'static Phones<'static, 'static>,
     pub trunk: &'static TrunkConfig<'static>,
     pub rng: &'static RefCell<OsRng>,
     pub links: usize,
 }
+
+/// Upgrade requests read at once (each borrows a parser of about 200 bytes for a few
+/// milliseconds; see `gateway_core::phone::Phones`): enough for thousands of phones connecting
+/// in the same second.
+pub const PARSERS: usize = 256;
 
 /// Set by SIGINT/SIGTERM (from a plain thread); the shutdown task polls it.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -46,14 +53,17 @@ pub fn start(spawner: Spawner, settings: &Serve) -> Result<()> {
         Identity { gateway_id: p.gateway_id.as_bytes(), secret: &p.secret, boot_epoch: OsRng.next_u64() };
     let hub = Hub::new(gateway_config, identity, usize::from(p.links), slots, wakers)
         .map_err(|e| anyhow::anyhow!("gateway settings: {e}"))?;
+    let hub: &'static Hub<'static> = Box::leak(Box::new(hub));
+    let phone_config: &'static PhoneConfig = Box::leak(Box::new(PhoneConfig {
+        handshake_timeout_ms: settings.handshake_timeout_ms,
+        idle_timeout_ms: settings.phone_idle_timeout_ms,
+        max_message_len: settings.max_phone_message,
+        ..PhoneConfig::default()
+    }));
+    let parsers = Box::leak((0..PARSERS).map(|_| RefCell::new(RequestParser::new(0))).collect());
     let parts = Parts {
-        hub: Box::leak(Box::new(hub)),
-        phone: Box::leak(Box::new(PhoneConfig {
-            handshake_timeout_ms: settings.handshake_timeout_ms,
-            idle_timeout_ms: settings.phone_idle_timeout_ms,
-            max_message_len: settings.max_phone_message,
-            ..PhoneConfig::default()
-        })),
+        hub,
+        phones: Box::leak(Box::new(Phones::new(hub, phone_config, parsers))),
         trunk: Box::leak(Box::new(TrunkConfig::new(
             p.aggregator,
             String::leak(p.server_name.clone()),

@@ -9,7 +9,7 @@ use edge_nal::{TcpAccept, TcpBind};
 use embassy_executor::Spawner;
 use embassy_time::Timer;
 use gateway_core::link::LinkBuffers;
-use gateway_core::{Hub, PhoneConfig};
+use gateway_core::phone::Phones;
 
 use crate::cli::Serve;
 use crate::gateway::{link_buffers, Parts};
@@ -24,7 +24,7 @@ pub fn start(spawner: Spawner, parts: Parts, settings: &Serve) -> Result<()> {
     let listener = std::net::TcpListener::bind(settings.listen)?;
     tracing::info!(listen = %settings.listen, "phones connect to ws://{}/ws?device=ID", settings.listen);
     drop(listener); // only a check that the address is free, with a clear error before starting
-    spawner.spawn(acceptor(spawner, settings.listen, parts.hub, parts.phone)?);
+    spawner.spawn(acceptor(spawner, settings.listen, parts.phones)?);
     for link in 0..parts.links {
         spawner.spawn(trunk_link(parts, link, link_buffers())?);
     }
@@ -32,12 +32,7 @@ pub fn start(spawner: Spawner, parts: Parts, settings: &Serve) -> Result<()> {
 }
 
 #[embassy_executor::task]
-async fn acceptor(
-    spawner: Spawner,
-    listen: SocketAddr,
-    hub: &'static Hub<'static>,
-    config: &'static PhoneConfig,
-) {
+async fn acceptor(spawner: Spawner, listen: SocketAddr, phones: &'static Phones<'static, 'static>) {
     let stack = Stack;
     let acceptor = match stack.bind(listen).await {
         Ok(a) => a,
@@ -48,7 +43,7 @@ async fn acceptor(
     };
     loop {
         match acceptor.accept().await {
-            Ok((_, socket)) => match phone(socket, hub, config) {
+            Ok((_, socket)) => match phone(socket, phones) {
                 Ok(token) => spawner.spawn(token),
                 Err(_) => tracing::warn!("no phone task free: connection dropped"),
             },
@@ -62,8 +57,8 @@ async fn acceptor(
 }
 
 #[embassy_executor::task(pool_size = MAX_PHONE_TASKS)]
-async fn phone(socket: TcpSocket, hub: &'static Hub<'static>, config: &'static PhoneConfig) {
-    let outcome = gateway_core::phone::serve(socket, hub, config).await;
+async fn phone(mut socket: TcpSocket, phones: &'static Phones<'static, 'static>) {
+    let outcome = gateway_core::phone::serve(&mut socket, phones).await;
     tracing::debug!(?outcome, "phone connection ended");
 }
 

@@ -10,7 +10,7 @@ use embassy_executor::Spawner;
 use embassy_net::{Ipv4Cidr, Runner, StackResources, StaticConfigV4};
 use embassy_net_tuntap::TunTapDevice;
 use gateway_core::link::LinkBuffers;
-use gateway_core::{Hub, PhoneConfig};
+use gateway_core::phone::Phones;
 use rand_core::{OsRng, RngCore};
 
 use crate::cli::Serve;
@@ -51,7 +51,7 @@ pub fn start(spawner: Spawner, parts: Parts, settings: &Serve) -> Result<()> {
     let port = settings.listen.port();
     tracing::info!(tap = %settings.tap, %addr, port, sockets = settings.tap_sockets, "phones connect to ws://{addr}:{port}/ws?device=ID");
     for _ in 0..settings.tap_sockets {
-        spawner.spawn(phone_worker(phones, port, parts.hub, parts.phone)?);
+        spawner.spawn(phone_worker(phones, port, parts.phones)?);
     }
     for link in 0..parts.links {
         spawner.spawn(trunk_link(trunks, parts, link, link_buffers())?);
@@ -65,17 +65,12 @@ async fn net(mut runner: Runner<'static, TunTapDevice>) -> ! {
 }
 
 #[embassy_executor::task(pool_size = MAX_SOCKETS)]
-async fn phone_worker(
-    tcp: Tcp<'static>,
-    port: u16,
-    hub: &'static Hub<'static>,
-    config: &'static PhoneConfig,
-) {
+async fn phone_worker(tcp: Tcp<'static>, port: u16, phones: &'static Phones<'static, 'static>) {
     let Ok(acceptor) = tcp.bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port)).await else {
         tracing::error!(port, "cannot listen on the TAP stack");
         return;
     };
-    gateway_core::phone::worker(&acceptor, hub, config).await
+    gateway_core::phone::worker(&acceptor, phones).await
 }
 
 #[embassy_executor::task(pool_size = trunk::gateway::MAX_LINKS)]

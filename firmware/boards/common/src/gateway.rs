@@ -4,7 +4,8 @@
 //! RAM per phone session, everything counted: its TCP socket buffers ([`PHONE_RX`] +
 //! [`PHONE_TX`]), smoltcp's socket, the worker task (the core's `phone::worker` future), the
 //! trunk [`SessionSlot`] and a waker. `scripts/firmware.sh ram-per-phone` measures the total
-//! by building the image with two values of [`PHONES`].
+//! by building the image with two values of [`PHONES`]. Shared by all phones, not counted per
+//! phone: [`PARSERS`] request parsers, and the [`OVERFLOW`] sockets that answer 503.
 
 use core::cell::RefCell;
 use core::net::{Ipv4Addr, SocketAddr};
@@ -16,7 +17,9 @@ use embassy_net::Stack;
 use embassy_time::Timer;
 use gateway_core::hub::PhoneWaker;
 use gateway_core::link::LinkBuffers;
+use gateway_core::phone::Phones;
 use gateway_core::provision::Provisioning;
+use gateway_core::upgrade::RequestParser;
 use gateway_core::{Hub, PhoneConfig, TrunkConfig};
 use log::{error, info};
 use rand_core::RngCore;
@@ -33,10 +36,15 @@ pub const OVERFLOW: usize = 2;
 pub const LINKS: usize = 2;
 /// TCP port phones connect to.
 pub const PORT: u16 = 80;
-/// Each phone socket's TCP receive and send buffers: phones send a few bytes at a time, and the
-/// gateway sends them at most a 127-byte frame.
-pub const PHONE_RX: usize = 256;
-pub const PHONE_TX: usize = 256;
+/// Each phone socket's TCP receive buffer: a phone sends a few bytes at a time (a 1-byte message
+/// is a 7-byte frame); its upgrade request (200-500 bytes) streams through in a few windows.
+pub const PHONE_RX: usize = 128;
+/// Each phone socket's TCP send buffer: the gateway sends a phone its 129-byte upgrade answer
+/// once (in two pieces), then frames of at most 34 bytes (durable totals, close) and pongs.
+pub const PHONE_TX: usize = 128;
+/// Upgrade requests read at once: each borrows a request parser (about 200 bytes) for the few
+/// milliseconds its request takes, instead of every phone carrying one for hours.
+pub const PARSERS: usize = 8;
 /// Each trunk socket's TCP buffers (TLS records are buffered by embedded-tls, not here).
 pub const TRUNK_RX: usize = 2048;
 pub const TRUNK_TX: usize = 2048;
@@ -89,6 +97,10 @@ pub async fn run(spawner: Spawner, stack: Stack<'static>, rng: Drbg, block: &'st
     static TRUNK: StaticCell<TrunkConfig<'static>> = StaticCell::new();
     let trunk = TRUNK.init(TrunkConfig::new(p.aggregator, p.server_name, p.ca_der));
     static PHONE_CONFIG: PhoneConfig = PhoneConfig::DEFAULT;
+    static PARSER_POOL: ConstStaticCell<[RefCell<RequestParser>; PARSERS]> =
+        ConstStaticCell::new([const { RefCell::new(RequestParser::new(0)) }; PARSERS]);
+    static PHONES_SHARED: StaticCell<Phones<'static, 'static>> = StaticCell::new();
+    let phones_shared = PHONES_SHARED.init(Phones::new(hub, &PHONE_CONFIG, PARSER_POOL.take()));
 
     static TRUNK_BUFFERS: ConstStaticCell<TcpBuffers<LINKS, TRUNK_TX, TRUNK_RX>> =
         ConstStaticCell::new(TcpBuffers::new());
@@ -102,7 +114,7 @@ pub async fn run(spawner: Spawner, stack: Stack<'static>, rng: Drbg, block: &'st
         ConstStaticCell::new(TcpBuffers::new());
     let phones = Tcp::new(stack, PHONE_BUFFERS.take());
     for _ in 0..PHONES + OVERFLOW {
-        spawn(spawner, phone_worker(phones, hub, &PHONE_CONFIG));
+        spawn(spawner, phone_worker(phones, phones_shared));
     }
     info!(
         "gateway {} up: {} phone sessions on port {PORT}, {links} trunk links to {} ({})",
@@ -131,12 +143,12 @@ fn spawn<S>(spawner: Spawner, token: Result<embassy_executor::SpawnToken<S>, emb
 }
 
 #[embassy_executor::task(pool_size = PHONES + OVERFLOW)]
-async fn phone_worker(tcp: PhoneTcp, hub: &'static Hub<'static>, config: &'static PhoneConfig) {
+async fn phone_worker(tcp: PhoneTcp, phones: &'static Phones<'static, 'static>) {
     let Ok(acceptor) = tcp.bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), PORT)).await else {
         error!("cannot listen on port {PORT}");
         return;
     };
-    gateway_core::phone::worker(&acceptor, hub, config).await
+    gateway_core::phone::worker(&acceptor, phones).await
 }
 
 #[embassy_executor::task(pool_size = LINKS)]
