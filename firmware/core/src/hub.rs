@@ -5,7 +5,7 @@
 //! and every method here is a short critical section.
 
 use core::cell::RefCell;
-use core::future::poll_fn;
+use core::future::{poll_fn, Future};
 use core::task::{Poll, Waker};
 
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
@@ -157,8 +157,15 @@ impl<'a> Hub<'a> {
 
     /// Waits until the session's durable total is above `told` (and returns it), or the gateway
     /// begins to shut down.
-    pub async fn durable_above(&self, id: SessionId, told: u64) -> Durable {
-        poll_fn(|cx| {
+    ///
+    /// A plain future (not an `async fn`, which would keep its arguments twice): it is part of
+    /// every idle phone's state.
+    pub fn durable_above(
+        &self,
+        id: SessionId,
+        told: u64,
+    ) -> impl Future<Output = Durable> + Unpin + use<'_, 'a> {
+        poll_fn(move |cx| {
             self.with(|i| {
                 if i.stopping && told != u64::MAX {
                     return Poll::Ready(Durable::Stopping);
@@ -178,7 +185,6 @@ impl<'a> Hub<'a> {
                 }
             })
         })
-        .await
     }
 
     /// Refuse new phones from now on and ask every phone task to close (shutdown).

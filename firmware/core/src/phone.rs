@@ -7,11 +7,14 @@
 //! socket's buffers, and the hub's [`SessionSlot`](trunk::gateway::SessionSlot) and waker.
 
 use core::cell::{RefCell, RefMut};
+use core::future::{poll_fn, Future};
 use core::ops::Range;
+use core::pin::Pin;
+use core::task::Poll;
 
 use edge_nal::{Close, TcpAccept, TcpShutdown};
 use embassy_futures::select::{select3, Either3};
-use embassy_time::{with_deadline, Duration, Instant, Timer};
+use embassy_time::{with_deadline, Duration, Instant, TimeoutError, Timer};
 use embedded_io_async::{Read, Write};
 use trunk::frame::CloseReason;
 use trunk::gateway::SessionId;
@@ -19,9 +22,7 @@ use trunk::phone::{durable_message, MAX_DURABLE_MESSAGE_LEN};
 
 use crate::config::PhoneConfig;
 use crate::hub::{Durable, Hub};
-use crate::upgrade::{
-    accept_answer, refusal_answer, AnswerScratch, Parsed, Refusal, RequestParser, Upgrade, KEY_LEN,
-};
+use crate::upgrade::{accept_answer, refusal_answer, AnswerScratch, Parsed, Refusal, RequestParser, Upgrade};
 use crate::ws::{close_code, Connection, Event};
 
 /// Bytes read from a phone at a time. Phones send a few bytes at a time (a 1-byte message is a
@@ -83,13 +84,13 @@ impl<'a, 'h> Phones<'a, 'h> {
 /// socket, which is how a smoltcp server accepts several connections.
 pub async fn worker<A: TcpAccept>(acceptor: &A, phones: &Phones<'_, '_>) -> ! {
     loop {
-        // Only the socket is kept while the phone is served, not the rest of the accept.
-        let mut socket = match acceptor.accept().await {
-            Ok((_, socket)) => socket,
-            Err(_) => {
-                Timer::after_millis(100).await; // out of sockets for a moment
-                continue;
+        // Only the socket is kept while the phone is served, not the rest of the accept (the
+        // match ends before the retry's await, so the accept's result is not kept across it).
+        let mut socket = loop {
+            if let Ok((_, socket)) = acceptor.accept().await {
+                break socket;
             }
+            Timer::after_millis(100).await; // out of sockets for a moment
         };
         serve(&mut socket, phones).await;
     }
@@ -97,76 +98,89 @@ pub async fn worker<A: TcpAccept>(acceptor: &A, phones: &Phones<'_, '_>) -> ! {
 
 /// Serves one phone connection until it ends.
 ///
-/// The work is split into steps awaited one after another (the request, the answer, the
-/// session) so that their state shares the same bytes of this future: what a phone costs is the
-/// largest of them, not their sum. The request's bytes live in a borrowed parser, and the
-/// session keeps only what it must (see `docs/benchmarks.md` for the sizes).
+/// The work is split into steps awaited one after another (the handshake, the session, the
+/// close) so that their state shares the same bytes of this future: what a phone costs is the
+/// largest of them, not their sum. The steps get the connection by reference ([`Conn`]), so each
+/// keeps one pointer instead of copies of its parts; the request's bytes live in a borrowed
+/// parser; the session keeps only what it must (see `docs/benchmarks.md` for the sizes).
 pub async fn serve<S: Read + Write + TcpShutdown>(socket: &mut S, phones: &Phones<'_, '_>) -> Outcome {
-    let (hub, config) = (phones.hub, phones.config);
-    let mut buf = [0u8; READ_CHUNK];
-    // What the request decided, without the request: its bytes (device id, key) are out of scope
-    // before the next await, so no later state of this future keeps room for them.
-    let start = match read_request(&mut *socket, &mut buf, phones).await {
-        Ok((upgrade, rest)) => match hub.open(upgrade.device.as_ref().map(|d| d.as_slice())) {
-            Ok(id) => Start::Accept { id, key: upgrade.key, rest },
-            Err(_) if hub.is_stopping() => Start::Refuse(Refusal::ShuttingDown),
-            Err(_) => Start::Refuse(Refusal::Full),
-        },
-        Err(Some(refusal)) => Start::Refuse(refusal),
-        Err(None) => Start::Gone,
-    };
-    let (id, rest) = match start {
-        Start::Accept { id, key, rest } => {
-            let mut scratch: AnswerScratch = [0; _];
-            if !write(socket, &accept_answer(&key, &mut scratch), config).await {
-                hub.close(id, CloseReason::LOST, false);
-                socket.abort().await.ok();
-                return Outcome::Session(CloseReason::LOST);
-            }
-            (id, rest)
-        }
-        Start::Refuse(refusal) => return refuse(socket, hub, refusal, &mut buf, config).await,
-        Start::Gone => {
-            socket.abort().await.ok();
-            return Outcome::NoRequest;
+    let mut conn = Conn { socket, phones, buf: [0; READ_CHUNK], pending: 0..0 };
+    let id = match handshake(&mut conn).await {
+        Ok(id) => id,
+        Err(Unopened::Refuse(refusal)) => return refuse(&mut conn, refusal).await,
+        Err(Unopened::Ended(outcome)) => {
+            conn.socket.abort().await.ok();
+            return outcome;
         }
     };
-    let (reason, failed) = session(socket, hub, id, &mut buf, rest, config).await;
-    hub.close(id, reason, failed);
+    let (reason, failed) = session(&mut conn, id).await;
+    phones.hub.close(id, reason, failed);
     if reason == CloseReason::LOST {
-        socket.abort().await.ok();
+        conn.socket.abort().await.ok();
     } else {
-        finish(socket, &mut buf, config).await;
+        finish(&mut conn).await;
     }
     Outcome::Session(reason)
 }
 
-/// What a request led to.
-enum Start {
-    /// A session was opened: answer 101 with the accept key for `key`; `rest` of the read buffer
-    /// holds the first WebSocket bytes.
-    Accept { id: SessionId, key: [u8; KEY_LEN], rest: Range<usize> },
-    /// Answer with this refusal.
-    Refuse(Refusal),
-    /// The phone never completed its request.
-    Gone,
+/// A phone connection while it is served: what every step uses.
+struct Conn<'c, 'a, 'h, S> {
+    socket: &'c mut S,
+    phones: &'c Phones<'a, 'h>,
+    /// What is read from the phone, a piece at a time.
+    buf: [u8; READ_CHUNK],
+    /// The part of `buf` read but not yet handled (after the request: the first WebSocket bytes).
+    pending: Range<usize>,
 }
 
-/// Reads the upgrade request within the handshake timeout: the request and the range of `buf`
-/// that holds bytes after it, or what to refuse (`None`: the phone never completed it).
+/// Why a handshake opened no session.
+enum Unopened {
+    /// Answer with this refusal.
+    Refuse(Refusal),
+    /// Nothing more to say: the phone never completed its request, or was lost while answered.
+    Ended(Outcome),
+}
+
+/// Reads the request and answers it if it opens a session: the new session, or why not.
+async fn handshake<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>) -> Result<SessionId, Unopened> {
+    let hub = conn.phones.hub;
+    // Only the session id and the key are kept from the request: its other bytes (the device
+    // id) are out of scope before the next await, so no later state of this future keeps room
+    // for them.
+    let (id, key) = {
+        let upgrade = match read_request(conn).await {
+            Ok(upgrade) => upgrade,
+            Err(Some(refusal)) => return Err(Unopened::Refuse(refusal)),
+            Err(None) => return Err(Unopened::Ended(Outcome::NoRequest)),
+        };
+        match hub.open(upgrade.device.as_ref().map(|d| d.as_slice())) {
+            Ok(id) => (id, upgrade.key),
+            Err(_) if hub.is_stopping() => return Err(Unopened::Refuse(Refusal::ShuttingDown)),
+            Err(_) => return Err(Unopened::Refuse(Refusal::Full)),
+        }
+    };
+    let mut scratch: AnswerScratch = [0; _];
+    for part in accept_answer(&key, &mut scratch) {
+        if !sent(write(conn.socket, part, conn.phones.config).await) {
+            hub.close(id, CloseReason::LOST, false);
+            return Err(Unopened::Ended(Outcome::Session(CloseReason::LOST)));
+        }
+    }
+    Ok(id)
+}
+
+/// Reads the upgrade request within the handshake timeout: the request (the bytes after it are
+/// left in `conn.pending`), or what to refuse (`None`: the phone never completed it).
 ///
 /// The parser's `RefMut` is held across awaits on purpose: the borrow is what marks the parser
 /// taken, and other phones only ever `try_borrow_mut` (see [`Phones`]), so it cannot panic.
 #[allow(clippy::await_holding_refcell_ref)]
-async fn read_request<S: Read>(
-    socket: &mut S,
-    buf: &mut [u8; READ_CHUNK],
-    phones: &Phones<'_, '_>,
-) -> Result<(Upgrade, Range<usize>), Option<Refusal>> {
+async fn read_request<S: Read>(conn: &mut Conn<'_, '_, '_, S>) -> Result<Upgrade, Option<Refusal>> {
+    let phones = conn.phones;
     let deadline = Instant::now() + Duration::from_millis(phones.config.handshake_timeout_ms);
     let io = async {
         // The first bytes, then a parser: a phone that connects and says nothing holds none.
-        let mut n = match socket.read(buf).await {
+        let mut n = match conn.socket.read(&mut conn.buf).await {
             Ok(n) if n > 0 => n,
             _ => return Err(None),
         };
@@ -177,12 +191,15 @@ async fn read_request<S: Read>(
             }
         };
         loop {
-            match parser.feed(&buf[..n]) {
+            match parser.feed(&conn.buf[..n]) {
                 Parsed::More => {}
-                Parsed::Upgrade { upgrade, consumed } => return Ok((upgrade, consumed..n)),
+                Parsed::Upgrade { upgrade, consumed } => {
+                    conn.pending = consumed..n;
+                    return Ok(upgrade);
+                }
                 Parsed::Refuse(refusal) => return Err(Some(refusal)),
             }
-            n = match socket.read(buf).await {
+            n = match conn.socket.read(&mut conn.buf).await {
                 Ok(n) if n > 0 => n,
                 _ => return Err(None),
             };
@@ -194,103 +211,99 @@ async fn read_request<S: Read>(
 /// The WebSocket session: returns why it ended and whether the phone broke the protocol.
 ///
 /// Its state is what a connected phone costs, so only what must survive an await is kept: the
-/// connection's framing state, the session id, the durable total told, the idle deadline.
-async fn session<S: Read + Write>(
-    socket: &mut S,
-    hub: &Hub<'_>,
-    id: SessionId,
-    buf: &mut [u8; READ_CHUNK],
-    mut pending: Range<usize>,
-    config: &PhoneConfig,
-) -> (CloseReason, bool) {
+/// connection's framing state, the durable total told, the idle deadline (and `id`).
+async fn session<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>, id: SessionId) -> (CloseReason, bool) {
+    // One reference kept (conn.phones), not two.
+    let Phones { hub, config, .. } = conn.phones;
     let mut ws = Connection::new(config.max_message_len);
     let mut told = 0;
     let mut idle_deadline = Instant::now() + Duration::from_millis(config.idle_timeout_ms);
     let mut reason = CloseReason::NORMAL;
     let mut failed = false;
     loop {
-        // Bytes read (or that came with the request): count them, note a close or an error, and
-        // answer in order (a pong echoes its ping's payload from `buf` as it comes).
-        while !pending.is_empty() {
-            let fed = ws.feed(&mut buf[pending.clone()]);
-            hub.record(id, fed.payload);
-            let echo = pending.start + fed.echo.start..pending.start + fed.echo.end;
-            let consumed = fed.consumed;
-            pending.start += consumed;
-            match fed.event {
-                Some(Event::Failed(_)) => (reason, failed) = (CloseReason::PROTOCOL_ERROR, true),
-                Some(Event::Closed(_)) => reason = CloseReason::NORMAL,
-                None => {}
-            }
-            if !echo.is_empty() && !write(socket, &[&buf[echo]], config).await {
+        // Bytes read (or that came with the request), a piece at a time: count them, note a
+        // close or an error, and answer in order (a pong echoes its ping's payload from `buf` as
+        // it comes, then what the connection owes: the pong's header, a close).
+        if !conn.pending.is_empty() {
+            let (echo, consumed) = {
+                let pending = conn.pending.clone();
+                let fed = ws.feed(&mut conn.buf[pending.clone()]);
+                hub.record(id, fed.payload);
+                match fed.event {
+                    Some(Event::Failed(_)) => (reason, failed) = (CloseReason::PROTOCOL_ERROR, true),
+                    Some(Event::Closed(_)) => reason = CloseReason::NORMAL,
+                    None => {}
+                }
+                (pending.start + fed.echo.start..pending.start + fed.echo.end, fed.consumed)
+            };
+            // Nothing consumed: the connection is done, the rest is never read.
+            conn.pending = if consumed == 0 { 0..0 } else { conn.pending.start + consumed..conn.pending.end };
+            if !echo.is_empty() && !sent(write(conn.socket, &conn.buf[echo], config).await) {
                 return (CloseReason::LOST, failed);
-            }
-            if !send_owed(socket, &mut ws, config).await {
-                return (CloseReason::LOST, failed);
-            }
-            if consumed == 0 {
-                break; // the connection is done: the rest is never read
             }
         }
-        if !send_owed(socket, &mut ws, config).await {
-            return (CloseReason::LOST, failed);
+        while let Some(frame) = ws.poll_transmit() {
+            if !sent(write(conn.socket, frame, config).await) {
+                return (CloseReason::LOST, failed);
+            }
+        }
+        if !conn.pending.is_empty() {
+            continue;
         }
         if ws.is_done() {
             return (reason, failed);
         }
-        // Nothing may be written in the middle of a pong: its durable total waits.
-        let echoing = ws.is_echoing();
-        let durable = async {
-            match echoing {
-                true => core::future::pending().await,
-                false => hub.durable_above(id, told).await,
+        // Only a flag leaves this block: the event is not kept across the write below.
+        let tell = {
+            let event = {
+                // Nothing may be written in the middle of a pong: its durable total waits.
+                let echoing = ws.is_echoing();
+                let mut above = hub.durable_above(id, told);
+                let durable = poll_fn(|cx| match echoing {
+                    true => Poll::Pending,
+                    false => Pin::new(&mut above).poll(cx),
+                });
+                select3(conn.socket.read(&mut conn.buf), durable, Timer::at(idle_deadline)).await
+            };
+            match event {
+                Either3::First(Ok(n)) if n > 0 => {
+                    conn.pending = 0..n;
+                    idle_deadline = Instant::now() + Duration::from_millis(config.idle_timeout_ms);
+                    false
+                }
+                // EOF or reset without a close frame: the phone is gone.
+                Either3::First(_) => return (CloseReason::LOST, false),
+                Either3::Second(Durable::Total(total)) => {
+                    told = total;
+                    !ws.is_closing()
+                }
+                Either3::Second(Durable::Stopping) => {
+                    reason = CloseReason::SHUTDOWN;
+                    ws.close(close_code::GOING_AWAY);
+                    // Keep serving until the phone answers the close (its last bytes still count).
+                    idle_deadline = Instant::now() + Duration::from_millis(config.linger_ms);
+                    told = u64::MAX;
+                    false
+                }
+                Either3::Third(()) => {
+                    if ws.is_closing() {
+                        return (reason, failed); // the phone never answered our close
+                    }
+                    reason = CloseReason::IDLE;
+                    ws.close(close_code::NORMAL);
+                    idle_deadline = Instant::now() + Duration::from_millis(config.linger_ms);
+                    false
+                }
             }
         };
-        match select3(socket.read(buf), durable, Timer::at(idle_deadline)).await {
-            Either3::First(Ok(n)) if n > 0 => {
-                pending = 0..n;
-                idle_deadline = Instant::now() + Duration::from_millis(config.idle_timeout_ms);
-            }
-            // EOF or reset without a close frame: the phone is gone.
-            Either3::First(_) => return (CloseReason::LOST, false),
-            Either3::Second(Durable::Total(total)) => {
-                told = total;
-                if !ws.is_closing() {
-                    let mut frame = [0u8; 2 + MAX_DURABLE_MESSAGE_LEN];
-                    let len = durable_frame(total, &mut frame);
-                    if !write(socket, &[&frame[..len]], config).await {
-                        return (CloseReason::LOST, false);
-                    }
-                }
-            }
-            Either3::Second(Durable::Stopping) => {
-                reason = CloseReason::SHUTDOWN;
-                ws.close(close_code::GOING_AWAY);
-                // Keep serving until the phone answers the close (its last bytes still count).
-                idle_deadline = Instant::now() + Duration::from_millis(config.linger_ms);
-                told = u64::MAX;
-            }
-            Either3::Third(()) => {
-                if ws.is_closing() {
-                    return (reason, failed); // the phone never answered our close
-                }
-                reason = CloseReason::IDLE;
-                ws.close(close_code::NORMAL);
-                idle_deadline = Instant::now() + Duration::from_millis(config.linger_ms);
+        if tell {
+            let mut frame = [0u8; 2 + MAX_DURABLE_MESSAGE_LEN];
+            let len = durable_frame(told, &mut frame);
+            if !sent(write(conn.socket, &frame[..len], config).await) {
+                return (CloseReason::LOST, false);
             }
         }
     }
-}
-
-/// Sends what the gateway owes the phone: a pong's header, its close (from the connection's own
-/// few bytes: the phone's task keeps no frame buffer).
-async fn send_owed<S: Write>(socket: &mut S, ws: &mut Connection, config: &PhoneConfig) -> bool {
-    while let Some(frame) = ws.poll_transmit() {
-        if !write(socket, &[frame], config).await {
-            return false;
-        }
-    }
-    true
 }
 
 /// `{"durable":N}` as a text frame in `frame`; returns its length.
@@ -302,51 +315,58 @@ fn durable_frame(total: u64, frame: &mut [u8; 2 + MAX_DURABLE_MESSAGE_LEN]) -> u
 }
 
 /// Answers a refused request, then closes without losing the answer.
-async fn refuse<S: Read + Write + TcpShutdown>(
-    socket: &mut S,
-    hub: &Hub<'_>,
-    refusal: Refusal,
-    buf: &mut [u8; READ_CHUNK],
-    config: &PhoneConfig,
-) -> Outcome {
-    hub.refused();
-    let mut scratch: AnswerScratch = [0; _];
-    if write(socket, &refusal_answer(refusal, &mut scratch), config).await {
-        finish(socket, buf, config).await;
+async fn refuse<S: Read + Write + TcpShutdown>(conn: &mut Conn<'_, '_, '_, S>, refusal: Refusal) -> Outcome {
+    conn.phones.hub.refused();
+    let answered = 'answer: {
+        let mut scratch: AnswerScratch = [0; _];
+        for part in refusal_answer(refusal, &mut scratch) {
+            if !sent(write(conn.socket, part, conn.phones.config).await) {
+                break 'answer false;
+            }
+        }
+        true
+    };
+    if answered {
+        finish(conn).await;
     } else {
-        socket.abort().await.ok();
+        conn.socket.abort().await.ok();
     }
     Outcome::Refused(refusal.status())
 }
 
-/// Writes `parts`, one after another, each within the write timeout (a phone that reads nothing
-/// fills its socket's send buffer, and the write that no longer fits times out).
+/// Writes `bytes` within the write timeout (a phone that reads nothing fills its socket's send
+/// buffer, and the write that no longer fits times out); see [`sent`].
 ///
-/// Not flushed: the bytes are in the socket's send buffer, which the stack sends on its own;
-/// before closing, [`finish`] waits for what was written to go out.
-async fn write<S: Write>(socket: &mut S, parts: &[&[u8]], config: &PhoneConfig) -> bool {
-    for part in parts {
-        let deadline = Instant::now() + Duration::from_millis(config.write_timeout_ms);
-        if !matches!(with_deadline(deadline, socket.write_all(part)).await, Ok(Ok(()))) {
-            return false;
-        }
-    }
-    true
+/// A plain future, not an `async fn` (which would keep its arguments twice): it is part of the
+/// state of every phone that is being written to. Not flushed: the bytes are in the socket's
+/// send buffer, which the stack sends on its own; before closing, [`finish`] waits for what was
+/// written to go out.
+fn write<'s, S: Write>(
+    socket: &'s mut S,
+    bytes: &'s [u8],
+    config: &PhoneConfig,
+) -> impl Future<Output = Result<Result<(), S::Error>, TimeoutError>> + 's {
+    with_deadline(Instant::now() + Duration::from_millis(config.write_timeout_ms), socket.write_all(bytes))
+}
+
+/// Whether a [`write`] went into the socket in time.
+fn sent<E>(result: Result<Result<(), E>, TimeoutError>) -> bool {
+    matches!(result, Ok(Ok(())))
 }
 
 /// Closes our side, then reads (and drops) what the phone still sends until it closes too or the
 /// linger time passes. Closing with unread input would make the kernel send a reset, which can
 /// destroy the answer or close frame just written.
-async fn finish<S: Read + TcpShutdown>(socket: &mut S, buf: &mut [u8; READ_CHUNK], config: &PhoneConfig) {
-    let deadline = Instant::now() + Duration::from_millis(config.linger_ms);
+async fn finish<S: Read + TcpShutdown>(conn: &mut Conn<'_, '_, '_, S>) {
+    let deadline = Instant::now() + Duration::from_millis(conn.phones.config.linger_ms);
     let drained = async {
-        socket.close(Close::Write).await.ok();
-        while let Ok(n) = socket.read(buf).await {
+        conn.socket.close(Close::Write).await.ok();
+        while let Ok(n) = conn.socket.read(&mut conn.buf).await {
             if n == 0 {
                 break;
             }
         }
     };
     let _ = with_deadline(deadline, drained).await;
-    socket.abort().await.ok();
+    conn.socket.abort().await.ok();
 }

@@ -11,7 +11,7 @@ use core::cell::RefCell;
 use core::net::{Ipv4Addr, SocketAddr};
 
 use edge_nal::TcpBind;
-use edge_nal_embassy::{Tcp, TcpBuffers};
+use edge_nal_embassy::{Tcp, TcpAccept, TcpBuffers};
 use embassy_executor::Spawner;
 use embassy_net::Stack;
 use embassy_time::Timer;
@@ -36,12 +36,14 @@ pub const OVERFLOW: usize = 2;
 pub const LINKS: usize = 2;
 /// TCP port phones connect to.
 pub const PORT: u16 = 80;
-/// Each phone socket's TCP receive buffer: a phone sends a few bytes at a time (a 1-byte message
-/// is a 7-byte frame); its upgrade request (200-500 bytes) streams through in a few windows.
-pub const PHONE_RX: usize = 128;
+/// Each phone socket's TCP receive buffer (the window the phone may fill): a phone sends a few
+/// bytes at a time (a 1-byte message is a 7-byte frame, so 13 fit); its upgrade request
+/// (200-500 bytes) streams through in a few windows, read 32 bytes at a time.
+pub const PHONE_RX: usize = 96;
 /// Each phone socket's TCP send buffer: the gateway sends a phone its 129-byte upgrade answer
-/// once (in two pieces), then frames of at most 34 bytes (durable totals, close) and pongs.
-pub const PHONE_TX: usize = 128;
+/// once (in three pieces, each written as room frees), then frames of at most 34 bytes (durable
+/// totals, close) and pongs (a ping's payload, up to 125 bytes, is echoed as it streams).
+pub const PHONE_TX: usize = 64;
 /// Upgrade requests read at once: each borrows a request parser (about 200 bytes) for the few
 /// milliseconds its request takes, instead of every phone carrying one for hours.
 pub const PARSERS: usize = 8;
@@ -112,9 +114,19 @@ pub async fn run(spawner: Spawner, stack: Stack<'static>, rng: Drbg, block: &'st
     }
     static PHONE_BUFFERS: ConstStaticCell<TcpBuffers<{ PHONES + OVERFLOW }, PHONE_TX, PHONE_RX>> =
         ConstStaticCell::new(TcpBuffers::new());
-    let phones = Tcp::new(stack, PHONE_BUFFERS.take());
-    for _ in 0..PHONES + OVERFLOW {
-        spawn(spawner, phone_worker(phones, phones_shared));
+    // One acceptor for all workers (each accept takes a socket of its own from the pool): a
+    // worker's task keeps only a reference to it.
+    static PHONE_TCP: StaticCell<PhoneTcp> = StaticCell::new();
+    static PHONE_ACCEPT: StaticCell<TcpAccept<'static>> = StaticCell::new();
+    let phone_tcp: &'static PhoneTcp = PHONE_TCP.init(Tcp::new(stack, PHONE_BUFFERS.take()));
+    match phone_tcp.bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), PORT)).await {
+        Ok(acceptor) => {
+            let acceptor = PHONE_ACCEPT.init(acceptor);
+            for _ in 0..PHONES + OVERFLOW {
+                spawn(spawner, phone_worker(acceptor, phones_shared));
+            }
+        }
+        Err(_) => error!("cannot listen on port {PORT}"),
     }
     info!(
         "gateway {} up: {} phone sessions on port {PORT}, {links} trunk links to {} ({})",
@@ -143,12 +155,8 @@ fn spawn<S>(spawner: Spawner, token: Result<embassy_executor::SpawnToken<S>, emb
 }
 
 #[embassy_executor::task(pool_size = PHONES + OVERFLOW)]
-async fn phone_worker(tcp: PhoneTcp, phones: &'static Phones<'static, 'static>) {
-    let Ok(acceptor) = tcp.bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), PORT)).await else {
-        error!("cannot listen on port {PORT}");
-        return;
-    };
-    gateway_core::phone::worker(&acceptor, phones).await
+async fn phone_worker(acceptor: &'static TcpAccept<'static>, phones: &'static Phones<'static, 'static>) {
+    gateway_core::phone::worker(acceptor, phones).await
 }
 
 #[embassy_executor::task(pool_size = LINKS)]

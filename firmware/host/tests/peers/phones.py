@@ -2,8 +2,10 @@
 """Phones written with Python's `websockets`, independently of this project's code.
 
 Each of N phones connects to BASE/ws?device=PREFIX-i, sends its bytes as a mix of one-byte
-binary messages, one-byte text messages and fragmented messages, and waits until the gateway
-says {"durable": n} with n equal to everything it sent. Prints one JSON line
+binary messages, one-byte text messages and fragmented messages, pings with a 125-byte payload
+(the largest a control frame may carry: more than a board's phone send buffer, so the pong is
+echoed in pieces) and waits for the pong, then waits until the gateway says {"durable": n} with n
+equal to everything it sent. Prints one JSON line
 {"sent": {device: bytes}} and exits 0, or exits 1 if a phone was not told all its bytes durable
 within the timeout.
 """
@@ -31,6 +33,9 @@ async def phone(base, device, n, timeout):
                 await ws.send([b"\x02"] * take)  # a fragmented message, one byte per fragment
                 sent += take
             k += 1
+        # websockets resolves the waiter only for a pong that echoes this payload exactly.
+        pong = await ws.ping(bytes(range(125)))
+        await asyncio.wait_for(pong, timeout)
         durable = 0
         while durable < sent:
             message = await asyncio.wait_for(ws.recv(), timeout)
