@@ -148,6 +148,7 @@ cmd_clippy() {
 
 build_mps2() {
   fw_cargo build --release --locked -p board-mps2-an386
+  print_size "mps2-an386 ($(basename "$MPS2_ELF"), ${HOLDFAST_PHONES:-64} phones)" "$MPS2_ELF" >&2
 }
 
 # qemu_cmd ELF PROV PORT: the QEMU command line, one word a line.

@@ -34,17 +34,21 @@ pub struct Aggregator {
 pub fn binary() -> std::path::PathBuf {
     match option_env!("CARGO_BIN_EXE_aggregator") {
         Some(path) => path.into(),
-        None => {
-            let exe = std::env::current_exe().expect("the test binary's path");
-            let path = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("aggregator");
-            assert!(
-                path.exists(),
-                "{} is missing: build it first (cargo build -p aggregator)",
-                path.display()
-            );
-            path
-        }
+        None => workspace_binary("aggregator"),
     }
+}
+
+/// A binary of another workspace package, next to the running test binary (in
+/// `target/<profile>/`, where `cargo test --workspace` builds every package's binaries).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p {name}, with --release for a release test)",
+        path.display()
+    );
+    path
 }
 
 impl Aggregator {

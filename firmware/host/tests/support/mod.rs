@@ -5,6 +5,8 @@
 #[allow(unused_imports)] // each test file uses its own part
 pub use testkit::{db, pki, process};
 
+pub mod qemu;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
