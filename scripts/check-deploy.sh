@@ -109,7 +109,13 @@ nginx_test() {
   out="$(nginx -t -p "$CL_DIR/nginx" -e "$CL_DIR/nginx/logs/error.log" -c "$CL_DIR/nginx/nginx.conf" 2>&1)" ||
     { echo "$out" >&2; return 1; }
   # Three aggregators in, three upstream servers out.
-  [ "$(grep -c 'server 127.0.1.[0-9]*:8443 max_fails' "$CL_DIR/nginx/nginx.conf")" -eq 3 ]
+  [ "$(grep -c 'server 127.0.1.[0-9]*:8443 max_fails' "$CL_DIR/nginx/nginx.conf")" -eq 3 ] || return 1
+  # Terminating TLS, nginx sends the gateways' records: at most 4 KiB of plaintext each, the
+  # trunk protocol's contract (docs/trunk-protocol.md, section 1).
+  if [ "$variant" = terminate ] && ! grep -Eq '^\s*ssl_buffer_size 4k;' "$CL_DIR/nginx/nginx.conf"; then
+    echo "nginx.conf does not cap TLS records at 4 KiB (ssl_buffer_size 4k)" >&2
+    return 1
+  fi
 }
 if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then
   PATH="$PATH:/usr/sbin"

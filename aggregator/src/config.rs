@@ -194,6 +194,13 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_MAX_TRUNK_MESSAGE", default_value_t = 64 * 1024)]
     pub max_trunk_message: usize,
 
+    /// Most plaintext bytes in one TLS record this server sends (32..=16384). The trunk protocol
+    /// promises gateways at most 4,096 (board gateways buffer one record of that size and drop a
+    /// link that gets more); a larger value is for testing that refusal.
+    #[arg(long, env = "HOLDFAST_TLS_RECORD_PLAINTEXT", default_value_t = trunk::frame::MAX_SERVER_TLS_PLAINTEXT as u16,
+          value_parser = clap::value_parser!(u16).range(32..=16_384))]
+    pub tls_record_plaintext: u16,
+
     /// How often the gateways with links here are checked against the provisioned ones: links of
     /// a gateway removed meanwhile (`aggregator gateway remove`) are closed.
     #[arg(long, env = "HOLDFAST_GATEWAY_CHECK_INTERVAL_MS", default_value_t = 10_000)]

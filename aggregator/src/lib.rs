@@ -159,6 +159,7 @@ fn tls_config(s: &Settings) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option
         &s.data_dir,
         &s.tls_sans,
         &[b"http/1.1"],
+        usize::from(s.tls_record_plaintext),
     )?;
     let ca = ca.map(|ca| ca.canonicalize().unwrap_or(ca));
     if let Some(ca) = &ca {

@@ -67,7 +67,8 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The TLS server configuration: TLS 1.3 only, the ring provider, ALPN protocols `alpn` (in
-/// order of preference; empty: no ALPN).
+/// order of preference; empty: no ALPN), records of at most `record_plaintext` bytes of
+/// plaintext (the trunk protocol's contract with gateways: [`trunk::frame::MAX_SERVER_TLS_PLAINTEXT`]).
 ///
 /// With `cert` and `key` (PEM: the certificate chain, leaf first, and its private key) these are
 /// loaded, and the second value is `None`. With neither, the self-made certificates in `data_dir`
@@ -80,6 +81,7 @@ pub fn server_config(
     data_dir: &Path,
     extra_sans: &[String],
     alpn: &[&[u8]],
+    record_plaintext: usize,
 ) -> anyhow::Result<(Arc<ServerConfig>, Option<PathBuf>)> {
     let (chain, private_key, ca) = match (cert, key) {
         (Some(cert), Some(key)) => (load_certs(cert)?, load_key(key)?, None),
@@ -97,6 +99,8 @@ pub fn server_config(
         .with_single_cert(chain, private_key)
         .context("the TLS certificate and key do not go together")?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    // rustls counts the record's 5-byte header in its limit.
+    config.max_fragment_size = Some(record_plaintext + 5);
     Ok((Arc::new(config), ca))
 }
 

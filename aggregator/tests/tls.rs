@@ -11,6 +11,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 const ALPN: &[u8] = b"holdfast-trunk/1";
+/// TLS records as the aggregator sends them (the trunk protocol's contract).
+const RECORD: usize = trunk::frame::MAX_SERVER_TLS_PLAINTEXT;
 
 fn der(pem_path: &Path) -> Vec<u8> {
     CertificateDer::from_pem_file(pem_path).unwrap().to_vec()
@@ -31,7 +33,7 @@ fn self_made_certificates_are_made_once_and_reused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data"); // does not exist yet
     let files = TlsFiles::in_dir(&data);
-    let (_, ca) = server_config(None, None, &data, &[], &[]).unwrap();
+    let (_, ca) = server_config(None, None, &data, &[], &[], RECORD).unwrap();
     assert_eq!(ca.as_deref(), Some(files.ca_cert.as_path()));
     let ca_bytes = std::fs::read(&files.ca_cert).unwrap();
     let server_bytes = std::fs::read(&files.cert).unwrap();
@@ -45,7 +47,7 @@ fn self_made_certificates_are_made_once_and_reused() {
     }
 
     // Started again: everything reused.
-    let (_, ca2) = server_config(None, None, &data, &[], &[]).unwrap();
+    let (_, ca2) = server_config(None, None, &data, &[], &[], RECORD).unwrap();
     assert_eq!(ca2, ca);
     assert_eq!(std::fs::read(&files.ca_cert).unwrap(), ca_bytes);
     assert_eq!(std::fs::read(&files.cert).unwrap(), server_bytes);
@@ -53,19 +55,19 @@ fn self_made_certificates_are_made_once_and_reused() {
 
     // Extra names (a DNS name, an IP): a new server certificate, the same CA.
     let extra = vec!["agg.example.net".to_owned(), "10.1.2.3".to_owned()];
-    server_config(None, None, &data, &extra, &[]).unwrap();
+    server_config(None, None, &data, &extra, &[], RECORD).unwrap();
     assert_eq!(std::fs::read(&files.ca_cert).unwrap(), ca_bytes);
     assert_eq!(std::fs::read(data.join("ca.key")).unwrap(), ca_key_bytes);
     let server_bytes2 = std::fs::read(&files.cert).unwrap();
     assert_ne!(server_bytes2, server_bytes);
     // ... kept when the same names come again, or fewer (it still covers them).
-    server_config(None, None, &data, &extra, &[]).unwrap();
-    server_config(None, None, &data, &[], &[]).unwrap();
+    server_config(None, None, &data, &extra, &[], RECORD).unwrap();
+    server_config(None, None, &data, &[], &[], RECORD).unwrap();
     assert_eq!(std::fs::read(&files.cert).unwrap(), server_bytes2);
 
     // A damaged server certificate is made again; the CA stays.
     std::fs::write(&files.cert, b"garbage").unwrap();
-    server_config(None, None, &data, &[], &[]).unwrap();
+    server_config(None, None, &data, &[], &[], RECORD).unwrap();
     assert_eq!(std::fs::read(&files.ca_cert).unwrap(), ca_bytes);
     assert_ne!(std::fs::read(&files.cert).unwrap(), b"garbage");
 
@@ -79,7 +81,7 @@ fn self_made_certificates_are_made_once_and_reused() {
 #[test]
 fn certificates_suit_embedded_clients() {
     let dir = tempfile::tempdir().unwrap();
-    server_config(None, None, dir.path(), &[], &[]).unwrap();
+    server_config(None, None, dir.path(), &[], &[], RECORD).unwrap();
     let files = TlsFiles::in_dir(dir.path());
     let ca = der(&files.ca_cert);
     let server = der(&files.cert);
@@ -132,7 +134,7 @@ async fn connect(
 #[tokio::test]
 async fn tls13_handshake_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, ca) = server_config(None, None, dir.path(), &["agg.test".into()], &[ALPN]).unwrap();
+    let (server, ca) = server_config(None, None, dir.path(), &["agg.test".into()], &[ALPN], RECORD).unwrap();
     let addr = echo_server(server, 3).await;
     let client = client_config(&ca.unwrap()).unwrap();
     let mut with_alpn = (*client).clone();
@@ -157,8 +159,8 @@ async fn tls13_handshake_and_bytes() {
 async fn a_client_trusting_another_ca_fails() {
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
-    let (server, _) = server_config(None, None, dir.path(), &[], &[]).unwrap();
-    let (_, other_ca) = server_config(None, None, other.path(), &[], &[]).unwrap();
+    let (server, _) = server_config(None, None, dir.path(), &[], &[], RECORD).unwrap();
+    let (_, other_ca) = server_config(None, None, other.path(), &[], &[], RECORD).unwrap();
     let addr = echo_server(server, 1).await;
     let err = connect(client_config(&other_ca.unwrap()).unwrap(), addr, "localhost").await.unwrap_err();
     assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
@@ -167,7 +169,7 @@ async fn a_client_trusting_another_ca_fails() {
 #[tokio::test]
 async fn a_name_the_certificate_lacks_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, ca) = server_config(None, None, dir.path(), &[], &[]).unwrap();
+    let (server, ca) = server_config(None, None, dir.path(), &[], &[], RECORD).unwrap();
     let addr = echo_server(server, 1).await;
     assert!(connect(client_config(&ca.unwrap()).unwrap(), addr, "elsewhere.test").await.is_err());
 }
@@ -175,7 +177,7 @@ async fn a_name_the_certificate_lacks_fails() {
 #[tokio::test]
 async fn a_tls12_only_client_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, ca) = server_config(None, None, dir.path(), &[], &[]).unwrap();
+    let (server, ca) = server_config(None, None, dir.path(), &[], &[], RECORD).unwrap();
     let addr = echo_server(server, 1).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(ca.unwrap()).unwrap()).unwrap();
@@ -200,7 +202,7 @@ async fn a_tls12_only_client_fails() {
 async fn certificates_from_files() {
     // Production: the certificate and key are given (here: the self-made ones, copied).
     let made = tempfile::tempdir().unwrap();
-    server_config(None, None, made.path(), &[], &[]).unwrap();
+    server_config(None, None, made.path(), &[], &[], RECORD).unwrap();
     let files = TlsFiles::in_dir(made.path());
     let prod = tempfile::tempdir().unwrap();
     let (cert, key) = (prod.path().join("fullchain.pem"), prod.path().join("privkey.pem"));
@@ -208,7 +210,7 @@ async fn certificates_from_files() {
     std::fs::copy(&files.key, &key).unwrap();
     let data = prod.path().join("data");
 
-    let (server, ca) = server_config(Some(&cert), Some(&key), &data, &[], &[]).unwrap();
+    let (server, ca) = server_config(Some(&cert), Some(&key), &data, &[], &[], RECORD).unwrap();
     assert_eq!(ca, None);
     assert!(!data.join("ca.pem").exists(), "nothing self-made when files are given");
     let addr = echo_server(server, 1).await;
@@ -219,20 +221,23 @@ async fn certificates_from_files() {
     assert_eq!(back, b"x");
 
     // Half a pair, a key that is not the certificate's, or a missing file: errors.
-    assert!(server_config(Some(&cert), None, &data, &[], &[]).is_err());
-    assert!(server_config(None, Some(&key), &data, &[], &[]).is_err());
+    assert!(server_config(Some(&cert), None, &data, &[], &[], RECORD).is_err());
+    assert!(server_config(None, Some(&key), &data, &[], &[], RECORD).is_err());
     let other = tempfile::tempdir().unwrap();
-    server_config(None, None, other.path(), &[], &[]).unwrap();
+    server_config(None, None, other.path(), &[], &[], RECORD).unwrap();
     let other_key = TlsFiles::in_dir(other.path()).key;
-    assert!(server_config(Some(&cert), Some(&other_key), &data, &[], &[]).is_err());
-    assert!(server_config(Some(&prod.path().join("missing.pem")), Some(&key), &data, &[], &[]).is_err());
+    assert!(server_config(Some(&cert), Some(&other_key), &data, &[], &[], RECORD).is_err());
+    assert!(
+        server_config(Some(&prod.path().join("missing.pem")), Some(&key), &data, &[], &[], RECORD).is_err()
+    );
     assert!(client_config(&key).is_err(), "a key is no CA certificate");
 }
 
 #[test]
 fn invalid_extra_names_are_errors() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(server_config(None, None, dir.path(), &["not a name".into()], &[]).is_err());
+    assert!(server_config(None, None, dir.path(), &["not a name".into()], &[], RECORD).is_err());
     // Blanks and duplicates are ignored.
-    server_config(None, None, dir.path(), &[" ".into(), "localhost".into(), "::1".into()], &[]).unwrap();
+    server_config(None, None, dir.path(), &[" ".into(), "localhost".into(), "::1".into()], &[], RECORD)
+        .unwrap();
 }

@@ -23,6 +23,15 @@ pub const HEADER_LEN: usize = 3;
 pub const MAX_PAYLOAD_LEN: usize = u16::MAX as usize;
 /// Default bound on a payload a decoder accepts (a setting of each end; see [`decode`]).
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 16 * 1024;
+/// The largest frame payload a server sends a gateway. A contract of the protocol, so that a
+/// gateway on a few hundred KiB of RAM sizes its frame buffer by it instead of by the largest
+/// payload a frame can describe (the server splits its acknowledgements to fit).
+pub const MAX_SERVER_PAYLOAD_LEN: usize = 4096;
+/// The most plaintext bytes in one TLS record a server (or a TLS proxy in front of it) sends on a
+/// trunk: a contract of the protocol like [`MAX_SERVER_PAYLOAD_LEN`], so that a gateway's TLS
+/// buffer holds 4 KiB records instead of TLS's 16 KiB (rustls: `max_fragment_size`; nginx:
+/// `ssl_buffer_size 4k`). A gateway refuses a larger record with a clear error.
+pub const MAX_SERVER_TLS_PLAINTEXT: usize = 4096;
 /// Length of the random nonces in the handshake.
 pub const NONCE_LEN: usize = 16;
 /// Length of the HMAC-SHA256 proof in [`Hello`].

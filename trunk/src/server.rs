@@ -21,7 +21,8 @@ use crate::ledger::{Ledger, LedgerFull, LedgerSlot, SessionKey, Update};
 /// Bounds and timings of the aggregator's end of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerConfig {
-    /// Largest frame payload accepted. Default 16 KiB.
+    /// Largest frame payload accepted. Default 16 KiB. (Frames the server sends carry at most
+    /// [`frame::MAX_SERVER_PAYLOAD_LEN`], whatever this is.)
     pub max_payload_len: usize,
     /// Largest WebSocket message accepted (told to the gateway in Welcome). Default 64 KiB.
     pub max_message_len: usize,
@@ -339,7 +340,7 @@ impl ServerLink {
         if now.saturating_sub(self.last_rx) > config.idle_timeout_ms {
             return Err(LinkError::Idle);
         }
-        let mut w = MessageWriter::new(out, config.max_payload_len);
+        let mut w = MessageWriter::new(out, config.max_payload_len.min(frame::MAX_SERVER_PAYLOAD_LEN));
         let mut put = |f: Frame<'_>| w.frame(&f).is_ok();
         if self.welcome_due {
             let welcome = Welcome {
@@ -376,7 +377,7 @@ pub fn write_acks<I: Iterator<Item = AckEntry>>(
     out: &mut [u8],
     config: &ServerConfig,
 ) -> usize {
-    let mut w = MessageWriter::new(out, config.max_payload_len);
+    let mut w = MessageWriter::new(out, config.max_payload_len.min(frame::MAX_SERVER_PAYLOAD_LEN));
     while let Some(entry) = acks.peek() {
         if !w.ack(*entry) {
             break;

@@ -17,9 +17,10 @@ use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::mutex::Mutex;
 use embassy_time::{with_timeout, Duration, Instant, Timer};
 use embedded_io_async::{Read, Write};
+use embedded_tls::TlsError;
 use embedded_tls::{TlsConfig, TlsConnection, TlsContext};
 use rand_core::{CryptoRng, RngCore};
-use trunk::frame::{HEADER_LEN, PATH, SUBPROTOCOL};
+use trunk::frame::{HEADER_LEN, MAX_SERVER_TLS_PLAINTEXT, PATH, SUBPROTOCOL};
 
 use crate::client::{self, Response, ResponseParser};
 use crate::config::TrunkConfig;
@@ -27,18 +28,21 @@ use crate::hub::Hub;
 use crate::tls::{Halves, Provider};
 use crate::ws::MAX_CONTROL_PAYLOAD;
 
-/// TLS receive buffer: a whole TLS record (16 KiB plaintext plus overhead). The aggregator's
-/// rustls does not support the max_fragment_length extension, so this cannot be smaller.
-pub const TLS_READ_LEN: usize = 16_384 + 256;
+/// TLS receive buffer: one whole TLS record. The trunk protocol caps what a server sends at
+/// [`MAX_SERVER_TLS_PLAINTEXT`] (4 KiB) of plaintext per record, so this is that plus the
+/// record's overhead (header, content type, tag, padding), not TLS's 16 KiB; a larger record
+/// drops the link with [`RECORD_TOO_LARGE`].
+pub const TLS_READ_LEN: usize = MAX_SERVER_TLS_PLAINTEXT + 256;
 /// TLS send buffer: records the gateway sends (it splits larger writes).
 pub const TLS_WRITE_LEN: usize = 4096;
-/// One trunk frame from the aggregator: the header and the largest payload the aggregator sends
-/// (its `max_payload_len`, 16 KiB by default).
-pub const FRAME_LEN: usize = HEADER_LEN + trunk::frame::DEFAULT_MAX_PAYLOAD_LEN;
+/// One trunk frame from the aggregator: the header and the largest payload a server sends
+/// ([`trunk::frame::MAX_SERVER_PAYLOAD_LEN`], a contract of the protocol).
+pub const FRAME_LEN: usize = HEADER_LEN + trunk::frame::MAX_SERVER_PAYLOAD_LEN;
 /// The largest message the gateway sends (the hub fills it with as many counts as fit).
 pub const TX_LEN: usize = 4096;
 
-/// The memory of one link, allocated by the board (statically) or the host. About 41 KiB.
+/// The memory of one link, allocated by the board (statically) or the host: 16.6 KiB (it was
+/// 41 KiB while records and frames from the aggregator could be 16 KiB).
 #[derive(Debug)]
 pub struct LinkBuffers {
     pub tls_read: [u8; TLS_READ_LEN],
@@ -74,6 +78,27 @@ pub enum LinkDown {
     Closed,
     /// The aggregator broke the WebSocket or trunk protocol, or the link timed out.
     Protocol(&'static str),
+}
+
+/// Why a link is dropped when the aggregator (or a TLS proxy in front of it) sends a TLS record
+/// larger than the trunk protocol allows.
+pub const RECORD_TOO_LARGE: &str =
+    "a TLS record larger than the trunk protocol's 4 KiB (a TLS proxy in front of the \
+     aggregator must cap its records too: nginx ssl_buffer_size 4k)";
+
+/// What a failed read of the aggregator's TLS stream means for the link.
+fn read_failed(e: &TlsError) -> LinkDown {
+    match e {
+        TlsError::InsufficientSpace => LinkDown::Protocol(RECORD_TOO_LARGE),
+        _ => LinkDown::Io,
+    }
+}
+
+fn exact_failed(e: embedded_io_async::ReadExactError<TlsError>) -> LinkDown {
+    match e {
+        embedded_io_async::ReadExactError::Other(e) => read_failed(&e),
+        embedded_io_async::ReadExactError::UnexpectedEof => LinkDown::Io,
+    }
 }
 
 /// Milliseconds since boot: the clock the trunk state machine runs on.
@@ -130,9 +155,12 @@ where
         TlsConnection::new(Halves::new(&read, &write), tls_read, tls_write);
     let tls_config = TlsConfig::new().with_server_name(config.server_name);
     let handshake = async {
-        tls.open(TlsContext::new(&tls_config, Provider::new(rng, config.ca_der)))
-            .await
-            .map_err(LinkDown::Tls)?;
+        tls.open(TlsContext::new(&tls_config, Provider::new(rng, config.ca_der))).await.map_err(
+            |e| match e {
+                TlsError::InsufficientSpace => LinkDown::Protocol(RECORD_TOO_LARGE),
+                e => LinkDown::Tls(e),
+            },
+        )?;
         upgrade(&mut tls, config.server_name, rng).await
     };
     with_timeout(timeout, handshake).await.map_err(|_| LinkDown::Timeout)??;
@@ -156,7 +184,7 @@ where
 
 /// The WebSocket upgrade over TLS. The answer is read a byte at a time from TLS's decrypted
 /// buffer, so not one byte of the first frame after it is taken.
-async fn upgrade<S: Read + Write, R: RngCore>(
+async fn upgrade<S: Read<Error = TlsError> + Write, R: RngCore>(
     tls: &mut S,
     host: &str,
     rng: &RefCell<R>,
@@ -172,7 +200,7 @@ async fn upgrade<S: Read + Write, R: RngCore>(
     let mut parser = ResponseParser::new(&key, SUBPROTOCOL);
     loop {
         let mut byte = [0u8; 1];
-        if tls.read(&mut byte).await.map_err(|_| LinkDown::Io)? == 0 {
+        if tls.read(&mut byte).await.map_err(|e| read_failed(&e))? == 0 {
             return Err(LinkDown::Io);
         }
         match parser.feed(&byte) {
@@ -186,7 +214,7 @@ async fn upgrade<S: Read + Write, R: RngCore>(
 /// Reads WebSocket frames from the aggregator and hands each complete trunk frame to the hub.
 /// Trunk frames are reassembled in `frame` as they stream in, so a WebSocket message of any size
 /// costs only one frame of buffer.
-async fn read_half<S: Read>(
+async fn read_half<S: Read<Error = TlsError>>(
     hub: &Hub<'_>,
     link: usize,
     tls: &mut S,
@@ -196,7 +224,8 @@ async fn read_half<S: Read>(
     let mut have = 0usize;
     loop {
         let header = FrameHeader::recv(&mut *tls).await.map_err(|e| match e {
-            edge_ws::Error::Io(_) | edge_ws::Error::Incomplete(_) => LinkDown::Io,
+            edge_ws::Error::Io(e) => read_failed(&e),
+            edge_ws::Error::Incomplete(_) => LinkDown::Io,
             _ => LinkDown::Protocol("bad WebSocket frame"),
         })?;
         if header.mask_key.is_some() {
@@ -215,7 +244,7 @@ async fn read_half<S: Read>(
                         return Err(LinkDown::Protocol("trunk frame larger than the gateway reads"));
                     }
                     let take = (need - have).min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                    tls.read_exact(&mut frame[have..have + take]).await.map_err(|_| LinkDown::Io)?;
+                    tls.read_exact(&mut frame[have..have + take]).await.map_err(exact_failed)?;
                     have += take;
                     remaining -= take as u64;
                     let complete = have >= HEADER_LEN
@@ -236,7 +265,7 @@ async fn read_half<S: Read>(
                 if n > MAX_CONTROL_PAYLOAD {
                     return Err(LinkDown::Protocol("ping too long"));
                 }
-                tls.read_exact(&mut payload[..n]).await.map_err(|_| LinkDown::Io)?;
+                tls.read_exact(&mut payload[..n]).await.map_err(exact_failed)?;
                 *pong.borrow_mut() = Some((payload, n));
                 hub.wake_link(link);
             }
@@ -244,7 +273,7 @@ async fn read_half<S: Read>(
                 let mut scratch = [0u8; 32];
                 while remaining > 0 {
                     let n = (remaining as usize).min(scratch.len());
-                    tls.read_exact(&mut scratch[..n]).await.map_err(|_| LinkDown::Io)?;
+                    tls.read_exact(&mut scratch[..n]).await.map_err(exact_failed)?;
                     remaining -= n as u64;
                 }
             }

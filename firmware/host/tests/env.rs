@@ -19,7 +19,8 @@ fn setting_variables() -> Vec<String> {
 fn empty_settings_in_the_environment_mean_unset() {
     let dir = tempfile::tempdir().unwrap();
     // A CA to provision with: the aggregator's self-made one.
-    aggregator::tls::server_config(None, None, dir.path(), &[], &[]).unwrap();
+    aggregator::tls::server_config(None, None, dir.path(), &[], &[], trunk::frame::MAX_SERVER_TLS_PLAINTEXT)
+        .unwrap();
     let block = dir.path().join("prov.bin");
     let mut c = Command::new(support::gateway_binary());
     c.args(["provision", "--id", "site-env", "--secret", &"ab".repeat(32), "--aggregator", "127.0.0.1:8443"])

@@ -222,3 +222,30 @@ async fn only_a_certificate_the_pinned_ca_signed_itself_is_trusted() {
         }
     }
 }
+
+/// The trunk protocol promises gateways TLS records of at most 4 KiB of plaintext, which is all a
+/// board's link buffers hold (issue #14). An aggregator that breaks it (a test setting) gets its
+/// link dropped with a reason that says so, not a hang or a vague I/O error. Enough phones send a
+/// byte at once that their acknowledgements leave in one message of several KiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_record_larger_than_the_protocol_allows_drops_the_link_with_a_clear_reason() {
+    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--tls-record-plaintext", "16384"]).await else {
+        return;
+    };
+    let gw = Gateway::start(&agg, "site-records", &["--links", "1"]);
+    gw.wait_links_up(1);
+    let mut phones = std::process::Command::new(support::process::workspace_binary("mobile-sim"))
+        .args(["phones", "--target", &format!("{}/ws", gw.base_url()), "--phones", "3000"])
+        .args(["--rate", "3000", "-C", "256", "--min-interval", "50ms", "--max-interval", "100ms"])
+        .args(["--duration", "30s", "--device-prefix", "records-", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mobile-sim");
+    let seen = std::panic::catch_unwind(|| {
+        gw.wait_for("larger than the trunk protocol's 4 KiB", 0, Duration::from_secs(60))
+    });
+    let _ = phones.kill();
+    let _ = phones.wait();
+    assert!(seen.is_ok(), "the link was not dropped for the oversized record");
+}

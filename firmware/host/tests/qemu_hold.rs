@@ -25,6 +25,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 async fn the_qemu_board_holds_every_phone_it_was_built_for_and_counts_them_exactly() {
     let phones = env_or("HOLDFAST_QEMU_HOLD", 100);
     let hold = env_or("HOLDFAST_QEMU_HOLD_SECS", 20);
+    // How long after the hold mobile-sim waits for the last bytes to be told durable.
+    let drain = env_or("HOLDFAST_QEMU_DRAIN_SECS", 60);
     let Some(agg) = Aggregator::start(Kind::Postgres, &[]).await else { return };
     let qemu = Qemu::boot(&agg, "qemu-hold", Some(phones as usize));
     qemu.wait_for(&format!("{phones} phone sessions on port 80"), std::time::Duration::from_secs(5));
@@ -37,7 +39,15 @@ async fn the_qemu_board_holds_every_phone_it_was_built_for_and_counts_them_exact
         .args(["phones", "--target", &format!("ws://127.0.0.1:{}/ws", qemu.port)])
         .args(["--phones", &phones.to_string(), "--rate", "200", "-C", "64", "--connect-timeout", "30s"])
         .args(["--min-interval", "1s", "--max-interval", "5s", "--duration", &format!("{hold}s")])
-        .args(["--drain-timeout", "60s", "--device-prefix", &prefix, "--quiet", "--json", "--verify"])
+        .args([
+            "--drain-timeout",
+            &format!("{drain}s"),
+            "--device-prefix",
+            &prefix,
+            "--quiet",
+            "--json",
+            "--verify",
+        ])
         .arg("--database-url")
         .arg(agg.database_url.as_deref().expect("a Postgres aggregator"))
         .output()
