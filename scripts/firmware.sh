@@ -10,6 +10,16 @@
 #                                                 load it, get DHCP, and refuse it; exit 0 or 1
 #                                                 (firmware/host/tests/qemu.rs runs the real thing)
 #   scripts/firmware.sh clippy                    clippy -D warnings over the board workspace
+#   scripts/firmware.sh flash [FLAGS]             one step for a NUCLEO-H743ZI: build its image,
+#                                                 write the provisioning block for a gateway
+#                                                 (from `aggregator gateway add` output, --added
+#                                                 FILE or - for stdin; or --id and --secret-file),
+#                                                 flash both with probe-rs and reset. Also needs
+#                                                 --ca FILE and --aggregator HOST:PORT; optional
+#                                                 --server-name NAME, --links K, --block FILE
+#                                                 (where the block is kept), --no-flash (stop
+#                                                 before probe-rs). Without probe-rs or a probe:
+#                                                 says so, exit 3.
 #   scripts/firmware.sh ram-per-phone [A] [B]     static RAM per phone session: both images
 #                                                 built with A and B phones (default 32, 128),
 #                                                 (RAM(B) - RAM(A)) / (B - A), all RAM counted
@@ -40,7 +50,7 @@ PROV_SIZE=16384
 NUCLEO_CHIP=STM32H743ZITx
 
 usage() {
-  sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,34s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 # Runs cargo in firmware/boards (its .cargo/config.toml is found from the
@@ -205,6 +215,97 @@ cmd_probe_rs_runner() {
   exec probe-rs run --chip "$NUCLEO_CHIP" "$elf"
 }
 
+# The host build's gateway binary (it writes provisioning blocks): HOLDFAST_GATEWAY_BIN, or the
+# release build in the host's target directory, built if missing.
+gateway_bin() {
+  if [ -n "${HOLDFAST_GATEWAY_BIN:-}" ]; then
+    echo "$HOLDFAST_GATEWAY_BIN"
+    return 0
+  fi
+  local bin="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}/release/gateway"
+  if [ ! -x "$bin" ]; then
+    hf_log "building the host gateway (it writes the provisioning block) into $(dirname "$bin")" >&2
+    (cd "$HOLDFAST_ROOT" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}" \
+      cargo build --release --locked -q -p gateway) >&2
+  fi
+  echo "$bin"
+}
+
+cmd_flash() {
+  local added="" id="" secret_file="" ca="" aggregator="" server_name="" links="" block="" flash=1
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --added) added="${2:?--added FILE (or - for stdin)}"; shift 2 ;;
+      --id) id="${2:?--id NAME}"; shift 2 ;;
+      --secret-file) secret_file="${2:?--secret-file FILE}"; shift 2 ;;
+      --ca) ca="${2:?--ca FILE}"; shift 2 ;;
+      --aggregator) aggregator="${2:?--aggregator HOST:PORT}"; shift 2 ;;
+      --server-name) server_name="${2:?--server-name NAME}"; shift 2 ;;
+      --links) links="${2:?--links K}"; shift 2 ;;
+      --block) block="${2:?--block FILE}"; shift 2 ;;
+      --no-flash) flash=0; shift ;;
+      *) hf_die "flash: unknown flag $1 (scripts/firmware.sh --help)" ;;
+    esac
+  done
+  [ -n "$ca" ] && [ -n "$aggregator" ] || hf_die "flash: --ca FILE and --aggregator HOST:PORT are needed"
+  # The gateway's identity: the line `aggregator gateway add NAME` printed ("NAME SECRETHEX"),
+  # or --id and --secret-file. The secret goes to `gateway provision` in its environment, not
+  # its command line (which every local user can read).
+  local secret=""
+  if [ -n "$added" ]; then
+    local line
+    if [ "$added" = - ]; then line="$(head -n1)"; else line="$(head -n1 "$added")"; fi
+    read -r id secret _ <<<"$line"
+    [[ "$secret" =~ ^[0-9a-fA-F]{2,}$ ]] ||
+      hf_die "flash: --added: expected the line 'NAME SECRETHEX' that 'aggregator gateway add NAME' prints"
+  elif [ -n "$id" ] && [ -n "$secret_file" ]; then
+    secret="$(tr -d ' \n' <"$secret_file")"
+  else
+    hf_die "flash: which gateway? --added FILE (the output of 'aggregator gateway add NAME'), or --id and --secret-file"
+  fi
+
+  hf_log "building the NUCLEO-H743ZI image (release) into $TARGET_DIR"
+  fw_cargo build --release --locked -p board-nucleo-h743zi
+  print_size "nucleo-h743zi ($(basename "$NUCLEO_ELF"))" "$NUCLEO_ELF"
+
+  local keep=1
+  if [ -z "$block" ]; then
+    block="$(mktemp --suffix=.prov.bin)"
+    keep=0
+  fi
+  local args=(provision --id "$id" --ca "$ca" --aggregator "$aggregator" -o "$block")
+  [ -n "$server_name" ] && args+=(--server-name "$server_name")
+  [ -n "$links" ] && args+=(--links "$links")
+  HOLDFAST_GATEWAY_SECRET="$secret" "$(gateway_bin)" "${args[@]}" ||
+    hf_die "flash: the provisioning block could not be written"
+  if [ "$flash" -eq 0 ]; then
+    echo "not flashed (--no-flash): image $NUCLEO_ELF, provisioning block $block for gateway $id"
+    return 0
+  fi
+
+  if ! command -v probe-rs >/dev/null 2>&1; then
+    [ "$keep" -eq 1 ] || rm -f "$block"
+    echo "probe-rs is not installed: 'cargo install probe-rs-tools --locked' (https://probe.rs)," \
+      "then run this again; nothing was flashed" >&2
+    return 3
+  fi
+  local probes
+  probes="$(probe-rs list 2>&1 || true)"
+  if ! grep -q '^\[[0-9]*\]' <<<"$probes"; then
+    [ "$keep" -eq 1 ] || rm -f "$block"
+    echo "no debug probe found: connect the NUCLEO-H743ZI's ST-LINK (the USB port by the" \
+      "reset button, CN1) and run this again; nothing was flashed. probe-rs list said: $probes" >&2
+    return 3
+  fi
+  hf_log "flashing the image, then the provisioning block at $NUCLEO_PROV_ADDR ($NUCLEO_CHIP)"
+  probe-rs download --chip "$NUCLEO_CHIP" "$NUCLEO_ELF"
+  probe-rs download --chip "$NUCLEO_CHIP" --binary-format bin --base-address "$NUCLEO_PROV_ADDR" "$block"
+  probe-rs reset --chip "$NUCLEO_CHIP"
+  [ "$keep" -eq 1 ] || rm -f "$block"
+  echo "flashed gateway $id: the board boots, gets DHCP and opens its trunks to $aggregator" \
+    "(its log: probe-rs attach --chip $NUCLEO_CHIP $NUCLEO_ELF)"
+}
+
 # A TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -308,6 +409,10 @@ case "${1:-}" in
   ram-per-phone)
     shift
     cmd_ram_per_phone "$@"
+    ;;
+  flash)
+    shift
+    cmd_flash "$@"
     ;;
   qemu-runner)
     shift

@@ -3,13 +3,15 @@
 //! the host's loopback as 10.0.2.2.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{free_port, gateway_binary, Aggregator};
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+/// The repository's root.
+pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// A booted board: QEMU's process (killed on drop), what the firmware logged, and the loopback
 /// port that reaches the guest's port 80.
@@ -31,23 +33,31 @@ impl Qemu {
             .args(["provision", "--id", name, "--secret", &hex, "--seed"])
             .arg("--ca")
             .arg(agg.ca())
-            .args([
-                "--aggregator",
-                &format!("10.0.2.2:{}", agg.addr.port()),
-                "--server-name",
-                "localhost",
-                "-o",
-            ])
+            .args(["--aggregator", &Self::aggregator(agg), "--server-name", "localhost", "-o"])
             .arg(&prov)
             .status()
             .unwrap();
         assert!(status.success());
+        let qemu = Self::start(&prov, phones);
+        qemu.wait_for("trunk link 0: TLS 1.3 and WebSocket up", Duration::from_secs(600));
+        qemu.wait_for("trunk link 1: TLS 1.3 and WebSocket up", Duration::from_secs(60));
+        qemu
+    }
 
+    /// `agg`'s address as the guest reaches it (QEMU's user-mode network: the host's loopback is
+    /// 10.0.2.2).
+    pub fn aggregator(agg: &Aggregator) -> String {
+        format!("10.0.2.2:{}", agg.addr.port())
+    }
+
+    /// Builds the image (with `phones` sessions, or the default) and boots it with the
+    /// provisioning block `prov`; returns at once.
+    pub fn start(prov: &Path, phones: Option<usize>) -> Qemu {
         // scripts/firmware.sh builds the image (Debian's Rust with build-std, or rustup's target)
         // and boots it with the guest's port 80 on 127.0.0.1:port.
         let port = free_port();
         let mut command = Command::new("bash");
-        command.arg(format!("{ROOT}/scripts/firmware.sh")).arg("run-qemu").arg(&prov).arg(port.to_string());
+        command.arg(format!("{ROOT}/scripts/firmware.sh")).arg("run-qemu").arg(prov).arg(port.to_string());
         match phones {
             Some(n) => command.env("HOLDFAST_PHONES", n.to_string()),
             None => command.env_remove("HOLDFAST_PHONES"),
@@ -67,10 +77,7 @@ impl Qemu {
                 sink.lock().unwrap().push(line);
             }
         });
-        let qemu = Qemu { child, log, port };
-        qemu.wait_for("trunk link 0: TLS 1.3 and WebSocket up", Duration::from_secs(600));
-        qemu.wait_for("trunk link 1: TLS 1.3 and WebSocket up", Duration::from_secs(60));
-        qemu
+        Qemu { child, log, port }
     }
 
     /// Waits until the firmware logged a line containing `text`.
