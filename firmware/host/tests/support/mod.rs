@@ -32,6 +32,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Every line `out` prints, echoed with `[label]` and kept for the test to look through.
+pub fn collect_lines(out: std::process::ChildStdout, label: &'static str) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("[{label}] {line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
+    log
+}
+
 /// A running `gateway` process and the lines it logged.
 pub struct Gateway {
     child: Option<Child>,
@@ -61,15 +74,7 @@ impl Gateway {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = c.spawn().expect("gateway binary");
-        let stdout = child.stdout.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("[gateway] {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = collect_lines(child.stdout.take().unwrap(), "gateway");
         Gateway { child: Some(child), listen, log }
     }
 

@@ -2,13 +2,12 @@
 //! phones on the host reach its port 80 through a hostfwd port, and it reaches the aggregator on
 //! the host's loopback as 10.0.2.2.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, gateway_binary, Aggregator};
+use super::{collect_lines, free_port, gateway_binary, Aggregator};
 
 /// The repository's root.
 pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -68,15 +67,7 @@ impl Qemu {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("bash scripts/firmware.sh");
-        let stdout = child.stdout.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                println!("[qemu] {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log = collect_lines(child.stdout.take().unwrap(), "qemu");
         Qemu { child, log, port }
     }
 
