@@ -45,11 +45,8 @@ pub fn asset(path: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.path == path)
 }
 
-/// Headers of every page: scripts and styles only from this origin, no framing; `connect-src`
-/// allows any ws:/wss: because the phone page may be pointed at another server.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
-     frame-ancestors 'none'";
+/// Headers of every page: the phone page's policy (the gateways serve the same page with it).
+pub const CONTENT_SECURITY_POLICY: &str = trunk::phone::PAGE_CONTENT_SECURITY_POLICY;
 
 /// Who may read the dashboard's data and `/api/devices`: requests carrying the token, always.
 ///

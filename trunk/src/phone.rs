@@ -6,6 +6,13 @@
 
 use crate::frame::MAX_DEVICE_ID_LEN;
 
+/// The `Content-Security-Policy` of the phone page wherever it is served (the aggregator and the
+/// gateways): scripts and styles only from the page's origin, no framing; `connect-src` allows
+/// any ws:/wss: because the page may be pointed at another server.
+pub const PAGE_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
 /// The query parameter that names the device: `/ws?device=ID`.
 pub const DEVICE_PARAM: &[u8] = b"device";
 

@@ -2,7 +2,6 @@
 //! process, and clients built on the same crates the real clients use.
 #![allow(dead_code)] // each test file uses its own part
 
-pub mod browser;
 pub mod clients;
 #[allow(unused_imports)] // each test file uses its own part
-pub use testkit::{db, process};
+pub use testkit::{browser, db, process};

@@ -11,6 +11,7 @@
 //! - [`upgrade`]: a phone's upgrade request and the gateway's answers (101, 4xx, 503).
 //! - [`ws`]: RFC 6455 framing of a phone's connection, over `edge-ws`'s frame header codec.
 //! - [`client`]: the trunk's WebSocket client handshake.
+//! - [`page`]: the phone page, gzip-compressed at build time, served from flash.
 //! - [`provision`]: the provisioning block (id, secret, pinned CA, aggregator address).
 //!
 //! The drivers are async, generic over `embedded-io-async` sockets and `edge-nal` stacks:
@@ -26,6 +27,7 @@ pub mod config;
 pub mod head;
 pub mod hub;
 pub mod link;
+pub mod page;
 pub mod phone;
 pub mod provision;
 pub mod tls;

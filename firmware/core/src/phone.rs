@@ -1,6 +1,6 @@
 //! Serves one phone connection: the upgrade, then every payload byte counted into its session,
 //! pongs and the close handshake, its durable total when the aggregator acknowledges, and the
-//! idle timeout. Generic over any socket (`embedded-io-async` plus `edge-nal`'s shutdown), so
+//! idle timeout; or, asked for a file of the phone page ([`crate::page`]), that file. Generic over any socket (`embedded-io-async` plus `edge-nal`'s shutdown), so
 //! the same code serves phones on embassy-net and on the host's kernel TCP.
 //!
 //! What a phone costs is this future (its size is reported in `docs/benchmarks.md`), the
@@ -22,6 +22,7 @@ use trunk::phone::{durable_message, MAX_DURABLE_MESSAGE_LEN};
 
 use crate::config::PhoneConfig;
 use crate::hub::{Durable, Hub};
+use crate::page;
 use crate::upgrade::{accept_answer, refusal_answer, AnswerScratch, Parsed, Refusal, RequestParser, Upgrade};
 use crate::ws::{close_code, Connection, Event};
 
@@ -32,11 +33,17 @@ pub const READ_CHUNK: usize = 32;
 /// While every request parser is taken, a phone whose request has come looks again this often.
 pub const PARSER_RETRY_MS: u64 = 5;
 
+/// A page file is written this many bytes at a time, each piece within the write timeout: a
+/// browser that stops reading is let go after that timeout, one that reads slowly is served.
+pub const PAGE_WRITE_CHUNK: usize = 1024;
+
 /// How a connection ended, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The request was refused with this status.
     Refused(u16),
+    /// A file of the phone page was sent (`true`) or the browser went away first (`false`).
+    Page(bool),
     /// The phone never completed its request (slow, silent, or gone).
     NoRequest,
     /// A session that ended: the phone closed, went away, idled, broke the protocol, or the
@@ -107,7 +114,12 @@ pub async fn serve<S: Read + Write + TcpShutdown>(socket: &mut S, phones: &Phone
     let mut conn = Conn { socket, phones, buf: [0; READ_CHUNK], pending: 0..0 };
     let id = match handshake(&mut conn).await {
         Ok(id) => id,
-        Err(Unopened::Refuse(refusal)) => return refuse(&mut conn, refusal).await,
+        Err(Unopened::Refuse(refusal)) => {
+            phones.hub.refused();
+            answer(&mut conn, Ending::Refused(refusal)).await;
+            return Outcome::Refused(refusal.status());
+        }
+        Err(Unopened::Page(file)) => return Outcome::Page(answer(&mut conn, Ending::Page(file)).await),
         Err(Unopened::Ended(outcome)) => {
             conn.socket.abort().await.ok();
             return outcome;
@@ -137,6 +149,8 @@ struct Conn<'c, 'a, 'h, S> {
 enum Unopened {
     /// Answer with this refusal.
     Refuse(Refusal),
+    /// Answer with this file of the phone page.
+    Page(&'static page::File),
     /// Nothing more to say: the phone never completed its request, or was lost while answered.
     Ended(Outcome),
 }
@@ -150,7 +164,8 @@ async fn handshake<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>) -> Result<Se
     let (id, key) = {
         let upgrade = match read_request(conn).await {
             Ok(upgrade) => upgrade,
-            Err(Some(refusal)) => return Err(Unopened::Refuse(refusal)),
+            Err(Some(Asked::Refuse(refusal))) => return Err(Unopened::Refuse(refusal)),
+            Err(Some(Asked::Page(file))) => return Err(Unopened::Page(file)),
             Err(None) => return Err(Unopened::Ended(Outcome::NoRequest)),
         };
         match hub.open(upgrade.device.as_ref().map(|d| d.as_slice())) {
@@ -169,13 +184,19 @@ async fn handshake<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>) -> Result<Se
     Ok(id)
 }
 
+/// What a request that opens no session asks for.
+enum Asked {
+    Refuse(Refusal),
+    Page(&'static page::File),
+}
+
 /// Reads the upgrade request within the handshake timeout: the request (the bytes after it are
-/// left in `conn.pending`), or what to refuse (`None`: the phone never completed it).
+/// left in `conn.pending`), or what else it asks for (`None`: the phone never completed it).
 ///
 /// The parser's `RefMut` is held across awaits on purpose: the borrow is what marks the parser
 /// taken, and other phones only ever `try_borrow_mut` (see [`Phones`]), so it cannot panic.
 #[allow(clippy::await_holding_refcell_ref)]
-async fn read_request<S: Read>(conn: &mut Conn<'_, '_, '_, S>) -> Result<Upgrade, Option<Refusal>> {
+async fn read_request<S: Read>(conn: &mut Conn<'_, '_, '_, S>) -> Result<Upgrade, Option<Asked>> {
     let phones = conn.phones;
     let deadline = Instant::now() + Duration::from_millis(phones.config.handshake_timeout_ms);
     let io = async {
@@ -197,7 +218,8 @@ async fn read_request<S: Read>(conn: &mut Conn<'_, '_, '_, S>) -> Result<Upgrade
                     conn.pending = consumed..n;
                     return Ok(upgrade);
                 }
-                Parsed::Refuse(refusal) => return Err(Some(refusal)),
+                Parsed::Refuse(refusal) => return Err(Some(Asked::Refuse(refusal))),
+                Parsed::Page(file) => return Err(Some(Asked::Page(file))),
             }
             n = match conn.socket.read(&mut conn.buf).await {
                 Ok(n) if n > 0 => n,
@@ -314,15 +336,46 @@ fn durable_frame(total: u64, frame: &mut [u8; 2 + MAX_DURABLE_MESSAGE_LEN]) -> u
     2 + len
 }
 
-/// Answers a refused request, then closes without losing the answer.
-async fn refuse<S: Read + Write + TcpShutdown>(conn: &mut Conn<'_, '_, '_, S>, refusal: Refusal) -> Outcome {
-    conn.phones.hub.refused();
+/// An answer that ends the connection.
+#[derive(Clone, Copy)]
+enum Ending {
+    Refused(Refusal),
+    Page(&'static page::File),
+}
+
+impl Ending {
+    /// Piece `i` of the answer (`None` after the last), the one computed piece in `scratch`.
+    ///
+    /// Pieces are asked for one at a time, by number, so that what is kept while one is written
+    /// is this value and the number, not an array of every piece: this is part of every phone's
+    /// state (the largest of the steps of [`serve`] sets it).
+    fn piece(self, i: usize, scratch: &mut AnswerScratch) -> Option<&[u8]> {
+        match self {
+            Self::Refused(refusal) => refusal_answer(refusal, scratch).get(i).copied(),
+            Self::Page(file) => {
+                let head = page::head(file);
+                match i.checked_sub(head.len()) {
+                    None => Some(head[i]),
+                    Some(chunk) => file.gzip.chunks(PAGE_WRITE_CHUNK).nth(chunk),
+                }
+            }
+        }
+    }
+}
+
+/// Writes an answer that ends the connection, then closes without losing it; whether it was all
+/// written.
+async fn answer<S: Read + Write + TcpShutdown>(conn: &mut Conn<'_, '_, '_, S>, ending: Ending) -> bool {
+    let config = conn.phones.config;
     let answered = 'answer: {
+        // Not kept while closing (below): it would add to the largest state of this future.
         let mut scratch: AnswerScratch = [0; _];
-        for part in refusal_answer(refusal, &mut scratch) {
-            if !sent(write(conn.socket, part, conn.phones.config).await) {
+        let mut i = 0;
+        while let Some(piece) = ending.piece(i, &mut scratch) {
+            if !sent(write(conn.socket, piece, config).await) {
                 break 'answer false;
             }
+            i += 1;
         }
         true
     };
@@ -331,7 +384,7 @@ async fn refuse<S: Read + Write + TcpShutdown>(conn: &mut Conn<'_, '_, '_, S>, r
     } else {
         conn.socket.abort().await.ok();
     }
-    Outcome::Refused(refusal.status())
+    answered
 }
 
 /// Writes `bytes` within the write timeout (a phone that reads nothing fills its socket's send

@@ -1,5 +1,5 @@
-//! A phone's WebSocket upgrade request (RFC 6455 section 4.2), read as it streams in, and the
-//! gateway's answers.
+//! A phone's WebSocket upgrade request (RFC 6455 section 4.2), or its request for a file of the
+//! phone page ([`crate::page`]), read as it streams in, and the gateway's answers.
 //!
 //! The request is read through [`LineReader`], so a phone's request costs a fixed
 //! [`MAX_LINE_LEN`](crate::head::MAX_LINE_LEN)-byte line buffer however long its headers are.
@@ -7,6 +7,7 @@
 //! the aggregator decodes it, see [`trunk::phone`]) and the key to answer.
 
 use crate::head::{has_token, header, LineReader, Step};
+use crate::page;
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
@@ -37,13 +38,15 @@ pub struct Upgrade {
 pub enum Refusal {
     /// 400: malformed request line or header, bad key, device id too long.
     BadRequest(&'static str),
-    /// 404: not `/ws`.
+    /// 404: not `/ws` nor a file of the phone page.
     NotFound,
     /// 405: not `GET`.
     MethodNotAllowed,
     /// 414: a request line longer than the gateway reads.
     UriTooLong,
-    /// 426: a plain HTTP request, not a WebSocket upgrade.
+    /// 406: a page request whose `Accept-Encoding` leaves out gzip (the page is kept compressed).
+    NotAcceptable,
+    /// 426: a plain HTTP request to `/ws`, not a WebSocket upgrade.
     UpgradeRequired,
     /// 426 with `Sec-WebSocket-Version: 13`: another WebSocket version.
     UnsupportedVersion,
@@ -62,8 +65,11 @@ impl Refusal {
     fn parts(&self) -> (&'static str, &'static str, &'static str) {
         match self {
             Self::BadRequest(why) => ("400 Bad Request", "", why),
-            Self::NotFound => ("404 Not Found", "", "phones connect to /ws?device=ID"),
+            Self::NotFound => {
+                ("404 Not Found", "", "the phone page is at /; phones connect to /ws?device=ID")
+            }
             Self::MethodNotAllowed => ("405 Method Not Allowed", "Allow: GET\r\n", "use GET"),
+            Self::NotAcceptable => ("406 Not Acceptable", "", "the page is served gzip-compressed only"),
             Self::UriTooLong => ("414 URI Too Long", "", "request line too long"),
             Self::UpgradeRequired => {
                 ("426 Upgrade Required", "Upgrade: websocket\r\n", "a WebSocket upgrade is required")
@@ -173,6 +179,8 @@ pub enum Parsed {
     More,
     /// A valid upgrade request; `consumed` bytes were used (what follows is WebSocket frames).
     Upgrade { upgrade: Upgrade, consumed: usize },
+    /// A request for a file of the phone page: answer with it, then close.
+    Page(&'static page::File),
     /// A request to refuse.
     Refuse(Refusal),
 }
@@ -189,6 +197,10 @@ pub struct RequestParser {
 #[derive(Debug, Clone)]
 struct Fields {
     first_error: Option<Refusal>,
+    /// The page file asked for (`None`: the request is for `/ws`).
+    page: Option<&'static page::File>,
+    /// Whether `Accept-Encoding` names gzip (`None`: no such header, so any encoding will do).
+    gzip: Option<bool>,
     device: Option<DeviceId>,
     key: Option<[u8; KEY_LEN]>,
     upgrade_websocket: bool,
@@ -204,6 +216,8 @@ impl RequestParser {
             seen_request_line: false,
             fields: Fields {
                 first_error: None,
+                page: None,
+                gzip: None,
                 device: None,
                 key: None,
                 upgrade_websocket: false,
@@ -235,7 +249,8 @@ impl RequestParser {
                 self.fields.first_error = self.fields.request_line(line);
             } else if line.is_empty() {
                 return match self.fields.finish() {
-                    Ok(upgrade) => Parsed::Upgrade { upgrade, consumed: used },
+                    Ok(Request::Upgrade(upgrade)) => Parsed::Upgrade { upgrade, consumed: used },
+                    Ok(Request::Page(file)) => Parsed::Page(file),
                     Err(r) => Parsed::Refuse(r),
                 };
             } else if let Err(r) = self.fields.header(line, truncated) {
@@ -270,7 +285,9 @@ impl Fields {
             None => (target, &target[target.len()..]),
         };
         if path != PATH {
-            return Some(Refusal::NotFound);
+            // The page's query (its settings, `/?device=ID&min=1`) is the page's business.
+            self.page = page::find(path);
+            return self.page.is_none().then_some(Refusal::NotFound);
         }
         match device_id(query) {
             Ok(device) => self.device = device,
@@ -287,6 +304,13 @@ impl Fields {
             self.upgrade_websocket |= has_token(value, b"websocket");
         } else if name.eq_ignore_ascii_case(b"connection") {
             self.connection_upgrade |= has_token(value, b"upgrade");
+        } else if name.eq_ignore_ascii_case(b"accept-encoding") {
+            // `gzip;q=0` would refuse it; nobody sends that, and a browser gets gzip either way.
+            let named = value.split(|&b| b == b',').any(|t| {
+                let coding = t.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+                coding.eq_ignore_ascii_case(b"gzip") || coding == b"*"
+            });
+            *self.gzip.get_or_insert(false) |= named;
         } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
             self.version_13 = Some(value == b"13");
         } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
@@ -304,9 +328,15 @@ impl Fields {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<Upgrade, Refusal> {
+    fn finish(&mut self) -> Result<Request, Refusal> {
         if let Some(r) = self.first_error {
             return Err(r);
+        }
+        if let Some(file) = self.page {
+            return match self.gzip {
+                Some(false) => Err(Refusal::NotAcceptable),
+                _ => Ok(Request::Page(file)),
+            };
         }
         if !self.upgrade_websocket || !self.connection_upgrade {
             return Err(Refusal::UpgradeRequired);
@@ -315,8 +345,14 @@ impl Fields {
             return Err(Refusal::UnsupportedVersion);
         }
         let key = self.key.ok_or(Refusal::BadRequest("missing Sec-WebSocket-Key"))?;
-        Ok(Upgrade { device: self.device, key })
+        Ok(Request::Upgrade(Upgrade { device: self.device, key }))
     }
+}
+
+/// What a complete, valid request asks for.
+enum Request {
+    Upgrade(Upgrade),
+    Page(&'static page::File),
 }
 
 #[cfg(test)]
@@ -385,6 +421,29 @@ mod tests {
     }
 
     #[test]
+    fn the_page_files_are_asked_for_with_any_query_and_any_encoding_list_naming_gzip() {
+        let page = |req: &[u8]| match parse(req) {
+            Parsed::Page(file) => Ok(core::str::from_utf8(file.path).unwrap().to_owned()),
+            Parsed::Refuse(r) => Err(r.status()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(page(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n"), Ok("/".into()));
+        assert_eq!(
+            page(b"GET /?device=a&min=1 HTTP/1.1\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n\r\n"),
+            Ok("/".into())
+        );
+        assert_eq!(
+            page(b"GET /app.js HTTP/1.1\r\nAccept-Encoding: br;q=1, GZIP;q=0.5\r\n\r\n"),
+            Ok("/app.js".into())
+        );
+        assert_eq!(page(b"GET /style.css HTTP/1.1\r\nAccept-Encoding: *\r\n\r\n"), Ok("/style.css".into()));
+        assert_eq!(page(b"GET / HTTP/1.1\r\nAccept-Encoding: identity\r\n\r\n"), Err(406));
+        assert_eq!(page(b"GET /dashboard HTTP/1.1\r\n\r\n"), Err(404), "only the phone page");
+        assert_eq!(page(b"POST / HTTP/1.1\r\n\r\n"), Err(405));
+        assert_eq!(page(b"GET / HTTP/1.1\r\nbroken\r\n\r\n"), Err(400));
+    }
+
+    #[test]
     fn every_answer_fits() {
         let mut out = [0; MAX_ANSWER_LEN];
         let all = [
@@ -396,6 +455,7 @@ mod tests {
             Refusal::UnsupportedVersion,
             Refusal::TooLarge,
             Refusal::HttpVersion,
+            Refusal::NotAcceptable,
             Refusal::Full,
             Refusal::ShuttingDown,
         ];

@@ -153,7 +153,7 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let status = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).lines().next().unwrap_or("").to_owned();
-    assert_eq!(status(raw(&gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await), "HTTP/1.1 404 Not Found");
+    assert_eq!(status(raw(&gw, b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n").await), "HTTP/1.1 404 Not Found");
     assert_eq!(
         status(raw(&gw, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await),
         "HTTP/1.1 426 Upgrade Required"

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)] // each test file uses its own part
-pub use testkit::{db, pki, process};
+pub use testkit::{browser, db, pki, process};
 
 pub mod qemu;
 
@@ -23,10 +23,7 @@ pub fn gateway_binary() -> &'static str {
     env!("CARGO_BIN_EXE_gateway")
 }
 
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use testkit::free_port;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -2,8 +2,9 @@
 //! protocol through `chromedriver` (both from `scripts/install-deps.sh`).
 //!
 //! The client is a few blocking HTTP/1.1 requests to chromedriver on loopback (JSON in, JSON out),
-//! which is all WebDriver is; it blocks the test's thread, which is fine: the aggregator and
-//! mobile-sim run as other processes.
+//! which is all WebDriver is; it blocks the test's thread, which is fine: the aggregator, the
+//! gateways and mobile-sim run as other processes. Used by the aggregator's page tests and by the
+//! gateway's (the same page served from a gateway, on the host and on the QEMU board).
 //!
 //! Trust: the browser trusts the aggregator's self-made certificate and nothing else new, through
 //! `--ignore-certificate-errors-spki-list` with the SHA-256 of that certificate's public key, so
@@ -20,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+
+use crate::free_port;
 use serde_json::{json, Value};
 
 /// The WebDriver key codes used by tests.
@@ -34,11 +37,17 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Where the screenshots go: `HOLDFAST_SCREENSHOT_DIR`, or `screenshots/` in Cargo's directory
-/// for integration tests' files (`target/tmp`).
+/// for integration tests' files (`$CARGO_TARGET_DIR/tmp`, found from the test binary's place,
+/// `$CARGO_TARGET_DIR/<profile>/deps/`).
 pub fn screenshot_dir() -> PathBuf {
-    std::env::var_os("HOLDFAST_SCREENSHOT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots"))
+    if let Some(dir) = std::env::var_os("HOLDFAST_SCREENSHOT_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    match exe.ancestors().nth(3) {
+        Some(target) => target.join("tmp").join("screenshots"),
+        None => std::env::temp_dir().join("holdfast-screenshots"),
+    }
 }
 
 /// chromedriver and Chromium, or `None` (and the test is skipped) when they are not installed
@@ -98,6 +107,8 @@ pub enum Trust<'a> {
     /// The CA certificate (PEM) at this path, installed with `certutil` into an NSS database in
     /// the browser's own home folder, where Chromium on Linux reads locally trusted CAs.
     CaIn(&'a Path),
+    /// Nothing more: for pages over plain `http://` (a site gateway's phone page).
+    Nothing,
 }
 
 /// One browser session; the browser and chromedriver end when it is dropped.
@@ -398,11 +409,6 @@ fn install_ca(home: &Path, ca: &Path) {
     certutil(&["-N", "-d", &db, "--empty-password"]);
     // "C,,": a CA trusted to issue server certificates (and nothing else).
     certutil(&["-A", "-d", &db, "-n", "holdfast test CA", "-t", "C,,", "-i", &ca.display().to_string()]);
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 fn read_chunked(reader: &mut impl BufRead) -> Result<Vec<u8>, String> {
