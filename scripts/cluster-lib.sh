@@ -450,7 +450,7 @@ cl_gateway_start() {
       # Phones of a real gateway are device ids of their own; "$prefix$name-" keeps them apart.
       cl_load_args "$duration" "$prefix$name-"
       setsid "$CL_BIN/mobile-sim" phones --target "ws://127.0.2.$i:$CL_PORT/ws" --phones "$CL_SESSIONS" --rate 500 \
-        "${CL_LOAD[@]}" "$@" >"$report" 2>"$CL_DIR/gateway-$i-phones.log" </dev/null &
+        --device-key "$CL_PKI/device-token.key" "${CL_LOAD[@]}" "$@" >"$report" 2>"$CL_DIR/gateway-$i-phones.log" </dev/null &
       cl_remember "gateway-$i-phones" $!
       ;;
     *) hf_die "CL_GATEWAY must be virtual or host, not '$CL_GATEWAY'" ;;
@@ -466,9 +466,13 @@ cl_host_gateway_spawn() {
   name="${line%% *}"
   secret="${line##* }"
   [ -x "$bin" ] || hf_die "no host gateway binary at $bin (cargo build --release -p gateway)"
+  # Phones prove their device at the gateway too: it checks their tokens with the public key.
+  local device_public_key
+  device_public_key="$("$CL_BIN/aggregator" --device-key "$CL_PKI/device-token.key" device public-key)" ||
+    hf_die "aggregator device public-key failed"
   RUST_LOG="${CL_GATEWAY_LOG:-info}" NO_COLOR=1 setsid "$bin" --listen "$listen" --aggregator "127.0.0.1:$CL_PORT" \
     --server-name localhost --ca "$CL_PKI/ca.pem" --id "$name" --secret "$secret" --links "$CL_LINKS" \
-    --capacity "$CL_SESSIONS" --status-interval-s 1 >>"$CL_DIR/gateway-$i.out" 2>>"$CL_DIR/gateway-$i.log" </dev/null &
+    --capacity "$CL_SESSIONS" --device-public-key "$device_public_key" --status-interval-s 1 >>"$CL_DIR/gateway-$i.out" 2>>"$CL_DIR/gateway-$i.log" </dev/null &
   local pid=$!
   cl_remember "gateway-$i" "$pid"
   for _ in $(seq 1 100); do

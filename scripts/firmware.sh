@@ -15,7 +15,10 @@
 #                                                 (from `aggregator gateway add` output, --added
 #                                                 FILE or - for stdin; or --id and --secret-file),
 #                                                 flash both with probe-rs and reset. Also needs
-#                                                 --ca FILE and --aggregator HOST:PORT; optional
+#                                                 --ca FILE, --aggregator HOST:PORT and
+#                                                 --device-public-key HEX (`aggregator device
+#                                                 public-key`: phones prove their device; or
+#                                                 --phone-auth off); optional
 #                                                 --server-name NAME, --links K, --block FILE
 #                                                 (where the block is kept), --no-flash (stop
 #                                                 before probe-rs). Without probe-rs or a probe:
@@ -233,6 +236,7 @@ gateway_bin() {
 
 cmd_flash() {
   local added="" id="" secret_file="" ca="" aggregator="" server_name="" links="" block="" flash=1
+  local device_public_key="" phone_auth=required
   while [ $# -gt 0 ]; do
     case "$1" in
       --added) added="${2:?--added FILE (or - for stdin)}"; shift 2 ;;
@@ -244,10 +248,21 @@ cmd_flash() {
       --links) links="${2:?--links K}"; shift 2 ;;
       --block) block="${2:?--block FILE}"; shift 2 ;;
       --no-flash) flash=0; shift ;;
+      --device-public-key) device_public_key="${2:?--device-public-key HEX}"; shift 2 ;;
+      --phone-auth) phone_auth="${2:?--phone-auth required|off}"; shift 2 ;;
       *) hf_die "flash: unknown flag $1 (scripts/firmware.sh --help)" ;;
     esac
   done
   [ -n "$ca" ] && [ -n "$aggregator" ] || hf_die "flash: --ca FILE and --aggregator HOST:PORT are needed"
+  # Phones prove their device to the board with a token the operator signed: the board gets
+  # the public key in its block. Without it any phone counts bytes for any device.
+  case "$phone_auth" in
+    required)
+      [ -n "$device_public_key" ] || hf_die "flash: phones must prove their device: --device-public-key HEX" \
+        "(the output of 'aggregator device public-key'), or --phone-auth off on a trusted test network" ;;
+    off) device_public_key="" ;;
+    *) hf_die "flash: --phone-auth is required or off, not '$phone_auth'" ;;
+  esac
   # The gateway's identity: the line `aggregator gateway add NAME` printed ("NAME SECRETHEX"),
   # or --id and --secret-file. The secret goes to `gateway provision` in its environment, not
   # its command line (which every local user can read).
@@ -276,6 +291,7 @@ cmd_flash() {
   local args=(provision --id "$id" --ca "$ca" --aggregator "$aggregator" -o "$block")
   [ -n "$server_name" ] && args+=(--server-name "$server_name")
   [ -n "$links" ] && args+=(--links "$links")
+  [ -n "$device_public_key" ] && args+=(--device-public-key "$device_public_key")
   HOLDFAST_GATEWAY_SECRET="$secret" "$(gateway_bin)" "${args[@]}" ||
     hf_die "flash: the provisioning block could not be written"
   if [ "$flash" -eq 0 ]; then

@@ -58,7 +58,7 @@ async fn the_phone_page_sends_over_wss_and_shows_what_is_durable() {
     // As a person would: the link the operator gave (a device and its token), fast pauses,
     // Start.
     let device = format!("browser-{:08x}", rand::random::<u32>());
-    let token = support::clients::device_token(agg.data_dir(), &device);
+    let token = agg.device_token(&device);
     b.goto(&page_url(&agg, &format!("/?device={device}&token={token}")));
     assert_eq!(b.read("#device", "value"), device.as_str());
     b.fill("#min", "0.1");
@@ -119,7 +119,7 @@ async fn the_phone_page_reconnects_when_the_server_comes_back() {
     let b = trusting(&agg, PHONE);
     let device = format!("restart-{:08x}", rand::random::<u32>());
     // Settings from the address, as a link or QR code would give them.
-    let token = support::clients::device_token(agg.data_dir(), &device);
+    let token = agg.device_token(&device);
     b.goto(&page_url(&agg, &format!("/?device={device}&token={token}&min=0.1&max=0.2")));
     b.click("#run");
     let first =
@@ -328,7 +328,7 @@ async fn the_battery_assessment_measures_each_runs_drain_and_keeps_every_row() {
     let b = trusting(&agg, PHONE);
     b.add_init_script(SCRIPTED_BATTERY);
     let device = format!("battery-{:08x}", rand::random::<u32>());
-    let token = support::clients::device_token(agg.data_dir(), &device);
+    let token = agg.device_token(&device);
     b.goto(&page_url(&agg, &format!("/?device={device}&token={token}&min=0.2&max=0.5")));
     b.wait_for("the scripted battery", Duration::from_secs(20), |b| {
         b.read("#battery", "textContent").as_str()?.contains("90 %").then_some(())

@@ -7,8 +7,9 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::clients::{device_token, phone, tls, wait_durable, websocket};
+use support::clients::{phone, tls, wait_durable, websocket};
 use support::db::Kind;
+use support::process::device_token;
 use support::process::Aggregator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

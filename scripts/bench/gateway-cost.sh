@@ -138,9 +138,12 @@ agg_port=$((20000 + RANDOM % 1000))
 secret=$("$bin/aggregator" --data-dir "$work" gateway add cost-gw | awk '{print $2}')
 RUST_LOG=warn "$bin/aggregator" --data-dir "$work" --listen "127.0.0.1:$agg_port" >"$work/agg.out" 2>&1 &
 until grep -q '^listening' "$work/agg.out" 2>/dev/null; do sleep 0.1; done
+# Phones prove their device at the gateway (a token per phone from mobile-sim, one Ed25519 check
+# per connect at the gateway), as in a real deployment.
+device_public_key=$("$bin/aggregator" --data-dir "$work" device public-key)
 gw_port=$((21000 + RANDOM % 1000))
 RUST_LOG=info NO_COLOR=1 "$gateway_bin" --id cost-gw --secret "$secret" --ca "$work/ca.pem" \
-  --aggregator "127.0.0.1:$agg_port" --listen "127.0.0.1:$gw_port" --capacity 19500 --status-interval-s 1 \
+  --aggregator "127.0.0.1:$agg_port" --listen "127.0.0.1:$gw_port" --device-public-key "$device_public_key" --capacity 19500 --status-interval-s 1 \
   >"$work/gw.log" 2>&1 &
 gw=$!
 until grep -q 'trunk link 1: TLS 1.3' "$work/gw.log" 2>/dev/null; do sleep 0.1; done
@@ -150,7 +153,7 @@ sleep 2
 rss_before=$(rss_kib "$gw")
 read -r cpu_empty cpu_empty_mean cpu_empty_all < <(python3 "$work/measure.py" idle "$gw" "$window" "$windows")
 hold=$((60 + windows * window + 30)) # connecting, settling, measuring; below the 300 s idle timeout
-"$bin/mobile-sim" phones --target "ws://127.0.0.1:$gw_port/ws" --phones "$idle" --rate 2000 -C 256 \
+"$bin/mobile-sim" phones --device-key "$work/device-token.key" --target "ws://127.0.0.1:$gw_port/ws" --phones "$idle" --rate 2000 -C 256 \
   --min-interval 1h --max-interval 1h --duration "${hold}s" --device-prefix "idle-$RANDOM-" --quiet --json \
   >"$work/idle.json" 2>"$work/idle.err" &
 sim=$!
@@ -196,7 +199,7 @@ echo "yardstick: node $(node --version), ws $ws_node"
 min_ms=$((interval_ms / 2))
 max_ms=$((interval_ms * 3 / 2))
 run=$((20 + windows * window + 10))
-"$bin/mobile-sim" phones --target "ws://127.0.0.1:$gw_port/ws" --target "ws://127.0.0.1:$node_port/ws" \
+"$bin/mobile-sim" phones --device-key "$work/device-token.key" --target "ws://127.0.0.1:$gw_port/ws" --target "ws://127.0.0.1:$node_port/ws" \
   --phones "$busy" --rate 2000 -C 256 --min-interval "${min_ms}ms" --max-interval "${max_ms}ms" \
   --duration "${run}s" --drain-timeout 30s --device-prefix "busy-$RANDOM-" --quiet --json \
   >"$work/busy.json" 2>"$work/busy.err" &

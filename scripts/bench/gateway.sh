@@ -26,10 +26,13 @@ agg_port=$((20000 + RANDOM % 1000))
 secret=$("$bin/aggregator" --data-dir "$work" gateway add bench-gw | awk '{print $2}')
 RUST_LOG=warn "$bin/aggregator" --data-dir "$work" --listen "127.0.0.1:$agg_port" >"$work/agg.out" 2>&1 &
 until grep -q '^listening' "$work/agg.out" 2>/dev/null; do sleep 0.1; done
+# Phones prove their device at the gateway (a token per phone from mobile-sim, one Ed25519 check
+# per connect at the gateway), as in a real deployment.
+device_public_key=$("$bin/aggregator" --data-dir "$work" device public-key)
 
 gw_port=$((21000 + RANDOM % 1000))
 RUST_LOG=info NO_COLOR=1 "$bin/gateway" --id bench-gw --secret "$secret" --ca "$work/ca.pem" \
-  --aggregator "127.0.0.1:$agg_port" --listen "127.0.0.1:$gw_port" --capacity 19000 --status-interval-s 1 \
+  --aggregator "127.0.0.1:$agg_port" --listen "127.0.0.1:$gw_port" --device-public-key "$device_public_key" --capacity 19000 --status-interval-s 1 \
   >"$work/gw.log" 2>&1 &
 gw=$!
 until grep -q 'trunk link 1: TLS 1.3' "$work/gw.log" 2>/dev/null; do sleep 0.1; done
@@ -37,7 +40,7 @@ sleep 1
 
 # 1. Idle phones: connect, then send nothing for the hold (1 h intervals).
 before=$(rss_kib "$gw")
-"$bin/mobile-sim" phones --target "ws://127.0.0.1:$gw_port/ws" --phones "$idle" --rate 2000 -C 256 \
+"$bin/mobile-sim" phones --device-key "$work/device-token.key" --target "ws://127.0.0.1:$gw_port/ws" --phones "$idle" --rate 2000 -C 256 \
   --min-interval 1h --max-interval 1h --duration 40s --device-prefix idle- --quiet --json >"$work/idle.json" 2>&1 &
 sim=$!
 held=0
@@ -56,7 +59,7 @@ sleep 3
 
 # 2. Busy phones: each sends a byte every 1-10 ms for the run; then everything is verified.
 start=$(date +%s.%N)
-"$bin/mobile-sim" phones --target "ws://127.0.0.1:$gw_port/ws" --phones "$busy" --rate 2000 -C 256 \
+"$bin/mobile-sim" phones --device-key "$work/device-token.key" --target "ws://127.0.0.1:$gw_port/ws" --phones "$busy" --rate 2000 -C 256 \
   --min-interval 1ms --max-interval 10ms --duration "${seconds}s" --drain-timeout 30s --device-prefix "busy-$RANDOM-" \
   --verify --database-url "sqlite://$work/holdfast.db" --quiet --json >"$work/busy.json" 2>"$work/busy.err" || {
   cat "$work/busy.err" >&2; echo "verification failed" >&2; exit 1; }

@@ -121,9 +121,12 @@ agg_port=$((20000 + RANDOM % 1000))
 secret=$("$bin/aggregator" --data-dir "$work" gateway add cost-gw | awk '{print $2}')
 RUST_LOG=warn "$bin/aggregator" --data-dir "$work" --listen "127.0.0.1:$agg_port" >"$work/agg.out" 2>&1 &
 until grep -q '^listening' "$work/agg.out" 2>/dev/null; do sleep 0.1; done
+# Phones prove their device at the gateway (a token per phone from mobile-sim, one Ed25519 check
+# per connect at the gateway), as in a real deployment.
+device_public_key=$("$bin/aggregator" --data-dir "$work" device public-key)
 gw_port=$((21000 + RANDOM % 1000))
 RUST_LOG=info NO_COLOR=1 "$bin/gateway" --id cost-gw --secret "$secret" --ca "$work/ca.pem" \
-  --aggregator "127.0.0.1:$agg_port" --listen "127.0.0.1:$gw_port" --capacity 19500 --status-interval-s 1 \
+  --aggregator "127.0.0.1:$agg_port" --listen "127.0.0.1:$gw_port" --device-public-key "$device_public_key" --capacity 19500 --status-interval-s 1 \
   >"$work/gw.log" 2>&1 &
 until grep -q 'trunk link 1: TLS 1.3' "$work/gw.log" 2>/dev/null; do sleep 0.1; done
 sleep 2
@@ -147,7 +150,7 @@ wait_released() {
 
 # --- 1: idle ------------------------------------------------------------------------------------
 hold=$((20 + windows * window + 15))
-"$msim" phones --target "ws://127.0.0.1:$gw_port/ws" --phones "$phones" -W 1 --rate 2000 -C 256 \
+"$msim" phones --device-key "$work/device-token.key" --target "ws://127.0.0.1:$gw_port/ws" --phones "$phones" -W 1 --rate 2000 -C 256 \
   --min-interval 1h --max-interval 1h --duration "${hold}s" --device-prefix "idle-$RANDOM-" --quiet --json \
   "${extra[@]}" >"$work/idle.json" 2>"$work/idle.err" &
 sim=$!
@@ -171,7 +174,7 @@ settle=$((10 + max_ms / 1000 + 5)) # the ramp, then every phone past its first p
 extra_s=0
 [ "$perf_on" = 1 ] && extra_s=20
 run=$((settle + windows * window + 10 + extra_s))
-"$msim" phones --target "ws://127.0.0.1:$gw_port/ws" --phones "$phones" -W 1 --rate 2000 -C 256 \
+"$msim" phones --device-key "$work/device-token.key" --target "ws://127.0.0.1:$gw_port/ws" --phones "$phones" -W 1 --rate 2000 -C 256 \
   --min-interval "${min_ms}ms" --max-interval "${max_ms}ms" --duration "${run}s" --drain-timeout 30s \
   --device-prefix "busy-$RANDOM-" --quiet --json "${extra[@]}" >"$work/busy.json" 2>"$work/busy.err" &
 sim=$!

@@ -167,6 +167,22 @@ impl Aggregator {
         (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
     }
 
+    /// The operator's device-token key (made at the aggregator's first start): what mobile-sim's
+    /// `--device-key` takes.
+    pub fn device_key_file(&self) -> PathBuf {
+        self.dir.path().join("device-token.key")
+    }
+
+    /// A device token for `device`, valid for an hour, as the operator issues them.
+    pub fn device_token(&self, device: &str) -> String {
+        device_token(self.dir.path(), device)
+    }
+
+    /// The public key that checks the tokens (64 hex digits): what gateways are given.
+    pub fn device_public_key(&self) -> String {
+        device_public_key(self.dir.path())
+    }
+
     /// The store the aggregator writes to, opened by the test to check what it holds.
     pub async fn store(&self) -> Store {
         Store::open(self.database_url.as_deref(), self.dir.path(), 2).await.unwrap()
@@ -203,4 +219,21 @@ impl Drop for Aggregator {
         self.kill();
         let _ = &self.pg;
     }
+}
+
+/// The device-token key in an aggregator's data folder `data`.
+fn device_key(data: &Path) -> device_token::SigningKey {
+    let hex = std::fs::read_to_string(data.join("device-token.key")).expect("the aggregator's device key");
+    device_token::SigningKey::from_hex(&hex).expect("a device key")
+}
+
+/// A token for `device` from the key in the aggregator's data folder `data`, valid for an hour.
+pub fn device_token(data: &Path, device: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    device_key(data).token(device.as_bytes(), now + 3600).expect("a short device id")
+}
+
+/// The public key (64 hex digits) of the device-token key in the aggregator's data folder `data`.
+pub fn device_public_key(data: &Path) -> String {
+    device_token::hex(&device_key(data).public_key().to_bytes())
 }

@@ -39,7 +39,6 @@ pub async fn websocket(
     tokio_tungstenite::client_async(request, stream).await.map(|(ws, _)| ws)
 }
 
-/// A phone with device id `device`.
 /// The aggregator's /metrics page (Prometheus text), over TLS.
 pub async fn metrics_text(addr: SocketAddr, ca: &Path) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -53,18 +52,10 @@ pub async fn metrics_text(addr: SocketAddr, ca: &Path) -> String {
 /// A phone for `device`, with a device token signed by the key in the aggregator's data folder
 /// `data` (where its CA is too).
 pub async fn phone(addr: SocketAddr, data: &Path, device: &str) -> Ws {
-    let token = device_token(data, device);
+    let token = testkit::process::device_token(data, device);
     websocket(addr, &data.join("ca.pem"), &format!("/ws?device={device}&token={token}"), None)
         .await
         .expect("phone connects")
-}
-
-/// A token for `device` from the key in the aggregator's data folder `data`, valid for an hour.
-pub fn device_token(data: &Path, device: &str) -> String {
-    let hex = std::fs::read_to_string(data.join("device-token.key")).expect("the aggregator's device key");
-    let key = device_token::SigningKey::from_hex(&hex).expect("a device key");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    key.token(device.as_bytes(), now + 3600).expect("a short device id")
 }
 
 /// Reads the phone's messages until the server says at least `want` bytes are durable.

@@ -6,14 +6,15 @@
 //! whether the line was longer (a long `User-Agent` costs nothing; a long header the caller
 //! needs is an error it can answer).
 
-/// Bytes of one head line that are kept.
-pub const MAX_LINE_LEN: usize = 128;
+/// Bytes of one head line that are kept: a phone's request line with its device id (32 bytes,
+/// up to 96 percent-encoded) and its device token (at most 107 bytes) fits.
+pub const MAX_LINE_LEN: usize = 256;
 
 /// A head line splitter with a total length bound.
 #[derive(Clone)]
 pub struct LineReader {
     line: [u8; MAX_LINE_LEN],
-    len: u8,
+    len: u16,
     truncated: bool,
     total: usize,
     max_total: usize,

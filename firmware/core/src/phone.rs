@@ -23,7 +23,9 @@ use trunk::phone::{durable_message, MAX_DURABLE_MESSAGE_LEN};
 use crate::config::PhoneConfig;
 use crate::hub::{Durable, Hub};
 use crate::page;
-use crate::upgrade::{accept_answer, refusal_answer, AnswerScratch, Parsed, Refusal, RequestParser, Upgrade};
+use crate::upgrade::{
+    accept_answer, refusal_answer, AnswerScratch, Parsed, Refusal, RequestParser, Tokens, Upgrade,
+};
 use crate::ws::{close_code, Connection, Event};
 
 /// Bytes read from a phone at a time. Phones send a few bytes at a time (a 1-byte message is a
@@ -51,7 +53,20 @@ pub enum Outcome {
     Session(CloseReason),
 }
 
-/// What every phone's task shares: the hub, the bounds, and the request parsers.
+/// Phones must prove which device they are (docs/SECURITY.md): a device token signed with the
+/// operator's key, checked at the upgrade against `key`; `clock` tells the time for the token's
+/// expiry (Unix seconds), or `None` on a board without a clock (the signature and the device are
+/// still checked).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceAuth<'a> {
+    /// The operator's public key (`aggregator device public-key`; a board's provisioning block).
+    pub key: &'a device_token::PublicKey,
+    /// Now, in Unix seconds, if known.
+    pub clock: fn() -> Option<u64>,
+}
+
+/// What every phone's task shares: the hub, the bounds, how phones prove their device, and the
+/// request parsers.
 ///
 /// A parser (a head line buffer and what is kept of the request, about 200 bytes) is needed
 /// only while a request is read, a few milliseconds of a session that lasts hours; so phones
@@ -63,6 +78,9 @@ pub struct Phones<'a, 'h> {
     pub hub: &'a Hub<'h>,
     /// Bounds and timings.
     pub config: &'a PhoneConfig,
+    /// `None`: phones are not asked to prove their device (`--phone-auth off`, or a board
+    /// provisioned without the operator's key).
+    pub auth: Option<DeviceAuth<'a>>,
     parsers: &'a [RefCell<RequestParser>],
 }
 
@@ -73,9 +91,20 @@ impl core::fmt::Debug for Phones<'_, '_> {
 }
 
 impl<'a, 'h> Phones<'a, 'h> {
-    /// Phones served with `parsers` (at least one) for their requests.
-    pub fn new(hub: &'a Hub<'h>, config: &'a PhoneConfig, parsers: &'a [RefCell<RequestParser>]) -> Self {
-        Self { hub, config, parsers }
+    /// Phones served with `parsers` (at least one) for their requests, proving their device with
+    /// `auth`.
+    pub fn new(
+        hub: &'a Hub<'h>,
+        config: &'a PhoneConfig,
+        auth: Option<DeviceAuth<'a>>,
+        parsers: &'a [RefCell<RequestParser>],
+    ) -> Self {
+        Self { hub, config, auth, parsers }
+    }
+
+    /// What the request parser checks tokens with, now.
+    fn tokens(&self) -> Option<Tokens<'a>> {
+        self.auth.map(|auth| Tokens { key: auth.key, now: (auth.clock)() })
     }
 
     /// A free parser, reset; `None` while all are taken.
@@ -212,7 +241,7 @@ async fn read_request<S: Read>(conn: &mut Conn<'_, '_, '_, S>) -> Result<Upgrade
             }
         };
         loop {
-            match parser.feed(&conn.buf[..n]) {
+            match parser.feed(&conn.buf[..n], phones.tokens()) {
                 Parsed::More => {}
                 Parsed::Upgrade { upgrade, consumed } => {
                     conn.pending = consumed..n;

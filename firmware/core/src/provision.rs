@@ -13,8 +13,9 @@
 //! ```
 //! Records: 1 gateway id, 2 secret, 3 aggregator address (`ip:port` text), 4 TLS server name,
 //! 5 pinned CA certificate (DER), 6 entropy seed (boards without a hardware RNG, see
-//! [`Provisioning::seed`]), 7 trunk links (one byte). Unknown tags are skipped, so later
-//! versions can add records.
+//! [`Provisioning::seed`]), 7 trunk links (one byte), 8 the operator's device-token public key
+//! (32 bytes; without it phones are not asked to prove their device). Unknown tags are skipped,
+//! so later versions can add records.
 
 use core::net::SocketAddr;
 
@@ -28,6 +29,7 @@ mod tag {
     pub const CA: u8 = 5;
     pub const SEED: u8 = 6;
     pub const LINKS: u8 = 7;
+    pub const DEVICE_KEY: u8 = 8;
 }
 
 /// What a gateway is provisioned with.
@@ -48,6 +50,9 @@ pub struct Provisioning<'a> {
     pub seed: &'a [u8],
     /// Trunk links (default 2).
     pub links: u8,
+    /// The operator's Ed25519 public key for device tokens (`aggregator device public-key`):
+    /// phones must show a token it signed for their device. `None`: phones are not checked.
+    pub device_key: Option<[u8; 32]>,
 }
 
 /// Why a block was not accepted.
@@ -82,6 +87,7 @@ impl<'a> Provisioning<'a> {
         let (mut id, mut secret, mut aggregator, mut name, mut ca) = (None, None, None, None, None);
         let mut seed: &[u8] = &[];
         let mut links = 2;
+        let mut device_key = None;
         while !records.is_empty() {
             let [t, l0, l1, rest @ ..] = records else {
                 return Err(ProvisionError::Corrupt("record header"));
@@ -101,6 +107,10 @@ impl<'a> Provisioning<'a> {
                 tag::CA => ca = Some(value),
                 tag::SEED => seed = value,
                 tag::LINKS => links = value.first().copied().unwrap_or(2),
+                tag::DEVICE_KEY => {
+                    device_key =
+                        Some(value.try_into().map_err(|_| ProvisionError::Corrupt("device key length"))?)
+                }
                 _ => {}
             }
         }
@@ -112,6 +122,7 @@ impl<'a> Provisioning<'a> {
             ca_der: ca.ok_or(ProvisionError::Missing("CA certificate"))?,
             seed,
             links,
+            device_key,
         })
     }
 
@@ -119,7 +130,7 @@ impl<'a> Provisioning<'a> {
     pub fn write(&self, out: &mut [u8]) -> Result<usize, ProvisionError> {
         let mut addr = [0u8; 64];
         let addr_len = fmt_addr(self.aggregator, &mut addr);
-        let records: [(u8, &[u8]); 7] = [
+        let records: [(u8, &[u8]); 8] = [
             (tag::GATEWAY_ID, self.gateway_id.as_bytes()),
             (tag::SECRET, self.secret),
             (tag::AGGREGATOR, &addr[..addr_len]),
@@ -127,9 +138,13 @@ impl<'a> Provisioning<'a> {
             (tag::CA, self.ca_der),
             (tag::SEED, self.seed),
             (tag::LINKS, core::slice::from_ref(&self.links)),
+            (tag::DEVICE_KEY, self.device_key.as_ref().map_or(&[][..], |k| &k[..])),
         ];
         let mut len = 10;
         for (t, value) in records {
+            if t == tag::DEVICE_KEY && value.is_empty() {
+                continue; // no key: no record (an empty one would be malformed)
+            }
             let n = u16::try_from(value.len()).map_err(|_| ProvisionError::TooSmall)?;
             let dst = out.get_mut(len..len + 3 + value.len()).ok_or(ProvisionError::TooSmall)?;
             dst[0] = t;
@@ -187,6 +202,7 @@ mod tests {
             ca_der: &[0x30, 0x82, 1, 2],
             seed: &[9; 32],
             links: 2,
+            device_key: Some([7; 32]),
         };
         let mut block = [0xffu8; 512];
         let n = p.write(&mut block).unwrap();
@@ -198,5 +214,8 @@ mod tests {
         assert_eq!(Provisioning::parse(&[0xff; 64]), Err(ProvisionError::NotProvisioned));
         assert!(Provisioning::parse(&block[..n - 1]).is_err());
         assert_eq!(p.write(&mut [0; 40]), Err(ProvisionError::TooSmall));
+        let open = Provisioning { device_key: None, ..p };
+        open.write(&mut block).unwrap();
+        assert_eq!(Provisioning::parse(&block), Ok(open), "a block without a device key");
     }
 }

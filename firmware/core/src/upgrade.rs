@@ -4,12 +4,15 @@
 //! The request is read through [`LineReader`], so a phone's request costs a fixed
 //! [`MAX_LINE_LEN`](crate::head::MAX_LINE_LEN)-byte line buffer however long its headers are.
 //! Only what the gateway needs is kept: the device id (from `/ws?device=ID`, decoded exactly as
-//! the aggregator decodes it, see [`trunk::phone`]) and the key to answer.
+//! the aggregator decodes it, see [`trunk::phone`]) and the key to answer. When phones must prove
+//! their device ([`Tokens`]), the token (`&token=T`) is checked as the request line is read, so
+//! it is never kept.
 
 use crate::head::{has_token, header, LineReader, Step};
 use crate::page;
 
 use base64::Engine as _;
+use device_token::PublicKey;
 use sha1::{Digest, Sha1};
 use trunk::phone::{device_id, DeviceId};
 
@@ -33,11 +36,24 @@ pub struct Upgrade {
     pub key: [u8; KEY_LEN],
 }
 
+/// How phones prove which device they are: a device token signed by the operator's key for the
+/// device id they name (docs/SECURITY.md), checked at the upgrade.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens<'k> {
+    /// The operator's public key (`aggregator device public-key`).
+    pub key: &'k PublicKey,
+    /// Now, in Unix seconds, if the gateway knows the time (the host build); a board without a
+    /// clock checks the signature and the device only, not the expiry.
+    pub now: Option<u64>,
+}
+
 /// Why a request is refused: each is answered with its status and closes the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// 400: malformed request line or header, bad key, device id too long.
     BadRequest(&'static str),
+    /// 401: no device id, or no valid device token for it (the reason says which).
+    Unauthorized(&'static str),
     /// 404: not `/ws` nor a file of the phone page.
     NotFound,
     /// 405: not `GET`.
@@ -65,6 +81,7 @@ impl Refusal {
     fn parts(&self) -> (&'static str, &'static str, &'static str) {
         match self {
             Self::BadRequest(why) => ("400 Bad Request", "", why),
+            Self::Unauthorized(why) => ("401 Unauthorized", "WWW-Authenticate: Bearer\r\n", why),
             Self::NotFound => {
                 ("404 Not Found", "", "the phone page is at /; phones connect to /ws?device=ID")
             }
@@ -197,6 +214,8 @@ pub struct RequestParser {
 #[derive(Debug, Clone)]
 struct Fields {
     first_error: Option<Refusal>,
+    /// Why the phone's device token was not accepted (answered 401 after every other check).
+    unauthorized: Option<&'static str>,
     /// The page file asked for (`None`: the request is for `/ws`).
     page: Option<&'static page::File>,
     /// Whether `Accept-Encoding` names gzip (`None`: no such header, so any encoding will do).
@@ -216,6 +235,7 @@ impl RequestParser {
             seen_request_line: false,
             fields: Fields {
                 first_error: None,
+                unauthorized: None,
                 page: None,
                 gzip: None,
                 device: None,
@@ -227,8 +247,9 @@ impl RequestParser {
         }
     }
 
-    /// Reads bytes of the request. Once it returns other than [`Parsed::More`], it is done.
-    pub fn feed(&mut self, data: &[u8]) -> Parsed {
+    /// Reads bytes of the request, checking an upgrade's device token with `tokens` (`None`:
+    /// phones are not asked for one). Once it returns other than [`Parsed::More`], it is done.
+    pub fn feed(&mut self, data: &[u8], tokens: Option<Tokens<'_>>) -> Parsed {
         let mut used = 0;
         while used < data.len() {
             match self.lines.feed(&data[used..]) {
@@ -246,7 +267,7 @@ impl RequestParser {
                 if truncated {
                     return Parsed::Refuse(Refusal::UriTooLong);
                 }
-                self.fields.first_error = self.fields.request_line(line);
+                self.fields.first_error = self.fields.request_line(line, tokens);
             } else if line.is_empty() {
                 return match self.fields.finish() {
                     Ok(Request::Upgrade(upgrade)) => Parsed::Upgrade { upgrade, consumed: used },
@@ -263,7 +284,7 @@ impl RequestParser {
 }
 
 impl Fields {
-    fn request_line(&mut self, line: &[u8]) -> Option<Refusal> {
+    fn request_line(&mut self, line: &[u8], tokens: Option<Tokens<'_>>) -> Option<Refusal> {
         let mut parts = line.split(|&b| b == b' ');
         let (Some(method), Some(target), Some(version), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -293,6 +314,12 @@ impl Fields {
             Ok(device) => self.device = device,
             Err(_) => return Some(Refusal::BadRequest("device id longer than 32 bytes")),
         }
+        // The same check, with the same answers, as the aggregator's for a direct phone. Done
+        // here, where the token is at hand (it is not kept), answered once the request is
+        // otherwise a valid upgrade (`finish`).
+        let device = self.device.as_ref().map(|d| d.as_slice());
+        let admitted = tokens.map_or(Ok(()), |t| t.key.admit(device, device_token::from_query(query), t.now));
+        self.unauthorized = admitted.err();
         None
     }
 
@@ -345,6 +372,9 @@ impl Fields {
             return Err(Refusal::UnsupportedVersion);
         }
         let key = self.key.ok_or(Refusal::BadRequest("missing Sec-WebSocket-Key"))?;
+        if let Some(why) = self.unauthorized {
+            return Err(Refusal::Unauthorized(why));
+        }
         Ok(Request::Upgrade(Upgrade { device: self.device, key }))
     }
 }
@@ -358,11 +388,12 @@ enum Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::head::MAX_LINE_LEN;
 
     const GOOD: &[u8] = b"GET /ws?device=phone-7 HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nUser-Agent: ";
 
     fn parse(req: &[u8]) -> Parsed {
-        RequestParser::new(4096).feed(req)
+        RequestParser::new(4096).feed(req, None)
     }
 
     fn good_with(tail: &[u8]) -> std::vec::Vec<u8> {
@@ -387,7 +418,7 @@ mod tests {
         let mut p = RequestParser::new(4096);
         let mut result = Parsed::More;
         for (i, b) in req.iter().enumerate() {
-            result = p.feed(core::slice::from_ref(b));
+            result = p.feed(core::slice::from_ref(b), None);
             if result != Parsed::More {
                 assert_eq!(i, req.len() - 3);
                 break;
@@ -414,10 +445,13 @@ mod tests {
             assert_eq!(r.status(), *status, "{:?}", core::str::from_utf8(req));
         }
         let mut long = b"GET /ws?".to_vec();
-        long.extend_from_slice(&[b'a'; 200]);
+        long.extend_from_slice(&[b'a'; MAX_LINE_LEN]);
         long.extend_from_slice(b" HTTP/1.1\r\n\r\n");
         assert_eq!(parse(&long), Parsed::Refuse(Refusal::UriTooLong));
-        assert_eq!(RequestParser::new(100).feed(&good_with(b"\r\n")), Parsed::Refuse(Refusal::TooLarge));
+        assert_eq!(
+            RequestParser::new(100).feed(&good_with(b"\r\n"), None),
+            Parsed::Refuse(Refusal::TooLarge)
+        );
     }
 
     #[test]
@@ -444,10 +478,57 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_needs_a_valid_token_for_its_own_device_when_tokens_are_required() {
+        let issuer = device_token::SigningKey::from_seed(&[7; 32]);
+        let key = issuer.public_key();
+        let now = 1_800_000_000;
+        let tokens = Some(Tokens { key: &key, now: Some(now) });
+        let upgrade = |target: &str, tokens| {
+            let req = std::format!("GET {target} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+            match RequestParser::new(4096).feed(req.as_bytes(), tokens) {
+                Parsed::Upgrade { upgrade, .. } => Ok(upgrade.device.unwrap()),
+                Parsed::Refuse(r) => Err((r.status(), r.parts().2)),
+                other => panic!("{other:?}"),
+            }
+        };
+        // The longest device id, percent-encoded all through, with its token: the line fits.
+        let device = "d".repeat(32);
+        let token = issuer.token(device.as_bytes(), now + 60).unwrap();
+        let encoded: std::string::String = device.bytes().map(|b| std::format!("%{b:02X}")).collect();
+        let ok = upgrade(&std::format!("/ws?device={encoded}&token={token}"), tokens);
+        assert_eq!(ok.map(|d| d.as_slice().to_vec()), Ok(device.as_bytes().to_vec()));
+
+        let other = issuer.token(b"someone-else", now + 60).unwrap();
+        let expired = issuer.token(device.as_bytes(), now - 1).unwrap();
+        let forged =
+            device_token::SigningKey::from_seed(&[8; 32]).token(device.as_bytes(), now + 60).unwrap();
+        for (query, why) in [
+            (std::format!("device={device}"), "a device token is required (?token=)"),
+            (std::format!("device={device}&token=junk"), "the device token is malformed"),
+            (std::format!("device={device}&token={other}"), "the device token is not valid for this device"),
+            (std::format!("device={device}&token={forged}"), "the device token is not valid for this device"),
+            (std::format!("device={device}&token={expired}"), "the device token expired"),
+            (std::format!("token={token}"), "a device id is required (?device=)"),
+        ] {
+            assert_eq!(upgrade(&std::format!("/ws?{query}"), tokens), Err((401, why)), "{query}");
+        }
+        // A board without a clock checks the signature and the device, not the expiry.
+        let no_clock = Some(Tokens { key: &key, now: None });
+        assert!(upgrade(&std::format!("/ws?device={device}&token={expired}"), no_clock).is_ok());
+        assert!(upgrade(&std::format!("/ws?device={device}&token={other}"), no_clock).is_err());
+        // Not required: no token needed; the page never needs one.
+        assert!(upgrade(&std::format!("/ws?device={device}"), None).is_ok());
+        let page = RequestParser::new(4096).feed(b"GET / HTTP/1.1\r\n\r\n", tokens);
+        assert!(matches!(page, Parsed::Page(_)), "{page:?}");
+    }
+
+    #[test]
     fn every_answer_fits() {
         let mut out = [0; MAX_ANSWER_LEN];
         let all = [
             Refusal::BadRequest("device id longer than 32 bytes"),
+            Refusal::Unauthorized("the device token is not valid for this device"),
+            Refusal::Unauthorized("a device id is required (?device=)"),
             Refusal::NotFound,
             Refusal::MethodNotAllowed,
             Refusal::UriTooLong,
@@ -473,8 +554,8 @@ mod tests {
         fn any_bytes_in_any_pieces_never_panic(data: std::vec::Vec<u8>, cut in 0usize..64) {
             let mut p = RequestParser::new(512);
             let cut = cut.min(data.len());
-            if p.feed(&data[..cut]) == Parsed::More {
-                p.feed(&data[cut..]);
+            if p.feed(&data[..cut], None) == Parsed::More {
+                p.feed(&data[cut..], None);
             }
         }
     }

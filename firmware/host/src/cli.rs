@@ -60,6 +60,19 @@ pub struct Identity {
     /// Trunk links to the aggregator (1 to 8). Default: 2.
     #[arg(long, env = "HOLDFAST_LINKS")]
     pub links: Option<u8>,
+    /// The operator's device-token public key, 64 hex digits (`aggregator device public-key`):
+    /// phones prove their device with a token it signed (`/ws?device=ID&token=T`).
+    #[arg(long, env = "HOLDFAST_DEVICE_PUBLIC_KEY")]
+    pub device_public_key: Option<String>,
+}
+
+/// Whether phones must prove which device they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhoneAuth {
+    /// A valid device token for the device named, or 401 (needs the device public key).
+    Required,
+    /// Any phone may count bytes for any device id: only for trusted test networks.
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +116,10 @@ pub struct Serve {
     #[arg(long, env = "HOLDFAST_IO_BATCH_US", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub io_batch_us: u64,
+    /// Whether phones must prove their device with a token (`required` needs
+    /// --device-public-key, from the command line or the provisioning block).
+    #[arg(long, env = "HOLDFAST_PHONE_AUTH", value_enum, default_value_t = PhoneAuth::Required)]
+    pub phone_auth: PhoneAuth,
     /// Seconds between status lines in the log (0: none).
     #[arg(long, default_value_t = 10)]
     pub status_interval_s: u64,

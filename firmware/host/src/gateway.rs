@@ -9,13 +9,13 @@ use embassy_executor::Spawner;
 use embassy_time::{Duration, Instant, Timer};
 use gateway_core::hub::PhoneWaker;
 use gateway_core::link::LinkBuffers;
-use gateway_core::phone::Phones;
+use gateway_core::phone::{DeviceAuth, Phones};
 use gateway_core::upgrade::RequestParser;
 use gateway_core::{Hub, PhoneConfig, TrunkConfig};
 use rand_core::{OsRng, RngCore};
 use trunk::gateway::{GatewayConfig, Identity, SessionSlot, MAX_LINKS};
 
-use crate::cli::{Serve, StackKind};
+use crate::cli::{PhoneAuth, Serve, StackKind};
 use crate::identity::Provisioned;
 
 /// What every task shares, leaked once at start: the gateway lives as long as the process.
@@ -61,9 +61,24 @@ pub fn start(spawner: Spawner, settings: &Serve) -> Result<()> {
         ..PhoneConfig::default()
     }));
     let parsers = Box::leak((0..PARSERS).map(|_| RefCell::new(RequestParser::new(0))).collect());
+    let auth = match (settings.phone_auth, p.device_key) {
+        (PhoneAuth::Off, _) => {
+            tracing::warn!("--phone-auth off: any phone may count bytes for any device id");
+            None
+        }
+        (PhoneAuth::Required, None) => bail!(
+            "phones must prove their device: give --device-public-key (the output of `aggregator device \
+             public-key`), or --phone-auth off on a trusted test network"
+        ),
+        (PhoneAuth::Required, Some(key)) => {
+            let key = device_token::PublicKey::from_bytes(&key)
+                .map_err(|_| anyhow::anyhow!("the device public key is not an Ed25519 key"))?;
+            Some(DeviceAuth { key: Box::leak(Box::new(key)), clock: unix_now })
+        }
+    };
     let parts = Parts {
         hub,
-        phones: Box::leak(Box::new(Phones::new(hub, phone_config, parsers))),
+        phones: Box::leak(Box::new(Phones::new(hub, phone_config, auth, parsers))),
         trunk: Box::leak(Box::new(TrunkConfig::new(
             p.aggregator,
             String::leak(p.server_name.clone()),
@@ -90,6 +105,11 @@ pub fn start(spawner: Spawner, settings: &Serve) -> Result<()> {
     spawner.spawn(status(parts.hub, settings.status_interval_s)?);
     spawner.spawn(shutdown(parts.hub)?);
     Ok(())
+}
+
+/// Now in Unix seconds: the host knows the time, so a token's expiry is checked.
+fn unix_now() -> Option<u64> {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
 /// One heap-allocated set of link buffers (41 KiB each).

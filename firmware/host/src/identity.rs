@@ -20,6 +20,8 @@ pub struct Provisioned {
     pub aggregator: std::net::SocketAddr,
     pub server_name: String,
     pub links: u8,
+    /// The operator's device-token public key, if given.
+    pub device_key: Option<[u8; 32]>,
 }
 
 impl Provisioned {
@@ -72,6 +74,15 @@ impl Provisioned {
                 .or(from_block.map(|p| p.server_name.to_owned()))
                 .unwrap_or_else(|| "localhost".into()),
             links: flags.links.or(from_block.map(|p| p.links)).unwrap_or(2),
+            device_key: match (&flags.device_public_key, &from_block) {
+                (Some(hex), _) => Some(
+                    device_token::PublicKey::from_hex(hex)
+                        .context("--device-public-key must be an Ed25519 public key, 64 hex digits")?
+                        .to_bytes(),
+                ),
+                (None, Some(p)) => p.device_key,
+                (None, None) => None,
+            },
         })
     }
 }
@@ -91,11 +102,15 @@ pub fn write_block(args: &Provision) -> Result<()> {
         ca_der: &p.ca_der,
         seed: if args.seed { &seed } else { &[] },
         links: p.links,
+        device_key: p.device_key,
     };
     let mut out = vec![0u8; 16 * 1024];
     let n = block.write(&mut out).map_err(|e| anyhow::anyhow!("provisioning block: {e:?}"))?;
     write_private(&args.output, &out[..n]).with_context(|| format!("writing {}", args.output.display()))?;
     println!("wrote {} ({n} bytes) for gateway {} -> {}", args.output.display(), p.gateway_id, p.aggregator);
+    if p.device_key.is_none() {
+        println!("no --device-public-key: this board will not ask phones to prove their device");
+    }
     Ok(())
 }
 

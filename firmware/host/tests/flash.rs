@@ -31,6 +31,7 @@ async fn flash_writes_the_block_a_board_boots_with_and_says_when_there_is_no_pro
             .arg(agg.ca())
             .args(["--aggregator", &Qemu::aggregator(&agg), "--server-name", "localhost", "--block"])
             .arg(&block)
+            .args(["--device-public-key", &agg.device_public_key()])
             .args(extra)
             .env("HOLDFAST_GATEWAY_BIN", gateway_binary())
             .output()
@@ -54,9 +55,11 @@ async fn flash_writes_the_block_a_board_boots_with_and_says_when_there_is_no_pro
     let out = flash(&["--no-flash"]);
     assert!(out.status.success(), "flash --no-flash: {}", String::from_utf8_lossy(&out.stderr));
 
-    // The block is the gateway: the board boots with it and its trunks come up as site-flash.
+    // The block is the gateway: the board boots with it and its trunks come up as site-flash,
+    // asking phones for tokens checked with the operator's key.
     let qemu = Qemu::start(&block, None);
     qemu.wait_for("provisioned, sha256", Duration::from_secs(600));
     qemu.wait_for("gateway site-flash up", Duration::from_secs(60));
     qemu.wait_for("trunk link 0: TLS 1.3 and WebSocket up", Duration::from_secs(60));
+    assert!(!qemu.logged("phones are not asked to prove their device"), "the block has the device key");
 }

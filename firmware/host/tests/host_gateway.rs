@@ -18,7 +18,7 @@ async fn python_phones_through_the_gateway_reach_postgres_exactly() {
     gw.wait_links_up(2);
     // 40 phones, 20 to 59 bytes each: binary, text and fragmented messages; each waits until the
     // gateway tells it all of its bytes are durable.
-    let sent = python_phones(&gw.base_url(), "py", 40, 20);
+    let sent = python_phones(&agg, &gw.base_url(), "py", 40, 20);
     assert_eq!(sent.len(), 40);
     let persisted = wait_totals(&agg, "py-", &sent).await;
     assert_eq!(persisted, sent, "what Postgres holds is exactly what the phones sent");
@@ -26,9 +26,10 @@ async fn python_phones_through_the_gateway_reach_postgres_exactly() {
 
 type Phone = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(gw: &Gateway, device: &str) -> Phone {
-    let (ws, _) =
-        tokio_tungstenite::connect_async(format!("{}/ws?device={device}", gw.base_url())).await.unwrap();
+/// A phone for `device` with its device token, as the operator issued it.
+async fn connect(agg: &Aggregator, gw: &Gateway, device: &str) -> Phone {
+    let url = format!("{}/ws?device={device}&token={}", gw.base_url(), agg.device_token(device));
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     ws
 }
 
@@ -59,7 +60,7 @@ async fn an_aggregator_restart_disconnects_no_phone_and_loses_nothing() {
     gw.wait_links_up(2);
     let mut phones = Vec::new();
     for i in 0..20 {
-        phones.push(connect(&gw, &format!("rs-{i}")).await);
+        phones.push(connect(&agg, &gw, &format!("rs-{i}")).await);
     }
     let mut sent = BTreeMap::new();
     for (i, ws) in phones.iter_mut().enumerate() {
@@ -139,14 +140,15 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
         &["--capacity", "3", "--handshake-timeout-ms", &handshake_timeout_ms],
     );
     gw.wait_links_up(2);
-    let mut healthy = connect(&gw, "healthy").await;
+    let mut healthy = connect(&agg, &gw, "healthy").await;
     healthy.send(Message::binary(vec![1u8; 3])).await.unwrap();
     wait_durable(&mut healthy, 3).await;
 
     // Capacity 3: the healthy phone and two more fit, the fourth gets 503.
-    let a = connect(&gw, "a").await;
-    let b = connect(&gw, "b").await;
-    let err = tokio_tungstenite::connect_async(format!("{}/ws?device=c", gw.base_url())).await.unwrap_err();
+    let a = connect(&agg, &gw, "a").await;
+    let b = connect(&agg, &gw, "b").await;
+    let c = format!("{}/ws?device=c&token={}", gw.base_url(), agg.device_token("c"));
+    let err = tokio_tungstenite::connect_async(c).await.unwrap_err();
     assert!(err.to_string().contains("503"), "{err}");
     drop((a, b));
     // Their sessions are freed once the aggregator acknowledges the closes (a flush or two).
@@ -177,12 +179,13 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
     );
 
     // Oversized and unmasked frames close that phone with 1009 and 1002.
-    let mut big = connect(&gw, "big").await;
+    let mut big = connect(&agg, &gw, "big").await;
     big.send(Message::binary(vec![0u8; 5000])).await.unwrap();
     let close = big.next().await;
     assert!(matches!(&close, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::Size), "{close:?}");
-    let upgrade = b"GET /ws?device=unmasked HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x82\x01\x07";
-    let answer = raw(&gw, upgrade).await;
+    let mut upgrade = format!("GET /ws?device=unmasked&token={} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", agg.device_token("unmasked")).into_bytes();
+    upgrade.extend_from_slice(b"\x82\x01\x07");
+    let answer = raw(&gw, &upgrade).await;
     assert!(answer.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&answer));
     assert!(answer.ends_with(&[0x88, 0x02, 0x03, 0xea]), "close 1002: {answer:x?}");
 
@@ -236,6 +239,8 @@ async fn a_tls_record_larger_than_the_protocol_allows_drops_the_link_with_a_clea
     gw.wait_links_up(1);
     let mut phones = std::process::Command::new(support::process::workspace_binary("mobile-sim"))
         .args(["phones", "--target", &format!("{}/ws", gw.base_url()), "--phones", "3000"])
+        .arg("--device-key")
+        .arg(agg.device_key_file())
         .args(["--rate", "3000", "-C", "256", "--min-interval", "50ms", "--max-interval", "100ms"])
         .args(["--duration", "30s", "--device-prefix", "records-", "--quiet"])
         .stdout(std::process::Stdio::null())
@@ -248,4 +253,77 @@ async fn a_tls_record_larger_than_the_protocol_allows_drops_the_link_with_a_clea
     let _ = phones.kill();
     let _ = phones.wait();
     assert!(seen.is_ok(), "the link was not dropped for the oversized record");
+}
+
+/// A phone proves which device it is (#12): without a valid token for its own device it gets 401
+/// with the reason, and the bytes it sent along with its request are never counted. The same
+/// gateway counts a phone with its token, and `--phone-auth off` is the only way to run without
+/// the operator's key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phone_needs_a_token_for_its_own_device_at_the_gateway() {
+    let Some(agg) = Aggregator::start(Kind::Postgres, &[]).await else { return };
+    let gw = Gateway::start(&agg, "site-tokens", &[]);
+    gw.wait_links_up(2);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let issuer =
+        device_token::SigningKey::from_hex(&std::fs::read_to_string(agg.device_key_file()).unwrap()).unwrap();
+    let forged = device_token::SigningKey::generate().token(b"mine", now + 3600).unwrap();
+    let expired = issuer.token(b"mine", now - 1).unwrap();
+    let theirs = agg.device_token("theirs");
+    for (query, status, reason) in [
+        ("device=mine".to_owned(), "401 Unauthorized", "a device token is required (?token=)"),
+        ("device=mine&token=12.x".to_owned(), "401 Unauthorized", "the device token is malformed"),
+        (
+            format!("device=mine&token={theirs}"),
+            "401 Unauthorized",
+            "the device token is not valid for this device",
+        ),
+        (
+            format!("device=mine&token={forged}"),
+            "401 Unauthorized",
+            "the device token is not valid for this device",
+        ),
+        (format!("device=mine&token={expired}"), "401 Unauthorized", "the device token expired"),
+        (format!("token={theirs}"), "401 Unauthorized", "a device id is required (?device=)"),
+    ] {
+        // The request and a 3-byte message in one write: were it let in, the bytes would count.
+        let mut request = format!("GET /ws?{query} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").into_bytes();
+        request.extend_from_slice(&[0x82, 0x83, 0, 0, 0, 0, 1, 2, 3]);
+        let answer = String::from_utf8_lossy(&raw(&gw, &request).await).into_owned();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{query}: {answer}");
+        assert!(answer.contains("WWW-Authenticate: Bearer"), "{query}: {answer}");
+        assert!(answer.ends_with(&format!("\r\n\r\n{reason}\n")), "{query}: {answer}");
+    }
+    // The control: the same bytes with the device's own token are counted.
+    let mut ok = connect(&agg, &gw, "mine-ok").await;
+    ok.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    wait_durable(&mut ok, 3).await;
+    // Flushes ran since (the control's bytes are durable): nothing was counted for "mine".
+    let store = agg.store().await;
+    assert_eq!(store.device_totals("mine-ok").await.unwrap(), vec![("mine-ok".to_owned(), 3)]);
+    assert_eq!(
+        store.device_totals("mine").await.unwrap(),
+        vec![("mine-ok".to_owned(), 3)],
+        "only the control"
+    );
+    assert_eq!(store.device_totals("theirs").await.unwrap(), vec![]);
+    drop(gw);
+
+    // Without the key the gateway does not start, unless told phones are not checked.
+    let out = std::process::Command::new(support::gateway_binary())
+        .args(["--id", "site-tokens", "--secret", "00", "--ca"])
+        .arg(agg.ca())
+        .args(["--aggregator", &agg.addr.to_string(), "--listen", "127.0.0.1:0"])
+        .env_remove("HOLDFAST_DEVICE_PUBLIC_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--device-public-key"), "{stderr}");
+    let open = Gateway::start(&agg, "site-open", &["--phone-auth", "off"]);
+    open.wait_links_up(2);
+    let (mut anyone, _) =
+        tokio_tungstenite::connect_async(format!("{}/ws?device=anyone", open.base_url())).await.unwrap();
+    anyone.send(Message::binary(vec![9u8])).await.unwrap();
+    wait_durable(&mut anyone, 1).await;
 }

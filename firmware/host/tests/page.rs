@@ -76,7 +76,7 @@ async fn the_gateway_serves_the_aggregators_phone_page_compressed() {
 /// would, stops it, and checks that what it showed durable is exactly what Postgres holds.
 async fn the_page_counts_bytes_durable(agg: &Aggregator, page: &str, device: &str) {
     let b = Browser::start_trusting(PHONE, Trust::Nothing, &["127.0.0.1"]);
-    b.goto(&format!("{page}/?device={device}&min=0.1&max=0.3"));
+    b.goto(&format!("{page}/?device={device}&token={}&min=0.1&max=0.3", agg.device_token(device)));
     assert_eq!(b.eval("return document.title"), "holdfast phone");
     // How long the page took (for docs/benchmarks.md; never asserted): the load and each file.
     let timing = b.eval(

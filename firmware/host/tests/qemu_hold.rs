@@ -50,6 +50,8 @@ async fn the_qemu_board_holds_every_phone_it_was_built_for_and_counts_them_exact
         ])
         .arg("--database-url")
         .arg(agg.database_url.as_deref().expect("a Postgres aggregator"))
+        .arg("--device-key")
+        .arg(agg.device_key_file())
         .output()
         .expect("mobile-sim");
     let status = qemu.last("status:");

@@ -109,6 +109,7 @@ async fn phones_through_embassy_net_on_a_tap_device_are_counted_exactly() {
     ])
     .args(["--listen", "0.0.0.0:9000", "--aggregator", &format!("{AGGREGATOR}:8443")])
     .args(["--id", "site-tap", "--secret", &secret])
+    .args(["--device-public-key", &support::process::device_public_key(data.path())])
     .arg("--ca")
     .arg(&ca);
     let gw = Gateway::spawn(c, format!("{GATEWAY}:9000").parse().unwrap());
@@ -119,6 +120,7 @@ async fn phones_through_embassy_net_on_a_tap_device_are_counted_exactly() {
     let out = ns
         .command("python3")
         .args([script, &format!("ws://{GATEWAY}:9000"), "tap", "24", "10", "60"])
+        .env("PHONE_TOKENS", support::phone_tokens(data.path(), "tap", 24))
         .output()
         .unwrap();
     assert!(out.status.success(), "phones: {}", String::from_utf8_lossy(&out.stderr));

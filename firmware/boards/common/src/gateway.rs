@@ -17,11 +17,11 @@ use embassy_net::Stack;
 use embassy_time::Timer;
 use gateway_core::hub::PhoneWaker;
 use gateway_core::link::LinkBuffers;
-use gateway_core::phone::Phones;
+use gateway_core::phone::{DeviceAuth, Phones};
 use gateway_core::provision::Provisioning;
 use gateway_core::upgrade::RequestParser;
 use gateway_core::{Hub, PhoneConfig, TrunkConfig};
-use log::{error, info};
+use log::{error, info, warn};
 use rand_core::RngCore;
 use static_cell::{ConstStaticCell, StaticCell};
 use trunk::gateway::{GatewayConfig, Identity, SessionSlot};
@@ -44,8 +44,9 @@ pub const PHONE_RX: usize = 96;
 /// once (in three pieces, each written as room frees), then frames of at most 34 bytes (durable
 /// totals, close) and pongs (a ping's payload, up to 125 bytes, is echoed as it streams).
 pub const PHONE_TX: usize = 64;
-/// Upgrade requests read at once: each borrows a request parser (about 200 bytes) for the few
-/// milliseconds its request takes, instead of every phone carrying one for hours.
+/// Upgrade requests read at once: each borrows a request parser (360 bytes: a request line
+/// with a device token is up to 234 bytes) for the few milliseconds its request takes, instead of
+/// every phone carrying one for hours.
 pub const PARSERS: usize = 8;
 /// Each trunk socket's TCP buffers (TLS records are buffered by embedded-tls, not here).
 pub const TRUNK_RX: usize = 2048;
@@ -101,8 +102,22 @@ pub async fn run(spawner: Spawner, stack: Stack<'static>, rng: Drbg, block: &'st
     static PHONE_CONFIG: PhoneConfig = PhoneConfig::DEFAULT;
     static PARSER_POOL: ConstStaticCell<[RefCell<RequestParser>; PARSERS]> =
         ConstStaticCell::new([const { RefCell::new(RequestParser::new(0)) }; PARSERS]);
+    // Phones prove their device with a token signed by the operator's key, when the block has the
+    // key. The board has no clock: the signature and the device are checked, not the expiry.
+    static DEVICE_KEY: StaticCell<device_token::PublicKey> = StaticCell::new();
+    let auth = match p.device_key.map(|k| device_token::PublicKey::from_bytes(&k)) {
+        Some(Ok(key)) => Some(DeviceAuth { key: DEVICE_KEY.init(key), clock: || None }),
+        Some(Err(_)) => loop {
+            error!("provisioning block rejected: its device key is not an Ed25519 public key");
+            Timer::after_secs(60).await;
+        },
+        None => {
+            warn!("no device key provisioned: phones are not asked to prove their device");
+            None
+        }
+    };
     static PHONES_SHARED: StaticCell<Phones<'static, 'static>> = StaticCell::new();
-    let phones_shared = PHONES_SHARED.init(Phones::new(hub, &PHONE_CONFIG, PARSER_POOL.take()));
+    let phones_shared = PHONES_SHARED.init(Phones::new(hub, &PHONE_CONFIG, auth, PARSER_POOL.take()));
 
     static TRUNK_BUFFERS: ConstStaticCell<TcpBuffers<LINKS, TRUNK_TX, TRUNK_RX>> =
         ConstStaticCell::new(TcpBuffers::new());

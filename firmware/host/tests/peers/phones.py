@@ -5,20 +5,26 @@ Each of N phones connects to BASE/ws?device=PREFIX-i, sends its bytes as a mix o
 binary messages, one-byte text messages and fragmented messages, pings with a 125-byte payload
 (the largest a control frame may carry: more than a board's phone send buffer, so the pong is
 echoed in pieces) and waits for the pong, then waits until the gateway says {"durable": n} with n
-equal to everything it sent. Prints one JSON line
+equal to everything it sent. Each phone's device token, if the environment's PHONE_TOKENS (a JSON
+object, device id to token) has one, goes with it (`&token=T`). Prints one JSON line
 {"sent": {device: bytes}} and exits 0, or exits 1 if a phone was not told all its bytes durable
 within the timeout.
 """
 import asyncio
 import json
+import os
 import sys
 
 import websockets
 
 
+TOKENS = json.loads(os.environ.get("PHONE_TOKENS") or "{}")
+
+
 async def phone(base, device, n, timeout):
     sent = 0
-    async with websockets.connect(f"{base}/ws?device={device}", max_size=None) as ws:
+    token = f"&token={TOKENS[device]}" if device in TOKENS else ""
+    async with websockets.connect(f"{base}/ws?device={device}{token}", max_size=None) as ws:
         k = 0
         while sent < n:
             kind = k % 3

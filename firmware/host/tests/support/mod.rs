@@ -59,6 +59,7 @@ impl Gateway {
             .arg("--ca")
             .arg(agg.ca())
             .args(["--aggregator", &agg.addr.to_string(), "--listen", &listen.to_string()])
+            .args(["--device-public-key", &agg.device_public_key()])
             .args(["--status-interval-s", "1"])
             .args(extra);
         Self::spawn(c, listen)
@@ -121,11 +122,32 @@ impl Drop for Gateway {
     }
 }
 
-/// Runs the Python `websockets` phones (tests/peers/phones.py) and returns what each sent.
-pub fn python_phones(base: &str, prefix: &str, phones: usize, each: usize) -> BTreeMap<String, u64> {
+/// Device tokens for phones `PREFIX-0` to `PREFIX-(n-1)` from the key in the aggregator's data
+/// folder `data`, as the JSON object tests/peers/phones.py reads from `PHONE_TOKENS`.
+pub fn phone_tokens(data: &std::path::Path, prefix: &str, n: usize) -> String {
+    let tokens: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| {
+            let device = format!("{prefix}-{i}");
+            let token = process::device_token(data, &device);
+            (device, token.into())
+        })
+        .collect();
+    serde_json::Value::Object(tokens).to_string()
+}
+
+/// Runs the Python `websockets` phones (tests/peers/phones.py), each with its device token from
+/// `agg`, and returns what each sent.
+pub fn python_phones(
+    agg: &Aggregator,
+    base: &str,
+    prefix: &str,
+    phones: usize,
+    each: usize,
+) -> BTreeMap<String, u64> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/phones.py");
     let out = Command::new("python3")
         .args([script, base, prefix, &phones.to_string(), &each.to_string(), "60"])
+        .env("PHONE_TOKENS", phone_tokens(agg.data_dir(), prefix, phones))
         .output()
         .expect("python3 (scripts/install-deps.sh installs it with the websockets package)");
     assert!(out.status.success(), "python phones failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -32,7 +32,8 @@ impl Qemu {
             .args(["provision", "--id", name, "--secret", &hex, "--seed"])
             .arg("--ca")
             .arg(agg.ca())
-            .args(["--aggregator", &Self::aggregator(agg), "--server-name", "localhost", "-o"])
+            .args(["--aggregator", &Self::aggregator(agg), "--server-name", "localhost"])
+            .args(["--device-public-key", &agg.device_public_key(), "-o"])
             .arg(&prov)
             .status()
             .unwrap();
