@@ -38,6 +38,16 @@ impl TestCa {
         Served { chain_pem: pem, key_pem: key.serialize_pem() }
     }
 
+    /// A server certificate for `names`, signed by this CA itself, that expired in 2021.
+    pub fn server_expired(&self, names: &[&str]) -> Served {
+        let mut params = leaf_params(names);
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let key = KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
+        Served { chain_pem: cert.pem(), key_pem: key.serialize_pem() }
+    }
+
     /// A server certificate for `names` that this CA did not sign: it was signed by another
     /// certificate this CA issued to someone (not a CA). The chain holds both; a verifier that
     /// checks only signatures along the chain, not basicConstraints, accepts it.

@@ -1,7 +1,7 @@
 //! The trunk's WebSocket client handshake (RFC 6455 section 4.1): the request a gateway sends to
 //! the aggregator's `/trunk`, and the check of its answer.
 
-use crate::head::{has_token, header, LineReader, Step};
+use crate::head::{has_token, header, http_date, LineReader, Step};
 use crate::upgrade::{accept_key, KEY_LEN};
 use base64::Engine as _;
 
@@ -66,6 +66,7 @@ pub struct ResponseParser {
     status_seen: bool,
     accept_ok: bool,
     protocol_ok: bool,
+    date: Option<u64>,
 }
 
 impl ResponseParser {
@@ -78,7 +79,14 @@ impl ResponseParser {
             status_seen: false,
             accept_ok: false,
             protocol_ok: false,
+            date: None,
         }
+    }
+
+    /// The answer's `Date` (Unix seconds), if it had one: the aggregator's time, as authenticated
+    /// as the rest of its answer (a board without a clock learns the time from it).
+    pub fn date(&self) -> Option<u64> {
+        self.date
     }
 
     /// Reads bytes of the answer.
@@ -107,6 +115,8 @@ impl ResponseParser {
                     self.accept_ok = value == self.expected_accept;
                 } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
                     self.protocol_ok = has_token(value, self.protocol.as_bytes());
+                } else if name.eq_ignore_ascii_case(b"date") {
+                    self.date = http_date(value);
                 }
             }
             self.lines.next_line();
@@ -137,9 +147,10 @@ mod tests {
         let accept = accept_key(&key);
         let mut answer = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nsec-websocket-protocol: trunk.v1\r\nsec-websocket-accept: ".to_vec();
         answer.extend_from_slice(&accept);
-        answer.extend_from_slice(b"\r\n\r\n\x82\x05");
+        answer.extend_from_slice(b"\r\ndate: Thu, 03 Dec 2026 10:53:13 GMT\r\n\r\n\x82\x05");
         let mut p = ResponseParser::new(&key, "trunk.v1");
         assert_eq!(p.feed(&answer), Response::Switched { consumed: answer.len() - 2 });
+        assert_eq!(p.date(), Some(1_796_295_193), "the aggregator's time");
         let mut p = ResponseParser::new(&key, "trunk.v1");
         assert!(matches!(p.feed(b"HTTP/1.1 503 Service Unavailable\r\n"), Response::Failed(_)));
         let mut p = ResponseParser::new(&key, "trunk.v1");

@@ -88,9 +88,51 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
+/// Unix seconds of an HTTP date in the IMF-fixdate form every server sends
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 section 5.6.7); `None` for anything else.
+pub fn http_date(value: &[u8]) -> Option<u64> {
+    let [_, _, _, b',', b' ', d1, d2, b' ', m1, m2, m3, b' ', y1, y2, y3, y4, b' ', h1, h2, b':', n1, n2, b':', s1, s2, b' ', b'G', b'M', b'T'] =
+        *value
+    else {
+        return None;
+    };
+    let num = |digits: &[u8]| {
+        digits.iter().try_fold(0u64, |n, &d| d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0')))
+    };
+    const MONTHS: [&[u8; 3]; 12] =
+        [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
+    let month = MONTHS.iter().position(|m| **m == [m1, m2, m3])? as u64 + 1;
+    let (year, day) = (num(&[y1, y2, y3, y4])?, num(&[d1, d2])?);
+    let (hour, minute, second) = (num(&[h1, h2])?, num(&[n1, n2])?, num(&[s1, s2])?);
+    if year < 1970 || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (the proleptic Gregorian calendar, years from March, so
+    // that the leap day is the last day of a year).
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (era, year_of_era) = (y / 400, y % 400);
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = (era * 146_097 + day_of_era).checked_sub(719_468)?;
+    Some(days * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_read_as_unix_seconds() {
+        assert_eq!(http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(http_date(b"Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(http_date(b"Thu, 03 Dec 2026 10:53:13 GMT"), Some(1_796_295_193));
+        assert_eq!(http_date(b"Tue, 29 Feb 2028 23:59:59 GMT"), Some(1_835_481_599));
+        assert_eq!(http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"), None, "only IMF-fixdate");
+        assert_eq!(http_date(b"Sun, 06 Nov 1994 08:49:37 UTC"), None);
+        assert_eq!(http_date(b"Sun, 06 Xyz 1994 08:49:37 GMT"), None);
+        assert_eq!(http_date(b"Sun, 06 Nov 19x4 08:49:37 GMT"), None);
+        assert_eq!(http_date(b""), None);
+    }
 
     #[test]
     fn lines_split_across_reads_and_long_lines_are_cut() {

@@ -11,6 +11,7 @@ use core::task::{Poll, Waker};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::blocking_mutex::Mutex;
 use embassy_sync::waitqueue::WakerRegistration;
+use embassy_time::Instant;
 use trunk::frame::{CloseReason, NONCE_LEN};
 use trunk::gateway::{
     Gateway, GatewayConfig, Identity, LinkError, LinkPhase, OpenError, SessionId, SessionSlot, MAX_LINKS,
@@ -49,6 +50,8 @@ struct Inner<'a> {
     links: [WakerRegistration; MAX_LINKS],
     stats: Stats,
     stopping: bool,
+    /// The aggregator's time (Unix seconds) when a link last came up, and our time then.
+    wall_clock: Option<(u64, Instant)>,
 }
 
 /// The trunk state machine and the wakers of the tasks that drive it.
@@ -87,6 +90,7 @@ impl<'a> Hub<'a> {
                 links: core::array::from_fn(|_| WakerRegistration::new()),
                 stats: Stats::default(),
                 stopping: false,
+                wall_clock: None,
             })),
         })
     }
@@ -111,6 +115,19 @@ impl<'a> Hub<'a> {
     /// The number of trunk links.
     pub fn link_count(&self) -> usize {
         self.with(|i| i.gateway.link_count())
+    }
+
+    /// The aggregator's time (Unix seconds, from its authenticated upgrade answer): a board
+    /// without a clock keeps time from it (see [`Hub::unix_now`]).
+    pub fn set_wall_clock(&self, unix_secs: u64) {
+        self.with(|i| i.wall_clock = Some((unix_secs, Instant::now())));
+    }
+
+    /// Now in Unix seconds, as learnt from the aggregator (to the second, drifting with the
+    /// board's clock until a link comes up again); `None` before any link has come up.
+    pub fn unix_now(&self) -> Option<u64> {
+        let (unix, at) = self.with(|i| i.wall_clock)?;
+        Some(unix + Instant::now().saturating_duration_since(at).as_secs())
     }
 
     // ----- phones -----

@@ -22,6 +22,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+// The host build's system clock (feature `std`, see `tls::Clock`).
+#[cfg(feature = "std")]
+extern crate std;
+
 pub mod client;
 pub mod config;
 pub mod head;

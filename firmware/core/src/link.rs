@@ -163,7 +163,10 @@ where
         )?;
         upgrade(&mut tls, config.server_name, rng).await
     };
-    with_timeout(timeout, handshake).await.map_err(|_| LinkDown::Timeout)??;
+    // The aggregator's time, if its answer had a Date: a board has no other clock.
+    if let Some(unix) = with_timeout(timeout, handshake).await.map_err(|_| LinkDown::Timeout)?? {
+        hub.set_wall_clock(unix);
+    }
     let mut nonce = [0u8; trunk::frame::NONCE_LEN];
     rng.borrow_mut().fill_bytes(&mut nonce);
     hub.connected(link, now_ms(), nonce);
@@ -182,13 +185,14 @@ where
     result
 }
 
-/// The WebSocket upgrade over TLS. The answer is read a byte at a time from TLS's decrypted
-/// buffer, so not one byte of the first frame after it is taken.
+/// The WebSocket upgrade over TLS: the time in the aggregator's answer (its `Date`), if any. The
+/// answer is read a byte at a time from TLS's decrypted buffer, so not one byte of the first
+/// frame after it is taken.
 async fn upgrade<S: Read<Error = TlsError> + Write, R: RngCore>(
     tls: &mut S,
     host: &str,
     rng: &RefCell<R>,
-) -> Result<(), LinkDown> {
+) -> Result<Option<u64>, LinkDown> {
     let mut random = [0u8; 16];
     rng.borrow_mut().fill_bytes(&mut random);
     let key = client::key(random);
@@ -205,7 +209,7 @@ async fn upgrade<S: Read<Error = TlsError> + Write, R: RngCore>(
         }
         match parser.feed(&byte) {
             Response::More => {}
-            Response::Switched { .. } => return Ok(()),
+            Response::Switched { .. } => return Ok(parser.date()),
             Response::Failed(why) => return Err(LinkDown::Upgrade(why)),
         }
     }

@@ -55,8 +55,9 @@ pub enum Outcome {
 
 /// Phones must prove which device they are (docs/SECURITY.md): a device token signed with the
 /// operator's key, checked at the upgrade against `key`; `clock` tells the time for the token's
-/// expiry (Unix seconds), or `None` on a board without a clock (the signature and the device are
-/// still checked).
+/// expiry (Unix seconds), or `None` on a board without a clock: it then uses the aggregator's
+/// time from the last link that came up ([`Hub::unix_now`]), and before any did, checks the
+/// signature and the device only.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceAuth<'a> {
     /// The operator's public key (`aggregator device public-key`; a board's provisioning block).
@@ -102,9 +103,10 @@ impl<'a, 'h> Phones<'a, 'h> {
         Self { hub, config, auth, parsers }
     }
 
-    /// What the request parser checks tokens with, now.
+    /// What the request parser checks tokens with, now: the gateway's clock, or else the time
+    /// the aggregator last told (a board has no clock of its own).
     fn tokens(&self) -> Option<Tokens<'a>> {
-        self.auth.map(|auth| Tokens { key: auth.key, now: (auth.clock)() })
+        self.auth.map(|auth| Tokens { key: auth.key, now: (auth.clock)().or_else(|| self.hub.unix_now()) })
     }
 
     /// A free parser, reset; `None` while all are taken.

@@ -7,7 +7,7 @@ use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::mutex::Mutex;
 use embedded_io_async::{ErrorType, Read, Write};
 use embedded_tls::pki::CertVerifier;
-use embedded_tls::{Aes128GcmSha256, Certificate, CryptoProvider, NoClock, TlsError, TlsVerifier};
+use embedded_tls::{Aes128GcmSha256, Certificate, CryptoProvider, TlsError, TlsVerifier};
 use rand_core::{CryptoRng, RngCore};
 
 /// Largest server certificate message the verifier keeps while checking the handshake. The
@@ -91,10 +91,31 @@ impl<R: RngCore> RngCore for SharedRng<'_, R> {
 
 impl<R: CryptoRng> CryptoRng for SharedRng<'_, R> {}
 
+/// The clock certificates' validity periods are checked against: the system's on the host build
+/// (feature `std`), none on a board (it has no wall clock: validity periods are not checked there;
+/// the pinned CA is the trust).
+#[cfg(feature = "std")]
+pub type Clock = SystemClock;
+/// See the `std` build's [`Clock`].
+#[cfg(not(feature = "std"))]
+pub type Clock = embedded_tls::NoClock;
+
+/// The system's time, in Unix seconds (the host build).
+#[cfg(feature = "std")]
+#[derive(Debug)]
+pub struct SystemClock;
+
+#[cfg(feature = "std")]
+impl embedded_tls::TlsClock for SystemClock {
+    fn now() -> Option<u64> {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(since.as_secs())
+    }
+}
+
 /// Verifies the aggregator against the pinned CA (and the configured server name), with the
 /// gateway's random source. The aggregator signs with ECDSA P-256 / SHA-256, which embedded-tls
-/// verifies without an allocator. There is no clock on a board: certificate validity periods are not
-/// checked; the pinned CA is the trust.
+/// verifies without an allocator. Validity periods are checked where there is a [`Clock`].
 pub struct Provider<'a, R> {
     rng: SharedRng<'a, R>,
     verifier: LeafOnly<'a>,
@@ -106,7 +127,7 @@ pub struct Provider<'a, R> {
 /// certificate for the aggregator's name; with the leaf alone, only the CA's own signature counts.
 /// (The aggregator's self-made CA signs its certificate directly; a deployment with an
 /// intermediate pins the intermediate.)
-pub struct LeafOnly<'a>(CertVerifier<'a, Aes128GcmSha256, NoClock, MAX_SERVER_CERT_LEN>);
+pub struct LeafOnly<'a>(CertVerifier<'a, Aes128GcmSha256, Clock, MAX_SERVER_CERT_LEN>);
 
 impl core::fmt::Debug for LeafOnly<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

@@ -196,7 +196,8 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
     assert_eq!(persisted["healthy"], 5);
 }
 
-/// The pinned CA must have signed the aggregator's certificate itself (#12, M5). A certificate
+/// The pinned CA must have signed the aggregator's certificate itself, and on the host build the
+/// certificate must be within its validity period (#12, M5). A certificate
 /// for the aggregator's name signed by another certificate the CA issued to someone (not a CA)
 /// passes a verifier that checks only the signatures along the chain; the gateway refuses it.
 /// The control: the same CA signing the certificate directly brings the links up.
@@ -206,6 +207,8 @@ async fn only_a_certificate_the_pinned_ca_signed_itself_is_trusted() {
     for (case, served) in [
         ("signed by the CA", ca.server(&["localhost"])),
         ("signed by a leaf under the CA", ca.server_signed_by_a_leaf(&["localhost"])),
+        // The host build checks validity periods against its clock (#12 M5; a board has none).
+        ("signed by the CA, expired", ca.server_expired(&["localhost"])),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));

@@ -22,16 +22,34 @@ async fn phones_through_the_qemu_board_reach_postgres_exactly() {
 
     // The board checks device tokens with the key in its provisioning block: a phone without
     // one is refused (the bytes it sent with its request are never counted).
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", qemu.port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    s.write_all(b"GET /ws?device=qemu-nobody HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\x82\x81\0\0\0\0\x01").unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{answer}");
-    assert!(answer.ends_with("a device token is required (?token=)\n"), "{answer}");
+    // It has no clock, yet refuses an expired token: it keeps the time the aggregator's
+    // authenticated upgrade answer told it (its Date).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let issuer =
+        device_token::SigningKey::from_hex(&std::fs::read_to_string(agg.device_key_file()).unwrap()).unwrap();
+    let expired = issuer.token(b"qemu-late", now - 60).unwrap();
+    for (query, reason) in [
+        ("device=qemu-nobody".to_owned(), "a device token is required (?token=)"),
+        (format!("device=qemu-late&token={expired}"), "the device token expired"),
+    ] {
+        let answer = refused(qemu.port, &query);
+        assert!(answer.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{query}: {answer}");
+        assert!(answer.ends_with(&format!("{reason}\n")), "{query}: {answer}");
+    }
     drop(qemu);
     let after = wait_totals(&agg, "qemu-", &sent).await;
     assert_eq!(after, sent, "nothing was counted for the phone without a token");
+}
+
+/// An upgrade to `/ws?QUERY` with a 1-byte message after it (counted, were it let in); the answer.
+fn refused(port: u16, query: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut request = format!("GET /ws?{query} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").into_bytes();
+    request.extend_from_slice(&[0x82, 0x81, 0, 0, 0, 0, 1]);
+    s.write_all(&request).unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
 }
