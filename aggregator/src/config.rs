@@ -130,6 +130,14 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_DEVICE_KEY")]
     pub device_key: Option<PathBuf>,
 
+    /// A code the phone page may present to enrol itself (`POST /api/enrol` with
+    /// "Authorization: Bearer CODE", or a link `/?enrol=CODE`): it gets a new device of its own,
+    /// a random device id and its token (as `device token` makes them). It can never name an
+    /// existing device, so the code lets phones join but not add bytes to anyone's device.
+    /// Empty (the default): enrolment is off, /api/enrol answers 404.
+    #[arg(long, env = "HOLDFAST_ENROLMENT_CODE", default_value = "", hide_env_values = true)]
+    pub enrolment_code: String,
+
     /// Processes sharing the port (SO_REUSEPORT). Each holds at most --max-phones phones: use more
     /// when the open-file limit of one process is the bound.
     #[arg(long, env = "HOLDFAST_WORKERS", default_value_t = 1)]

@@ -1,5 +1,6 @@
 //! Phones prove which device they are: the operator's device-token key, the `aggregator device`
-//! command that issues tokens, and the check at a direct phone's upgrade. The token format and
+//! command that issues tokens, enrolment (`--enrolment-code`: a phone page gets a new device of
+//! its own), and the check at a direct phone's upgrade. The token format and
 //! its verification are the `device-token` crate's, shared with the gateways.
 //!
 //! The key is an Ed25519 seed in a file (`--device-key`, default `DATA_DIR/device-token.key`,
@@ -79,6 +80,54 @@ pub fn demo_link(s: &Settings) -> anyhow::Result<Option<(String, String)>> {
     let token =
         key.token(device.as_bytes(), unix_now() + DEMO_VALIDITY.as_secs()).expect("a short device id");
     Ok(Some((device, token)))
+}
+
+/// Enrolment (`--enrolment-code`): whoever shows the code gets a new device, never an existing
+/// one, so the code cannot be used to add bytes to anyone's device.
+pub struct Enrolment {
+    code: String,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Enrolment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Enrolment")
+    }
+}
+
+/// A device made by [`Enrolment::enrol`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub device: String,
+    pub token: String,
+    /// Unix seconds.
+    pub expires: u64,
+}
+
+impl Enrolment {
+    /// Enrolment as the settings say: `None` without a code (or with `--phone-auth off`, where a
+    /// device needs no token).
+    pub fn from_settings(s: &Settings) -> anyhow::Result<Option<Self>> {
+        if s.enrolment_code.is_empty() || s.phone_auth == PhoneAuth::Off {
+            return Ok(None);
+        }
+        if s.enrolment_code.len() < 16 {
+            anyhow::bail!("--enrolment-code must be at least 16 characters: it is all that guards enrolment");
+        }
+        Ok(Some(Self { code: s.enrolment_code.clone(), key: load_or_create(&key_path(s))? }))
+    }
+
+    /// A new device for whoever shows `code`: a random id (`web-` and 96 random bits) and its
+    /// token, valid for [`DEFAULT_VALIDITY`]; the refusal's text if the code is wrong.
+    pub fn enrol(&self, code: &str) -> Result<Enrolled, &'static str> {
+        if !crate::web::constant_time_eq(code.as_bytes(), self.code.as_bytes()) {
+            return Err("wrong enrolment code");
+        }
+        let device = format!("web-{:024x}", rand::random::<u128>() >> 32);
+        let expires = unix_now() + DEFAULT_VALIDITY.as_secs();
+        let token = self.key.token(device.as_bytes(), expires).expect("28 bytes is a short device id");
+        Ok(Enrolled { device, token, expires })
+    }
 }
 
 /// `aggregator device ...`.

@@ -154,6 +154,7 @@ pub async fn route(
             }
         }
         "/ca.crt" => ca_certificate(&shared),
+        "/api/enrol" => enrol(&shared, &req),
         "/favicon.ico" => {
             let mut r = text(StatusCode::NO_CONTENT, "");
             r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("max-age=86400"));
@@ -182,6 +183,39 @@ fn ca_certificate(shared: &Shared) -> Response<Body> {
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     r
+}
+
+/// `POST /api/enrol` with "Authorization: Bearer CODE": a new device of the caller's own and its
+/// token, as JSON (`--enrolment-code`).
+fn enrol(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let Some(enrolment) = &shared.enrolment else {
+        return text(StatusCode::NOT_FOUND, "enrolment is off (--enrolment-code)\n");
+    };
+    if req.method() != http::Method::POST {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+        r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
+    let code = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    match enrolment.enrol(code) {
+        Ok(e) => {
+            tracing::info!(device = %e.device, "a phone enrolled");
+            let mut r = json(
+                serde_json::json!({"device": e.device, "token": e.token, "expires": e.expires}).to_string(),
+            );
+            r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(reason) => {
+            shared.metrics.refuse("bad enrolment code");
+            denied(StatusCode::UNAUTHORIZED, reason)
+        }
+    }
 }
 
 async fn devices(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {

@@ -179,6 +179,7 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
     let store = open_store(&s).await?;
     info!(store = store.kind(), "store ready, migrations applied");
     let phone_key = devices::verifier(&s)?;
+    let enrolment = devices::Enrolment::from_settings(&s)?;
     if phone_key.is_none() {
         warn!("--phone-auth off: phones are believed; anyone can add bytes to any device");
     }
@@ -212,6 +213,7 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
     let grace = s.shutdown_grace();
     let mut shared = state::Shared::new(s, store, stop_rx);
     shared.phone_key = phone_key;
+    shared.enrolment = enrolment;
     shared.ca_pem = ca.map(|ca| ca.pem.into());
     let shared = Arc::new(shared);
     let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx.clone()));

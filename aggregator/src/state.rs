@@ -53,6 +53,8 @@ pub struct Shared {
     pub access: crate::web::Access,
     /// Checks direct phones' device tokens; `None` with `--phone-auth off`.
     pub phone_key: Option<device_token::PublicKey>,
+    /// `--enrolment-code`: phone pages may get devices of their own (`/api/enrol`).
+    pub enrolment: Option<crate::devices::Enrolment>,
     /// Becomes true when the process begins to shut down.
     pub shutdown: watch::Receiver<bool>,
     /// The CA certificate (PEM) offered to phones at `/ca.crt`, if any (see `--ca-cert`).
@@ -154,6 +156,7 @@ impl Shared {
             dashboard: Dashboard::new(&settings),
             access: crate::web::Access::of(&settings),
             phone_key: None,
+            enrolment: None,
             settings,
             store,
             metrics,

@@ -98,7 +98,7 @@ impl Access {
 
 /// Compares without an early exit, so the time taken does not tell how much of a guess was right
 /// (the length may show; tokens should be long and random).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -109,6 +109,44 @@ async fn the_phone_page_sends_over_wss_and_shows_what_is_durable() {
     assert_eq!((last[5], last[6]), ("0.1", "0.3"), "the pause setting is logged");
 }
 
+/// An enrolment link (`/?enrol=CODE`): the page gets a device of its own from the aggregator and
+/// counts with it; the code leaves the address bar.
+#[tokio::test]
+async fn an_enrolment_link_gives_the_page_a_device_of_its_own() {
+    if !browser::available() {
+        return;
+    }
+    let _one = ONE_BROWSER.lock().await;
+    const CODE: &str = "enrol-browser-0123456789";
+    let Some(agg) = Aggregator::start(Kind::Postgres, &["--enrolment-code", CODE]).await else { return };
+    let b = trusting(&agg, PHONE);
+    b.goto(&page_url(&agg, "/?enrol=wrong-code-0123456789"));
+    let refused = b.wait_for("the refusal", Duration::from_secs(30), |b| {
+        let msg = b.read("#msg", "textContent");
+        msg.as_str().filter(|m| !m.is_empty()).map(str::to_owned)
+    });
+    assert_eq!(refused, "Enrolment refused: wrong enrolment code");
+    b.goto(&page_url(&agg, &format!("/?enrol={CODE}&min=0.1&max=0.3")));
+    let device = b.wait_for("enrolled", Duration::from_secs(30), |b| {
+        let msg = b.read("#msg", "textContent");
+        let msg = msg.as_str()?;
+        msg.strip_prefix("Enrolled: this phone is ").map(|d| d.trim_end_matches('.').to_owned())
+    });
+    assert!(device.starts_with("web-"), "{device}");
+    assert_eq!(b.read("#device", "value"), device.as_str());
+    assert_eq!(b.eval("return location.search"), "", "the code left the address bar");
+    b.click("#run");
+    b.wait_for("3 bytes durable", Duration::from_secs(60), |b| b.number("#durable").filter(|&n| n >= 3));
+    b.click("#run");
+    b.wait_for("stopped", Duration::from_secs(30), |b| {
+        (b.read("#state", "dataset.state") == "stopped").then_some(())
+    });
+    let sent = b.number("#sent").unwrap();
+    assert_eq!(b.number("#durable"), Some(sent));
+    let totals = agg.store().await.device_totals(&device).await.unwrap();
+    assert_eq!(totals, vec![(device.clone(), sent)], "the database holds what the enrolled page sent");
+}
+
 #[tokio::test]
 async fn the_phone_page_reconnects_when_the_server_comes_back() {
     if !browser::available() {

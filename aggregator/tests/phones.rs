@@ -297,3 +297,69 @@ async fn a_phone_needs_a_token_for_its_own_device() {
     ws.send(Message::binary(vec![1u8; 2])).await.unwrap();
     assert_eq!(wait_durable(&mut ws, 2).await, 2);
 }
+
+/// A raw HTTPS request (`METHOD /api/enrol` with these header lines); the status and the body.
+async fn https(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    method: &str,
+    headers: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tls(addr, ca).await;
+    let request = format!(
+        "{method} /api/enrol HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n{headers}\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.ok();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// `--enrolment-code`: whoever shows the code gets a new device of their own and its token, which
+/// a phone then uses; never an existing device (each answer names a fresh random one). A wrong
+/// or missing code gets 401 and is counted; without the setting the endpoint is not there.
+#[tokio::test]
+async fn the_enrolment_code_gets_a_phone_a_new_device_of_its_own() {
+    const CODE: &str = "enrol-0123456789abcdef";
+    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--enrolment-code", CODE]).await else { return };
+    let (ca, addr) = (agg.ca(), agg.addr);
+    assert_eq!(https(addr, &ca, "POST", "").await, (401, "wrong enrolment code\n".into()));
+    let wrong = https(addr, &ca, "POST", "Authorization: Bearer enrol-0123456789abcdeX\r\n").await;
+    assert_eq!(wrong, (401, "wrong enrolment code\n".into()));
+    assert_eq!(https(addr, &ca, "GET", &format!("Authorization: Bearer {CODE}\r\n")).await.0, 405);
+    let mut devices = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = https(addr, &ca, "POST", &format!("Authorization: Bearer {CODE}\r\n")).await;
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let (device, token) =
+            (v["device"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned());
+        assert!(device.starts_with("web-") && device.len() == 28, "{device}");
+        assert!(v["expires"].as_u64().unwrap() > 1_800_000_000);
+        let mut ws = websocket(addr, &ca, &format!("/ws?device={device}&token={token}"), None).await.unwrap();
+        ws.send(Message::binary(vec![1u8; 3])).await.unwrap();
+        assert_eq!(wait_durable(&mut ws, 3).await, 3);
+        devices.push(device);
+    }
+    assert_ne!(devices[0], devices[1], "every enrolment is a new device");
+    let metrics = support::clients::metrics_text(addr, &ca).await;
+    assert!(metrics.contains("bad enrolment code"), "refusals are counted");
+
+    // Off unless set; and a code too short to guard anything is refused at start.
+    let Some(off) = Aggregator::start(Kind::Sqlite, &[]).await else { return };
+    let (status, body) =
+        https(off.addr, &off.ca(), "POST", &format!("Authorization: Bearer {CODE}\r\n")).await;
+    assert_eq!((status, body.as_str()), (404, "enrolment is off (--enrolment-code)\n"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aggregator"))
+        .arg("--data-dir")
+        .arg(off.data_dir())
+        .args(["--enrolment-code", "short", "--listen", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 characters"));
+}

@@ -92,6 +92,8 @@
     s.device = device;
   }
   if (q.get('token')) s.token = q.get('token').slice(0, 128);
+  // An enrolment link (/?enrol=CODE, from the operator) gets this phone a device of its own.
+  const enrolCode = q.get('enrol') || '';
   // A link's server (a ws:// or wss:// URL) holds for this visit only and is not remembered:
   // a link from anyone must not send this phone's later visits to another server. The settings
   // form shows it; changing the server there makes it the phone's own choice.
@@ -743,11 +745,35 @@
   // The run in progress: its length and screen-off time move on between rows.
   setInterval(() => { if (!document.hidden && s.run) renderRuns(); }, 10000);
 
+  // Enrolment: this server (the aggregator that served the page) makes a new device id and its
+  // token for whoever shows the operator's code (POST /api/enrol; a gateway's page has no such
+  // endpoint). The code leaves the address bar at once; a refusal is shown, and the page goes on
+  // with the device it had.
+  async function enrol(code) {
+    history.replaceState(null, '', location.pathname);
+    try {
+      const r = await fetch('/api/enrol', {
+        method: 'POST', headers: { Authorization: 'Bearer ' + code }, cache: 'no-store',
+      });
+      const body = await r.text();
+      if (!r.ok) { message('Enrolment refused: ' + body.trim()); return; }
+      const got = JSON.parse(body);
+      s.device = got.device;
+      s.token = got.token;
+      save(true);
+      fillInputs();
+      message('Enrolled: this phone is ' + got.device + '.');
+    } catch (e) {
+      message('Enrolment failed: ' + e.message);
+    }
+  }
+
   fillInputs();
   renderBattery();
   renderLog();
   renderRuns();
   scheduleLog();
   render();
-  if (s.running) { record('page load'); holdWake(); connect(); }
+  const carryOn = () => { if (s.running) { record('page load'); holdWake(); connect(); } };
+  if (enrolCode) enrol(enrolCode).then(carryOn); else carryOn();
 })();
