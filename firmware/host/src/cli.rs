@@ -86,6 +86,13 @@ pub struct Serve {
     /// open-file limit (each phone is a socket): run several gateways beyond about 19,000.
     #[arg(long, env = "HOLDFAST_CAPACITY", default_value_t = 10_000)]
     pub capacity: usize,
+    /// The certificate chain (PEM) phones see: with it (and --phone-tls-key) phones connect over
+    /// TLS 1.3 (`wss://`, and the page over https). Kernel stack only.
+    #[arg(long, env = "HOLDFAST_PHONE_TLS_CERT", requires = "phone_tls_key")]
+    pub phone_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --phone-tls-cert.
+    #[arg(long, env = "HOLDFAST_PHONE_TLS_KEY", requires = "phone_tls_cert")]
+    pub phone_tls_key: Option<PathBuf>,
     /// The network stack.
     #[arg(long, value_enum, default_value = "kernel")]
     pub stack: StackKind,

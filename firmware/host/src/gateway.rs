@@ -42,6 +42,9 @@ pub fn start(spawner: Spawner, settings: &Serve) -> Result<()> {
     {
         bail!("--capacity must be 1..={}", crate::kernel::MAX_PHONE_TASKS - crate::kernel::OVERFLOW);
     }
+    if settings.stack == StackKind::Tap && settings.phone_tls_cert.is_some() {
+        bail!("--phone-tls-cert works with --stack kernel only");
+    }
     if p.links == 0 || usize::from(p.links) > MAX_LINKS {
         bail!("--links must be 1..={MAX_LINKS}");
     }

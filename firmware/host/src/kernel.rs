@@ -3,8 +3,11 @@
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use ::gateway::runtime::net::{Stack, TcpSocket};
-use anyhow::Result;
+use ::gateway::runtime::tls::TlsSocket;
+use anyhow::{Context as _, Result};
 use edge_nal::{TcpAccept, TcpBind};
 use embassy_executor::Spawner;
 use embassy_time::Timer;
@@ -22,17 +25,43 @@ pub const OVERFLOW: usize = 64;
 
 pub fn start(spawner: Spawner, parts: Parts, settings: &Serve) -> Result<()> {
     let listener = std::net::TcpListener::bind(settings.listen)?;
-    tracing::info!(listen = %settings.listen, "phones connect to ws://{}/ws?device=ID", settings.listen);
     drop(listener); // only a check that the address is free, with a clear error before starting
-    spawner.spawn(acceptor(spawner, settings.listen, parts.phones)?);
+    let tls = match (&settings.phone_tls_cert, &settings.phone_tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    tracing::info!(listen = %settings.listen, "phones connect to {scheme}://{}/ws?device=ID&token=T", settings.listen);
+    spawner.spawn(acceptor(spawner, settings.listen, parts.phones, tls)?);
     for link in 0..parts.links {
         spawner.spawn(trunk_link(parts, link, link_buffers())?);
     }
     Ok(())
 }
 
+/// TLS 1.3 only, with the certificate chain and key the gateway was given (PEM files).
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("--phone-tls-cert {}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("--phone-tls-key {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_protocol_versions(&[&rustls::version::TLS13])
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the phones' certificate and key")?;
+    Ok(Arc::new(config))
+}
+
 #[embassy_executor::task]
-async fn acceptor(spawner: Spawner, listen: SocketAddr, phones: &'static Phones<'static, 'static>) {
+async fn acceptor(
+    spawner: Spawner,
+    listen: SocketAddr,
+    phones: &'static Phones<'static, 'static>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let stack = Stack;
     let acceptor = match stack.bind(listen).await {
         Ok(a) => a,
@@ -43,10 +72,21 @@ async fn acceptor(spawner: Spawner, listen: SocketAddr, phones: &'static Phones<
     };
     loop {
         match acceptor.accept().await {
-            Ok((_, socket)) => match phone(socket, phones) {
-                Ok(token) => spawner.spawn(token),
-                Err(_) => tracing::warn!("no phone task free: connection dropped"),
-            },
+            Ok((_, socket)) => {
+                let spawned = match &tls {
+                    None => phone(socket, phones).map(|token| spawner.spawn(token)),
+                    Some(config) => match TlsSocket::new(socket, config.clone()) {
+                        Ok(socket) => tls_phone(socket, phones).map(|token| spawner.spawn(token)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TLS for a phone failed");
+                            continue;
+                        }
+                    },
+                };
+                if spawned.is_err() {
+                    tracing::warn!("no phone task free: connection dropped");
+                }
+            }
             Err(e) => {
                 // Out of file descriptors, most likely: wait for phones to leave.
                 tracing::warn!(error = %e, "accept failed");
@@ -60,6 +100,14 @@ async fn acceptor(spawner: Spawner, listen: SocketAddr, phones: &'static Phones<
 async fn phone(mut socket: TcpSocket, phones: &'static Phones<'static, 'static>) {
     let outcome = gateway_core::phone::serve(&mut socket, phones).await;
     tracing::debug!(?outcome, "phone connection ended");
+}
+
+/// A phone over TLS (`--phone-tls-cert`): the same core, over [`TlsSocket`]. A pool of its own
+/// (reserved, untouched until used), as the task's type differs.
+#[embassy_executor::task(pool_size = MAX_PHONE_TASKS)]
+async fn tls_phone(mut socket: TlsSocket, phones: &'static Phones<'static, 'static>) {
+    let outcome = gateway_core::phone::serve(&mut socket, phones).await;
+    tracing::debug!(?outcome, "phone connection (TLS) ended");
 }
 
 #[embassy_executor::task(pool_size = trunk::gateway::MAX_LINKS)]

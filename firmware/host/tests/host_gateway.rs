@@ -330,3 +330,64 @@ async fn a_phone_needs_a_token_for_its_own_device_at_the_gateway() {
     anyone.send(Message::binary(vec![9u8])).await.unwrap();
     wait_durable(&mut anyone, 1).await;
 }
+
+/// Phones over TLS 1.3 to the host gateway (`--phone-tls-cert`, #12 item 2): mobile-sim phones
+/// over wss, every byte verified in Postgres; a phone that speaks plain ws gets nowhere. Prints
+/// the gateway's resident memory per held TLS phone (measured, not asserted: docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn phones_over_wss_through_the_gateway_are_counted_exactly() {
+    let Some(agg) = Aggregator::start(Kind::Postgres, &[]).await else { return };
+    let ca = support::pki::TestCa::new("gateway-phones");
+    let served = ca.server(&["127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca_pem) =
+        (dir.path().join("gw.pem"), dir.path().join("gw.key"), dir.path().join("ca.pem"));
+    std::fs::write(&cert, &served.chain_pem).unwrap();
+    std::fs::write(&key, &served.key_pem).unwrap();
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    let tls = ["--phone-tls-cert", cert.to_str().unwrap(), "--phone-tls-key", key.to_str().unwrap()];
+    let gw = Gateway::start(&agg, "site-wss", &tls);
+    gw.wait_links_up(2);
+
+    // Plain ws to the TLS port: no upgrade, nothing counted.
+    let plain = format!("ws://{}/ws?device=wss-plain&token={}", gw.listen, agg.device_token("wss-plain"));
+    assert!(tokio_tungstenite::connect_async(plain).await.is_err(), "a plain ws upgrade must fail");
+
+    // Few phones: a TLS handshake costs the (debug-built) gateway and mobile-sim milliseconds of
+    // CPU each; the release figures are in docs/benchmarks.md.
+    let phones: u64 = 100;
+    let rss_before = gw.rss_kib();
+    let prefix = format!("wss-{}-", std::process::id());
+    let sim = std::process::Command::new(support::process::workspace_binary("mobile-sim"))
+        .args(["phones", "--target", &format!("wss://{}/ws", gw.listen), "--ca"])
+        .arg(&ca_pem)
+        .arg("--device-key")
+        .arg(agg.device_key_file())
+        .args(["--phones", &phones.to_string(), "--rate", "100", "-C", "16", "--connect-timeout", "30s"])
+        .args(["--min-interval", "2s", "--max-interval", "6s", "--duration", "25s", "--drain-timeout", "30s"])
+        .args(["--device-prefix", &prefix, "--quiet", "--json", "--verify", "--database-url"])
+        .arg(agg.database_url.as_deref().expect("a Postgres aggregator"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mobile-sim");
+    // While they are held: the gateway's memory per phone.
+    let held = gw.wait_for(&format!("live={phones} "), 0, Duration::from_secs(60));
+    let rss_held = gw.rss_kib();
+    println!(
+        "gateway RSS {rss_before} KiB before, {rss_held} KiB with {phones} TLS phones held: {} B per phone (log line {held})",
+        (rss_held.saturating_sub(rss_before)) * 1024 / phones
+    );
+    let out = sim.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("mobile-sim printed no report ({e}): {stderr}"));
+    assert!(out.status.success(), "mobile-sim's verdict: {}\n{stderr}", report["failures"]);
+    let (c, b, v) = (&report["connections"], &report["bytes"], &report["verification"]);
+    assert_eq!(c["established"].as_u64(), Some(phones), "every phone connected over wss");
+    assert!(b["sent"].as_u64().unwrap_or(0) >= phones, "every phone sent at least a byte");
+    assert_eq!(b["durable"], b["sent"], "every byte told durable");
+    assert_eq!(v["devices_persisted"].as_u64(), Some(phones), "every device has its row in Postgres");
+    assert_eq!((v["lost_bytes"].as_u64(), v["double_counted_bytes"].as_u64()), (Some(0), Some(0)));
+    assert!(agg.store().await.device_totals("wss-plain").await.unwrap().is_empty());
+}

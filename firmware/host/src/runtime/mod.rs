@@ -23,6 +23,7 @@
 pub mod net;
 pub mod reactor;
 pub mod time;
+pub mod tls;
 pub mod wheel;
 
 use std::cell::Cell;

@@ -81,6 +81,11 @@ impl Listener {
 }
 
 impl TcpSocket {
+    /// The socket's file descriptor (registered with the reactor), for the TLS layer above it.
+    pub(super) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
     /// Adopts a connected socket (tests, and sockets made elsewhere).
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
