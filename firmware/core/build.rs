@@ -16,7 +16,10 @@ const FILES: &[(&str, &str, &str)] = &[
 ];
 
 fn main() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../aggregator/web");
+    // Read at run time, not with env!(): a build script's binary is reused by every checkout
+    // that shares the target folder (CI's clones do), and env! would keep the first one's path.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let web = Path::new(&manifest).join("../../aggregator/web");
     let out = std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR");
     let out = Path::new(&out);
     let mut table = String::from(
