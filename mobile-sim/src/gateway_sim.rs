@@ -192,7 +192,9 @@ pub async fn run_gateways(args: GatewaysArgs) -> anyhow::Result<ExitCode> {
     let deadline = drain_started + common.drain_timeout;
     phase_tx.send_replace(Phase::Drain { deadline });
     let done = || stats.done.load(Relaxed) >= g as u64;
-    let calm = monitor.drain_phase(deadline + CLOSE_GRACE, &mut interrupts, || stats.snapshot(), done).await;
+    let calm = monitor
+        .drain_phase("draining", deadline + CLOSE_GRACE, &mut interrupts, || stats.snapshot(), done)
+        .await;
     if !calm || !done() {
         phase_tx.send_replace(Phase::Stop);
     }
@@ -227,6 +229,8 @@ pub async fn run_gateways(args: GatewaysArgs) -> anyhow::Result<ExitCode> {
         end,
         run,
         drain: drain_started.elapsed(),
+        // A virtual gateway's drain ends with its sessions closed: there is no separate close.
+        close: Duration::ZERO,
         at_end_of_run,
         last: stats.snapshot(),
         histogram: stats.histogram(),
@@ -356,7 +360,7 @@ impl GatewaySim {
         loop {
             match *phase.borrow_and_update() {
                 Phase::Run => {}
-                Phase::Drain { deadline } => {
+                Phase::Drain { deadline } | Phase::Close { deadline } => {
                     if draining.is_none() {
                         let ms = deadline.saturating_duration_since(self.shared.start).as_millis() as u64;
                         draining = Some(ms);

@@ -40,9 +40,12 @@ const MAX_MESSAGE: usize = 64 * 1024;
 pub enum Phase {
     /// Connect and send.
     Run,
-    /// Stop sending; close each connection once the server confirmed all it was sent, or at the
-    /// deadline.
+    /// Stop sending; keep each connection open until the server confirmed all it was sent (or
+    /// the deadline). Nobody closes yet: a burst of closes would compete with the last
+    /// confirmations, and "durable after the stop" would measure the closes.
     Drain { deadline: Instant },
+    /// Close each connection once the server confirmed all it was sent, or at the deadline.
+    Close { deadline: Instant },
     /// Close now.
     Stop,
 }
@@ -156,13 +159,16 @@ pub struct PhaseCell {
 
 const RUN: u8 = 0;
 const DRAIN: u8 = 1;
-const STOP: u8 = 2;
+const CLOSE: u8 = 2;
+const STOP: u8 = 3;
 
 impl PhaseCell {
     pub fn get(&self) -> Phase {
+        let deadline = || self.deadline.get().copied().unwrap_or_else(Instant::now);
         match self.state.load(Acquire) {
             RUN => Phase::Run,
-            DRAIN => Phase::Drain { deadline: self.deadline.get().copied().unwrap_or_else(Instant::now) },
+            DRAIN => Phase::Drain { deadline: deadline() },
+            CLOSE => Phase::Close { deadline: deadline() },
             _ => Phase::Stop,
         }
     }
@@ -174,6 +180,10 @@ impl PhaseCell {
             Phase::Drain { deadline } => {
                 let _ = self.deadline.set(deadline);
                 DRAIN
+            }
+            Phase::Close { deadline } => {
+                let _ = self.deadline.set(deadline);
+                CLOSE
             }
             Phase::Stop => STOP,
         };
@@ -233,8 +243,23 @@ impl Fleet {
         self.shared.stats.done.load(Relaxed) >= self.len()
     }
 
+    /// Stops sending; connections stay open (see [`Phase::Drain`]).
     pub fn drain(&self, deadline: Instant) {
         self.shared.phase.set(Phase::Drain { deadline });
+    }
+
+    /// Every byte sent so far is confirmed durable (phones that gave up count as confirmed: the
+    /// verification judges their bytes).
+    pub fn settled(&self) -> bool {
+        let stats = &self.shared.stats;
+        stats.bytes_durable.load(Relaxed) >= stats.bytes_sent.load(Relaxed)
+    }
+
+    /// Closes each connection once its bytes are confirmed (or at the drain's deadline; now,
+    /// without a drain before).
+    pub fn close(&self) {
+        let deadline = self.shared.phase.deadline.get().copied().unwrap_or_else(Instant::now);
+        self.shared.phase.set(Phase::Close { deadline });
     }
 
     pub fn stop(&self) {
@@ -428,16 +453,16 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
         phase_changed.as_mut().enable();
         match shared.phase.get() {
             Phase::Run => {}
-            Phase::Drain { deadline } => {
+            Phase::Drain { deadline } | Phase::Close { deadline } => {
                 if !draining {
                     draining = true;
                     wake_at = Some(deadline);
                 }
+                if matches!(shared.phase.get(), Phase::Close { .. }) && session_durable >= session_sent {
+                    break Ended::Closed;
+                }
             }
             Phase::Stop => break Ended::Closed,
-        }
-        if draining && session_durable >= session_sent {
-            break Ended::Closed;
         }
         {
             let wake = tokio::time::Instant::from(wake_at.unwrap_or_else(far_future));
@@ -583,6 +608,11 @@ mod tests {
         assert_eq!(cell.get(), Phase::Drain { deadline });
         cell.set(Phase::Run);
         assert_eq!(cell.get(), Phase::Drain { deadline });
+        // The close keeps the drain's deadline.
+        cell.set(Phase::Close { deadline: deadline + Duration::from_secs(9) });
+        assert_eq!(cell.get(), Phase::Close { deadline });
+        cell.set(Phase::Drain { deadline });
+        assert_eq!(cell.get(), Phase::Close { deadline });
         cell.set(Phase::Stop);
         assert_eq!(cell.get(), Phase::Stop);
     }

@@ -34,7 +34,10 @@ pub struct Report {
     pub processes: u64,
     pub end: End,
     pub run_seconds: f64,
+    /// From the stop until every byte sent was confirmed durable (or the drain's deadline).
     pub drain_seconds: f64,
+    /// Then until every connection was closed.
+    pub close_seconds: f64,
     pub connections: Connections,
     pub connect_rate: ConnectRate,
     pub handshake_ms: Latency,
@@ -171,6 +174,7 @@ pub struct Parts {
     pub end: End,
     pub run: std::time::Duration,
     pub drain: std::time::Duration,
+    pub close: std::time::Duration,
     pub at_end_of_run: Snapshot,
     pub last: Snapshot,
     pub histogram: Histogram<u64>,
@@ -214,6 +218,7 @@ impl Report {
             end: p.end,
             run_seconds: p.run.as_secs_f64(),
             drain_seconds: p.drain.as_secs_f64(),
+            close_seconds: p.close.as_secs_f64(),
             connections: Connections {
                 attempted: s.attempts,
                 established: s.established,
@@ -304,8 +309,11 @@ impl Report {
             End::Messages => "all --messages sent",
             End::Interrupted => "interrupted",
         };
-        let _ =
-            writeln!(o, "run          {:.1} s ({end}), drain {:.1} s", self.run_seconds, self.drain_seconds);
+        let _ = writeln!(
+            o,
+            "run          {:.1} s ({end}); all durable {:.1} s after it, all closed {:.1} s later",
+            self.run_seconds, self.drain_seconds, self.close_seconds
+        );
         let c = &self.connections;
         let _ = writeln!(
             o,
@@ -545,6 +553,7 @@ mod tests {
             end: End::Duration,
             run: Duration::from_secs(22),
             drain: Duration::from_secs(1),
+            close: Duration::from_secs(1),
             at_end_of_run: Snapshot::default(),
             last: Snapshot::default(),
             histogram: crate::stats::new_histogram(),

@@ -216,10 +216,11 @@ impl Monitor {
         }
     }
 
-    /// The drain: until `finished()`, or `deadline`. Returns `false` when interrupted (the
-    /// caller then stops everything at once).
+    /// A phase of the end (`label`: draining, closing): until `finished()`, or `deadline`.
+    /// Returns `false` when interrupted (the caller then stops everything at once).
     pub async fn drain_phase(
         &mut self,
+        label: &str,
         deadline: Instant,
         interrupts: &mut Interrupts,
         mut snapshot: impl FnMut() -> Snapshot,
@@ -232,7 +233,7 @@ impl Monitor {
                 _ = interrupts.recv() => return false,
             }
             let snap = snapshot();
-            self.observe(&snap, "draining");
+            self.observe(&snap, label);
             if finished() || Instant::now() >= deadline {
                 return true;
             }

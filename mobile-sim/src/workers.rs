@@ -10,8 +10,11 @@
 //! - worker stdout: `{"type":"progress","snapshot":{...}}` twice a second, and at the end
 //!   `{"type":"final",...}` with its counters, memory, own CPU over its hold window, handshake
 //!   histogram and every device's totals;
-//! - worker stdin: `drain` (stop sending, drain, close) and `stop` (close now). When its stdin
-//!   closes (the parent is gone) a worker drains, then stops.
+//! - worker stdin: `drain` (stop sending, keep every connection open until its bytes are
+//!   confirmed durable; the progress lines then say `settled`), `close` (close each connection
+//!   once confirmed: the parent sends it when every worker is settled, so that one worker's
+//!   closes do not delay another's confirmations) and `stop` (close now). When its stdin closes
+//!   (the parent is gone) a worker drains and closes.
 
 use std::ffi::OsString;
 use std::process::{ExitCode, Stdio};
@@ -48,6 +51,9 @@ const SPARE_FILES: u64 = 64;
 enum FromWorker {
     Progress {
         snapshot: Snapshot,
+        /// It has stopped sending and every byte it sent is confirmed durable.
+        #[serde(default)]
+        settled: bool,
     },
     Final {
         snapshot: Snapshot,
@@ -107,6 +113,7 @@ pub async fn run_phones(args: PhonesArgs, files_limit: u64) -> anyhow::Result<Ex
         end: outcome.end,
         run: outcome.run,
         drain: outcome.drain,
+        close: outcome.close,
         at_end_of_run: outcome.at_end_of_run,
         last: outcome.last,
         histogram: outcome.histogram,
@@ -140,7 +147,10 @@ pub fn tls_for_verify(common: &crate::cli::CommonArgs) -> anyhow::Result<Option<
 struct Outcome {
     end: crate::run::End,
     run: Duration,
+    /// From the stop to every byte confirmed durable (or the drain's deadline).
     drain: Duration,
+    /// From then until every connection closed.
+    close: Duration,
     at_end_of_run: Snapshot,
     last: Snapshot,
     histogram: hdrhistogram::Histogram<u64>,
@@ -172,12 +182,25 @@ async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrup
         rss_held: held,
         held: at_end_of_run.connected,
     });
+    // The drain: nothing more is sent, every byte is confirmed (or the deadline passes); only
+    // then the closes, so that their burst does not delay the last confirmations.
     let drain_started = Instant::now();
     let deadline = drain_started + common.drain_timeout;
     fleet.drain(deadline);
-    let calm = monitor
-        .drain_phase(deadline + CLOSE_GRACE, interrupts, || stats.snapshot(), || fleet.is_done())
-        .await;
+    let calm =
+        monitor.drain_phase("draining", deadline, interrupts, || stats.snapshot(), || fleet.settled()).await;
+    let drain = drain_started.elapsed();
+    fleet.close();
+    let calm = calm
+        && monitor
+            .drain_phase(
+                "closing",
+                deadline + CLOSE_GRACE,
+                interrupts,
+                || stats.snapshot(),
+                || fleet.is_done(),
+            )
+            .await;
     if !calm || !fleet.is_done() {
         fleet.stop();
         let give_up = Instant::now() + CLOSE_GRACE;
@@ -188,7 +211,8 @@ async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrup
     Outcome {
         end,
         run,
-        drain: drain_started.elapsed(),
+        drain,
+        close: drain_started.elapsed() - drain,
         at_end_of_run,
         last: stats.snapshot(),
         histogram: stats.histogram(),
@@ -202,6 +226,7 @@ async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrup
 #[derive(Default)]
 struct WorkerState {
     latest: Snapshot,
+    settled: bool,
     done: Option<FromWorker>,
     exited: bool,
 }
@@ -244,8 +269,10 @@ async fn run_workers(
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<FromWorker>(&line) {
-                    Ok(FromWorker::Progress { snapshot }) => {
-                        states.lock().unwrap_or_else(|e| e.into_inner())[index].latest = snapshot;
+                    Ok(FromWorker::Progress { snapshot, settled }) => {
+                        let mut s = states.lock().unwrap_or_else(|e| e.into_inner());
+                        s[index].latest = snapshot;
+                        s[index].settled = settled;
                     }
                     Ok(done @ FromWorker::Final { .. }) => {
                         let mut s = states.lock().unwrap_or_else(|e| e.into_inner());
@@ -271,6 +298,13 @@ async fn run_workers(
     };
     let finished =
         || states.lock().unwrap_or_else(|e| e.into_inner()).iter().all(|w| w.exited || w.done.is_some());
+    let settled = || {
+        states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .all(|w| w.settled || w.exited || w.done.is_some())
+    };
 
     let phones = plan.total;
     let observed = || {
@@ -281,10 +315,16 @@ async fn run_workers(
     let end = monitor.run_phase(common.duration, common.messages.is_some(), interrupts, observed).await;
     let run = monitor.start.elapsed();
     let own_cpu = own_cpu.finish(&Snapshot::default(), 0);
+    // As in one process: every worker stops sending and waits for its confirmations; the closes
+    // begin when all of them are confirmed (or at the deadline), in every worker at once.
     let drain_started = Instant::now();
     send_all(&mut children, "drain").await;
-    let deadline = drain_started + common.drain_timeout + CLOSE_GRACE;
-    let calm = monitor.drain_phase(deadline, interrupts, snapshot, finished).await;
+    let deadline = drain_started + common.drain_timeout;
+    let calm = monitor.drain_phase("draining", deadline, interrupts, snapshot, settled).await;
+    let drain = drain_started.elapsed();
+    send_all(&mut children, "close").await;
+    let calm =
+        calm && monitor.drain_phase("closing", deadline + CLOSE_GRACE, interrupts, snapshot, finished).await;
     if !calm || !finished() {
         send_all(&mut children, "stop").await;
         let give_up = Instant::now() + CLOSE_GRACE * 2;
@@ -292,7 +332,7 @@ async fn run_workers(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let drain = drain_started.elapsed();
+    let close = drain_started.elapsed() - drain;
     // Every worker has been told to stop (or finished): wait for each to exit on its own, its
     // final report read to the end, up to REPORT_WAIT; only then is a worker killed and its
     // report counted missing.
@@ -319,6 +359,7 @@ async fn run_workers(
         end,
         run,
         drain,
+        close,
         at_end_of_run: Snapshot::default(),
         last: Snapshot::default(),
         histogram: new_histogram(),
@@ -403,7 +444,8 @@ async fn worker_main(args: PhonesArgs) -> anyhow::Result<ExitCode> {
                 if running {
                     cpu_window.observe(&snapshot, snapshot.connected >= phones, snapshot.connected);
                 }
-                let line = serde_json::to_string(&FromWorker::Progress { snapshot })?;
+                let settled = !running && fleet.settled();
+                let line = serde_json::to_string(&FromWorker::Progress { snapshot, settled })?;
                 stdout.write_all(line.as_bytes()).await?;
                 stdout.write_all(b"\n").await?;
                 stdout.flush().await?;
@@ -423,6 +465,11 @@ async fn worker_main(args: PhonesArgs) -> anyhow::Result<ExitCode> {
                     let deadline = Instant::now() + drain_timeout;
                     fleet.drain(deadline);
                     stop_at = Some(deadline + CLOSE_GRACE);
+                }
+                // "close" from the parent once every worker is settled; the parent gone
+                // ("eof"): close as soon as our own phones are.
+                if command == "close" || command == "eof" {
+                    fleet.close();
                 }
                 if command == "stop" {
                     fleet.stop();
