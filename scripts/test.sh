@@ -8,8 +8,8 @@
 # clippy -D warnings, cargo test --workspace, the no_std trunk build for
 # thumbv7em-none-eabihf, the firmware images and their boot smoke run in QEMU
 # (scripts/firmware.sh smoke), the fuzz smoke run, the end-to-end run (scripts/e2e.sh), the
-# deployment files (scripts/check-deploy.sh), the failure drills on a local cluster
-# (scripts/drills.sh), the checks of those checks against a broken database
+# million's command at 50,000 phones (lab hold), the deployment files
+# (scripts/check-deploy.sh), the failure drills on a local cluster (scripts/drills.sh), the checks of those checks against a broken database
 # (scripts/fault-checks.sh), and README's run command (scripts/run.sh --once).
 # CARGO_TARGET_DIR defaults to "$HOME/.cache/holdfast/target" so builds are
 # reused between runs and clones.
@@ -18,7 +18,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$HOLDFAST_ROOT"
 
-steps_total=13
+steps_total=14
 step_no=0
 step_name=""
 started=$(date +%s)
@@ -94,6 +94,14 @@ bash scripts/e2e.sh </dev/null
 # Folding keeps the sessions table bounded over repeated runs, every device still exact.
 bash scripts/bench/fold.sh gateways 3 5000 6s 2 </dev/null
 bash scripts/bench/fold.sh direct 3 2000 6s 2 </dev/null
+
+step "the million's command, small: lab hold --phones 50000 (host gateways, TLS trunks, Postgres; every device verified)"
+# The same command as docs/benchmarks.md's million, at 50,000 phones: 3 gateways, 3 mobile-sim
+# workers, a 60 s hold; it fails unless every phone was held and every device verified exact.
+cargo build --release -q -p lab -p aggregator -p gateway -p mobile-sim
+lab_dir="$(mktemp -d)"
+"$CARGO_TARGET_DIR/release/lab" hold --phones 50000 --hold-s 60 --out "$lab_dir" </dev/null
+rm -rf "$lab_dir"
 
 step "deployment files: k8s schemas, nginx -t, systemd units, sysctl (scripts/check-deploy.sh)"
 bash scripts/check-deploy.sh </dev/null

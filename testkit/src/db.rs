@@ -27,30 +27,50 @@ pub fn admin_url() -> Option<String> {
     }
 }
 
-/// A throw-away database, dropped when this is (even when the test panics).
+/// A throw-away database, dropped when this is (even when the test panics), unless kept.
 pub struct PgDatabase {
     admin_url: String,
     pub name: String,
     pub url: String,
+    kept: bool,
 }
 
 impl PgDatabase {
+    /// A fresh database for a test; panics when the server cannot make one.
     pub async fn create(admin_url: &str) -> PgDatabase {
-        let name = format!("holdfast_test_{:016x}", rand::random::<u64>());
+        Self::try_create(admin_url, "holdfast_test").await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A fresh database named `PREFIX_` and 64 random bits, on the server of `admin_url`.
+    pub async fn try_create(admin_url: &str, prefix: &str) -> Result<PgDatabase, String> {
+        let name = format!("{prefix}_{:016x}", rand::random::<u64>());
         let mut admin = sqlx::PgConnection::connect(admin_url)
             .await
-            .unwrap_or_else(|e| panic!("connecting to DATABASE_URL: {e}"));
+            .map_err(|e| format!("connecting to the database server: {e}"))?;
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed (does the role have CREATEDB?): {e}"));
-        admin.close().await.unwrap();
-        PgDatabase { admin_url: admin_url.to_owned(), url: with_database(admin_url, &name), name }
+            .map_err(|e| format!("CREATE DATABASE {name} failed (does the role have CREATEDB?): {e}"))?;
+        let _ = admin.close().await;
+        Ok(PgDatabase {
+            admin_url: admin_url.to_owned(),
+            url: with_database(admin_url, &name),
+            name,
+            kept: false,
+        })
+    }
+
+    /// Keeps the database when this is dropped (to look at it after a run).
+    pub fn keep(&mut self) {
+        self.kept = true;
     }
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop may run inside the test's runtime, which cannot block on a future: use another.
         let dropped = std::thread::spawn(move || {

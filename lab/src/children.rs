@@ -1,0 +1,98 @@
+//! The processes a run starts: each in its own process group (a Ctrl-C at the terminal reaches
+//! only the lab, which then stops them in order), its output in a file of the run's folder, and
+//! killed when dropped, so that a lab that fails leaves nothing running.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+/// A process the lab started.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `command`; stdout to `stdout` (or to the log), stderr to `dir/NAME.log`.
+    pub fn spawn(
+        name: &str,
+        mut command: Command,
+        dir: &Path,
+        stdout: Option<&Path>,
+    ) -> anyhow::Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let err = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let out = match stdout {
+            Some(path) => {
+                std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?
+            }
+            None => err.try_clone()?,
+        };
+        command.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(true);
+        let child = command.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Proc { name: name.to_owned(), child, log })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Whether it has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends `signal` (SIGINT, SIGTERM).
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on a pid of our own child, which we have not reaped yet.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+
+    /// Waits for the exit, up to `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait()).await.ok().and_then(Result::ok)
+    }
+
+    /// SIGTERM, then up to `grace` for a clean exit, then SIGKILL.
+    pub async fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
+        }
+        self.signal(libc::SIGTERM);
+        if let Some(status) = self.wait(grace).await {
+            return Some(status);
+        }
+        let _ = self.child.start_kill();
+        self.child.wait().await.ok()
+    }
+
+    /// The last `n` lines of its log, to say why it failed.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Runs a short command (the aggregator's admin subcommands) to its end; its stdout.
+pub async fn output(mut command: Command) -> anyhow::Result<String> {
+    let out = command.stdin(Stdio::null()).output().await.context("starting a command")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{:?} failed ({}): {}",
+            command.as_std(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}

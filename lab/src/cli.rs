@@ -1,0 +1,107 @@
+//! The lab's command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "Runs holdfast at size on this machine and reports what each tier costs",
+    long_about = "Runs holdfast at size on this machine and reports what each tier costs.\n\n\
+        `lab hold` holds N real phone WebSockets end to end: mobile-sim phones -> host gateways \
+        (as many processes as the open-file limit needs) -> TLS 1.3 trunks -> one aggregator -> \
+        PostgreSQL; then stops the phones, waits until everything is durable, and verifies every \
+        device. The binaries it runs are the release builds next to its own \
+        (cargo build --release -p lab -p aggregator -p gateway -p mobile-sim)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hold N phones with the seed's traffic for a while, then verify every device.
+    Hold(HoldArgs),
+}
+
+/// What to do with the kernel settings of deploy/sysctl/99-holdfast.conf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Sysctl {
+    /// Write those that fall short (as root; otherwise report only).
+    Apply,
+    /// Only report them.
+    Report,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    /// Phones to hold, each one WebSocket to a gateway (and one TLS trunk session beyond it).
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub phones: u64,
+
+    /// How long to hold them once all are connected, seconds (the measurements' window).
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub hold_s: u64,
+
+    /// New phone connections per second during the ramp.
+    #[arg(long, default_value_t = 10_000, value_name = "PER_SECOND")]
+    pub rate: u64,
+
+    /// The mean pause between two bytes of a phone, seconds: pauses are uniform in
+    /// [mean/6, 11 mean/6] (the seed's traffic: one byte at random intervals; 10 to 110 s by
+    /// default).
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub mean_interval_s: f64,
+
+    /// Most phones one process holds (gateway or mobile-sim worker); the open-file limit lowers
+    /// it further.
+    #[arg(long, default_value_t = 19_000, value_name = "N")]
+    pub per_process: u64,
+
+    /// TLS trunk links per gateway.
+    #[arg(long, default_value_t = 2, value_name = "K")]
+    pub links: u8,
+
+    /// The PostgreSQL server (`scripts/start-postgres.sh` prints one); the run gets a fresh
+    /// database of its own on it, dropped at the end unless --keep-database.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: String,
+
+    /// Keep the run's database afterwards (its name is in the report).
+    #[arg(long)]
+    pub keep_database: bool,
+
+    /// Where the run's files go (logs, mobile-sim's report, the lab's report as text, JSON and
+    /// HTML). Default: lab-runs/hold-UNIXTIME.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// The folder of the aggregator, gateway and mobile-sim binaries. Default: the lab's own.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+
+    /// The kernel settings of deploy/sysctl/99-holdfast.conf: apply (as root) or report.
+    #[arg(long, value_enum, default_value_t = Sysctl::Apply)]
+    pub sysctl: Sysctl,
+
+    /// The longest the ramp may take before the run fails, seconds.
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub ramp_timeout_s: u64,
+
+    /// After all phones connected, this long before the hold's measurements begin (the ramp's
+    /// last handshakes and flushes settle), seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub settle_s: u64,
+
+    /// After the phones stop, how long mobile-sim waits for every byte to be confirmed durable,
+    /// seconds (the goal is 5; a longer wait measures how late it comes instead of failing).
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub drain_timeout_s: u64,
+
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

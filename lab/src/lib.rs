@@ -1,0 +1,16 @@
+//! holdfast's lab: the system run at size on one machine, as typed code rather than scripts.
+//!
+//! `lab hold` ([`hold`]) starts PostgreSQL's database, one aggregator, as many host gateways as
+//! the open-file limit needs ([`plan`]) and mobile-sim's phones ([`children`]); measures each
+//! tier's CPU and memory from /proc ([`procfs`]) and the aggregator's metrics ([`metrics`]);
+//! applies and reports the kernel settings of the deployment ([`kernel`]); and reports as text,
+//! JSON and HTML ([`report`]).
+
+pub mod children;
+pub mod cli;
+pub mod hold;
+pub mod kernel;
+pub mod metrics;
+pub mod plan;
+pub mod procfs;
+pub mod report;

@@ -1,0 +1,214 @@
+//! What the kernel says about processes and sockets, from /proc: CPU time and resident memory per
+//! process (the rule: CPU per process from /proc/PID/stat, never from the load
+//! average), process trees, and the kernel's own memory for sockets.
+
+use std::fs;
+
+/// CPU time and resident memory of a set of processes at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// utime + stime over the processes, seconds.
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub processes: u64,
+}
+
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            cpu_seconds: self.cpu_seconds + o.cpu_seconds,
+            rss_bytes: self.rss_bytes + o.rss_bytes,
+            processes: self.processes + o.processes,
+        }
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; no memory is shared.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: as above.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// The fields of /proc/PID/stat after the command name (which may hold spaces and parentheses:
+/// everything up to the last ')' is skipped). Index 0 is field 3 (state).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().collect())
+}
+
+/// One process's CPU and memory; `None` when it is gone.
+pub fn usage(pid: u32) -> Option<Usage> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f = stat_fields(&stat)?;
+    // Fields 14 and 15 (utime, stime) and 24 (rss, pages): indexes 11, 12 and 21 here.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    Some(Usage {
+        cpu_seconds: (utime + stime) as f64 / ticks_per_second(),
+        rss_bytes: rss_pages * page_size(),
+        processes: 1,
+    })
+}
+
+/// The sum over `pids` (those that are gone count nothing).
+pub fn usage_of(pids: &[u32]) -> Usage {
+    pids.iter().filter_map(|&p| usage(p)).fold(Usage::default(), |a, b| a + b)
+}
+
+/// Every process's id with its parent's id and its command name.
+fn processes() -> Vec<(u32, u32, String)> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let comm = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?.to_owned();
+        let ppid: u32 = stat_fields(&stat)?.get(1)?.parse().ok()?;
+        Some((pid, ppid, comm))
+    })
+    .collect()
+}
+
+/// `root` and every process below it.
+pub fn tree(root: u32) -> Vec<u32> {
+    let all = processes();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(all.iter().filter(|(_, ppid, _)| *ppid == parent).map(|(pid, _, _)| *pid));
+        i += 1;
+    }
+    found
+}
+
+/// The processes whose command name is `comm` (the database server's: `postgres`).
+pub fn named(comm: &str) -> Vec<u32> {
+    processes().into_iter().filter(|(_, _, c)| c == comm).map(|(pid, _, _)| pid).collect()
+}
+
+/// The kernel's memory that grows with sockets: slab objects (socket, inode, dentry, TCP
+/// control blocks) and the pages of TCP buffers, and how many TCP sockets exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelSockets {
+    pub slab_bytes: u64,
+    pub tcp_buffer_bytes: u64,
+    pub tcp_sockets: u64,
+}
+
+impl KernelSockets {
+    pub fn read() -> Option<KernelSockets> {
+        let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+        let sockstat = fs::read_to_string("/proc/net/sockstat").ok()?;
+        Self::parse(&meminfo, &sockstat)
+    }
+
+    fn parse(meminfo: &str, sockstat: &str) -> Option<KernelSockets> {
+        let slab_kib: u64 =
+            meminfo.lines().find_map(|l| l.strip_prefix("Slab:"))?.split_whitespace().next()?.parse().ok()?;
+        // "TCP: inuse 5 orphan 0 tw 0 alloc 7 mem 1"
+        let tcp = sockstat.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+        let words: Vec<&str> = tcp.split_whitespace().collect();
+        let value = |name: &str| -> Option<u64> {
+            let i = words.iter().position(|w| *w == name)?;
+            words.get(i + 1)?.parse().ok()
+        };
+        Some(KernelSockets {
+            slab_bytes: slab_kib * 1024,
+            tcp_buffer_bytes: value("mem")? * page_size(),
+            tcp_sockets: value("alloc")?,
+        })
+    }
+
+    /// Kernel bytes per TCP socket that appeared between `before` and `self`.
+    pub fn per_socket_since(&self, before: &KernelSockets) -> Option<f64> {
+        let sockets = self.tcp_sockets.checked_sub(before.tcp_sockets).filter(|&n| n > 0)?;
+        let now = self.slab_bytes + self.tcp_buffer_bytes;
+        let then = before.slab_bytes + before.tcp_buffer_bytes;
+        Some((now as f64 - then as f64) / sockets as f64)
+    }
+}
+
+/// The soft limit on open files of this process (children inherit it).
+pub fn files_limit() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit (children inherit it): the
+/// most any process here may hold.
+pub fn raise_files_limit() -> u64 {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+    files_limit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_and_memory() {
+        let u = usage(std::process::id()).unwrap();
+        assert!(u.rss_bytes > 0);
+        assert_eq!(u.processes, 1);
+    }
+
+    #[test]
+    fn a_tree_holds_the_children() {
+        let child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let pids = tree(std::process::id());
+        let id = child.id();
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(pids.contains(&id), "{id} not in {pids:?}");
+    }
+
+    #[test]
+    fn stat_with_a_strange_command_name() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 100 1000 250";
+        let f = stat_fields(stat).unwrap();
+        assert_eq!(f[0], "S");
+        assert_eq!(f[1], "1");
+        assert_eq!((f[11], f[12], f[21]), ("7", "3", "250"));
+    }
+
+    #[test]
+    fn kernel_socket_memory() {
+        let meminfo = "MemTotal: 100 kB\nSlab:     2000 kB\n";
+        let sockstat = "sockets: used 10\nTCP: inuse 5 orphan 0 tw 0 alloc 7 mem 3\nUDP: inuse 0 mem 0\n";
+        let k = KernelSockets::parse(meminfo, sockstat).unwrap();
+        assert_eq!(k.slab_bytes, 2_048_000);
+        assert_eq!(k.tcp_sockets, 7);
+        let later = KernelSockets { slab_bytes: k.slab_bytes + 49_000, tcp_sockets: 17, ..k };
+        assert_eq!(later.per_socket_since(&k), Some(4_900.0));
+        assert_eq!(k.per_socket_since(&k), None);
+    }
+}
