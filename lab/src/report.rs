@@ -85,7 +85,11 @@ pub struct SimReport {
     pub ok: bool,
     pub end: String,
     pub processes: u64,
+    /// From the stop to every byte confirmed durable.
     pub drain_seconds: f64,
+    /// Then to every connection closed.
+    #[serde(default)]
+    pub close_seconds: f64,
     pub connections: SimConnections,
     pub connect_rate: SimConnectRate,
     pub handshake_ms: SimLatency,
@@ -156,6 +160,11 @@ pub struct HoldReport {
     pub flushes_during_hold: Option<f64>,
     pub flush_lag_p50_at_most_s: Option<f64>,
     pub flush_lag_p99_at_most_s: Option<f64>,
+    /// Seconds into the hold when the aggregator's ledger first held at most 1 % of the phones'
+    /// sessions: the database had written the ramp's backlog (every new session's first row).
+    pub caught_up_after_s: Option<f64>,
+    /// Flush lag p99 from then to the hold's end.
+    pub steady_flush_lag_p99_at_most_s: Option<f64>,
     pub tiers: Vec<TierFigures>,
     /// Gateways and mobile-sim together: the cost of holding the phones.
     pub gateways_and_mobile_sim_cores: f64,
@@ -234,6 +243,12 @@ impl HoldReport {
         );
         let _ = writeln!(
             s,
+            "  the ramp's backlog written {} into the hold; flush lag p99 from then on <= {}",
+            opt(self.caught_up_after_s, 0, " s"),
+            opt(self.steady_flush_lag_p99_at_most_s, 2, " s"),
+        );
+        let _ = writeln!(
+            s,
             "  {:<11} {:>5} {:>7} {:>13} {:>14} {:>13}",
             "tier", "procs", "cores", "us/phone byte", "RSS in hold", "RSS/phone"
         );
@@ -259,8 +274,9 @@ impl HoldReport {
         if let Some(m) = &self.mobile_sim {
             let _ = writeln!(
                 s,
-                "\nafter the stop: {} bytes sent, {} confirmed durable, {} unconfirmed; all durable {:.1} s after the stop",
-                m.bytes.sent, m.bytes.durable, m.bytes.unconfirmed, m.drain_seconds
+                "\nafter the stop: {} bytes sent, {} confirmed durable, {} unconfirmed; all durable {:.1} s after \
+                 the stop, all closed {:.1} s later",
+                m.bytes.sent, m.bytes.durable, m.bytes.unconfirmed, m.drain_seconds, m.close_seconds
             );
             match &m.verification {
                 Some(v) => {
