@@ -2,13 +2,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     // Before the runtime's threads exist: an empty HOLDFAST_* or DATABASE_URL means unset.
-    cli_env::unset_empty_settings();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli_env::start("info");
     let cli = aggregator::config::Cli::parse();
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)

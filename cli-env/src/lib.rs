@@ -1,4 +1,5 @@
-//! One rule for every holdfast binary (the aggregator, mobile-sim, the host gateway): an
+//! How every holdfast binary starts ([`start`]: the aggregator, mobile-sim, the lab; the host
+//! gateway, which logs on stdout, calls [`unset_empty_settings`] itself). One rule first: an
 //! environment variable that holds a setting (`HOLDFAST_*`, `DATABASE_URL`) but is empty means
 //! unset, as if it were not there.
 //!
@@ -11,6 +12,20 @@
 //! [`unset_empty_settings`], before any thread starts.
 
 use std::ffi::{OsStr, OsString};
+
+/// How every holdfast binary starts, first thing in `main`: the empty settings removed
+/// ([`unset_empty_settings`]), then logging to stderr at `RUST_LOG`'s levels, or at
+/// `default_level` (`info`, `warn`) when `RUST_LOG` is unset or unreadable.
+pub fn start(default_level: &str) {
+    unset_empty_settings();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
 
 /// Whether the variable `name` carries a holdfast setting.
 pub fn is_setting(name: &OsStr) -> bool {

@@ -68,16 +68,23 @@ impl Running {
         Tier::ALL.map(|t| procfs::usage_of(&self.pids(t)))
     }
 
-    /// A gateway (or the aggregator) that exited while it should be serving.
-    fn first_exited(&mut self) -> Option<String> {
+    /// An error when a process exited while it should be running (`phase`: where the run was).
+    fn check_alive(&mut self, phase: &str) -> anyhow::Result<()> {
         let aggregator = &mut self.aggregator;
         if let Some(status) = aggregator.exited() {
-            return Some(format!("the aggregator exited ({status}): {}", aggregator.log_tail(5)));
+            bail!("the aggregator exited during the {phase} ({status}): {}", aggregator.log_tail(5));
         }
-        self.gateways.iter_mut().find_map(|g| {
-            let status = g.exited()?;
-            Some(format!("{} exited ({status}): {}", g.name, g.log_tail(5)))
-        })
+        for g in &mut self.gateways {
+            if let Some(status) = g.exited() {
+                bail!("{} exited during the {phase} ({status}): {}", g.name, g.log_tail(5));
+            }
+        }
+        if let Some(p) = &mut self.phones {
+            if let Some(status) = p.exited() {
+                bail!("mobile-sim ended during the {phase} ({status}); see {}", p.log.display());
+            }
+        }
+        Ok(())
     }
 
     /// Stops everything, newest first: phones, gateways, the aggregator (which flushes what it
@@ -301,9 +308,7 @@ impl Setup<'_> {
         let links = f64::from(plan.gateways) * f64::from(args.links);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(why) = running.first_exited() {
-                bail!(why);
-            }
+            running.check_alive("start")?;
             if scraper.scrape().await.ok().and_then(|s| s.value(metrics::TRUNKS)).is_some_and(|n| n >= links)
             {
                 break;
@@ -356,15 +361,7 @@ impl Setup<'_> {
             tokio::time::sleep(TICK).await;
             let scrape = scraper.scrape().await.ok();
             sampler.sample(running, scrape.as_ref(), "ramp");
-            if let Some(why) = running.first_exited() {
-                bail!(why);
-            }
-            if let Some(status) = running.phones.as_mut().and_then(Proc::exited) {
-                bail!(
-                    "mobile-sim ended during the ramp ({status}); see {}",
-                    out.join("mobile-sim.log").display()
-                );
-            }
+            running.check_alive("ramp")?;
             if scrape.and_then(|s| s.value(metrics::SESSIONS_OPENED)).is_some_and(|n| n >= plan.phones as f64)
             {
                 break t0.elapsed();
@@ -407,15 +404,7 @@ impl Setup<'_> {
                     caught_up = Some((hold_start.elapsed(), s));
                 }
             }
-            if let Some(why) = running.first_exited() {
-                bail!(why);
-            }
-            if let Some(status) = running.phones.as_mut().and_then(Proc::exited) {
-                bail!(
-                    "mobile-sim ended during the hold ({status}); see {}",
-                    out.join("mobile-sim.log").display()
-                );
-            }
+            running.check_alive("hold")?;
             // Memory and the kernel's sockets, halfway through the hold.
             if kernel_hold.is_none() && hold_start.elapsed() >= hold / 2 {
                 kernel_hold = KernelSockets::read();

@@ -4,15 +4,8 @@ use clap::Parser;
 use lab::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    // Before any thread exists: an empty HOLDFAST_* or DATABASE_URL means unset.
-    cli_env::unset_empty_settings();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Before any thread exists: an empty HOLDFAST_* or DATABASE_URL means unset; logs on stderr.
+    cli_env::start("warn");
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -20,15 +20,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     // Before any thread exists: an empty HOLDFAST_* or DATABASE_URL means unset (as for every
-    // holdfast binary).
-    cli_env::unset_empty_settings();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // holdfast binary); logs on stderr.
+    cli_env::start("warn");
     let command = cli::Cli::parse().into_command();
     let files_limit = raise_files_limit();
     // Phones: --threads, one by default (a current-thread runtime: on two threads each message
