@@ -47,15 +47,25 @@ const GOAL_LAG_P99_S: f64 = 2.0;
 const GOAL_DRAIN_S: f64 = 5.0;
 const GOAL_CONNECT_S: f64 = 120.0;
 
+/// How long the lists of each tier's processes are reused between samples: finding them scans
+/// all of /proc, which took most of a second per sample with 110 busy processes.
+const PIDS_REUSED_FOR: Duration = Duration::from_secs(10);
+
 /// The processes of a run, by tier.
 struct Running {
     aggregator: Proc,
     gateways: Vec<Proc>,
     phones: Option<Proc>,
+    /// Each tier's process ids, and when they were found.
+    pids: std::cell::RefCell<Option<(Instant, [Vec<u32>; 4])>>,
 }
 
 impl Running {
-    fn pids(&self, tier: Tier) -> Vec<u32> {
+    fn new(aggregator: Proc) -> Running {
+        Running { aggregator, gateways: Vec::new(), phones: None, pids: Default::default() }
+    }
+
+    fn find_pids(&self, tier: Tier) -> Vec<u32> {
         match tier {
             Tier::Gateways => self.gateways.iter().filter_map(Proc::pid).collect(),
             Tier::MobileSim => self.phones.as_ref().and_then(Proc::pid).map(procfs::tree).unwrap_or_default(),
@@ -64,8 +74,20 @@ impl Running {
         }
     }
 
+    /// Every tier's CPU and memory now, its processes found again if `fresh` or if their list is
+    /// older than [`PIDS_REUSED_FOR`].
+    fn usage_with(&self, fresh: bool) -> [Usage; 4] {
+        let mut pids = self.pids.borrow_mut();
+        if fresh || pids.as_ref().is_none_or(|(at, _)| at.elapsed() >= PIDS_REUSED_FOR) {
+            *pids = Some((Instant::now(), Tier::ALL.map(|t| self.find_pids(t))));
+        }
+        let (_, lists) = pids.as_ref().expect("just found");
+        std::array::from_fn(|i| procfs::usage_of(&lists[i]))
+    }
+
+    /// For the figures (the hold's ends): every process found again.
     fn usage(&self) -> [Usage; 4] {
-        Tier::ALL.map(|t| procfs::usage_of(&self.pids(t)))
+        self.usage_with(true)
     }
 
     /// An error when a process exited while it should be running (`phase`: where the run was).
@@ -208,7 +230,7 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
     };
     wait_listening(&mut aggregator, aggregator_addr).await?;
     let scraper = Scraper::new(aggregator_addr, &data.join("ca.pem"))?;
-    let mut running = Running { aggregator, gateways: Vec::new(), phones: None };
+    let mut running = Running::new(aggregator);
     let setup = Setup {
         args: &args,
         plan: &plan,
@@ -352,6 +374,7 @@ impl Setup<'_> {
             .env("RUST_LOG", "warn");
         let sim_report = out.join("mobile-sim.json");
         running.phones = Some(Proc::spawn("mobile-sim", c, out, Some(&sim_report))?);
+        running.pids.replace(None);
         let t0 = Instant::now();
         let mut sampler = Sampler::new(t0, before_phones);
 
@@ -606,7 +629,7 @@ impl Sampler {
     }
 
     fn sample(&mut self, running: &Running, scrape: Option<&Scrape>, phase: &'static str) {
-        self.record(running.usage(), scrape, phase);
+        self.record(running.usage_with(false), scrape, phase);
     }
 
     fn record(&mut self, usage: [Usage; 4], scrape: Option<&Scrape>, phase: &'static str) {
