@@ -125,6 +125,28 @@ impl Running {
     }
 }
 
+/// SIGINT and SIGTERM, caught from the lab's start (before any process of its own exists) to its
+/// end: they stop the run in order instead of killing the lab and leaving its processes.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
+    }
+
+    /// Resolves at the first one, naming it.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "interrupted (SIGINT)",
+            _ = self.term.recv() => "terminated (SIGTERM)",
+        }
+    }
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -170,6 +192,7 @@ async fn wait_listening(p: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Runs `lab hold`; the report (its `ok` says whether the run held and verified).
 pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
+    let mut signals = Signals::catch()?;
     let files_limit = procfs::raise_files_limit();
     let plan = Plan::new(args.phones, args.per_process, files_limit)?;
     let settings = kernel::settle(
@@ -243,7 +266,12 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
         sim_bin: &sim_bin,
         stamp,
     };
-    let result = setup.drive(&mut running, &scraper).await;
+    // A Ctrl-C or SIGTERM ends the run here, not the lab: the processes it started are in their
+    // own process groups (the terminal's Ctrl-C does not reach them) and must be stopped in order.
+    let result = tokio::select! {
+        r = setup.drive(&mut running, &scraper) => r,
+        signal = signals.recv() => Err(anyhow::anyhow!("{signal}: the run was stopped")),
+    };
     running.stop().await;
     let mut report = result?;
     report.database =

@@ -129,3 +129,51 @@ fn a_hold_without_bytes_fails() {
     let failures = report["failures"].to_string();
     assert!(failures.contains("no byte became durable"), "{failures}");
 }
+
+/// The processes whose command line names `dir` (every process of a run names its folder).
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+        })
+        .collect()
+}
+
+/// A SIGTERM during the hold stops the run in order: the lab exits, and nothing it started is
+/// left running (its processes are in process groups of their own, out of a terminal's reach).
+#[test]
+fn a_stopped_run_leaves_nothing_running() {
+    let Some(_) = database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut lab = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(["hold", "--phones", "300", "--per-process", "150", "--hold-s", "600", "--settle-s", "1"])
+        .args(["--sysctl", "report", "--json"])
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the phones run (mobile-sim's log appears), and a little more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !out.join("mobile-sim.log").exists() {
+        assert!(std::time::Instant::now() < deadline, "the run did not reach its phones");
+        assert!(lab.try_wait().unwrap().is_none(), "the lab ended early");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(processes_naming(&out).len() >= 3, "the run's processes were not found");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(lab.id() as i32, libc::SIGTERM) };
+    let status = lab.wait().unwrap();
+    assert!(!status.success(), "a stopped run is not a successful one");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let left = processes_naming(&out);
+    assert!(left.is_empty(), "processes left running after the lab stopped: {left:?}");
+}
