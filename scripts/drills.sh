@@ -246,7 +246,7 @@ if drops < 1: bad.append('no gateway link was dropped: the killed aggregator car
   local rows
   rows="$(db "SELECT count(*), count(*) FILTER (WHERE sessions = 1) FROM device_totals WHERE starts_with(device, '$PREFIX') AND device NOT LIKE '${PREFIX}phone-%'")"
   local closed
-  closed="$(db "SELECT count(*) FROM sessions WHERE starts_with(device, '$PREFIX') AND device NOT LIKE '${PREFIX}phone-%' AND close_reason = 0")"
+  closed="$(db "SELECT count(*) FROM sessions_now WHERE starts_with(device, '$PREFIX') AND device NOT LIKE '${PREFIX}phone-%' AND close_reason = 0")"
   hf_int "${rows%%|*}" "gateway phones' devices"
   hf_int "${rows##*|}" "gateway phones with one session"
   hf_int "$closed" "sessions closed normally"

@@ -157,6 +157,16 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_FOLD_INTERVAL_MS", default_value_t = 5_000)]
     pub fold_interval_ms: u64,
 
+    /// How often the PostgreSQL journal (flushes acknowledged, not yet merged into the sessions
+    /// table) is compacted. Counts are readable either way; this bounds how far the table and
+    /// the persisted totals trail the acknowledgements.
+    #[arg(long, env = "HOLDFAST_COMPACT_INTERVAL_MS", default_value_t = 250)]
+    pub compact_interval_ms: u64,
+
+    /// Most reports merged from the journal by one compaction (one transaction).
+    #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 250_000)]
+    pub compact_max_entries: usize,
+
     /// Most sessions folded in one transaction.
     #[arg(long, env = "HOLDFAST_FOLD_BATCH_ROWS", default_value_t = 10_000)]
     pub fold_batch_rows: usize,
@@ -278,8 +288,13 @@ impl Settings {
         })
     }
 
-    pub fn fold_interval(&self) -> Duration {
-        Duration::from_millis(self.fold_interval_ms.max(1))
+    /// When the compactor compacts the journal and folds finished sessions.
+    pub fn compactor(&self) -> crate::compactor::Schedule {
+        crate::compactor::Schedule {
+            compact_every: Duration::from_millis(self.compact_interval_ms.max(1)),
+            compact_max_entries: self.compact_max_entries.max(1),
+            fold: self.fold().map(|policy| (policy, Duration::from_millis(self.fold_interval_ms.max(1)))),
+        }
     }
 
     pub fn gateway_check_interval(&self) -> Duration {

@@ -9,7 +9,8 @@
 //! - [`server`]: listener, TLS, HTTP; [`http`]: the routes; [`websocket`]: the upgrade.
 //! - [`phone`]: a direct phone's session; [`trunk_link`]: a gateway's link.
 //! - [`state`]: what connection tasks share; [`routes`]: where acknowledgements go back; [`flusher`]: ledger to database, then acks;
-//!   [`compactor`]: folds finished sessions into per-device totals.
+//!   [`compactor`]: merges the journal into the sessions table, folds finished sessions into
+//!   per-device totals.
 //! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
 //!   [`dashboard`]: its live snapshots.
@@ -217,15 +218,12 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
     shared.ca_pem = ca.map(|ca| ca.pem.into());
     let shared = Arc::new(shared);
     let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx.clone()));
-    if let Some(policy) = shared.settings.fold() {
-        tokio::spawn(compactor::run(
-            shared.store.clone(),
-            policy,
-            shared.settings.fold_interval(),
-            shared.metrics.clone(),
-            flush_stop_rx.clone(),
-        ));
-    }
+    tokio::spawn(compactor::run(
+        shared.store.clone(),
+        shared.settings.compactor(),
+        shared.metrics.clone(),
+        flush_stop_rx.clone(),
+    ));
     tokio::spawn(dashboard::run(shared.clone()));
     tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
     let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls));

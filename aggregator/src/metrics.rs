@@ -42,6 +42,10 @@ pub struct Metrics {
     pub refused_rows: Counter,
     pub folded_sessions: Counter,
     pub folded_boots: Counter,
+    pub compactions: Counter,
+    pub compacted_entries: Counter,
+    pub compaction_duration: Histogram,
+    pub journal_flights: Gauge,
     pub refused: Family<Reason, Counter>,
     pub closed_bad_input: Family<Reason, Counter>,
     pub persisted_bytes: Gauge,
@@ -89,6 +93,10 @@ impl Metrics {
             refused_rows: Counter::default(),
             folded_sessions: Counter::default(),
             folded_boots: Counter::default(),
+            compactions: Counter::default(),
+            compacted_entries: Counter::default(),
+            compaction_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            journal_flights: Gauge::default(),
             refused: Family::default(),
             closed_bad_input: Family::default(),
             persisted_bytes: Gauge::default(),
@@ -137,10 +145,30 @@ impl Metrics {
             "Superseded gateway boots this process's compactor marked folded",
             m.folded_boots.clone(),
         );
+        r.register(
+            "compactions",
+            "Compactions of the PostgreSQL journal this process committed",
+            m.compactions.clone(),
+        );
+        r.register(
+            "compacted_entries",
+            "Reports this process's compactions merged from the journal into the sessions table",
+            m.compacted_entries.clone(),
+        );
+        r.register(
+            "compaction_duration_seconds",
+            "Time a compaction's transaction took",
+            m.compaction_duration.clone(),
+        );
+        r.register(
+            "journal_flights",
+            "Flushes waiting in the journal after this process's last compaction (durable, not yet merged)",
+            m.journal_flights.clone(),
+        );
         r.register("flush_rows", "Session rows written by committed flushes", m.flush_rows.clone());
         r.register(
             "flushed_bytes",
-            "Bytes by which this process's committed flushes grew the stored counts (replays add nothing)",
+            "Bytes by which this process's flushes (SQLite) and journal compactions (PostgreSQL) grew the stored counts (replays add nothing)",
             m.flushed_bytes.clone(),
         );
         r.register(

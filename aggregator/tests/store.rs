@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use aggregator::store::{BootState, FlushRow, FoldPolicy, GatewayExists, Store};
+use aggregator::store::{BootState, FlushRow, FoldPolicy, GatewayExists, Store, Written};
 use sqlx::Row as _;
 use support::db::{admin_url, with_database, PgDatabase};
 use trunk::ledger::SessionKey;
@@ -78,6 +78,7 @@ both!(
     fold_direct_sessions,
     fold_superseded_boot,
     fold_races_with_flushes,
+    journal_is_read_before_compaction,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -100,6 +101,36 @@ fn closed(mut row: FlushRow, reason: u8) -> FlushRow {
     row.closed = Some(reason);
     row
 }
+
+/// A flush as the aggregator makes it, then compacted: for PostgreSQL, the journal merged into
+/// `sessions` (what every test of the stored rows looks at). Answers what the flush refused and,
+/// with the compaction, what it grew.
+async fn flush(store: &Store, rows: &[FlushRow]) -> Written {
+    let mut written = store.write_flush(rows).await.unwrap();
+    let grew = compact_all(store).await;
+    written.sessions += grew.sessions;
+    written.bytes += grew.bytes;
+    written
+}
+
+/// Compacts until no flight is left (waiting while another task compacts); what it grew.
+async fn compact_all(store: &Store) -> Written {
+    let mut grew = Written::default();
+    for _ in 0..10_000 {
+        let done = store.compact(COMPACT_MAX_ENTRIES).await.unwrap();
+        grew.sessions += done.grew.sessions;
+        grew.bytes += done.grew.bytes;
+        if done.busy {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        } else if done.left == 0 {
+            return grew;
+        }
+    }
+    panic!("the journal never emptied");
+}
+
+/// Small, so that the larger tests take several compactions.
+const COMPACT_MAX_ENTRIES: usize = 5_000;
 
 async fn bytes(store: &Store, key: SessionKey) -> u64 {
     store.session(key).await.unwrap().expect("the session is stored").bytes
@@ -154,19 +185,19 @@ async fn tick() {
 async fn greatest(db: Db) {
     let s = &db.store;
     let k = key(3, 1);
-    s.write_flush(&[row(k, 5)]).await.unwrap();
+    flush(s, &[row(k, 5)]).await;
     assert_eq!(bytes(s, k).await, 5);
     let first = raw(s, k).await;
     assert!(first[LAST_BYTE_AT].is_some(), "bytes arrived: last_byte_at is set");
     assert!(first[OPENED_AT].is_some());
 
     tick().await;
-    s.write_flush(&[row(k, 3)]).await.unwrap();
+    flush(s, &[row(k, 3)]).await;
     assert_eq!(bytes(s, k).await, 5, "a smaller count never lowers the stored one");
     assert_eq!(raw(s, k).await, first, "a smaller count changes nothing");
 
     tick().await;
-    s.write_flush(&[row(k, 8)]).await.unwrap();
+    flush(s, &[row(k, 8)]).await;
     assert_eq!(bytes(s, k).await, 8);
     let third = raw(s, k).await;
     assert_ne!(third[LAST_BYTE_AT], first[LAST_BYTE_AT], "bytes grew: last_byte_at moves");
@@ -174,30 +205,30 @@ async fn greatest(db: Db) {
 
     // A session opened with no bytes yet has no last_byte_at.
     let empty = key(3, 2);
-    s.write_flush(&[with_device(row(empty, 0), "dev")]).await.unwrap();
+    flush(s, &[with_device(row(empty, 0), "dev")]).await;
     assert_eq!(raw(s, empty).await[LAST_BYTE_AT], None);
     assert_eq!(s.summary().await.unwrap(), (2, 8));
 }
 
 async fn replay_changes_nothing(db: Db) {
     let s = &db.store;
-    let flush = vec![
+    let rows = vec![
         with_device(row(key(1, 1), 100), "phone-a"),
         closed(with_device(row(key(1, 2), 200), "phone-b"), 1),
         row(key(0, 3), 300),
         closed(row(key(2, 4), 0), 0),
     ];
-    s.write_flush(&flush).await.unwrap();
+    flush(s, &rows).await;
     let mut before = Vec::new();
-    for r in &flush {
+    for r in &rows {
         before.push(raw(s, r.key).await);
     }
     tick().await;
-    s.write_flush(&flush).await.unwrap();
+    flush(s, &rows).await;
     // In reverse order too: the store sorts.
-    let reversed: Vec<FlushRow> = flush.iter().rev().cloned().collect();
-    s.write_flush(&reversed).await.unwrap();
-    for (r, before) in flush.iter().zip(&before) {
+    let reversed: Vec<FlushRow> = rows.iter().rev().cloned().collect();
+    flush(s, &reversed).await;
+    for (r, before) in rows.iter().zip(&before) {
         // For Postgres this includes xmin: the row was not even rewritten.
         assert_eq!(&raw(s, r.key).await, before, "replay changed {:?}", r.key);
     }
@@ -207,16 +238,16 @@ async fn replay_changes_nothing(db: Db) {
 async fn device_coalesce(db: Db) {
     let s = &db.store;
     let k = key(4, 9);
-    s.write_flush(&[row(k, 10)]).await.unwrap();
+    flush(s, &[row(k, 10)]).await;
     assert_eq!(s.session(k).await.unwrap().unwrap().device, None);
     assert!(s.device_totals("").await.unwrap().is_empty(), "no device, no device total");
 
     // The device id arrives in a later flush, with no new bytes.
-    s.write_flush(&[with_device(row(k, 10), "dev-a")]).await.unwrap();
+    flush(s, &[with_device(row(k, 10), "dev-a")]).await;
     assert_eq!(s.session(k).await.unwrap().unwrap().device.as_deref(), Some("dev-a"));
     // A later, different one does not replace it; a flush without one does not clear it.
-    s.write_flush(&[with_device(row(k, 12), "dev-b")]).await.unwrap();
-    s.write_flush(&[row(k, 13)]).await.unwrap();
+    flush(s, &[with_device(row(k, 12), "dev-b")]).await;
+    flush(s, &[row(k, 13)]).await;
     let rec = s.session(k).await.unwrap().unwrap();
     assert_eq!((rec.device.as_deref(), rec.bytes), (Some("dev-a"), 13));
     assert_eq!(s.device_totals("").await.unwrap(), vec![("dev-a".to_owned(), 13)]);
@@ -225,14 +256,14 @@ async fn device_coalesce(db: Db) {
 async fn close_once(db: Db) {
     let s = &db.store;
     let k = key(5, 1);
-    s.write_flush(&[with_device(row(k, 10), "d")]).await.unwrap();
+    flush(s, &[with_device(row(k, 10), "d")]).await;
     let open = s.session(k).await.unwrap().unwrap();
     assert!(!open.closed);
     assert_eq!(open.close_reason, None);
     assert_eq!(raw(s, k).await[CLOSED_AT], None);
 
     tick().await;
-    s.write_flush(&[closed(row(k, 20), 2)]).await.unwrap();
+    flush(s, &[closed(row(k, 20), 2)]).await;
     let rec = s.session(k).await.unwrap().unwrap();
     assert!(rec.closed);
     assert_eq!((rec.close_reason, rec.bytes), (Some(2), 20));
@@ -241,17 +272,17 @@ async fn close_once(db: Db) {
 
     // A second close (another reason, a larger count: a late report) keeps the first close.
     tick().await;
-    s.write_flush(&[closed(row(k, 25), 4)]).await.unwrap();
+    flush(s, &[closed(row(k, 25), 4)]).await;
     let rec = s.session(k).await.unwrap().unwrap();
     assert_eq!((rec.closed, rec.close_reason, rec.bytes), (true, Some(2), 25));
     assert_eq!(raw(s, k).await[CLOSED_AT], closed_at, "closed_at is set once");
     // A report without a close does not reopen it.
-    s.write_flush(&[row(k, 26)]).await.unwrap();
+    flush(s, &[row(k, 26)]).await;
     assert_eq!(s.session(k).await.unwrap().unwrap().close_reason, Some(2));
 
     // A session whose first write is its close.
     let k2 = key(5, 2);
-    s.write_flush(&[closed(row(k2, 7), 3)]).await.unwrap();
+    flush(s, &[closed(row(k2, 7), 3)]).await;
     let rec = s.session(k2).await.unwrap().unwrap();
     assert_eq!((rec.closed, rec.close_reason, rec.bytes), (true, Some(3), 7));
     assert!(raw(s, k2).await[CLOSED_AT].is_some());
@@ -314,6 +345,9 @@ async fn device_totals(db: Db) {
     s.write_flush(&[row(key(1, 1), 150), with_device(row(key(3, 1), 1), "phone-2")]).await.unwrap();
     assert_eq!(s.device_totals("phone-1").await.unwrap(), vec![t("phone-1", 207), t("phone-10", 1000)]);
     assert_eq!(s.device_totals("phone-2").await.unwrap(), vec![t("phone-2", 21)]);
+    // Read through the journal above; the same once it is compacted, and the totals follow.
+    compact_all(s).await;
+    assert_eq!(s.device_totals("phone-2").await.unwrap(), vec![t("phone-2", 21)]);
     assert_eq!(s.summary().await.unwrap(), (10, 150 + 50 + 7 + 1000 + 20 + 5 + 3 + 4 + 999 + 1));
 }
 
@@ -341,7 +375,7 @@ async fn large_flush(db: Db) {
     for (what, round) in [("insert", 0), ("update", 1), ("replay", 1)] {
         let rows = large_flush_rows(round);
         let started = Instant::now();
-        s.write_flush(&rows).await.unwrap();
+        flush(s, &rows).await;
         let ms = started.elapsed().as_secs_f64() * 1e3;
         timings.push(format!("{what} {ms:.0} ms"));
     }
@@ -418,7 +452,7 @@ async fn concurrent_flushes(db: Db) {
                 if task == 1 {
                     rows.reverse(); // the opposite order: the store must sort
                 }
-                store.write_flush(&rows).await.unwrap();
+                flush(&store, &rows).await;
             }
         }));
     }
@@ -451,18 +485,17 @@ async fn concurrent_flushes(db: Db) {
 /// prove no scan happens) does not show.
 async fn summary_is_kept_by_the_flushes(db: Db) {
     let s = &db.store;
-    let w = s.write_flush(&[row(key(2, 1), 10), row(key(2, 2), 5)]).await.unwrap();
+    let w = flush(s, &[row(key(2, 1), 10), row(key(2, 2), 5)]).await;
     assert_eq!((w.sessions, w.bytes), (2, 15));
-    let w = s.write_flush(&[row(key(2, 1), 10), row(key(2, 2), 3)]).await.unwrap();
+    let w = flush(s, &[row(key(2, 1), 10), row(key(2, 2), 3)]).await;
     assert_eq!((w.sessions, w.bytes), (0, 0), "a replay and a smaller count add nothing");
-    let w =
-        s.write_flush(&[closed(row(key(2, 1), 14), 0), with_device(row(key(2, 3), 0), "d")]).await.unwrap();
+    let w = flush(s, &[closed(row(key(2, 1), 14), 0), with_device(row(key(2, 3), 0), "d")]).await;
     assert_eq!((w.sessions, w.bytes), (1, 4));
     // A total at the edge saturates instead of wrapping or failing the flush.
-    let w = s.write_flush(&[row(key(2, 4), u64::MAX)]).await.unwrap();
+    let w = flush(s, &[row(key(2, 4), u64::MAX)]).await;
     assert_eq!(w.sessions, 1);
     assert_eq!(s.summary().await.unwrap(), (4, i64::MAX as u64));
-    let w = s.write_flush(&[row(key(2, 5), 1)]).await.unwrap();
+    let w = flush(s, &[row(key(2, 5), 1)]).await;
     assert_eq!((w.sessions, w.bytes), (1, 1));
     assert_eq!(s.summary().await.unwrap(), (5, i64::MAX as u64), "saturated, and the flush still committed");
 
@@ -477,7 +510,7 @@ async fn summary_is_kept_by_the_flushes(db: Db) {
 
 async fn keys_and_edges(db: Db) {
     let s = &db.store;
-    s.write_flush(&[]).await.unwrap();
+    flush(s, &[]).await;
     assert_eq!(s.summary().await.unwrap(), (0, 0));
     assert_eq!(s.session(key(1, 1)).await.unwrap(), None);
 
@@ -485,7 +518,7 @@ async fn keys_and_edges(db: Db) {
     let big = SessionKey { gateway: 0, boot_epoch: u64::MAX, session: 1 << 63 };
     let small = SessionKey { gateway: 0, boot_epoch: i64::MAX as u64, session: (1 << 63) - 1 };
     // A count beyond i64::MAX saturates.
-    s.write_flush(&[closed(with_device(row(big, u64::MAX), "edge"), 255), row(small, 1)]).await.unwrap();
+    flush(s, &[closed(with_device(row(big, u64::MAX), "edge"), 255), row(small, 1)]).await;
     let rec = s.session(big).await.unwrap().unwrap();
     assert_eq!(rec.key, big);
     assert_eq!(
@@ -496,26 +529,24 @@ async fn keys_and_edges(db: Db) {
 
     // The same session twice in one flush: merged (the larger count, the first device and close).
     let k = key(9, 9);
-    s.write_flush(&[
-        with_device(row(k, 5), "first"),
-        closed(with_device(row(k, 9), "second"), 1),
-        closed(row(k, 7), 2),
-    ])
-    .await
-    .unwrap();
+    flush(
+        s,
+        &[with_device(row(k, 5), "first"), closed(with_device(row(k, 9), "second"), 1), closed(row(k, 7), 2)],
+    )
+    .await;
     let rec = s.session(k).await.unwrap().unwrap();
     assert_eq!((rec.bytes, rec.device.as_deref(), rec.close_reason), (9, Some("first"), Some(1)));
 
     // A device id with a NUL (PostgreSQL text cannot hold it) does not poison the flush.
     let nul = key(9, 10);
-    s.write_flush(&[with_device(row(nul, 1), "a\0b")]).await.unwrap();
+    flush(s, &[with_device(row(nul, 1), "a\0b")]).await;
     assert_eq!(s.session(nul).await.unwrap().unwrap().device.as_deref(), Some("a\u{fffd}b"));
 
     s.ping().await.unwrap();
 }
 
 async fn reopen(db: Db) {
-    db.store.write_flush(&[with_device(row(key(1, 1), 42), "kept")]).await.unwrap();
+    flush(&db.store, &[with_device(row(key(1, 1), 42), "kept")]).await;
     let g = db.store.gateway_add("kept").await.unwrap();
     db.store.close().await;
     // Opening again applies no migration twice and finds the data.
@@ -564,6 +595,56 @@ fn with_database_replaces_the_name() {
     .is_ok());
 }
 
+/// A flush is durable, and counted by every read, when `write_flush` returns; for PostgreSQL the
+/// flush waits in the journal until a compaction, which merges a session reported in several
+/// flushes into one write and keeps the reads unchanged (migrations/postgres/0004_journal.sql).
+async fn journal_is_read_before_compaction(db: Db) {
+    let s = &db.store;
+    let a = key(4, 1);
+    let b = key(4, 2);
+    s.write_flush(&[with_device(row(a, 5), "j-a"), with_device(row(b, 3), "j-b")]).await.unwrap();
+    s.write_flush(&[row(a, 9)]).await.unwrap();
+    s.write_flush(&[closed(with_device(row(a, 7), "j-other"), 2)]).await.unwrap(); // late, smaller
+    let read = |s: &Store| {
+        let s = s.clone();
+        async move {
+            let rec = s.session(a).await.unwrap().expect("a is stored");
+            let totals = s.device_totals("j-").await.unwrap();
+            (rec.bytes, rec.device, rec.closed, rec.close_reason, totals)
+        }
+    };
+    let want = (9, Some("j-a".to_owned()), true, Some(2), vec![("j-a".to_owned(), 9), ("j-b".to_owned(), 3)]);
+    assert_eq!(read(s).await, want, "before compaction");
+    let journal_rows = |s: &Store| {
+        let s = s.clone();
+        async move {
+            match &s {
+                Store::Postgres(pool) => sqlx::query_scalar::<_, i64>("SELECT count(*) FROM journal")
+                    .fetch_one(pool)
+                    .await
+                    .unwrap(),
+                Store::Sqlite(_) => 0,
+            }
+        }
+    };
+    if s.kind() == "postgres" {
+        assert_eq!(journal_rows(s).await, 3);
+        assert_eq!(s.summary().await.unwrap(), (0, 0), "the totals follow compactions");
+    }
+    let done = s.compact(COMPACT_MAX_ENTRIES).await.unwrap();
+    if s.kind() == "postgres" {
+        assert_eq!((done.flights, done.entries, done.sessions, done.left), (3, 4, 2, 0));
+        assert_eq!((done.grew.sessions, done.grew.bytes), (2, 12), "one write per session");
+    } else {
+        assert_eq!(done.flights, 0, "SQLite writes sessions at once: no journal");
+    }
+    assert_eq!(journal_rows(s).await, 0);
+    assert_eq!(read(s).await, want, "after compaction");
+    assert_eq!(s.summary().await.unwrap(), (2, 12));
+    // A compaction with nothing waiting does nothing.
+    assert_eq!(s.compact(COMPACT_MAX_ENTRIES).await.unwrap().flights, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Folding (migrations/postgres/0003_fold.sql)
 
@@ -592,10 +673,12 @@ async fn totals_with_sessions(store: &Store) -> Vec<(String, i64, i64)> {
     .unwrap()
 }
 
-/// Folds until a round finds nothing more.
+/// Compacts and folds until a round finds nothing more (a boot with reports in the journal is
+/// folded only after they are compacted).
 async fn fold_all(store: &Store, policy: &FoldPolicy) -> u64 {
     let mut folded = 0;
     for _ in 0..100 {
+        compact_all(store).await;
         let done = store.fold_round(policy).await.unwrap();
         folded += done.sessions;
         if !done.more {
@@ -618,7 +701,7 @@ async fn fold_direct_sessions(db: Db) {
     }
     rows.push(closed(row(direct(99), 7), 0)); // no device: counted in the summary only
     rows.push(closed(with_device(row(key(3, 1), 5), "phone-0"), 0)); // a gateway's session
-    s.write_flush(&rows).await.unwrap();
+    flush(s, &rows).await;
     s.boot_seen(3, key(3, 1).boot_epoch).await.unwrap();
     let before = totals_with_sessions(s).await;
     let summary = s.summary().await.unwrap();
@@ -638,7 +721,7 @@ async fn fold_direct_sessions(db: Db) {
 
     // The open ones close later and fold into the same devices' totals.
     let closing: Vec<FlushRow> = (0..25u64).step_by(5).map(|i| closed(row(direct(i), 100 + i), 0)).collect();
-    s.write_flush(&closing).await.unwrap();
+    flush(s, &closing).await;
     assert_eq!(fold_all(s, &fold_now(1000)).await, 5);
     let after = totals_with_sessions(s).await;
     let grew: i64 = 5 * 90; // five sessions, each from 10 + i to 100 + i
@@ -659,13 +742,13 @@ async fn fold_superseded_boot(db: Db) {
     assert_eq!(s.boot_seen(6, 1).await.unwrap(), BootState::Current);
     let rows: Vec<FlushRow> =
         (0..30u64).map(|i| with_device(row(old(i), 3 + i), &format!("g-{}", i % 3))).collect();
-    s.write_flush(&rows).await.unwrap();
-    s.write_flush(&[with_device(row(other(1), 9), "g-0")]).await.unwrap();
+    flush(s, &rows).await;
+    flush(s, &[with_device(row(other(1), 9), "g-0")]).await;
     // Nothing supersedes boot 1 yet: it may be alive.
     assert_eq!(fold_all(s, &fold_now(8)).await, 0);
     tick().await;
     assert_eq!(s.boot_seen(5, 2).await.unwrap(), BootState::Current, "the gateway restarted");
-    s.write_flush(&[with_device(row(new(0), 4), "g-1")]).await.unwrap();
+    flush(s, &[with_device(row(new(0), 4), "g-1")]).await;
     tick().await;
     let before = totals_with_sessions(s).await;
 
@@ -676,7 +759,7 @@ async fn fold_superseded_boot(db: Db) {
     assert_eq!(totals_with_sessions(s).await, before);
 
     // A late report of the old boot: refused, and it changes nothing.
-    let w = s.write_flush(&[row(old(3), 500), row(new(0), 6)]).await.unwrap();
+    let w = flush(s, &[row(old(3), 500), row(new(0), 6)]).await;
     assert_eq!(w.refused, vec![old(3)]);
     assert_eq!((w.sessions, w.bytes), (0, 2), "only the new boot's growth counts");
     let after = totals_with_sessions(s).await;
@@ -707,13 +790,16 @@ async fn fold_races_with_flushes(db: Db) {
             (0..SESSIONS).map(|i| with_device(row(old(i), round * 10 + i % 7), &device(i))).collect()
         };
         s.boot_seen(gateway, 1).await.unwrap();
-        s.write_flush(&rows(1)).await.unwrap();
+        flush(s, &rows(1)).await;
         tick().await;
         s.boot_seen(gateway, 2).await.unwrap();
         tick().await;
         let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        // The boot's reports wait in the journal until a compaction takes them, and only then
+        // is the boot folded: the writer goes on (refused) until the fold has begun.
+        let folding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
-            let (store, writing) = (s.clone(), writing.clone());
+            let (store, writing, folding) = (s.clone(), writing.clone(), folding.clone());
             tokio::spawn(async move {
                 // Per session, the largest total a write put there without being refused.
                 let mut accepted: Vec<u64> = (0..SESSIONS).map(|i| 10 + i % 7).collect();
@@ -724,7 +810,9 @@ async fn fold_races_with_flushes(db: Db) {
                             accepted[i as usize] = round * 10 + i % 7;
                         }
                     }
-                    if w.refused.len() as u64 == SESSIONS {
+                    if w.refused.len() as u64 == SESSIONS
+                        && folding.load(std::sync::atomic::Ordering::Relaxed)
+                    {
                         break;
                     }
                 }
@@ -733,11 +821,16 @@ async fn fold_races_with_flushes(db: Db) {
             })
         };
         let folder = {
-            let (store, writing) = (s.clone(), writing.clone());
+            let (store, writing, folding) = (s.clone(), writing.clone(), folding.clone());
             tokio::spawn(async move {
                 let mut folded = 0;
+                // As the compactor does: compactions and folds in turn, racing the writes.
                 while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.compact(COMPACT_MAX_ENTRIES).await.unwrap();
                     folded += store.fold_round(&fold_now(40)).await.unwrap().sessions;
+                    if folded > 0 {
+                        folding.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 folded
             })

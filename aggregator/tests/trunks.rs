@@ -163,10 +163,10 @@ async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
     })
     .await;
 
-    // The database stalls: a transaction holds every flush off the sessions table.
+    // The database stalls: a transaction holds every flush off the journal they append to.
     let aggregator::store::Store::Postgres(pool) = agg.store().await else { panic!("a Postgres store") };
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    sqlx::query("LOCK TABLE journal IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
     let sessions = open_all(&mut gw, "slow-", 3_000);
     let mut sent = HashMap::new();
     for round in 0..4 {

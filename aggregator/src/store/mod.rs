@@ -3,10 +3,15 @@
 //!
 //! The schema lives in `migrations/{postgres,sqlite}`; both are embedded in the binary and applied
 //! by [`Store::open`]. What [`Store::write_flush`] writes is what the ledger
-//! ([`trunk::ledger`]) flushed: one row per session that changed. The write is idempotent and
-//! monotonic — the stored count only grows (`GREATEST`), the device id and the close are set
+//! ([`trunk::ledger`]) flushed: one report per session that changed. What is stored is idempotent
+//! and monotonic — the stored count only grows (`GREATEST`), the device id and the close are set
 //! once — so replays, retries after a failed commit, and two aggregators writing the same session
 //! concurrently all leave the same, exact result.
+//!
+//! SQLite upserts the session rows in the flush's transaction. PostgreSQL appends the flush to a
+//! journal (one row, the reports as arrays) and [`Store::compact`] merges the journal into the
+//! session rows off the acknowledgement's path; every read of counts (`sessions_now`,
+//! `device_totals`) merges the journal in, so both dialects read the same at every instant.
 
 mod postgres;
 mod sqlite;
@@ -87,6 +92,24 @@ pub struct FoldPolicy {
     pub batch_rows: usize,
 }
 
+/// What one [`Store::compact`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Journal rows (flushes) merged and deleted.
+    pub flights: u64,
+    /// Reports they held.
+    pub entries: u64,
+    /// Sessions those reports were about (each written once).
+    pub sessions: u64,
+    /// What the merge added to the totals: sessions stored for the first time, bytes by which
+    /// stored counts grew.
+    pub grew: Written,
+    /// Flights still waiting (beyond `max_entries`): compact again.
+    pub left: u64,
+    /// Whether another aggregator was compacting or folding, so this one did nothing.
+    pub busy: bool,
+}
+
 /// What one [`Store::fold_round`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Folded {
@@ -149,9 +172,6 @@ pub struct SessionRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a gateway named {0:?} already exists")]
 pub struct GatewayExists(pub String);
-
-/// Rows per statement in a Postgres flush (all in one transaction).
-pub(crate) const PG_CHUNK_ROWS: usize = 10_000;
 
 /// A flush row ready for the database: integers as stored, device cleaned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,12 +312,18 @@ impl Store {
         }
     }
 
-    /// Writes one flush in one transaction. Per session: insert, or update keeping the larger
-    /// count, the first device id and the first close (`closed_at` = now, `close_reason`);
-    /// `last_byte_at` = now when the count grew, `opened_at` = now on insert. A row that would
-    /// change nothing (a replay) is not rewritten. Rows are written in key order. In the same
-    /// transaction, what the flush added goes into the `totals` (see [`Store::summary`]).
-    /// Rows of a folded gateway boot are not written: they come back in [`Written::refused`].
+    /// Writes one flush in one transaction; when it returns, the flush is durable. Per session,
+    /// what is stored becomes: insert, or update keeping the larger count, the first device id
+    /// and the first close (`closed_at` = now, `close_reason`); `last_byte_at` = now when the
+    /// count grew, `opened_at` = now on insert. A row that would change nothing (a replay) is
+    /// not rewritten; rows are written in key order. Rows of a folded gateway boot are not
+    /// written: they come back in [`Written::refused`].
+    ///
+    /// SQLite writes `sessions` at once and adds what the flush grew to the `totals` (see
+    /// [`Store::summary`]) in the same transaction. PostgreSQL appends the flush to its journal
+    /// (migrations/postgres/0004_journal.sql): every read of counts sees it at once, and
+    /// [`Store::compact`] later writes `sessions` and the totals as above, so there the growth
+    /// is reported by the compaction and the returned [`Written`] has only `refused`.
     pub async fn write_flush(&self, rows: &[FlushRow]) -> anyhow::Result<Written> {
         if rows.is_empty() {
             return Ok(Written::default());
@@ -305,10 +331,24 @@ impl Store {
         let rows = prepare(rows);
         let shard = rand::random_range(0..TOTALS_SHARDS);
         match self {
-            Store::Postgres(pool) => postgres::write_flush(pool, &rows, shard).await,
+            Store::Postgres(pool) => postgres::write_flush(pool, &rows).await,
             Store::Sqlite(pool) => sqlite::write_flush(pool, &rows, shard).await,
         }
         .with_context(|| format!("writing a flush of {} sessions", rows.len()))
+    }
+
+    /// Merges the oldest flushes waiting in the PostgreSQL journal, up to `max_entries` reports,
+    /// into `sessions` and the totals, in one transaction (see [`Store::write_flush`]). A
+    /// session reported in several of them is written once. SQLite has no journal: nothing to do.
+    pub async fn compact(&self, max_entries: usize) -> anyhow::Result<Compacted> {
+        match self {
+            Store::Postgres(pool) => {
+                let max = i64::try_from(max_entries.max(1)).unwrap_or(i64::MAX);
+                let shard = rand::random_range(0..TOTALS_SHARDS);
+                postgres::compact(pool, max, shard).await.context("compacting the journal")
+            }
+            Store::Sqlite(_) => Ok(Compacted::default()),
+        }
     }
 
     /// Records that gateway `gateway` is running boot `boot_epoch` (a trunk of it was accepted),
@@ -336,8 +376,13 @@ impl Store {
                 done.boots =
                     postgres::mark_superseded(pool, after_s).await.context("marking superseded boots")?;
                 for (gateway, epoch) in postgres::unfinished_boots(pool).await? {
-                    let n =
-                        postgres::fold_boot(pool, gateway, epoch, limit).await.context("folding a boot")?;
+                    // None: not now (reports of the boot wait in the journal, or another
+                    // aggregator is at it); a later round folds it.
+                    let Some(n) =
+                        postgres::fold_boot(pool, gateway, epoch, limit).await.context("folding a boot")?
+                    else {
+                        continue;
+                    };
                     done.sessions += n;
                     if n == 0 {
                         postgres::finish_boot(pool, gateway, epoch).await?;

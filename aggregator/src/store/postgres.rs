@@ -6,8 +6,8 @@ use sqlx::{PgPool, Row as _};
 use trunk::ledger::SessionKey;
 
 use super::{
-    boots_of, count_from_db, is_unique_violation, key_from_db, redact, split_refused, DbRow, GatewayExists,
-    GatewayRecord, SessionRecord, Written, ADD_TOTALS, PG_CHUNK_ROWS,
+    boots_of, count_from_db, is_unique_violation, redact, split_refused, Compacted, DbRow, GatewayExists,
+    GatewayRecord, SessionRecord, Written, ADD_TOTALS,
 };
 
 pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -21,39 +21,80 @@ pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPo
     Ok(pool)
 }
 
-/// One statement for up to [`PG_CHUNK_ROWS`] sessions: the rows arrive as arrays and are unnested
-/// in order (the caller sorted them by key). `now()` is the transaction's start: one timestamp
-/// for the whole flush. The WHERE clause skips rows that would change nothing (a replay), so they
-/// leave no dead tuple behind; they are still locked, in order. The statement answers one row:
-/// by how much the stored counts grew (`prev_bytes` holds each row's count before this write)
-/// and how many sessions are new, for the totals (migrations/postgres/0002_totals.sql).
-const UPSERT: &str = r#"
-WITH up AS (
-INSERT INTO sessions AS s
-    (gateway_id, boot_epoch, session_id, device, opened_at, closed_at, close_reason, bytes, last_byte_at,
-     prev_bytes)
-SELECT t.g, t.e, t.i, t.d, now(),
-       CASE WHEN t.r IS NULL THEN NULL ELSE now() END, t.r, t.b,
-       CASE WHEN t.b > 0 THEN now() ELSE NULL END, 0
-FROM UNNEST($1::int4[], $2::int8[], $3::int8[], $4::text[], $5::int8[], $6::int2[])
-     WITH ORDINALITY AS t(g, e, i, d, b, r, n)
-ORDER BY t.n
-ON CONFLICT (gateway_id, boot_epoch, session_id) DO UPDATE SET
-    bytes        = GREATEST(s.bytes, EXCLUDED.bytes),
-    prev_bytes   = s.bytes,
-    device       = COALESCE(s.device, EXCLUDED.device),
-    closed_at    = COALESCE(s.closed_at, EXCLUDED.closed_at),
-    close_reason = CASE WHEN s.closed_at IS NULL THEN EXCLUDED.close_reason ELSE s.close_reason END,
-    last_byte_at = CASE WHEN EXCLUDED.bytes > s.bytes THEN EXCLUDED.last_byte_at ELSE s.last_byte_at END
-WHERE EXCLUDED.bytes > s.bytes
-   OR (s.device IS NULL AND EXCLUDED.device IS NOT NULL)
-   OR (s.closed_at IS NULL AND EXCLUDED.closed_at IS NOT NULL)
-RETURNING s.bytes - s.prev_bytes AS grew, (s.xmax = 0) AS inserted
+/// A flush: one journal row holding the flight's reports as parallel arrays
+/// (migrations/postgres/0004_journal.sql). Its commit is what makes them durable.
+const APPEND: &str = "INSERT INTO journal \
+     (entries, gateway_ids, boot_epochs, session_ids, devices, totals, close_reasons) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// The flights one compaction takes: the oldest, in id order, up to `$1` reports (at least
+/// one flight). Every flight waiting is listed, so the caller also learns whether more wait.
+const COMPACT_PICK: &str = "SELECT id, upto - entries < $1 AS take FROM \
+     (SELECT id, entries, sum(entries) OVER (ORDER BY id) AS upto FROM journal) AS j ORDER BY id";
+
+/// One compaction: deletes the flights `$1` names and merges their reports into `sessions`, per
+/// session the largest count, the first device id and the first close (in flight order), with
+/// the timestamps of the flights that brought them. The upsert is the write a flush made before
+/// the journal: it keeps `GREATEST(stored, reported)`, sets the device and the close once, skips
+/// rows it would not change (a replay leaves no dead tuple), and locks rows in key order (two
+/// aggregators' writes cannot deadlock). Answers by how much stored counts grew (`prev_bytes`
+/// holds each row's count before this write), how many sessions are new, and how many reports
+/// and sessions were merged.
+const COMPACT: &str = r#"
+WITH taken AS (
+    DELETE FROM journal WHERE id = ANY($1)
+    RETURNING id, written_at, gateway_ids, boot_epochs, session_ids, devices, totals, close_reasons
+), entries AS (
+    SELECT t.id, t.written_at, u.g, u.e, u.i, u.d, u.b, u.r
+    FROM taken t, unnest(t.gateway_ids, t.boot_epochs, t.session_ids, t.devices, t.totals, t.close_reasons)
+        AS u(g, e, i, d, b, r)
+), merged AS (
+    SELECT g, e, i,
+           (array_agg(d ORDER BY id) FILTER (WHERE d IS NOT NULL))[1] AS d,
+           max(b) AS b,
+           (array_agg(r ORDER BY id) FILTER (WHERE r IS NOT NULL))[1] AS r,
+           min(written_at) AS first_at,
+           max(written_at) AS last_at,
+           min(written_at) FILTER (WHERE r IS NOT NULL) AS closed_at
+    FROM entries
+    GROUP BY g, e, i
+), up AS (
+    INSERT INTO sessions AS s
+        (gateway_id, boot_epoch, session_id, device, opened_at, closed_at, close_reason, bytes, last_byte_at,
+         prev_bytes)
+    SELECT g, e, i, d, first_at, closed_at, r, b, CASE WHEN b > 0 THEN last_at ELSE NULL END, 0
+    FROM merged
+    ORDER BY g, e, i
+    ON CONFLICT (gateway_id, boot_epoch, session_id) DO UPDATE SET
+        bytes        = GREATEST(s.bytes, EXCLUDED.bytes),
+        prev_bytes   = s.bytes,
+        device       = COALESCE(s.device, EXCLUDED.device),
+        closed_at    = COALESCE(s.closed_at, EXCLUDED.closed_at),
+        close_reason = CASE WHEN s.closed_at IS NULL THEN EXCLUDED.close_reason ELSE s.close_reason END,
+        last_byte_at = CASE WHEN EXCLUDED.bytes > s.bytes THEN EXCLUDED.last_byte_at ELSE s.last_byte_at END
+    WHERE EXCLUDED.bytes > s.bytes
+       OR (s.device IS NULL AND EXCLUDED.device IS NOT NULL)
+       OR (s.closed_at IS NULL AND EXCLUDED.closed_at IS NOT NULL)
+    RETURNING s.bytes - s.prev_bytes AS grew, (s.xmax = 0) AS inserted
 )
-SELECT LEAST(COALESCE(sum(grew::numeric), 0), 9223372036854775807)::int8 AS grew,
-       count(*) FILTER (WHERE inserted) AS inserted
-FROM up
+SELECT (SELECT LEAST(COALESCE(sum(grew::numeric), 0), 9223372036854775807)::int8 FROM up) AS grew,
+       (SELECT count(*) FROM up WHERE inserted) AS inserted,
+       (SELECT count(*) FROM entries) AS entries,
+       (SELECT count(*) FROM merged) AS sessions
 "#;
+
+/// Compactions and folds, across every aggregator on the database, run one at a time under this
+/// advisory lock: a fold deletes rows that a compaction might otherwise write again (see
+/// [`fold_boot`]). Taken with try-lock: an aggregator that finds another one at it skips the round.
+const MAINTENANCE_LOCK: i64 = FOLD_LOCK_BASE - 1;
+
+async fn try_maintenance_lock(tx: &mut sqlx::PgConnection) -> anyhow::Result<bool> {
+    let row = sqlx::query("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(MAINTENANCE_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(row.try_get(0)?)
+}
 
 /// Advisory locks that keep a flush's writes and the fold of a gateway boot apart: a flush holds
 /// the lock of each gateway it writes shared, the fold of a boot holds its gateway's lock
@@ -94,7 +135,10 @@ async fn folded_among(tx: &mut sqlx::PgConnection, boots: &[(u32, i64)]) -> anyh
         .collect()
 }
 
-pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>], shard: i16) -> anyhow::Result<Written> {
+/// A flush: checks under the gateways' fold locks which boots are folded (their reports are
+/// refused), appends the rest to the journal as one row, and commits. The growth of the stored
+/// counts is learnt later, when a compaction merges the row ([`compact`]).
+pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>]) -> anyhow::Result<Written> {
     let mut tx = pool.begin().await?;
     let mut written = Written::default();
     let boots = boots_of(rows);
@@ -112,35 +156,83 @@ pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>], shard: i16) -
             &kept[..]
         }
     };
-    for chunk in rows.chunks(PG_CHUNK_ROWS) {
-        let n = chunk.len();
-        let (mut g, mut e, mut i, mut d, mut b, mut r) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for row in chunk {
-            // int4 holds the u32 gateway number as the same bit pattern (numbers stay < 2^31).
-            g.push(row.gateway as i32);
-            e.push(row.boot_epoch);
-            i.push(row.session);
-            d.push(row.device.as_deref());
-            b.push(row.bytes);
-            r.push(row.close_reason);
-        }
-        let out =
-            sqlx::query(UPSERT).bind(g).bind(e).bind(i).bind(d).bind(b).bind(r).fetch_one(&mut *tx).await?;
-        written.add(count_from_db(out.try_get("inserted")?), count_from_db(out.try_get("grew")?));
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(written);
     }
-    if written.added() {
-        let (sessions, bytes) = written.as_db();
+    let n = rows.len();
+    let (mut g, mut e, mut i, mut d, mut b, mut r) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for row in rows {
+        // int4 holds the u32 gateway number as the same bit pattern (numbers stay < 2^31).
+        g.push(row.gateway as i32);
+        e.push(row.boot_epoch);
+        i.push(row.session);
+        d.push(row.device.as_deref());
+        b.push(row.bytes);
+        r.push(row.close_reason);
+    }
+    let entries = i32::try_from(n).context("a flight of more than 2^31 reports")?;
+    sqlx::query(APPEND)
+        .bind(entries)
+        .bind(g)
+        .bind(e)
+        .bind(i)
+        .bind(d)
+        .bind(b)
+        .bind(r)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// Merges the oldest journal flights, up to `max_entries` reports, into `sessions` in one
+/// transaction, adding what they grew to totals shard `shard`. Skips (answers `busy`) while
+/// another aggregator compacts or folds.
+pub(super) async fn compact(pool: &PgPool, max_entries: i64, shard: i16) -> anyhow::Result<Compacted> {
+    let mut tx = pool.begin().await?;
+    if !try_maintenance_lock(&mut tx).await? {
+        return Ok(Compacted { busy: true, ..Compacted::default() });
+    }
+    let waiting = sqlx::query(COMPACT_PICK).bind(max_entries).fetch_all(&mut *tx).await?;
+    let mut ids: Vec<i64> = Vec::new();
+    let mut left = 0;
+    for row in &waiting {
+        if row.try_get("take")? {
+            ids.push(row.try_get("id")?);
+        } else {
+            left += 1;
+        }
+    }
+    if ids.is_empty() {
+        return Ok(Compacted::default());
+    }
+    // The merge sorts up to --compact-max-entries reports: in memory, not in temporary files
+    // (about 100 bytes a report; the default work_mem of 4 MB spills past 40,000).
+    sqlx::query("SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
+    let out = sqlx::query(COMPACT).bind(&ids).fetch_one(&mut *tx).await?;
+    let mut done = Compacted {
+        flights: ids.len() as u64,
+        entries: count_from_db(out.try_get("entries")?),
+        sessions: count_from_db(out.try_get("sessions")?),
+        grew: Written::default(),
+        left,
+        busy: false,
+    };
+    done.grew.add(count_from_db(out.try_get("inserted")?), count_from_db(out.try_get("grew")?));
+    if done.grew.added() {
+        let (sessions, bytes) = done.grew.as_db();
         sqlx::query(ADD_TOTALS).bind(sessions).bind(bytes).bind(shard).execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(written)
+    Ok(done)
 }
 
 /// Timestamps as text, ISO-8601 in UTC with milliseconds (the format SQLite stores).
@@ -210,10 +302,12 @@ pub(super) async fn device_totals(pool: &PgPool, prefix: &str) -> anyhow::Result
         .collect()
 }
 
+/// One session as readers see it (`sessions_now`: its row merged with its reports still in the
+/// journal).
 pub(super) async fn session(pool: &PgPool, key: SessionKey) -> anyhow::Result<Option<SessionRecord>> {
     let row = sqlx::query(
-        "SELECT gateway_id, boot_epoch, session_id, device, bytes, closed_at IS NOT NULL AS closed, \
-         close_reason FROM sessions WHERE gateway_id = $1 AND boot_epoch = $2 AND session_id = $3",
+        "SELECT device, bytes, close_reason FROM sessions_now \
+         WHERE gateway_id = $1 AND boot_epoch = $2 AND session_id = $3",
     )
     .bind(key.gateway as i32)
     .bind(key.boot_epoch as i64)
@@ -221,13 +315,12 @@ pub(super) async fn session(pool: &PgPool, key: SessionKey) -> anyhow::Result<Op
     .fetch_optional(pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let gateway: i32 = row.try_get("gateway_id")?;
     let reason: Option<i16> = row.try_get("close_reason")?;
     Ok(Some(SessionRecord {
-        key: key_from_db(i64::from(gateway as u32), row.try_get("boot_epoch")?, row.try_get("session_id")?),
+        key,
         device: row.try_get("device")?,
         bytes: count_from_db(row.try_get("bytes")?),
-        closed: row.try_get("closed")?,
+        closed: reason.is_some(),
         close_reason: reason.map(|r| r as u8),
     }))
 }
@@ -341,18 +434,53 @@ SELECT count(*) AS folded FROM gone
     )
 }
 
-pub(super) async fn fold_boot(pool: &PgPool, gateway: i32, epoch: i64, limit: i64) -> anyhow::Result<u64> {
+/// Folds up to `limit` sessions of a folded gateway boot; `None` when it cannot now: another
+/// aggregator compacts or folds, or reports of the boot still wait in the journal. Those reports
+/// committed before the boot was marked (a flush that holds the gateway's fold lock checks the
+/// mark), so they are in the journal now and the next compaction merges them; were the boot's
+/// rows folded first, that compaction would insert them again and count them twice. Holding the
+/// maintenance lock, nothing compacts between the check and the fold.
+pub(super) async fn fold_boot(
+    pool: &PgPool,
+    gateway: i32,
+    epoch: i64,
+    limit: i64,
+) -> anyhow::Result<Option<u64>> {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = SQL.get_or_init(|| fold_sql("gateway_id = $2 AND boot_epoch = $3"));
-    let row = sqlx::query(sql).bind(limit).bind(gateway).bind(epoch).fetch_one(pool).await?;
-    Ok(count_from_db(row.try_get("folded")?))
+    let mut tx = pool.begin().await?;
+    if !try_maintenance_lock(&mut tx).await? {
+        return Ok(None);
+    }
+    let pending = sqlx::query(
+        "SELECT EXISTS (SELECT 1 FROM journal_entries WHERE gateway_id = $1 AND boot_epoch = $2)",
+    )
+    .bind(gateway)
+    .bind(epoch)
+    .fetch_one(&mut *tx)
+    .await?;
+    if pending.try_get(0)? {
+        return Ok(None);
+    }
+    let row = sqlx::query(sql).bind(limit).bind(gateway).bind(epoch).fetch_one(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Some(count_from_db(row.try_get("folded")?)))
 }
 
+/// Folds up to `limit` direct sessions closed at least `after_s` ago (0 while another aggregator
+/// compacts or folds). A direct session's reports are written by one aggregator, one flight at a
+/// time, so every report of it is in a flight older than the one that closed it; a compaction
+/// takes flights oldest first, so once the close is in `sessions`, no report of it waits.
 pub(super) async fn fold_direct(pool: &PgPool, after_s: f64, limit: i64) -> anyhow::Result<u64> {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let sql = SQL.get_or_init(|| {
         fold_sql("gateway_id = 0 AND closed_at IS NOT NULL AND closed_at < now() - make_interval(secs => $2)")
     });
-    let row = sqlx::query(sql).bind(limit).bind(after_s).fetch_one(pool).await?;
+    let mut tx = pool.begin().await?;
+    if !try_maintenance_lock(&mut tx).await? {
+        return Ok(0);
+    }
+    let row = sqlx::query(sql).bind(limit).bind(after_s).fetch_one(&mut *tx).await?;
+    tx.commit().await?;
     Ok(count_from_db(row.try_get("folded")?))
 }
