@@ -17,7 +17,9 @@
 //!   batch came back full.
 //!
 //! Each aggregator runs one compactor; across aggregators compactions and folds take turns under
-//! one database lock.
+//! one database lock. The compactor works at most `--compact-busy-percent` of the time: on a
+//! machine that cannot keep up, the journal grows (and is merged later, with more reports per
+//! row) rather than the acknowledgements slowing down.
 
 use std::time::Duration;
 
@@ -35,6 +37,11 @@ pub struct Schedule {
     pub compact_every: Duration,
     /// Most reports merged by one compaction (one transaction).
     pub compact_max_entries: usize,
+    /// At most this share of the time is spent compacting, 1 to 100 (%): after a compaction
+    /// that took `t`, the compactor rests `t * (100 - busy) / busy` before the next one, even
+    /// with flights left over, so that a backlog never takes the database from the flushes
+    /// (which acknowledge) and the trunk handshakes.
+    pub busy_percent: u32,
     /// Folding's policy and interval; `None`: folding is off.
     pub fold: Option<(FoldPolicy, Duration)>,
 }
@@ -43,7 +50,9 @@ pub struct Schedule {
 pub async fn run(store: Store, schedule: Schedule, metrics: Metrics, mut stop: watch::Receiver<bool>) {
     let mut next_fold = Instant::now();
     loop {
+        let started = Instant::now();
         let mut more = compact_once(&store, &schedule, &metrics).await;
+        let rest = rest_after(started.elapsed(), schedule.busy_percent);
         if let Some((policy, every)) = &schedule.fold {
             if Instant::now() >= next_fold {
                 let folded_more = fold_once(&store, policy, &metrics).await;
@@ -51,19 +60,22 @@ pub async fn run(store: Store, schedule: Schedule, metrics: Metrics, mut stop: w
                 more |= folded_more;
             }
         }
-        if more {
-            // Work left: on at once, but let a stop through between transactions.
-            if *stop.borrow() {
-                return;
-            }
-            tokio::task::yield_now().await;
-            continue;
+        // Work left: on after the rest; otherwise at the next interval.
+        let pause = if more { rest } else { rest.max(schedule.compact_every) };
+        if *stop.borrow() {
+            return;
         }
         tokio::select! {
-            _ = tokio::time::sleep(schedule.compact_every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
     }
+}
+
+/// How long to rest after working `worked`, to stay within `busy_percent` of the time.
+fn rest_after(worked: Duration, busy_percent: u32) -> Duration {
+    let busy = busy_percent.clamp(1, 100);
+    worked * (100 - busy) / busy
 }
 
 /// One compaction; whether flights are left over.
@@ -115,5 +127,20 @@ async fn fold_once(store: &Store, policy: &FoldPolicy, metrics: &Metrics) -> boo
             warn!(error = format!("{e:#}"), "folding failed; the next round tries again");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rests_in_proportion_to_the_work() {
+        let second = Duration::from_secs(1);
+        assert_eq!(rest_after(second, 50), second);
+        assert_eq!(rest_after(second, 25), 3 * second);
+        assert_eq!(rest_after(second, 100), Duration::ZERO);
+        assert_eq!(rest_after(second, 0), 99 * second, "at least 1 %");
+        assert_eq!(rest_after(second, 400), Duration::ZERO, "at most 100 %");
     }
 }

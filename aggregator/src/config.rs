@@ -163,9 +163,19 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_COMPACT_INTERVAL_MS", default_value_t = 250)]
     pub compact_interval_ms: u64,
 
-    /// Most reports merged from the journal by one compaction (one transaction).
-    #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 250_000)]
+    /// Most reports merged from the journal by one compaction (one transaction). Larger: more
+    /// reports of the same session merged into one row write when the database falls behind,
+    /// at the cost of a longer transaction and more memory in PostgreSQL (about 100 bytes a
+    /// report).
+    #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 1_000_000)]
     pub compact_max_entries: usize,
+
+    /// Largest share of the time (%) the compactor spends merging the journal: after a
+    /// compaction it rests in proportion, even with a backlog, so that the flushes (which
+    /// acknowledge) and trunk handshakes keep the database's attention when it cannot keep up.
+    #[arg(long, env = "HOLDFAST_COMPACT_BUSY_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub compact_busy_percent: u32,
 
     /// Most sessions folded in one transaction.
     #[arg(long, env = "HOLDFAST_FOLD_BATCH_ROWS", default_value_t = 10_000)]
@@ -176,8 +186,8 @@ pub struct Settings {
     pub max_flush_rows: usize,
 
     /// Flush transactions in flight at once, each over sessions no other holds (PostgreSQL; the
-    /// embedded SQLite store has one writer, so one). Kept below --db-connections: trunk
-    /// handshakes need a connection too.
+    /// embedded SQLite store has one writer, so one). Each has a database connection of its
+    /// own, apart from --db-connections.
     #[arg(long, env = "HOLDFAST_FLUSHES_IN_FLIGHT", default_value_t = 3)]
     pub flushes_in_flight: usize,
 
@@ -266,7 +276,8 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_DASHBOARD_GATEWAYS", default_value_t = 200)]
     pub dashboard_gateways: usize,
 
-    /// Database connections in the pool.
+    /// Database connections for trunk handshakes, the dashboard and the API. The write path
+    /// opens its own (PostgreSQL): one per flush in flight and one for the compactor.
     #[arg(long, env = "HOLDFAST_DB_CONNECTIONS", default_value_t = 4)]
     pub db_connections: u32,
 
@@ -293,6 +304,7 @@ impl Settings {
         crate::compactor::Schedule {
             compact_every: Duration::from_millis(self.compact_interval_ms.max(1)),
             compact_max_entries: self.compact_max_entries.max(1),
+            busy_percent: self.compact_busy_percent,
             fold: self.fold().map(|policy| (policy, Duration::from_millis(self.fold_interval_ms.max(1)))),
         }
     }

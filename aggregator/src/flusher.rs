@@ -139,7 +139,7 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
         (flight, rows, oldest)
     };
     let started = Instant::now();
-    let result = shared.store.write_flush(&rows).await;
+    let result = shared.writer.write_flush(&rows).await;
     let m = &shared.metrics;
     m.flush_duration.observe(started.elapsed().as_secs_f64());
     let mut books = shared.books();

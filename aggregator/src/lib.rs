@@ -98,6 +98,19 @@ async fn open_store(s: &Settings) -> anyhow::Result<Store> {
     Store::open(s.database_url.as_deref(), &s.data_dir, s.db_connections).await
 }
 
+/// The write path's own connections to `store`'s database (state::Shared::writer): for
+/// PostgreSQL a second pool, one connection per flush in flight and one for the compactor; the
+/// embedded SQLite store has one writer, so the same pool.
+async fn open_writer(s: &Settings, store: &Store) -> anyhow::Result<Store> {
+    match store {
+        Store::Postgres(_) => {
+            let connections = u32::try_from(s.flushes_in_flight.max(1) + 1).unwrap_or(u32::MAX);
+            Store::open(s.database_url.as_deref(), &s.data_dir, connections).await
+        }
+        Store::Sqlite(_) => Ok(store.clone()),
+    }
+}
+
 async fn gateway_command(cmd: GatewayCommand, s: &Settings) -> anyhow::Result<()> {
     // Say which database this is: run from another folder, or without the service's
     // DATABASE_URL, `gateway add` would provision into a database the aggregator never reads.
@@ -178,6 +191,7 @@ fn tls_config(s: &Settings) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option
 /// run ([`web::make_token_if_unset`]), so the start-up message prints it.
 pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyhow::Result<()> {
     let store = open_store(&s).await?;
+    let writer = open_writer(&s, &store).await?;
     info!(store = store.kind(), "store ready, migrations applied");
     let phone_key = devices::verifier(&s)?;
     let enrolment = devices::Enrolment::from_settings(&s)?;
@@ -212,14 +226,14 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
     let (stop_tx, stop_rx) = shutdown::channel();
     let (flush_stop_tx, flush_stop_rx) = shutdown::channel();
     let grace = s.shutdown_grace();
-    let mut shared = state::Shared::new(s, store, stop_rx);
+    let mut shared = state::Shared::new(s, store, writer, stop_rx);
     shared.phone_key = phone_key;
     shared.enrolment = enrolment;
     shared.ca_pem = ca.map(|ca| ca.pem.into());
     let shared = Arc::new(shared);
     let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx.clone()));
     tokio::spawn(compactor::run(
-        shared.store.clone(),
+        shared.writer.clone(),
         shared.settings.compactor(),
         shared.metrics.clone(),
         flush_stop_rx.clone(),

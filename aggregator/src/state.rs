@@ -23,7 +23,12 @@ pub struct Books {
 
 pub struct Shared {
     pub settings: Settings,
+    /// The database for trunk handshakes, the dashboard and the API (--db-connections).
     pub store: Store,
+    /// The same database for the write path, on connections of its own (PostgreSQL: one per
+    /// flush in flight and one for the compactor), so that a busy write path never keeps a
+    /// trunk handshake waiting for a connection. For SQLite, the same pool as `store`.
+    pub writer: Store,
     pub metrics: Metrics,
     pub registry: prometheus_client::registry::Registry,
     /// This process's boot epoch: the `boot_epoch` of its direct phones' session keys.
@@ -138,7 +143,7 @@ impl LastFlush {
 }
 
 impl Shared {
-    pub fn new(settings: Settings, store: Store, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(settings: Settings, store: Store, writer: Store, shutdown: watch::Receiver<bool>) -> Self {
         let (metrics, registry) = Metrics::new();
         let slots = vec![LedgerSlot::EMPTY; settings.ledger_capacity.max(1024)];
         let epoch = rand::random::<u64>();
@@ -159,6 +164,7 @@ impl Shared {
             enrolment: None,
             settings,
             store,
+            writer,
             metrics,
             registry,
             epoch,
@@ -174,8 +180,8 @@ impl Shared {
         match self.store {
             crate::store::Store::Sqlite(_) => 1,
             crate::store::Store::Postgres(_) => {
-                let spare = (self.settings.db_connections as usize).saturating_sub(1).max(1);
-                self.settings.flushes_in_flight.clamp(1, spare)
+                // The writer's pool has a connection for each (see lib.rs, open_writer).
+                self.settings.flushes_in_flight.max(1)
             }
         }
     }

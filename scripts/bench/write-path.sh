@@ -39,6 +39,8 @@ one_run() {
   RUST_LOG=warn "$bin" --data-dir "$work" --database-url "$url" --listen "127.0.0.1:$port" \
     --max-trunks $((gateways * 2 + 100)) >"$work/agg.out" 2>"$work/agg-$tag.log" &
   pid=$!
+  # This runs in a subshell ($(one_run ...)): the script's own trap does not see the aggregator.
+  trap 'kill "$pid" 2>/dev/null || true' EXIT
   for _ in $(seq 1 300); do grep -q '^listening' "$work/agg.out" 2>/dev/null && break; sleep 0.2; done
   grep -q '^listening' "$work/agg.out" || { cat "$work/agg-$tag.log" >&2; hf_die "$bin did not start"; }
   seq -f "wp-gw-%04g" 0 $((gateways - 1)) | xargs "$bin" --data-dir "$work" --database-url "$url" gateway add \

@@ -1,7 +1,10 @@
 //! The PostgreSQL side of [`super::Store`].
 
 use anyhow::Context as _;
+use std::str::FromStr as _;
+
 use sqlx::postgres::PgPoolOptions;
+use sqlx::ConnectOptions as _;
 use sqlx::{PgPool, Row as _};
 use trunk::ledger::SessionKey;
 
@@ -11,9 +14,14 @@ use super::{
 };
 
 pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    // A compaction of a million reports takes seconds by design: only statements slower than
+    // that are worth a warning.
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)
+        .with_context(|| format!("parsing {}", redact(url)))?
+        .log_slow_statements(tracing::log::LevelFilter::Warn, std::time::Duration::from_secs(30));
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
-        .connect(url)
+        .connect_with(options)
         .await
         .with_context(|| format!("connecting to {}", redact(url)))?;
     // Several aggregators may start together: sqlx serialises them with an advisory lock.
@@ -214,9 +222,10 @@ pub(super) async fn compact(pool: &PgPool, max_entries: i64, shard: i16) -> anyh
     if ids.is_empty() {
         return Ok(Compacted::default());
     }
-    // The merge sorts up to --compact-max-entries reports: in memory, not in temporary files
-    // (about 100 bytes a report; the default work_mem of 4 MB spills past 40,000).
-    sqlx::query("SET LOCAL work_mem = '64MB'").execute(&mut *tx).await?;
+    // The merge sorts up to --compact-max-entries reports: in memory rather than temporary
+    // files where it can (about 100 bytes a report; the default work_mem of 4 MB spills past
+    // 40,000 reports).
+    sqlx::query("SET LOCAL work_mem = '128MB'").execute(&mut *tx).await?;
     let out = sqlx::query(COMPACT).bind(&ids).fetch_one(&mut *tx).await?;
     let mut done = Compacted {
         flights: ids.len() as u64,
