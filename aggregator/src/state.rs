@@ -46,8 +46,10 @@ pub struct Shared {
     pub trunks: Arc<Semaphore>,
     /// Trunk handshakes in progress (see `--max-pending-trunks`).
     pub pending_trunks: Arc<Semaphore>,
-    /// One gateway lookup at a time for the handshakes: they never take more than one database
-    /// connection from the flushes, however many unauthenticated Hellos arrive.
+    /// Gateway lookups of trunk handshakes in progress at once: all but one of the
+    /// --db-connections, however many unauthenticated Hellos arrive, so that one connection
+    /// stays for recording boots, the dashboard and the API. (The write path has connections of
+    /// its own: a flood of Hellos never delays a flush.)
     pub hello_lookups: Semaphore,
     gateways: Mutex<BTreeMap<u32, GatewayLive>>,
     /// The latest flush, for the dashboard.
@@ -155,7 +157,7 @@ impl Shared {
             phones: Arc::new(Semaphore::new(settings.max_phones)),
             trunks: Arc::new(Semaphore::new(settings.max_trunks)),
             pending_trunks: Arc::new(Semaphore::new(settings.max_pending_trunks)),
-            hello_lookups: Semaphore::new(1),
+            hello_lookups: Semaphore::new((settings.db_connections as usize).saturating_sub(1).max(1)),
             gateways: Mutex::new(BTreeMap::new()),
             last_flush: LastFlush::default(),
             dashboard: Dashboard::new(&settings),

@@ -128,7 +128,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(hello) => {
             let name = String::from_utf8_lossy(hello.gateway_id).into_owned();
             let lookup = {
-                // One lookup at a time (see Shared::hello_lookups); never closed, so no error.
+                // A bounded number of lookups at once (see Shared::hello_lookups); never closed,
+                // so no error.
                 let _one = shared.hello_lookups.acquire().await;
                 shared.store.gateway_get(&name).await
             };

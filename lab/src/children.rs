@@ -18,13 +18,28 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `command`; stdout to `stdout` (or to the log), stderr to `dir/NAME.log`.
+    /// Starts `command` at niceness `nice` (inherited by the processes it starts); stdout to
+    /// `stdout` (or to the log), stderr to `dir/NAME.log`.
     pub fn spawn(
         name: &str,
         mut command: Command,
+        nice: i32,
         dir: &Path,
         stdout: Option<&Path>,
     ) -> anyhow::Result<Proc> {
+        if nice != 0 {
+            // SAFETY: between fork and exec only setpriority(2) runs, an async-signal-safe
+            // system call on the child itself; no allocation, no lock.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let log = dir.join(format!("{name}.log"));
         let err = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let out = match stdout {

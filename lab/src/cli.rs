@@ -101,6 +101,15 @@ pub struct HoldArgs {
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     pub drain_timeout_s: u64,
 
+    /// The niceness (0 to 19) of the gateways and mobile-sim: this one machine plays the phones,
+    /// the sites and the centre, and with a hundred busy phone-side processes the scheduler's
+    /// fair share leaves the aggregator's and PostgreSQL's few threads a hundredth of the CPU
+    /// each, where a deployment gives the centre machines of its own. Niceness changes who
+    /// waits, not how much CPU each tier uses (the per-tier figures). 0: all equal.
+    #[arg(long, default_value_t = 10, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
+
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,

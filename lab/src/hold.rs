@@ -249,7 +249,7 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
     let mut aggregator = {
         let mut c = admin(&["--listen", &aggregator_addr.to_string(), "--max-trunks", "4096"]);
         c.env("RUST_LOG", "info").env("NO_COLOR", "1");
-        Proc::spawn("aggregator", c, &out, Some(&out.join("aggregator.out")))?
+        Proc::spawn("aggregator", c, 0, &out, Some(&out.join("aggregator.out")))?
     };
     wait_listening(&mut aggregator, aggregator_addr).await?;
     let scraper = Scraper::new(aggregator_addr, &data.join("ca.pem"))?;
@@ -350,7 +350,7 @@ impl Setup<'_> {
                 .arg("10")
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1");
-            let mut g = Proc::spawn(name, c, out, None)?;
+            let mut g = Proc::spawn(name, c, args.nice, out, None)?;
             wait_listening(&mut g, listen).await?;
             running.gateways.push(g);
             targets.push(format!("ws://{listen}/ws"));
@@ -401,7 +401,7 @@ impl Setup<'_> {
             .arg("--quiet")
             .env("RUST_LOG", "warn");
         let sim_report = out.join("mobile-sim.json");
-        running.phones = Some(Proc::spawn("mobile-sim", c, out, Some(&sim_report))?);
+        running.phones = Some(Proc::spawn("mobile-sim", c, args.nice, out, Some(&sim_report))?);
         running.pids.replace(None);
         let t0 = Instant::now();
         let mut sampler = Sampler::new(t0, before_phones);
@@ -597,6 +597,7 @@ impl Setup<'_> {
             phones_per_gateway: plan.phones_per_gateway,
             sim_processes: plan.sim_processes,
             links_per_gateway: args.links,
+            nice: args.nice,
             database: String::new(),
             files_limit: 0,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

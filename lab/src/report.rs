@@ -147,6 +147,8 @@ pub struct HoldReport {
     pub phones_per_gateway: u64,
     pub sim_processes: u64,
     pub links_per_gateway: u8,
+    /// The niceness the gateways and mobile-sim ran at (the aggregator and PostgreSQL at 0).
+    pub nice: i32,
     pub database: String,
     pub files_limit: u64,
     pub cores: usize,
@@ -192,8 +194,14 @@ impl HoldReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "lab hold: {} phones on {} gateways ({} each, {} trunk links each), {} mobile-sim processes",
-            self.phones, self.gateways, self.phones_per_gateway, self.links_per_gateway, self.sim_processes
+            "lab hold: {} phones on {} gateways ({} each, {} trunk links each), {} mobile-sim processes; \
+             gateways and mobile-sim at nice {}",
+            self.phones,
+            self.gateways,
+            self.phones_per_gateway,
+            self.links_per_gateway,
+            self.sim_processes,
+            self.nice
         );
         let _ = writeln!(
             s,
