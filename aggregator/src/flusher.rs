@@ -114,9 +114,9 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
     // there, up to this many).
     let take = shared.books().ledger.ready().min(shared.settings.max_flush_rows.max(1));
     let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; take];
-    let (flight, rows, oldest) = {
+    let (flight, rows) = {
         let mut books = shared.books();
-        let flight = books.ledger.begin_flush(&mut keys);
+        let flight = books.ledger.begin_flush(&mut keys, shared.now_ms());
         if flight.is_empty() {
             books.ledger.commit_succeeded(flight, |_, _, _| {});
             return Flushed::Nothing;
@@ -131,12 +131,7 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
                 closed: r.closed.map(|c| c.0),
             })
             .collect();
-        let oldest = books.dirty_since.take();
-        if books.ledger.dirty() > 0 {
-            // Reports not in this flight keep waiting; their age is at most this old.
-            books.dirty_since = oldest;
-        }
-        (flight, rows, oldest)
+        (flight, rows)
     };
     let started = Instant::now();
     let result = shared.writer.write_flush(&rows).await;
@@ -145,6 +140,8 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
     let mut books = shared.books();
     match result {
         Ok(written) => {
+            // From the arrival of the flight's oldest report to now, when it is durable.
+            let lag = Duration::from_millis(flight.waited_ms(shared.now_ms()));
             let mut acks: HashMap<u32, Vec<AckEntry>> = HashMap::new();
             // Sessions of a folded gateway boot were not written: no acknowledgement for them
             // (their gateway, if it still runs, is refused; see compactor.rs).
@@ -165,20 +162,13 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
                 m.refused_rows.inc_by(refused.len() as u64);
                 warn!(rows = refused.len(), "reports of folded gateway boots were refused, not acknowledged");
             }
-            let lag = oldest.map(|t| t.elapsed());
-            if let Some(lag) = lag {
-                m.flush_lag.observe(lag.as_secs_f64());
-            }
-            shared.last_flush.record(shared.now_ms(), rows.len(), lag, started.elapsed());
+            m.flush_lag.observe(lag.as_secs_f64());
+            shared.last_flush.record(shared.now_ms(), rows.len(), Some(lag), started.elapsed());
             debug!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "flush committed");
             Flushed::Committed(rows.len())
         }
         Err(e) => {
             books.ledger.commit_failed(flight);
-            books.dirty_since = match (oldest, books.dirty_since) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
             drop(books);
             m.db_errors.inc();
             warn!(rows = rows.len(), error = %e, "flush failed; its rows wait for the next one");

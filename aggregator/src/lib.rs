@@ -17,6 +17,7 @@
 //! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
 //! - [`metrics`], [`shutdown`], [`workers`].
 
+pub mod batch;
 pub mod compactor;
 pub mod config;
 pub mod dashboard;

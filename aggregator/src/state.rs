@@ -9,16 +9,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify, Semaphore};
 use trunk::ledger::{Ledger, LedgerSlot, SessionKey, Update};
 
+use crate::batch::Batcher;
 use crate::config::Settings;
 use crate::dashboard::Dashboard;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
-use crate::store::Store;
+use crate::store::{BootState, GatewayRecord, Store};
 
-/// The ledger and the age of its oldest report that is not yet in a flush.
+/// The ledger (each report in it stamped with [`Shared::now_ms`], so that a flight knows how long
+/// its oldest report waited).
 pub struct Books {
     pub ledger: Ledger<Vec<LedgerSlot>>,
-    pub dirty_since: Option<Instant>,
 }
 
 pub struct Shared {
@@ -46,11 +47,12 @@ pub struct Shared {
     pub trunks: Arc<Semaphore>,
     /// Trunk handshakes in progress (see `--max-pending-trunks`).
     pub pending_trunks: Arc<Semaphore>,
-    /// Gateway lookups of trunk handshakes in progress at once: all but one of the
-    /// --db-connections, however many unauthenticated Hellos arrive, so that one connection
-    /// stays for recording boots, the dashboard and the API. (The write path has connections of
-    /// its own: a flood of Hellos never delays a flush.)
-    pub hello_lookups: Semaphore,
+    /// Trunk handshakes' gateway lookups, in batches (batch.rs): one query at a time however
+    /// many Hellos arrive, each carrying up to `--max-pending-trunks` names. (The write path has
+    /// connections of its own: a flood of Hellos never delays a flush.)
+    pub gateway_lookups: Batcher<String, Option<GatewayRecord>>,
+    /// Authenticated trunks' boots, recorded in batches the same way (one commit each).
+    pub boot_records: Batcher<(u32, u64), BootState>,
     gateways: Mutex<BTreeMap<u32, GatewayLive>>,
     /// The latest flush, for the dashboard.
     pub last_flush: LastFlush,
@@ -150,14 +152,30 @@ impl Shared {
         let slots = vec![LedgerSlot::EMPTY; settings.ledger_capacity.max(1024)];
         let epoch = rand::random::<u64>();
         Shared {
-            books: Mutex::new(Books { ledger: Ledger::new(slots, rand::random()), dirty_since: None }),
+            books: Mutex::new(Books { ledger: Ledger::new(slots, rand::random()) }),
             routes: Routes::default(),
             next_direct_session: AtomicU64::new(1),
             room: Notify::new(),
             phones: Arc::new(Semaphore::new(settings.max_phones)),
             trunks: Arc::new(Semaphore::new(settings.max_trunks)),
             pending_trunks: Arc::new(Semaphore::new(settings.max_pending_trunks)),
-            hello_lookups: Semaphore::new((settings.db_connections as usize).saturating_sub(1).max(1)),
+            gateway_lookups: {
+                let store = store.clone();
+                Batcher::spawn("gateway lookups", settings.max_pending_trunks, move |names: Vec<String>| {
+                    let store = store.clone();
+                    async move {
+                        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                        store.gateways_get(&names).await
+                    }
+                })
+            },
+            boot_records: {
+                let store = store.clone();
+                Batcher::spawn("boot records", settings.max_pending_trunks, move |boots: Vec<(u32, u64)>| {
+                    let store = store.clone();
+                    async move { store.boots_seen(&boots).await }
+                })
+            },
             gateways: Mutex::new(BTreeMap::new()),
             last_flush: LastFlush::default(),
             dashboard: Dashboard::new(&settings),
@@ -205,8 +223,7 @@ impl Shared {
             {
                 let mut books = self.books();
                 // Full: wait below for a commit to free room.
-                if let Ok(()) = books.ledger.record(key, route, update) {
-                    books.dirty_since.get_or_insert_with(Instant::now);
+                if let Ok(()) = books.ledger.record(key, route, update, self.now_ms()) {
                     // Kept current here, not only at commits: a stalled database is when the
                     // gauge matters, and then nothing commits.
                     self.metrics.ledger_entries.set(books.ledger.len() as i64);

@@ -127,12 +127,8 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         Err(e) => Err((e, String::new())),
         Ok(hello) => {
             let name = String::from_utf8_lossy(hello.gateway_id).into_owned();
-            let lookup = {
-                // A bounded number of lookups at once (see Shared::hello_lookups); never closed,
-                // so no error.
-                let _one = shared.hello_lookups.acquire().await;
-                shared.store.gateway_get(&name).await
-            };
+            // With the other handshakes in progress, in one query (batch.rs).
+            let lookup = shared.gateway_lookups.call(name.clone()).await;
             match lookup {
                 Err(e) => {
                     warn!(%peer, gateway = %name, error = %e, "cannot look up gateway");
@@ -152,8 +148,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     };
     match verdict {
         Ok((link, name)) => {
-            let _ = shared.store.gateway_seen(link.gateway()).await;
-            match shared.store.boot_seen(link.gateway(), link.boot_epoch()).await {
+            match shared.boot_records.call((link.gateway(), link.boot_epoch())).await {
                 Ok(BootState::Current) => Ok((link, name)),
                 Ok(BootState::Folded) => {
                     // A newer boot of this gateway took over and this boot's sessions were
@@ -299,7 +294,6 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
                         let mut books = shared.books();
                         let r = link.handle_message(&bytes, now, &config, &mut books.ledger, route)?;
                         if r.opens + r.counts + r.closes > 0 {
-                            books.dirty_since.get_or_insert_with(std::time::Instant::now);
                             shared.metrics.ledger_entries.set(books.ledger.len() as i64);
                         }
                         r

@@ -416,15 +416,24 @@ async fn gateways(db: Db) {
     assert_eq!(s.gateway_get("nope").await.unwrap(), None);
     assert_eq!(s.gateway_list().await.unwrap(), vec![a.clone(), b.clone()]);
 
-    s.gateway_seen(a.number).await.unwrap();
+    // Several at once, as handshakes that arrive together are asked (answers in the order asked).
+    assert_eq!(
+        s.gateways_get(&["site-b", "nope", "site-a", "site-b"]).await.unwrap(),
+        vec![Some(b.clone()), None, Some(a.clone()), Some(b.clone())]
+    );
+
+    assert_eq!(s.boot_seen(a.number, 1).await.unwrap(), BootState::Current);
     let seen = s.gateway_get("site-a").await.unwrap().unwrap();
     let first_seen = seen.last_seen.clone().expect("last_seen is set");
     assert!(first_seen.ends_with('Z') && first_seen >= a.created, "{first_seen} vs {}", a.created);
     assert_eq!((seen.number, &seen.secret, &seen.created), (a.number, &a.secret, &a.created));
     tick().await;
-    s.gateway_seen(a.number).await.unwrap();
+    // A batch: the same boot twice, another boot of the same gateway, an unknown gateway.
+    assert_eq!(
+        s.boots_seen(&[(a.number, 1), (a.number, 2), (9_999, 1), (a.number, 1)]).await.unwrap(),
+        vec![BootState::Current; 4]
+    );
     assert!(s.gateway_get("site-a").await.unwrap().unwrap().last_seen.unwrap() > first_seen);
-    s.gateway_seen(9_999).await.unwrap(); // unknown: nothing happens
     assert_eq!(s.gateway_get("site-b").await.unwrap().unwrap().last_seen, None);
 
     assert!(s.gateway_remove("site-b").await.unwrap());

@@ -47,9 +47,10 @@ impl Aggregator {
     /// One commit: the ledger's dirty rows go to the table (keeping the larger total, as
     /// `GREATEST` does), then their acknowledgements go out on the links they came from.
     fn commit(&mut self) {
+        let now = self.now();
         let Self { ledger, db, routes, config, .. } = self;
         let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; ledger.ready()];
-        let flight = ledger.begin_flush(&mut keys);
+        let flight = ledger.begin_flush(&mut keys, now);
         for row in ledger.rows(&flight) {
             let r = db.entry(row.key).or_default();
             r.total = r.total.max(row.total);

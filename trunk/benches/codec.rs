@@ -184,7 +184,7 @@ fn server_ingest(c: &mut Criterion) {
                 elapsed += start.elapsed();
                 assert_eq!(r.counts, ENTRIES as usize);
                 // Empty the ledger again, outside the measurement.
-                let flight = ledger.begin_flush(&mut keys);
+                let flight = ledger.begin_flush(&mut keys, 0);
                 ledger.commit_succeeded(flight, |_, _, _| {});
             }
             elapsed

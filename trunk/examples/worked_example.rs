@@ -122,7 +122,7 @@ fn main() {
     let received = link.handle_message(reports, now, &server_config, &mut ledger, 0).unwrap();
     assert_eq!((received.opens, received.counts), (2, 3));
     let mut keys = [SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 64];
-    let flight = ledger.begin_flush(&mut keys);
+    let flight = ledger.begin_flush(&mut keys, now);
     let mut acks = Vec::new();
     ledger.commit_succeeded(flight, |_route, _key, entry| acks.push(entry));
     acks.sort_by_key(|e| e.session); // the ledger's order is the order of change; sorted by session here

@@ -115,7 +115,42 @@ pub struct LedgerSlot {
     device: ShortBytes<MAX_DEVICE_ID_LEN>,
     /// Entry `i` of the queue of changed sessions lives in slot `i` (not the session's slot):
     /// the queue never holds more keys than the table holds sessions.
-    queued: SessionKey,
+    queued: Queued,
+}
+
+/// One entry of the queue of changed sessions: the key, and since when its reports wait (the
+/// low 32 bits of the caller's milliseconds, in what would be the key's padding: the slot does
+/// not grow).
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    gateway: u32,
+    since_ms: u32,
+    boot_epoch: u64,
+    session: u64,
+}
+
+impl Queued {
+    const NONE: Self = Self { gateway: 0, since_ms: 0, boot_epoch: 0, session: 0 };
+
+    fn new(key: SessionKey, since_ms: u64) -> Self {
+        // Truncated on purpose: only differences are taken (wrapping), and no report waits
+        // 49 days.
+        Self {
+            gateway: key.gateway,
+            since_ms: since_ms as u32,
+            boot_epoch: key.boot_epoch,
+            session: key.session,
+        }
+    }
+
+    fn key(&self) -> SessionKey {
+        SessionKey { gateway: self.gateway, boot_epoch: self.boot_epoch, session: self.session }
+    }
+
+    /// How long this entry has waited at `now_ms`.
+    fn waited_ms(&self, now_ms: u64) -> u32 {
+        (now_ms as u32).wrapping_sub(self.since_ms)
+    }
 }
 
 impl LedgerSlot {
@@ -127,7 +162,7 @@ impl LedgerSlot {
         pending: Part::NONE,
         inflight: Part::NONE,
         device: ShortBytes::EMPTY,
-        queued: SessionKey { gateway: 0, boot_epoch: 0, session: 0 },
+        queued: Queued::NONE,
     };
 }
 
@@ -138,6 +173,10 @@ impl LedgerSlot {
 #[must_use = "a flight must land: commit_succeeded or commit_failed"]
 pub struct Flight<'k> {
     keys: &'k [SessionKey],
+    /// The caller's milliseconds when the flight began.
+    began_ms: u64,
+    /// How long the flight's oldest report had waited when it began.
+    waited_ms: u32,
 }
 
 impl Flight<'_> {
@@ -154,6 +193,14 @@ impl Flight<'_> {
     /// The sessions, oldest change first.
     pub fn keys(&self) -> &[SessionKey] {
         self.keys
+    }
+
+    /// How long the flight's oldest report has waited at `now_ms` (the caller's milliseconds, as
+    /// given to [`Ledger::record`]): the flush lag of this flight if it commits now. A report that
+    /// arrived while its session was in an earlier flight counts from that flight's start (it
+    /// came later, so this never understates a wait).
+    pub fn waited_ms(&self, now_ms: u64) -> u64 {
+        u64::from(self.waited_ms) + now_ms.saturating_sub(self.began_ms)
     }
 }
 
@@ -259,21 +306,21 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         i
     }
 
-    fn queue_push_back(&mut self, key: SessionKey) {
+    fn queue_push_back(&mut self, entry: Queued) {
         debug_assert!(self.queue_len <= self.mask);
         let at = (self.queue_head + self.queue_len) & self.mask;
-        self.slots.as_mut()[at].queued = key;
+        self.slots.as_mut()[at].queued = entry;
         self.queue_len += 1;
     }
 
-    fn queue_push_front(&mut self, key: SessionKey) {
+    fn queue_push_front(&mut self, entry: Queued) {
         debug_assert!(self.queue_len <= self.mask);
         self.queue_head = self.queue_head.wrapping_sub(1) & self.mask;
-        self.slots.as_mut()[self.queue_head].queued = key;
+        self.slots.as_mut()[self.queue_head].queued = entry;
         self.queue_len += 1;
     }
 
-    fn queue_pop_front(&mut self) -> Option<SessionKey> {
+    fn queue_pop_front(&mut self) -> Option<Queued> {
         if self.queue_len == 0 {
             return None;
         }
@@ -283,10 +330,18 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         Some(key)
     }
 
-    /// Adds one report; `route` is where its acknowledgement should go (the caller's number for a
-    /// trunk link or phone connection). Every report makes the session dirty, even one that adds
-    /// nothing: a replay on a new link must be acknowledged on that link.
-    pub fn record(&mut self, key: SessionKey, route: u32, update: Update<'_>) -> Result<(), LedgerFull> {
+    /// Adds one report that arrived at `now_ms` (the caller's clock in milliseconds; it is only
+    /// used to tell how long reports wait, see [`Flight::waited_ms`]); `route` is where its
+    /// acknowledgement should go (the caller's number for a trunk link or phone connection).
+    /// Every report makes the session dirty, even one that adds nothing: a replay on a new link
+    /// must be acknowledged on that link.
+    pub fn record(
+        &mut self,
+        key: SessionKey,
+        route: u32,
+        update: Update<'_>,
+        now_ms: u64,
+    ) -> Result<(), LedgerFull> {
         let (i, found) = if self.max_used == 0 { return Err(LedgerFull) } else { self.find(&key) };
         if !found {
             if self.used >= self.max_used {
@@ -316,7 +371,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             self.dirty += 1;
             // A session in flight joins the queue when its flight lands.
             if !flying {
-                self.queue_push_back(key);
+                self.queue_push_back(Queued::new(key, now_ms));
             }
         }
         Ok(())
@@ -327,12 +382,18 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         self.inflight > 0
     }
 
-    /// Starts a flight with up to `keys.len()` of the sessions that changed longest ago and are
-    /// not in another flight; their keys are written to `keys`. Costs O(sessions taken).
-    pub fn begin_flush<'k>(&mut self, keys: &'k mut [SessionKey]) -> Flight<'k> {
+    /// Starts a flight, at `now_ms`, with up to `keys.len()` of the sessions that changed longest
+    /// ago and are not in another flight; their keys are written to `keys`. Costs O(sessions
+    /// taken).
+    pub fn begin_flush<'k>(&mut self, keys: &'k mut [SessionKey], now_ms: u64) -> Flight<'k> {
         let mut taken = 0;
+        let mut waited_ms = 0;
         while taken < keys.len() {
-            let Some(key) = self.queue_pop_front() else { break };
+            let Some(entry) = self.queue_pop_front() else { break };
+            // Not simply the first entry's: sessions put back by a failed or landed flight
+            // carry older stamps than entries queued before them.
+            waited_ms = waited_ms.max(entry.waited_ms(now_ms));
+            let key = entry.key();
             let i = self.slot_of(&key);
             let slot = &mut self.slots.as_mut()[i];
             slot.inflight = slot.pending;
@@ -342,7 +403,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         }
         self.dirty -= taken;
         self.inflight += taken;
-        Flight { keys: &keys[..taken] }
+        Flight { keys: &keys[..taken], began_ms: now_ms, waited_ms }
     }
 
     /// The rows of a flight, in its order.
@@ -375,7 +436,8 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             let dirty = slot.pending.flags & DIRTY != 0;
             self.inflight -= 1;
             if dirty {
-                self.queue_push_back(*key);
+                // Its new reports arrived after the flight began: count their wait from then.
+                self.queue_push_back(Queued::new(*key, flight.began_ms));
             } else {
                 self.remove(i);
             }
@@ -385,6 +447,8 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
     /// The flight's transaction failed: its sessions go back to the front of the queue, so the
     /// next flush writes them first. Costs O(sessions in the flight).
     pub fn commit_failed(&mut self, flight: Flight<'_>) {
+        // Each waits since the flight's oldest report did, at the latest.
+        let since = flight.began_ms.wrapping_sub(u64::from(flight.waited_ms));
         // Backwards, so that pushing each to the front keeps the flight's order.
         for key in flight.keys.iter().rev() {
             let i = self.slot_of(key);
@@ -397,7 +461,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             if !was_dirty {
                 self.dirty += 1;
             }
-            self.queue_push_front(*key);
+            self.queue_push_front(Queued::new(*key, since));
         }
     }
 

@@ -297,7 +297,7 @@ impl ServerLink {
             match frame? {
                 Frame::Open(o) => {
                     let update = Update { device: o.device, ..Update::default() };
-                    ledger.record(key(o.session), route, update)?;
+                    ledger.record(key(o.session), route, update, now)?;
                     received.opens += 1;
                 }
                 Frame::Counts(c) => {
@@ -306,13 +306,14 @@ impl ServerLink {
                             key(e.session),
                             route,
                             Update { total: Some(e.total), ..Update::default() },
+                            now,
                         )?;
                         received.counts += 1;
                     }
                 }
                 Frame::Close(c) => {
                     let update = Update { total: Some(c.total), closed: Some(c.reason), ..Update::default() };
-                    ledger.record(key(c.session), route, update)?;
+                    ledger.record(key(c.session), route, update, now)?;
                     received.closes += 1;
                 }
                 Frame::Ping(n) => self.pong_due = Some(n),

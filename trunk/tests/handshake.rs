@@ -46,7 +46,7 @@ fn the_right_secret_opens_the_link_and_sessions_flow() {
     let got = link.handle_message(&buf[..n], 5, &config, &mut ledger, 42).unwrap();
     assert_eq!((got.opens, got.counts), (1, 1));
     let mut keys = [SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 10];
-    let flight = ledger.begin_flush(&mut keys);
+    let flight = ledger.begin_flush(&mut keys, 5);
     let row = ledger.rows(&flight).next().unwrap();
     assert_eq!(
         (row.key.gateway, row.key.boot_epoch, row.total, row.device),
@@ -109,7 +109,7 @@ fn round_trip(
         link.handle_message(&buf[..n], now, &config, ledger, 0).unwrap();
     }
     let mut keys = [SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 64];
-    let flight = ledger.begin_flush(&mut keys);
+    let flight = ledger.begin_flush(&mut keys, now);
     let mut acks = Vec::new();
     ledger.commit_succeeded(flight, |_, _, entry| acks.push(entry));
     let mut acks = acks.into_iter().peekable();

@@ -2,7 +2,9 @@
 //! (committed or failed, in any order, several in the air at once), each flight's rows and
 //! acknowledgements are exactly what a plain model says they must be: the sessions that changed
 //! longest ago first, never one session in two flights, and the fixed-size table never loses an
-//! entry (it is small here, so probe runs wrap and removals shift entries around).
+//! entry (it is small here, so probe runs wrap and removals shift entries around). And a flight
+//! says how long its oldest report waited: never less than the truth, and exactly by the rule the
+//! ledger documents (see `Flight::waited_ms`).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -46,15 +48,27 @@ struct Session {
     route: u32,
     /// Reports not yet in a flight.
     pending: Option<Part>,
-    /// The flight it is in: (total written, what the reports carried).
-    flying: Option<(u64, Part)>,
+    /// When the oldest of the pending reports arrived.
+    pending_since: u64,
+    /// The flight it is in: (total written, what the reports carried, when the oldest of them
+    /// arrived).
+    flying: Option<(u64, Part, u64)>,
+}
+
+/// A flight in the air, as the model sees it: when it began, and the stamp its sessions go back
+/// to the queue with if it fails (its oldest stamp).
+struct Flying {
+    flight: Flight<'static>,
+    began: u64,
+    oldest_stamp: u64,
 }
 
 #[derive(Default)]
 struct Model {
     sessions: BTreeMap<u64, Session>,
-    /// Changed sessions not in flight, oldest change first.
-    queue: VecDeque<u64>,
+    /// Changed sessions not in flight, oldest change first, each with the time the ledger
+    /// counts its wait from.
+    queue: VecDeque<(u64, u64)>,
 }
 
 fn key(session: u64) -> SessionKey {
@@ -69,8 +83,10 @@ proptest! {
         let mut model = Model::default();
         // Each flight's keys live in a buffer of its own, as in the aggregator (leaked: a few
         // bytes per case, and flights may then outlive any one loop iteration).
-        let mut flights: Vec<Flight<'static>> = Vec::new();
-        for op in ops {
+        let mut flights: Vec<Flying> = Vec::new();
+        let mut now = 1_000u64;
+        for (i, op) in ops.into_iter().enumerate() {
+            now += (i % 7) as u64;
             match op {
                 Op::Record { session, total, device, close, route } => {
                     let update = Update {
@@ -79,15 +95,18 @@ proptest! {
                         closed: close.then_some(CloseReason::NORMAL),
                     };
                     let full = ledger.room() == 0 && !model.sessions.contains_key(&session);
-                    match ledger.record(key(session), route, update) {
+                    match ledger.record(key(session), route, update, now) {
                         Err(LedgerFull) => prop_assert!(full),
                         Ok(()) => {
                             prop_assert!(!full);
                             let m = model.sessions.entry(session).or_default();
                             m.total = m.total.max(total);
                             m.route = route;
-                            if m.pending.is_none() && m.flying.is_none() {
-                                model.queue.push_back(session);
+                            if m.pending.is_none() {
+                                m.pending_since = now;
+                                if m.flying.is_none() {
+                                    model.queue.push_back((session, now));
+                                }
                             }
                             m.pending.get_or_insert_with(Part::default).merge(Part { device, closed: close });
                         }
@@ -96,11 +115,14 @@ proptest! {
                 Op::Begin { max_rows } => {
                     let buffer: &'static mut [SessionKey] =
                         Box::leak(vec![key(0); max_rows].into_boxed_slice());
-                    let flight = ledger.begin_flush(buffer);
+                    let flight = ledger.begin_flush(buffer, now);
                     let n = model.queue.len().min(max_rows);
-                    let expected: Vec<u64> = model.queue.drain(..n).collect();
+                    let taken: Vec<(u64, u64)> = model.queue.drain(..n).collect();
+                    let expected: Vec<u64> = taken.iter().map(|&(s, _)| s).collect();
                     let got: Vec<u64> = flight.keys().iter().map(|k| k.session).collect();
                     prop_assert_eq!(&got, &expected, "the oldest changes first");
+                    let oldest_stamp = taken.iter().map(|&(_, t)| t).min().unwrap_or(now);
+                    let mut truly_waited = 0;
                     for (row, s) in ledger.rows(&flight).zip(&expected) {
                         let m = model.sessions.get_mut(s).unwrap();
                         prop_assert!(m.flying.is_none(), "a session in two flights");
@@ -109,19 +131,24 @@ proptest! {
                             (row.key.session, row.total, row.device.is_some(), row.closed.is_some()),
                             (*s, m.total, part.device, part.closed)
                         );
-                        m.flying = Some((m.total, part));
+                        truly_waited = truly_waited.max(now - m.pending_since);
+                        m.flying = Some((m.total, part, m.pending_since));
                     }
                     if flight.is_empty() {
                         ledger.commit_succeeded(flight, |_, _, _| panic!("an empty flight acks nothing"));
                     } else {
-                        flights.push(flight);
+                        // Later, as it is now plus what the flight takes.
+                        prop_assert_eq!(flight.waited_ms(now), now - oldest_stamp, "the rule");
+                        prop_assert_eq!(flight.waited_ms(now + 5), now + 5 - oldest_stamp);
+                        prop_assert!(flight.waited_ms(now) >= truly_waited, "a wait understated");
+                        flights.push(Flying { flight, began: now, oldest_stamp });
                     }
                 }
                 Op::Land { which, ok } => {
                     if flights.is_empty() {
                         continue;
                     }
-                    let flight = flights.swap_remove(which % flights.len());
+                    let Flying { flight, began, oldest_stamp } = flights.swap_remove(which % flights.len());
                     let keys: Vec<u64> = flight.keys().iter().map(|k| k.session).collect();
                     if ok {
                         let mut acked = Vec::new();
@@ -129,11 +156,12 @@ proptest! {
                         prop_assert_eq!(acked.len(), keys.len());
                         for (s, route, total, closed) in acked {
                             let m = model.sessions.get_mut(&s).unwrap();
-                            let (written, part) = m.flying.take().unwrap();
+                            let (written, part, _) = m.flying.take().unwrap();
                             // Told on the route of the newest report, the total that was written.
                             prop_assert_eq!((route, total, closed), (m.route, written, part.closed));
                             if m.pending.is_some() {
-                                model.queue.push_back(s);
+                                // Its reports came during the flight: counted from its start.
+                                model.queue.push_back((s, began));
                             } else {
                                 model.sessions.remove(&s);
                             }
@@ -142,9 +170,10 @@ proptest! {
                         ledger.commit_failed(flight);
                         for s in keys.iter().rev() {
                             let m = model.sessions.get_mut(s).unwrap();
-                            let (_, part) = m.flying.take().unwrap();
+                            let (_, part, since) = m.flying.take().unwrap();
+                            m.pending_since = if m.pending.is_some() { m.pending_since.min(since) } else { since };
                             m.pending.get_or_insert_with(Part::default).merge(part);
-                            model.queue.push_front(*s);
+                            model.queue.push_front((*s, oldest_stamp));
                         }
                     }
                 }
@@ -161,17 +190,17 @@ proptest! {
 fn reports_during_a_commit_wait_for_the_next_flush() {
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 1);
     let (mut first, mut second) = ([key(0); 100], [key(0); 100]);
-    ledger.record(key(1), 10, Update { total: Some(5), ..Update::default() }).unwrap();
-    let flight = ledger.begin_flush(&mut first);
+    ledger.record(key(1), 10, Update { total: Some(5), ..Update::default() }, 0).unwrap();
+    let flight = ledger.begin_flush(&mut first, 0);
     assert_eq!(flight.len(), 1);
     // Arrives while the transaction runs, on another link.
-    ledger.record(key(1), 11, Update { total: Some(8), ..Update::default() }).unwrap();
-    assert!(ledger.begin_flush(&mut second).is_empty(), "a session is in one flight at a time");
+    ledger.record(key(1), 11, Update { total: Some(8), ..Update::default() }, 0).unwrap();
+    assert!(ledger.begin_flush(&mut second, 0).is_empty(), "a session is in one flight at a time");
     let mut acks = Vec::new();
     ledger.commit_succeeded(flight, |route, _, e| acks.push((route, e.total)));
     // The commit held 5; the newest report came from route 11, so that is where it is told.
     assert_eq!(acks, [(11, 5)]);
-    let flight = ledger.begin_flush(&mut second);
+    let flight = ledger.begin_flush(&mut second, 0);
     assert_eq!(flight.len(), 1);
     acks.clear();
     ledger.commit_succeeded(flight, |route, _, e| acks.push((route, e.total)));
@@ -183,22 +212,22 @@ fn reports_during_a_commit_wait_for_the_next_flush() {
 fn flights_over_disjoint_sessions_land_in_any_order() {
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 2);
     for s in 1..=4 {
-        ledger.record(key(s), 1, Update { total: Some(s * 10), ..Update::default() }).unwrap();
+        ledger.record(key(s), 1, Update { total: Some(s * 10), ..Update::default() }, 0).unwrap();
     }
     let (mut a, mut b, mut c) = ([key(0); 2], [key(0); 2], [key(0); 2]);
-    let first = ledger.begin_flush(&mut a);
-    let second = ledger.begin_flush(&mut b);
+    let first = ledger.begin_flush(&mut a, 0);
+    let second = ledger.begin_flush(&mut b, 0);
     assert_eq!(first.keys(), [key(1), key(2)]);
     assert_eq!(second.keys(), [key(3), key(4)]);
-    assert!(ledger.begin_flush(&mut c).is_empty());
+    assert!(ledger.begin_flush(&mut c, 0).is_empty());
     assert_eq!(ledger.in_flight(), 4);
     // The second lands first; the first fails and comes back at the front of the queue.
     let mut acks = Vec::new();
     ledger.commit_succeeded(second, |_, k, e| acks.push((k.session, e.total)));
     assert_eq!(acks, [(3, 30), (4, 40)]);
-    ledger.record(key(5), 1, Update { total: Some(50), ..Update::default() }).unwrap();
+    ledger.record(key(5), 1, Update { total: Some(50), ..Update::default() }, 0).unwrap();
     ledger.commit_failed(first);
-    let again = ledger.begin_flush(&mut c);
+    let again = ledger.begin_flush(&mut c, 0);
     assert_eq!(again.keys(), [key(1), key(2)], "a failed flight is written first");
     ledger.commit_succeeded(again, |_, _, _| {});
     assert_eq!(ledger.len(), 1);
@@ -211,12 +240,39 @@ fn a_flush_costs_what_changed_not_the_table_size() {
     // up nowhere but its allocation; timing is not asserted, the queue is.)
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 1 << 20], 3);
     for s in [7, 1 << 40, 3] {
-        ledger.record(key(s), 1, Update { total: Some(1), ..Update::default() }).unwrap();
+        ledger.record(key(s), 1, Update { total: Some(1), ..Update::default() }, 0).unwrap();
     }
     assert_eq!(ledger.ready(), 3);
     let mut buffer = [key(0); 8];
-    let flight = ledger.begin_flush(&mut buffer);
+    let flight = ledger.begin_flush(&mut buffer, 0);
     assert_eq!(flight.keys(), [key(7), key(1 << 40), key(3)], "in the order they changed");
+    ledger.commit_succeeded(flight, |_, _, _| {});
+    assert!(ledger.is_empty());
+}
+
+#[test]
+fn a_flight_knows_how_long_its_oldest_report_waited() {
+    let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 4);
+    let count = |n| Update { total: Some(n), ..Update::default() };
+    ledger.record(key(1), 1, count(1), 1_000).unwrap();
+    ledger.record(key(2), 1, count(1), 1_400).unwrap();
+    let mut a = [key(0); 8];
+    let flight = ledger.begin_flush(&mut a, 1_500);
+    assert_eq!(flight.waited_ms(1_500), 500, "session 1 waits since 1,000");
+    assert_eq!(flight.waited_ms(1_800), 800, "and on while the transaction runs");
+    // Arrives during the commit: its wait is counted from the flight's start (1,500), the
+    // latest time the ledger can vouch for without a stamp per report.
+    ledger.record(key(1), 1, count(2), 1_700).unwrap();
+    ledger.commit_succeeded(flight, |_, _, _| {});
+    let mut b = [key(0); 8];
+    let flight = ledger.begin_flush(&mut b, 2_000);
+    assert_eq!(flight.waited_ms(2_000), 500);
+    // A failed flight's sessions wait on from its oldest report.
+    ledger.commit_failed(flight);
+    ledger.record(key(3), 1, count(1), 2_900).unwrap();
+    let flight = ledger.begin_flush(&mut b, 3_000);
+    assert_eq!(flight.keys(), [key(1), key(3)]);
+    assert_eq!(flight.waited_ms(3_000), 1_500);
     ledger.commit_succeeded(flight, |_, _, _| {});
     assert!(ledger.is_empty());
 }

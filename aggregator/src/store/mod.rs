@@ -17,6 +17,7 @@ mod postgres;
 mod sqlite;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -351,15 +352,31 @@ impl Store {
         }
     }
 
-    /// Records that gateway `gateway` is running boot `boot_epoch` (a trunk of it was accepted),
-    /// and says whether that boot may report: a boot that was superseded and folded may not.
+    /// Records that gateway `gateway` is running boot `boot_epoch` (a trunk of it was accepted):
+    /// the gateway was seen now. Says whether that boot may report: a boot that was superseded
+    /// and folded may not. One boot of [`Store::boots_seen`].
     pub async fn boot_seen(&self, gateway: u32, boot_epoch: u64) -> anyhow::Result<BootState> {
-        let folded = match self {
-            Store::Postgres(pool) => postgres::boot_seen(pool, gateway, boot_epoch as i64).await,
-            Store::Sqlite(pool) => sqlite::boot_seen(pool, gateway, boot_epoch as i64).await,
+        let states = self.boots_seen(&[(gateway, boot_epoch)]).await?;
+        states.first().copied().context("no answer for the boot")
+    }
+
+    /// [`Store::boot_seen`] for many boots at once (the trunk handshakes that arrive together:
+    /// see `hello_desk.rs`), in one transaction; the answers in the order asked.
+    pub async fn boots_seen(&self, boots: &[(u32, u64)]) -> anyhow::Result<Vec<BootState>> {
+        let answers = match self {
+            Store::Postgres(pool) => postgres::boots_seen(pool, boots).await,
+            Store::Sqlite(pool) => sqlite::boots_seen(pool, boots).await,
         }
-        .context("recording a gateway boot")?;
-        Ok(if folded { BootState::Folded } else { BootState::Current })
+        .context("recording gateway boots")?;
+        let folded: HashMap<(u32, u64), bool> = answers.into_iter().map(|(g, e, f)| ((g, e), f)).collect();
+        boots
+            .iter()
+            .map(|b| match folded.get(b) {
+                Some(true) => Ok(BootState::Folded),
+                Some(false) => Ok(BootState::Current),
+                None => Err(anyhow::anyhow!("the database did not answer for gateway {} boot {}", b.0, b.1)),
+            })
+            .collect()
     }
 
     /// One round of folding (the compactor calls it periodically): marks the gateway boots
@@ -428,10 +445,19 @@ impl Store {
 
     /// The gateway named `name`, if provisioned.
     pub async fn gateway_get(&self, name: &str) -> anyhow::Result<Option<GatewayRecord>> {
-        match self {
-            Store::Postgres(pool) => postgres::gateway_get(pool, name).await,
-            Store::Sqlite(pool) => sqlite::gateway_get(pool, name).await,
-        }
+        Ok(self.gateways_get(&[name]).await?.pop().flatten())
+    }
+
+    /// The gateways named `names`, each if provisioned, in the order asked, in one query (the
+    /// trunk handshakes that arrive together: see `hello_desk.rs`).
+    pub async fn gateways_get(&self, names: &[&str]) -> anyhow::Result<Vec<Option<GatewayRecord>>> {
+        let found = match self {
+            Store::Postgres(pool) => postgres::gateways_named(pool, names).await,
+            Store::Sqlite(pool) => sqlite::gateways_named(pool, names).await,
+        }?;
+        let by_name: HashMap<String, GatewayRecord> =
+            found.into_iter().map(|g| (g.name.clone(), g)).collect();
+        Ok(names.iter().map(|n| by_name.get(*n).cloned()).collect())
     }
 
     /// All provisioned gateways, by number.
@@ -448,14 +474,6 @@ impl Store {
         match self {
             Store::Postgres(pool) => postgres::gateway_remove(pool, name).await,
             Store::Sqlite(pool) => sqlite::gateway_remove(pool, name).await,
-        }
-    }
-
-    /// Records that gateway `number` connected now (nothing happens for an unknown number).
-    pub async fn gateway_seen(&self, number: u32) -> anyhow::Result<()> {
-        match self {
-            Store::Postgres(pool) => postgres::gateway_seen(pool, number).await,
-            Store::Sqlite(pool) => sqlite::gateway_seen(pool, number).await,
         }
     }
 

@@ -274,10 +274,11 @@ pub(super) async fn gateway_add(pool: &PgPool, name: &str, secret: Vec<u8>) -> a
     }
 }
 
-pub(super) async fn gateway_get(pool: &PgPool, name: &str) -> anyhow::Result<Option<GatewayRecord>> {
-    let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE name = $1");
-    let row = sqlx::query(&sql).bind(name).fetch_optional(pool).await?;
-    row.as_ref().map(gateway_from_row).transpose()
+/// The provisioned gateways among `names`, in one query, in no particular order.
+pub(super) async fn gateways_named(pool: &PgPool, names: &[&str]) -> anyhow::Result<Vec<GatewayRecord>> {
+    let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE name = ANY($1)");
+    let rows = sqlx::query(&sql).bind(names).fetch_all(pool).await?;
+    rows.iter().map(gateway_from_row).collect()
 }
 
 pub(super) async fn gateway_list(pool: &PgPool) -> anyhow::Result<Vec<GatewayRecord>> {
@@ -289,14 +290,6 @@ pub(super) async fn gateway_list(pool: &PgPool) -> anyhow::Result<Vec<GatewayRec
 pub(super) async fn gateway_remove(pool: &PgPool, name: &str) -> anyhow::Result<bool> {
     let done = sqlx::query("DELETE FROM gateways WHERE name = $1").bind(name).execute(pool).await?;
     Ok(done.rows_affected() > 0)
-}
-
-pub(super) async fn gateway_seen(pool: &PgPool, number: u32) -> anyhow::Result<()> {
-    sqlx::query("UPDATE gateways SET last_seen = now() WHERE id = $1")
-        .bind(number as i32)
-        .execute(pool)
-        .await?;
-    Ok(())
 }
 
 pub(super) async fn device_totals(pool: &PgPool, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
@@ -345,19 +338,42 @@ pub(super) async fn summary(pool: &PgPool) -> anyhow::Result<(u64, u64)> {
     Ok((count_from_db(row.try_get("n")?), count_from_db(row.try_get("bytes")?)))
 }
 
-pub(super) async fn boot_seen(pool: &PgPool, gateway: u32, boot_epoch: i64) -> anyhow::Result<bool> {
-    sqlx::query("INSERT INTO gateway_boots (gateway_id, boot_epoch) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(gateway as i32)
-        .bind(boot_epoch)
-        .execute(pool)
-        .await?;
-    let row =
-        sqlx::query("SELECT EXISTS (SELECT 1 FROM folded_epochs WHERE gateway_id = $1 AND boot_epoch = $2)")
-            .bind(gateway as i32)
-            .bind(boot_epoch)
-            .fetch_one(pool)
-            .await?;
-    Ok(row.try_get(0)?)
+/// Records each (gateway, boot) as seen now (the gateway's `last_seen`, the boot's first
+/// sighting) and answers, for each, whether the boot was folded: one statement, one commit, for
+/// any number of trunk handshakes. Gateway rows are locked in id order, so two aggregators
+/// recording overlapping batches wait for each other instead of deadlocking.
+pub(super) async fn boots_seen(pool: &PgPool, boots: &[(u32, u64)]) -> anyhow::Result<Vec<(u32, u64, bool)>> {
+    let gateways: Vec<i32> = boots.iter().map(|&(g, _)| g as i32).collect();
+    let epochs: Vec<i64> = boots.iter().map(|&(_, e)| e as i64).collect();
+    let rows = sqlx::query(
+        r#"
+WITH input AS (
+    SELECT DISTINCT gateway_id, boot_epoch FROM unnest($1::int4[], $2::int8[]) AS t(gateway_id, boot_epoch)
+), locked AS (
+    SELECT id FROM gateways WHERE id IN (SELECT gateway_id FROM input) ORDER BY id FOR UPDATE
+), seen AS (
+    UPDATE gateways g SET last_seen = now() FROM locked WHERE g.id = locked.id RETURNING 1
+), born AS (
+    INSERT INTO gateway_boots (gateway_id, boot_epoch) SELECT gateway_id, boot_epoch FROM input
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+SELECT i.gateway_id, i.boot_epoch,
+       EXISTS (SELECT 1 FROM folded_epochs f WHERE f.gateway_id = i.gateway_id AND f.boot_epoch = i.boot_epoch)
+           AS folded
+FROM input i
+"#,
+    )
+    .bind(&gateways)
+    .bind(&epochs)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let gateway: i32 = r.try_get("gateway_id")?;
+            let epoch: i64 = r.try_get("boot_epoch")?;
+            Ok((gateway as u32, epoch as u64, r.try_get("folded")?))
+        })
+        .collect()
 }
 
 /// Marks as folded every boot that a newer boot of its gateway superseded at least `after_s`

@@ -207,10 +207,18 @@ pub(super) async fn gateway_add(
     }
 }
 
-pub(super) async fn gateway_get(pool: &SqlitePool, name: &str) -> anyhow::Result<Option<GatewayRecord>> {
+/// The provisioned gateways among `names`, in no particular order (one query per name, on
+/// one connection: SQLite answers in microseconds).
+pub(super) async fn gateways_named(pool: &SqlitePool, names: &[&str]) -> anyhow::Result<Vec<GatewayRecord>> {
     let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE name = ?1");
-    let row = sqlx::query(&sql).bind(name).fetch_optional(pool).await?;
-    row.as_ref().map(gateway_from_row).transpose()
+    let mut conn = pool.acquire().await?;
+    let mut found = Vec::new();
+    for name in names {
+        if let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(&mut *conn).await? {
+            found.push(gateway_from_row(&row)?);
+        }
+    }
+    Ok(found)
 }
 
 pub(super) async fn gateway_list(pool: &SqlitePool) -> anyhow::Result<Vec<GatewayRecord>> {
@@ -222,14 +230,6 @@ pub(super) async fn gateway_list(pool: &SqlitePool) -> anyhow::Result<Vec<Gatewa
 pub(super) async fn gateway_remove(pool: &SqlitePool, name: &str) -> anyhow::Result<bool> {
     let done = sqlx::query("DELETE FROM gateways WHERE name = ?1").bind(name).execute(pool).await?;
     Ok(done.rows_affected() > 0)
-}
-
-pub(super) async fn gateway_seen(pool: &SqlitePool, number: u32) -> anyhow::Result<()> {
-    sqlx::query(concat!("UPDATE gateways SET last_seen = ", now!(), " WHERE id = ?1"))
-        .bind(i64::from(number))
-        .execute(pool)
-        .await?;
-    Ok(())
 }
 
 pub(super) async fn device_totals(pool: &SqlitePool, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
@@ -278,18 +278,35 @@ pub(super) async fn summary(pool: &SqlitePool) -> anyhow::Result<(u64, u64)> {
     Ok((total.0, total.1.min(i64::MAX as u64)))
 }
 
-pub(super) async fn boot_seen(pool: &SqlitePool, gateway: u32, boot_epoch: i64) -> anyhow::Result<bool> {
-    sqlx::query("INSERT INTO gateway_boots (gateway_id, boot_epoch) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+/// Records each (gateway, boot) as seen now and answers whether each boot was folded, in one
+/// transaction (one commit however many).
+pub(super) async fn boots_seen(
+    pool: &SqlitePool,
+    boots: &[(u32, u64)],
+) -> anyhow::Result<Vec<(u32, u64, bool)>> {
+    let mut tx = pool.begin().await?;
+    let mut answers = Vec::with_capacity(boots.len());
+    for &(gateway, epoch) in boots {
+        sqlx::query(concat!("UPDATE gateways SET last_seen = ", now!(), " WHERE id = ?1"))
+            .bind(i64::from(gateway))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO gateway_boots (gateway_id, boot_epoch) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
         .bind(i64::from(gateway))
-        .bind(boot_epoch)
-        .execute(pool)
+        .bind(epoch as i64)
+        .execute(&mut *tx)
         .await?;
-    let hit = sqlx::query("SELECT 1 FROM folded_epochs WHERE gateway_id = ?1 AND boot_epoch = ?2")
-        .bind(i64::from(gateway))
-        .bind(boot_epoch)
-        .fetch_optional(pool)
-        .await?;
-    Ok(hit.is_some())
+        let hit = sqlx::query("SELECT 1 FROM folded_epochs WHERE gateway_id = ?1 AND boot_epoch = ?2")
+            .bind(i64::from(gateway))
+            .bind(epoch as i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+        answers.push((gateway, epoch, hit.is_some()));
+    }
+    tx.commit().await?;
+    Ok(answers)
 }
 
 /// `now` minus `after_s` seconds, as stored, for comparisons with stored timestamps.

@@ -294,7 +294,7 @@ impl World {
     fn flush(&mut self, crash_after_commit: bool, may_fail: bool) {
         let max_rows = 1 + self.rng.below(40) as usize;
         let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; max_rows];
-        let flight = self.ledger.begin_flush(&mut keys);
+        let flight = self.ledger.begin_flush(&mut keys, self.now);
         if flight.is_empty() {
             self.ledger.commit_succeeded(flight, |_, _, _| {});
             return;
