@@ -273,9 +273,14 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
         signal = signals.recv() => Err(anyhow::anyhow!("{signal}: the run was stopped")),
     };
     running.stop().await;
+    let name = database.name.clone();
+    let dropped = if args.keep_database { Ok(()) } else { database.drop_now().await };
     let mut report = result?;
-    report.database =
-        format!("{}{}", database.name, if args.keep_database { " (kept)" } else { " (dropped)" });
+    report.database = match (&dropped, args.keep_database) {
+        (_, true) => format!("{name} (kept)"),
+        (Ok(()), false) => format!("{name} (dropped)"),
+        (Err(e), false) => format!("{name} (not dropped: {e})"),
+    };
     report.files_limit = files_limit;
     report.kernel_settings = settings;
     report.load_average_at_start = load_at_start;

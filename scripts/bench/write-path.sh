@@ -12,6 +12,7 @@
 #   DATABASE_URL=postgres://... scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN...]
 #     the issue's load: 1000 1000 2s 6s 120s 3 OLD NEW   (1,000,000 sessions, 250,000 bytes/s offered)
 #     default binary: this checkout's release build
+#   DATABASE_URL=sqlite: scripts/bench/write-path.sh ...   the embedded store: a fresh file per run
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -21,7 +22,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
 [ "$#" -ge 6 ] || hf_die "usage: scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN...]"
 gateways="$1" per="$2" min="$3" max="$4" duration="$5" runs="$6"
 shift 6
-: "${DATABASE_URL:?set DATABASE_URL (scripts/start-postgres.sh)}"
+: "${DATABASE_URL:?set DATABASE_URL (scripts/start-postgres.sh), or sqlite: for the embedded store}"
 cargo build --release -q -p aggregator -p mobile-sim
 bins=("$@")
 [ "${#bins[@]}" -gt 0 ] || bins=("$CARGO_TARGET_DIR/release/aggregator")
@@ -31,9 +32,13 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$wo
 
 # one_run BIN TAG: prints "bytes_per_s rows_per_s lag_p50 lag_p99"
 one_run() {
-  local bin="$1" tag="$2" db="holdfast_writepath_$$_$2" port pid
-  psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
-  local url="${DATABASE_URL%/*}/$db"
+  local bin="$1" tag="$2" db="holdfast_writepath_$$_$2" port pid url
+  if [[ "$DATABASE_URL" == sqlite:* ]]; then
+    url="sqlite://$work/$db.sqlite"
+  else
+    psql "$DATABASE_URL" -qc "CREATE DATABASE $db" >/dev/null
+    url="${DATABASE_URL%/*}/$db"
+  fi
   port=$((22000 + RANDOM % 2000))
   rm -f "$work/ca.pem" "$work/agg.out"
   RUST_LOG=warn "$bin" --data-dir "$work" --database-url "$url" --listen "127.0.0.1:$port" \
@@ -55,7 +60,7 @@ one_run() {
   curl -fsS --cacert "$work/ca.pem" "https://localhost:$port/metrics" >"$work/metrics-$tag.txt"
   kill -TERM "$pid"
   wait "$pid" || true
-  hf_drop_database "$DATABASE_URL" "$db"
+  if [[ "$DATABASE_URL" == sqlite:* ]]; then rm -f "$work/$db".sqlite*; else hf_drop_database "$DATABASE_URL" "$db"; fi
   local sent run_s dropped
   read -r sent run_s dropped < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["bytes"]["durable"], r["run_seconds"], r["connections"]["dropped"])' "$work/sim-$tag.json")
   awk -v sent="$sent" -v secs="$run_s" -v dropped="$dropped" '

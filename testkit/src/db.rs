@@ -64,6 +64,33 @@ impl PgDatabase {
     pub fn keep(&mut self) {
         self.kept = true;
     }
+
+    /// Drops the database now and says whether that worked (a report can then tell the truth).
+    /// Tries a few times: `WITH (FORCE)` fails while a backend it must end is not yet gone.
+    pub async fn drop_now(mut self) -> Result<(), String> {
+        self.kept = true; // whatever happens here, Drop does not try again
+        drop_database(&self.admin_url, &self.name).await
+    }
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 0..5u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+        }
+        let result = async {
+            let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
+            admin.close().await
+        }
+        .await;
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(format!("could not drop database {name}: {last}"))
 }
 
 impl Drop for PgDatabase {
@@ -74,18 +101,17 @@ impl Drop for PgDatabase {
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop may run inside the test's runtime, which cannot block on a future: use another.
         let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await?;
-                admin.close().await
-            })
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(drop_database(&admin_url, &name))
         })
         .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("{e}"),
+            Err(_) => eprintln!("could not drop test database {}: the dropping thread panicked", self.name),
         }
     }
 }
