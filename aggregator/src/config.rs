@@ -173,7 +173,10 @@ pub struct Settings {
     /// Largest share of the time (%) the compactor spends merging the journal: after a
     /// compaction it rests in proportion, even with a backlog, so that the flushes (which
     /// acknowledge) and trunk handshakes keep the database's attention when it cannot keep up.
-    #[arg(long, env = "HOLDFAST_COMPACT_BUSY_PERCENT", default_value_t = 50,
+    /// 10: at 244,000 reports/s on two cores shared with the load, flush lag p50 was <= 0.32 s
+    /// with 10 and 1.28-2.56 s with 50 (the journal then waits longer to be merged; readers see
+    /// it either way). docs/benchmarks.md, the write path.
+    #[arg(long, env = "HOLDFAST_COMPACT_BUSY_PERCENT", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub compact_busy_percent: u32,
 
