@@ -42,14 +42,30 @@ pub struct Schedule {
     /// with flights left over, so that a backlog never takes the database from the flushes
     /// (which acknowledge) and the trunk handshakes.
     pub busy_percent: u32,
+    /// Longest a compaction waits for the flushes to catch up (see `run`'s `behind`).
+    pub max_defer: Duration,
     /// Folding's policy and interval; `None`: folding is off.
     pub fold: Option<(FoldPolicy, Duration)>,
 }
 
-/// Runs compactions and folding rounds until `stop` becomes true.
-pub async fn run(store: Store, schedule: Schedule, metrics: Metrics, mut stop: watch::Receiver<bool>) {
+/// How often a deferred compaction looks again whether the flushes caught up.
+const DEFER_POLL: Duration = Duration::from_millis(50);
+
+/// Runs compactions and folding rounds until `stop` becomes true. `behind` tells whether the
+/// flushes have a backlog: a compaction then waits (up to `schedule.max_defer`), since
+/// acknowledgements wait for the flushes and nothing waits for the journal's merge.
+pub async fn run(
+    store: Store,
+    schedule: Schedule,
+    metrics: Metrics,
+    behind: impl Fn() -> bool,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut next_fold = Instant::now();
     loop {
+        if !wait_for_flushes(&behind, schedule.max_defer, &mut stop).await {
+            return;
+        }
         let started = Instant::now();
         let mut more = compact_once(&store, &schedule, &metrics).await;
         let rest = rest_after(started.elapsed(), schedule.busy_percent);
@@ -70,6 +86,22 @@ pub async fn run(store: Store, schedule: Schedule, metrics: Metrics, mut stop: w
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Waits while `behind()`, at most `max_defer`; false if `stop` came first.
+async fn wait_for_flushes(
+    behind: &impl Fn() -> bool,
+    max_defer: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let deferred_since = Instant::now();
+    while behind() && deferred_since.elapsed() < max_defer {
+        tokio::select! {
+            _ = tokio::time::sleep(DEFER_POLL) => {}
+            _ = stop.changed() => return false,
+        }
+    }
+    true
 }
 
 /// How long to rest after working `worked`, to stay within `busy_percent` of the time.
@@ -142,5 +174,35 @@ mod tests {
         assert_eq!(rest_after(second, 100), Duration::ZERO);
         assert_eq!(rest_after(second, 0), 99 * second, "at least 1 %");
         assert_eq!(rest_after(second, 400), Duration::ZERO, "at most 100 %");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_compaction_waits_for_the_flushes_to_catch_up_but_not_for_ever() {
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let max = Duration::from_secs(30);
+        let begun = Instant::now();
+        assert!(wait_for_flushes(&|| false, max, &mut stop).await);
+        assert_eq!(begun.elapsed(), Duration::ZERO, "no backlog: at once");
+
+        // Behind until 2 s from now.
+        let caught_up = begun + Duration::from_secs(2);
+        assert!(wait_for_flushes(&|| Instant::now() < caught_up, max, &mut stop).await);
+        assert!(begun.elapsed() >= Duration::from_secs(2), "waited for the backlog");
+        assert!(begun.elapsed() < Duration::from_secs(2) + 2 * DEFER_POLL, "and no longer");
+
+        // Never catching up: the journal is merged anyway, after `max`.
+        let begun = Instant::now();
+        assert!(wait_for_flushes(&|| true, max, &mut stop).await);
+        assert!(begun.elapsed() >= max && begun.elapsed() < max + 2 * DEFER_POLL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_compaction_stops_with_the_aggregator() {
+        let (stop_tx, mut stop) = watch::channel(false);
+        let waiting =
+            tokio::spawn(async move { wait_for_flushes(&|| true, Duration::from_secs(30), &mut stop).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop_tx.send(true).unwrap();
+        assert!(!waiting.await.unwrap(), "told to stop, not to compact");
     }
 }

@@ -166,8 +166,11 @@ pub struct Settings {
     /// Most reports merged from the journal by one compaction (one transaction). Larger: more
     /// reports of the same session merged into one row write when the database falls behind,
     /// at the cost of a longer transaction and more memory in PostgreSQL (about 100 bytes a
-    /// report).
-    #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 1_000_000)]
+    /// report). Smaller: the database's work comes in shorter pieces, between which the
+    /// compactor gives way to a flush backlog (`--compact-max-defer-ms`). At 245,000 reports/s
+    /// on two cores, a compaction of 1,000,000 took 12-21 s, the flushes fell behind meanwhile
+    /// and flush lag p99 was 10 s; with 100,000 (about 1.5 s each) it was 2 s.
+    #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 100_000)]
     pub compact_max_entries: usize,
 
     /// Largest share of the time (%) the compactor spends merging the journal: after a
@@ -179,6 +182,15 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_COMPACT_BUSY_PERCENT", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub compact_busy_percent: u32,
+
+    /// Acknowledgements first: while more than two flushes' worth of sessions wait in the
+    /// ledger, the compactor does not start a compaction (whose work would slow the flushes
+    /// down), for at most this long (ms), so that a database that never catches up still has
+    /// its journal merged. A trunk's link-up replays every open session at once; the first
+    /// compaction of a run merges a million reports (about 12 s of the database's time on
+    /// two cores): started in that burst, it kept flights waiting 5 s; docs/benchmarks.md.
+    #[arg(long, env = "HOLDFAST_COMPACT_MAX_DEFER_MS", default_value_t = 30_000)]
+    pub compact_max_defer_ms: u64,
 
     /// Most sessions folded in one transaction.
     #[arg(long, env = "HOLDFAST_FOLD_BATCH_ROWS", default_value_t = 10_000)]
@@ -308,6 +320,7 @@ impl Settings {
             compact_every: Duration::from_millis(self.compact_interval_ms.max(1)),
             compact_max_entries: self.compact_max_entries.max(1),
             busy_percent: self.compact_busy_percent,
+            max_defer: Duration::from_millis(self.compact_max_defer_ms),
             fold: self.fold().map(|policy| (policy, Duration::from_millis(self.fold_interval_ms.max(1)))),
         }
     }

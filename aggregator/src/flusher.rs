@@ -114,9 +114,12 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
     // there, up to this many).
     let take = shared.books().ledger.ready().min(shared.settings.max_flush_rows.max(1));
     let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; take];
+    let began_ms = shared.now_ms();
+    // How long each row's oldest report had waited when the flight began.
+    let mut waited_ms: Vec<u64> = Vec::with_capacity(take);
     let (flight, rows) = {
         let mut books = shared.books();
-        let flight = books.ledger.begin_flush(&mut keys, shared.now_ms());
+        let flight = books.ledger.begin_flush(&mut keys, began_ms);
         if flight.is_empty() {
             books.ledger.commit_succeeded(flight, |_, _, _| {});
             return Flushed::Nothing;
@@ -124,11 +127,14 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
         let rows: Vec<FlushRow> = books
             .ledger
             .rows(&flight)
-            .map(|r| FlushRow {
-                key: r.key,
-                total: r.total,
-                device: r.device.map(|d| String::from_utf8_lossy(d).into_owned()),
-                closed: r.closed.map(|c| c.0),
+            .map(|r| {
+                waited_ms.push(r.waited_ms(began_ms));
+                FlushRow {
+                    key: r.key,
+                    total: r.total,
+                    device: r.device.map(|d| String::from_utf8_lossy(d).into_owned()),
+                    closed: r.closed.map(|c| c.0),
+                }
             })
             .collect();
         (flight, rows)
@@ -141,7 +147,8 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
     match result {
         Ok(written) => {
             // From the arrival of the flight's oldest report to now, when it is durable.
-            let lag = Duration::from_millis(flight.waited_ms(shared.now_ms()));
+            let now_ms = shared.now_ms();
+            let lag = Duration::from_millis(flight.waited_ms(now_ms));
             let mut acks: HashMap<u32, Vec<AckEntry>> = HashMap::new();
             // Sessions of a folded gateway boot were not written: no acknowledgement for them
             // (their gateway, if it still runs, is refused; see compactor.rs).
@@ -163,6 +170,10 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
                 warn!(rows = refused.len(), "reports of folded gateway boots were refused, not acknowledged");
             }
             m.flush_lag.observe(lag.as_secs_f64());
+            let flew_ms = now_ms.saturating_sub(began_ms);
+            for waited in waited_ms {
+                m.row_lag.observe((waited + flew_ms) as f64 / 1000.0);
+            }
             shared.last_flush.record(shared.now_ms(), rows.len(), Some(lag), started.elapsed());
             debug!(rows = rows.len(), ms = started.elapsed().as_millis() as u64, "flush committed");
             Flushed::Committed(rows.len())

@@ -233,10 +233,12 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
     shared.ca_pem = ca.map(|ca| ca.pem.into());
     let shared = Arc::new(shared);
     let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx.clone()));
+    let flushes = shared.clone();
     tokio::spawn(compactor::run(
         shared.writer.clone(),
         shared.settings.compactor(),
         shared.metrics.clone(),
+        move || flushes.flushes_behind(),
         flush_stop_rx.clone(),
     ));
     tokio::spawn(dashboard::run(shared.clone()));

@@ -10,6 +10,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// Bounds (seconds) of the flush lag histograms: 1-2-5 steps, so that the goals a deployment
+/// states (durable within 1 s, within 2 s) are bounds and a p99 can be read against them.
+const LAG_BUCKETS: [f64; 14] =
+    [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
+
 /// Why a connection or link was refused; the label of `holdfast_refused_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -37,6 +42,7 @@ pub struct Metrics {
     pub flush_rows: Counter,
     pub flushed_bytes: Counter,
     pub flush_lag: Histogram,
+    pub row_lag: Histogram,
     pub flush_duration: Histogram,
     pub db_errors: Counter,
     pub refused_rows: Counter,
@@ -87,7 +93,8 @@ impl Metrics {
             flushes: Counter::default(),
             flush_rows: Counter::default(),
             flushed_bytes: Counter::default(),
-            flush_lag: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            flush_lag: Histogram::new(LAG_BUCKETS.iter().copied()),
+            row_lag: Histogram::new(LAG_BUCKETS.iter().copied()),
             flush_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             db_errors: Counter::default(),
             refused_rows: Counter::default(),
@@ -173,8 +180,13 @@ impl Metrics {
         );
         r.register(
             "flush_lag_seconds",
-            "Age of the oldest report a flush committed, at commit",
+            "Age of the oldest report a flush committed, at commit (one per flush)",
             m.flush_lag.clone(),
+        );
+        r.register(
+            "flush_row_lag_seconds",
+            "Age of each committed row's oldest report, at commit (one per session row: what its phone waited)",
+            m.row_lag.clone(),
         );
         r.register("flush_duration_seconds", "Time a flush's transaction took", m.flush_duration.clone());
         r.register("db_errors", "Flushes whose transaction failed (they are retried)", m.db_errors.clone());

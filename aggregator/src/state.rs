@@ -236,6 +236,11 @@ impl Shared {
         }
     }
 
+    /// Whether the flushes have a backlog: more than two flushes' worth of sessions wait.
+    pub fn flushes_behind(&self) -> bool {
+        self.books().ledger.ready() > 2 * self.settings.max_flush_rows
+    }
+
     /// Waits until `ready` says the ledger has room.
     pub async fn wait_for_room(&self, ready: impl Fn(&Ledger<Vec<LedgerSlot>>) -> bool) {
         loop {

@@ -3,7 +3,9 @@
 # (alternating, RUNS times), each on a fresh PostgreSQL database: mobile-sim virtual gateways,
 # G gateways x P sessions on 2 TLS trunks each, all opened at once, every session sending a byte
 # every MIN to MAX, for DURATION. Per run: phone bytes per second made durable, flush lag p50 and
-# p99 over the whole run (bucket bounds of holdfast_flush_lag_seconds), rows per second, and
+# p99 over the whole run (bucket bounds; per flush: the age of its oldest report at commit,
+# holdfast_flush_lag_seconds; per row: what each session's oldest report waited,
+# holdfast_flush_row_lag_seconds, "-" where the binary lacks it), rows per second, and
 # mobile-sim's verdict on every session (a failed verdict fails the script; trunk links may drop
 # or fail, up to one per link, and are counted: an aggregator that drops busy trunks as idle
 # still has its throughput measured, and its drops shown). Then the median of each figure per
@@ -30,7 +32,7 @@ sim="$CARGO_TARGET_DIR/release/mobile-sim"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# one_run BIN TAG: prints "bytes_per_s rows_per_s lag_p50 lag_p99"
+# one_run BIN TAG: prints "bytes_per_s rows_per_s lag_p50 lag_p99 row_lag_p50 row_lag_p99 dropped"
 one_run() {
   local bin="$1" tag="$2" db="holdfast_writepath_$$_$2" port pid url
   if [[ "$DATABASE_URL" == sqlite:* ]]; then
@@ -64,14 +66,20 @@ one_run() {
   local sent run_s dropped
   read -r sent run_s dropped < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["bytes"]["durable"], r["run_seconds"], r["connections"]["dropped"])' "$work/sim-$tag.json")
   awk -v sent="$sent" -v secs="$run_s" -v dropped="$dropped" '
-    /^holdfast_flush_lag_seconds_bucket/ {
-      match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; cum[n] = $2
+    function le_of(line) { match(line, /le="[^"]+"/); return substr(line, RSTART + 4, RLENGTH - 5) }
+    # The q-quantile of histogram h, as the bound of the first bucket that holds it ("-": none).
+    function at_most(h, q,   i) {
+      for (i = 1; i <= n[h]; i++) if (cum[h, i] >= q * total[h]) return les[h, i]
+      return "-"
     }
-    /^holdfast_flush_lag_seconds_count/ { total = $2 }
+    /^holdfast_flush_lag_seconds_bucket/ { h = "flight"; n[h]++; les[h, n[h]] = le_of($0); cum[h, n[h]] = $2 }
+    /^holdfast_flush_lag_seconds_count/ { total["flight"] = $2 }
+    /^holdfast_flush_row_lag_seconds_bucket/ { h = "row"; n[h]++; les[h, n[h]] = le_of($0); cum[h, n[h]] = $2 }
+    /^holdfast_flush_row_lag_seconds_count/ { total["row"] = $2 }
     /^holdfast_flush_rows_total/ { rows = $2 }
     END {
-      for (i = 1; i <= n; i++) { if (p50 == "" && cum[i] >= 0.5 * total) p50 = les[i]; if (p99 == "" && cum[i] >= 0.99 * total) p99 = les[i] }
-      printf "%.0f %.0f %s %s %d\n", sent / secs, rows / secs, p50, p99, dropped
+      printf "%.0f %.0f %s %s %s %s %d\n", sent / secs, rows / secs, at_most("flight", 0.5), at_most("flight", 0.99),
+        at_most("row", 0.5), at_most("row", 0.99), dropped
     }' "$work/metrics-$tag.txt"
 }
 
@@ -81,12 +89,13 @@ for r in $(seq 1 "$runs"); do
   for i in "${!bins[@]}"; do
     line="$(one_run "${bins[$i]}" "$r$i")"
     echo "$line" >>"$work/results-$i"
-    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  links dropped %s\n' "$r" "${bins[$i]}" $line
+    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  links dropped %s\n' "$r" "${bins[$i]}" $line
   done
 done
 for i in "${!bins[@]}"; do
   f="$work/results-$i"
-  printf 'median  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  (verified)\n' "${bins[$i]}" \
-    "$(cut -d' ' -f1 "$f" | hf_median)" "$(cut -d' ' -f2 "$f" | hf_median)" "$(cut -d' ' -f3 "$f" | hf_median)" "$(cut -d' ' -f4 "$f" | hf_median)"
+  med() { cut -d' ' -f"$1" "$f" | grep -v '^-$' | hf_median; }
+  printf 'median  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  (verified)\n' \
+    "${bins[$i]}" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)"
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -66,6 +66,17 @@ pub struct Row<'a> {
     pub device: Option<&'a [u8]>,
     /// The session ended, if a report since the last commit said so.
     pub closed: Option<CloseReason>,
+    /// Since when the row's oldest report waits (the low 32 bits of the caller's milliseconds);
+    /// see [`Row::waited_ms`].
+    since_ms: u32,
+}
+
+impl Row<'_> {
+    /// How long the row's oldest report has waited at `now_ms` (the caller's milliseconds, as
+    /// given to [`Ledger::record`]): the row's flush lag if its flight commits now.
+    pub fn waited_ms(&self, now_ms: u64) -> u64 {
+        u64::from((now_ms as u32).wrapping_sub(self.since_ms))
+    }
 }
 
 /// The ledger's table is full: stop reading reports until a flush frees entries.
@@ -89,12 +100,19 @@ struct Part {
     total: u64,
     flags: u8,
     reason: u8,
+    /// Since when the part's oldest report waits (low 32 bits of the caller's milliseconds; in
+    /// what was padding: the part stays 16 bytes).
+    since_ms: u32,
 }
 
 impl Part {
-    const NONE: Self = Self { total: 0, flags: 0, reason: 0 };
+    const NONE: Self = Self { total: 0, flags: 0, reason: 0, since_ms: 0 };
 
+    /// Adds `other`'s reports, which arrived later than this part's (if it has any).
     fn merge(&mut self, other: Part) {
+        if self.flags & DIRTY == 0 {
+            self.since_ms = other.since_ms;
+        }
         self.total = self.total.max(other.total);
         if other.flags & CLOSED != 0 {
             self.reason = other.reason;
@@ -118,40 +136,8 @@ pub struct LedgerSlot {
     queued: Queued,
 }
 
-/// One entry of the queue of changed sessions: the key, and since when its reports wait (the
-/// low 32 bits of the caller's milliseconds, in what would be the key's padding: the slot does
-/// not grow).
-#[derive(Debug, Clone, Copy)]
-struct Queued {
-    gateway: u32,
-    since_ms: u32,
-    boot_epoch: u64,
-    session: u64,
-}
-
-impl Queued {
-    const NONE: Self = Self { gateway: 0, since_ms: 0, boot_epoch: 0, session: 0 };
-
-    fn new(key: SessionKey, since_ms: u64) -> Self {
-        // Truncated on purpose: only differences are taken (wrapping), and no report waits
-        // 49 days.
-        Self {
-            gateway: key.gateway,
-            since_ms: since_ms as u32,
-            boot_epoch: key.boot_epoch,
-            session: key.session,
-        }
-    }
-
-    fn key(&self) -> SessionKey {
-        SessionKey { gateway: self.gateway, boot_epoch: self.boot_epoch, session: self.session }
-    }
-
-    /// How long this entry has waited at `now_ms`.
-    fn waited_ms(&self, now_ms: u64) -> u32 {
-        (now_ms as u32).wrapping_sub(self.since_ms)
-    }
-}
+/// One entry of the queue of changed sessions: the key.
+type Queued = SessionKey;
 
 impl LedgerSlot {
     /// An unused slot: what a new table is filled with.
@@ -162,7 +148,7 @@ impl LedgerSlot {
         pending: Part::NONE,
         inflight: Part::NONE,
         device: ShortBytes::EMPTY,
-        queued: Queued::NONE,
+        queued: SessionKey { gateway: 0, boot_epoch: 0, session: 0 },
     };
 }
 
@@ -196,9 +182,8 @@ impl Flight<'_> {
     }
 
     /// How long the flight's oldest report has waited at `now_ms` (the caller's milliseconds, as
-    /// given to [`Ledger::record`]): the flush lag of this flight if it commits now. A report that
-    /// arrived while its session was in an earlier flight counts from that flight's start (it
-    /// came later, so this never understates a wait).
+    /// given to [`Ledger::record`]): the flush lag of this flight if it commits now; the largest
+    /// of its rows' [`Row::waited_ms`].
     pub fn waited_ms(&self, now_ms: u64) -> u64 {
         u64::from(self.waited_ms) + now_ms.saturating_sub(self.began_ms)
     }
@@ -352,7 +337,10 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             self.used += 1;
         }
         let slot = &mut self.slots.as_mut()[i];
-        let mut part = Part { total: update.total.unwrap_or(0), flags: DIRTY, reason: 0 };
+        // Truncated on purpose: only differences are taken (wrapping), and no report waits
+        // 49 days.
+        let mut part =
+            Part { total: update.total.unwrap_or(0), flags: DIRTY, reason: 0, since_ms: now_ms as u32 };
         if let Some(device) = update.device.and_then(ShortBytes::new) {
             if !device.is_empty() {
                 slot.device = device;
@@ -371,7 +359,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             self.dirty += 1;
             // A session in flight joins the queue when its flight lands.
             if !flying {
-                self.queue_push_back(Queued::new(key, now_ms));
+                self.queue_push_back(key);
             }
         }
         Ok(())
@@ -389,15 +377,14 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         let mut taken = 0;
         let mut waited_ms = 0;
         while taken < keys.len() {
-            let Some(entry) = self.queue_pop_front() else { break };
-            // Not simply the first entry's: sessions put back by a failed or landed flight
-            // carry older stamps than entries queued before them.
-            waited_ms = waited_ms.max(entry.waited_ms(now_ms));
-            let key = entry.key();
+            let Some(key) = self.queue_pop_front() else { break };
             let i = self.slot_of(&key);
             let slot = &mut self.slots.as_mut()[i];
+            // Not simply the first entry's: sessions put back by a failed flight wait longer
+            // than entries queued before them.
+            waited_ms = waited_ms.max((now_ms as u32).wrapping_sub(slot.pending.since_ms));
             slot.inflight = slot.pending;
-            slot.pending = Part { total: slot.pending.total, flags: 0, reason: 0 };
+            slot.pending = Part { total: slot.pending.total, ..Part::NONE };
             keys[taken] = key;
             taken += 1;
         }
@@ -415,6 +402,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
                 total: s.inflight.total,
                 device: (s.inflight.flags & HAS_DEVICE != 0).then(|| s.device.as_slice()),
                 closed: (s.inflight.flags & CLOSED != 0).then_some(CloseReason(s.inflight.reason)),
+                since_ms: s.inflight.since_ms,
             }
         })
     }
@@ -436,8 +424,8 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             let dirty = slot.pending.flags & DIRTY != 0;
             self.inflight -= 1;
             if dirty {
-                // Its new reports arrived after the flight began: count their wait from then.
-                self.queue_push_back(Queued::new(*key, flight.began_ms));
+                // Its new reports arrived while it flew: their wait counts from their arrival.
+                self.queue_push_back(*key);
             } else {
                 self.remove(i);
             }
@@ -447,8 +435,6 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
     /// The flight's transaction failed: its sessions go back to the front of the queue, so the
     /// next flush writes them first. Costs O(sessions in the flight).
     pub fn commit_failed(&mut self, flight: Flight<'_>) {
-        // Each waits since the flight's oldest report did, at the latest.
-        let since = flight.began_ms.wrapping_sub(u64::from(flight.waited_ms));
         // Backwards, so that pushing each to the front keeps the flight's order.
         for key in flight.keys.iter().rev() {
             let i = self.slot_of(key);
@@ -456,12 +442,14 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             let was_dirty = slot.pending.flags & DIRTY != 0;
             let inflight = slot.inflight;
             slot.pending.merge(inflight);
+            // The flight's reports are older than any that arrived while it flew.
+            slot.pending.since_ms = inflight.since_ms;
             slot.inflight = Part::NONE;
             self.inflight -= 1;
             if !was_dirty {
                 self.dirty += 1;
             }
-            self.queue_push_front(Queued::new(*key, since));
+            self.queue_push_front(*key);
         }
     }
 

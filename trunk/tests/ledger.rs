@@ -59,16 +59,13 @@ struct Session {
 /// to the queue with if it fails (its oldest stamp).
 struct Flying {
     flight: Flight<'static>,
-    began: u64,
-    oldest_stamp: u64,
 }
 
 #[derive(Default)]
 struct Model {
     sessions: BTreeMap<u64, Session>,
-    /// Changed sessions not in flight, oldest change first, each with the time the ledger
-    /// counts its wait from.
-    queue: VecDeque<(u64, u64)>,
+    /// Changed sessions not in flight, oldest change first.
+    queue: VecDeque<u64>,
 }
 
 fn key(session: u64) -> SessionKey {
@@ -105,7 +102,7 @@ proptest! {
                             if m.pending.is_none() {
                                 m.pending_since = now;
                                 if m.flying.is_none() {
-                                    model.queue.push_back((session, now));
+                                    model.queue.push_back(session);
                                 }
                             }
                             m.pending.get_or_insert_with(Part::default).merge(Part { device, closed: close });
@@ -117,11 +114,9 @@ proptest! {
                         Box::leak(vec![key(0); max_rows].into_boxed_slice());
                     let flight = ledger.begin_flush(buffer, now);
                     let n = model.queue.len().min(max_rows);
-                    let taken: Vec<(u64, u64)> = model.queue.drain(..n).collect();
-                    let expected: Vec<u64> = taken.iter().map(|&(s, _)| s).collect();
+                    let expected: Vec<u64> = model.queue.drain(..n).collect();
                     let got: Vec<u64> = flight.keys().iter().map(|k| k.session).collect();
                     prop_assert_eq!(&got, &expected, "the oldest changes first");
-                    let oldest_stamp = taken.iter().map(|&(_, t)| t).min().unwrap_or(now);
                     let mut truly_waited = 0;
                     for (row, s) in ledger.rows(&flight).zip(&expected) {
                         let m = model.sessions.get_mut(s).unwrap();
@@ -131,6 +126,9 @@ proptest! {
                             (row.key.session, row.total, row.device.is_some(), row.closed.is_some()),
                             (*s, m.total, part.device, part.closed)
                         );
+                        // Each row's wait, from its oldest report's arrival (the model's clock).
+                        prop_assert_eq!(row.waited_ms(now), now - m.pending_since, "a row's wait");
+                        prop_assert_eq!(row.waited_ms(now + 5), now + 5 - m.pending_since);
                         truly_waited = truly_waited.max(now - m.pending_since);
                         m.flying = Some((m.total, part, m.pending_since));
                     }
@@ -138,17 +136,16 @@ proptest! {
                         ledger.commit_succeeded(flight, |_, _, _| panic!("an empty flight acks nothing"));
                     } else {
                         // Later, as it is now plus what the flight takes.
-                        prop_assert_eq!(flight.waited_ms(now), now - oldest_stamp, "the rule");
-                        prop_assert_eq!(flight.waited_ms(now + 5), now + 5 - oldest_stamp);
-                        prop_assert!(flight.waited_ms(now) >= truly_waited, "a wait understated");
-                        flights.push(Flying { flight, began: now, oldest_stamp });
+                        prop_assert_eq!(flight.waited_ms(now), truly_waited, "the oldest row's wait");
+                        prop_assert_eq!(flight.waited_ms(now + 5), truly_waited + 5);
+                        flights.push(Flying { flight });
                     }
                 }
                 Op::Land { which, ok } => {
                     if flights.is_empty() {
                         continue;
                     }
-                    let Flying { flight, began, oldest_stamp } = flights.swap_remove(which % flights.len());
+                    let Flying { flight } = flights.swap_remove(which % flights.len());
                     let keys: Vec<u64> = flight.keys().iter().map(|k| k.session).collect();
                     if ok {
                         let mut acked = Vec::new();
@@ -160,8 +157,8 @@ proptest! {
                             // Told on the route of the newest report, the total that was written.
                             prop_assert_eq!((route, total, closed), (m.route, written, part.closed));
                             if m.pending.is_some() {
-                                // Its reports came during the flight: counted from its start.
-                                model.queue.push_back((s, began));
+                                // Its reports came during the flight: they wait since they came.
+                                model.queue.push_back(s);
                             } else {
                                 model.sessions.remove(&s);
                             }
@@ -171,9 +168,10 @@ proptest! {
                         for s in keys.iter().rev() {
                             let m = model.sessions.get_mut(s).unwrap();
                             let (_, part, since) = m.flying.take().unwrap();
-                            m.pending_since = if m.pending.is_some() { m.pending_since.min(since) } else { since };
+                            // The flight's reports came before any that came while it flew.
+                            m.pending_since = since;
                             m.pending.get_or_insert_with(Part::default).merge(part);
-                            model.queue.push_front((*s, oldest_stamp));
+                            model.queue.push_front(*s);
                         }
                     }
                 }
@@ -260,19 +258,23 @@ fn a_flight_knows_how_long_its_oldest_report_waited() {
     let flight = ledger.begin_flush(&mut a, 1_500);
     assert_eq!(flight.waited_ms(1_500), 500, "session 1 waits since 1,000");
     assert_eq!(flight.waited_ms(1_800), 800, "and on while the transaction runs");
-    // Arrives during the commit: its wait is counted from the flight's start (1,500), the
-    // latest time the ledger can vouch for without a stamp per report.
+    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited_ms(1_500)).collect();
+    assert_eq!(waits, [500, 100], "each row from its own oldest report");
+    // Arrives during the commit: its wait is counted from its arrival (1,700).
     ledger.record(key(1), 1, count(2), 1_700).unwrap();
     ledger.commit_succeeded(flight, |_, _, _| {});
     let mut b = [key(0); 8];
     let flight = ledger.begin_flush(&mut b, 2_000);
-    assert_eq!(flight.waited_ms(2_000), 500);
-    // A failed flight's sessions wait on from its oldest report.
+    assert_eq!(flight.waited_ms(2_000), 300);
+    // A failed flight's sessions wait on from their oldest report, before any newer one.
     ledger.commit_failed(flight);
+    ledger.record(key(1), 1, count(3), 2_500).unwrap();
     ledger.record(key(3), 1, count(1), 2_900).unwrap();
     let flight = ledger.begin_flush(&mut b, 3_000);
     assert_eq!(flight.keys(), [key(1), key(3)]);
-    assert_eq!(flight.waited_ms(3_000), 1_500);
+    assert_eq!(flight.waited_ms(3_000), 1_300);
+    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited_ms(3_000)).collect();
+    assert_eq!(waits, [1_300, 100]);
     ledger.commit_succeeded(flight, |_, _, _| {});
     assert!(ledger.is_empty());
 }
