@@ -17,9 +17,11 @@
 //!   batch came back full.
 //!
 //! Each aggregator runs one compactor; across aggregators compactions and folds take turns under
-//! one database lock. The compactor works at most `--compact-busy-percent` of the time: on a
+//! one database lock. Acknowledgements come first ([`Flushes`]): no compaction starts while the
+//! flushes are behind, each merges at most `--compact-max-entries` reports, and while the
+//! flushes have work the compactor works at most `--compact-busy-percent` of the time: on a
 //! machine that cannot keep up, the journal grows (and is merged later, with more reports per
-//! row) rather than the acknowledgements slowing down.
+//! row, at full pace once the flushes are idle) rather than the acknowledgements slowing down.
 
 use std::time::Duration;
 
@@ -40,9 +42,9 @@ pub struct Schedule {
     /// At most this share of the time is spent compacting, 1 to 100 (%): after a compaction
     /// that took `t`, the compactor rests `t * (100 - busy) / busy` before the next one, even
     /// with flights left over, so that a backlog never takes the database from the flushes
-    /// (which acknowledge) and the trunk handshakes.
+    /// (which acknowledge) and the trunk handshakes. No rest while the flushes are idle.
     pub busy_percent: u32,
-    /// Longest a compaction waits for the flushes to catch up (see `run`'s `behind`).
+    /// Longest a compaction waits for the flushes to catch up ([`Flushes::Behind`]).
     pub max_defer: Duration,
     /// Folding's policy and interval; `None`: folding is off.
     pub fold: Option<(FoldPolicy, Duration)>,
@@ -51,24 +53,36 @@ pub struct Schedule {
 /// How often a deferred compaction looks again whether the flushes caught up.
 const DEFER_POLL: Duration = Duration::from_millis(50);
 
-/// Runs compactions and folding rounds until `stop` becomes true. `behind` tells whether the
-/// flushes have a backlog: a compaction then waits (up to `schedule.max_defer`), since
-/// acknowledgements wait for the flushes and nothing waits for the journal's merge.
+/// What the flushes are doing, as the compactor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushes {
+    /// Nothing waits to be written: the database is the compactor's, no rest is needed.
+    Idle,
+    /// Writing and keeping up: the compactor takes its share (`--compact-busy-percent`).
+    Busy,
+    /// More than two flushes' worth of sessions wait: no compaction starts (for at most
+    /// `--compact-max-defer-ms`), since acknowledgements wait for the flushes and nothing waits
+    /// for the journal's merge.
+    Behind,
+}
+
+/// Runs compactions and folding rounds until `stop` becomes true; `flushes` tells what the
+/// flushes are doing (see [`Flushes`]).
 pub async fn run(
     store: Store,
     schedule: Schedule,
     metrics: Metrics,
-    behind: impl Fn() -> bool,
+    flushes: impl Fn() -> Flushes,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_fold = Instant::now();
     loop {
-        if !wait_for_flushes(&behind, schedule.max_defer, &mut stop).await {
+        if !wait_for_flushes(&flushes, schedule.max_defer, &mut stop).await {
             return;
         }
         let started = Instant::now();
         let mut more = compact_once(&store, &schedule, &metrics).await;
-        let rest = rest_after(started.elapsed(), schedule.busy_percent);
+        let rest = rest_after(started.elapsed(), schedule.busy_percent, flushes());
         if let Some((policy, every)) = &schedule.fold {
             if Instant::now() >= next_fold {
                 let folded_more = fold_once(&store, policy, &metrics).await;
@@ -88,14 +102,15 @@ pub async fn run(
     }
 }
 
-/// Waits while `behind()`, at most `max_defer`; false if `stop` came first.
+/// Waits while the flushes are [`Flushes::Behind`], at most `max_defer`; false if `stop` came
+/// first.
 async fn wait_for_flushes(
-    behind: &impl Fn() -> bool,
+    flushes: &impl Fn() -> Flushes,
     max_defer: Duration,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let deferred_since = Instant::now();
-    while behind() && deferred_since.elapsed() < max_defer {
+    while flushes() == Flushes::Behind && deferred_since.elapsed() < max_defer {
         tokio::select! {
             _ = tokio::time::sleep(DEFER_POLL) => {}
             _ = stop.changed() => return false,
@@ -104,8 +119,13 @@ async fn wait_for_flushes(
     true
 }
 
-/// How long to rest after working `worked`, to stay within `busy_percent` of the time.
-fn rest_after(worked: Duration, busy_percent: u32) -> Duration {
+/// How long to rest after working `worked`, to stay within `busy_percent` of the time while
+/// the flushes have work (none while they are idle: after the load, the journal is merged at
+/// the database's pace).
+fn rest_after(worked: Duration, busy_percent: u32, flushes: Flushes) -> Duration {
+    if flushes == Flushes::Idle {
+        return Duration::ZERO;
+    }
     let busy = busy_percent.clamp(1, 100);
     worked * (100 - busy) / busy
 }
@@ -169,11 +189,14 @@ mod tests {
     #[test]
     fn rests_in_proportion_to_the_work() {
         let second = Duration::from_secs(1);
-        assert_eq!(rest_after(second, 50), second);
-        assert_eq!(rest_after(second, 25), 3 * second);
-        assert_eq!(rest_after(second, 100), Duration::ZERO);
-        assert_eq!(rest_after(second, 0), 99 * second, "at least 1 %");
-        assert_eq!(rest_after(second, 400), Duration::ZERO, "at most 100 %");
+        let busy = Flushes::Busy;
+        assert_eq!(rest_after(second, 50, busy), second);
+        assert_eq!(rest_after(second, 25, busy), 3 * second);
+        assert_eq!(rest_after(second, 100, busy), Duration::ZERO);
+        assert_eq!(rest_after(second, 0, busy), 99 * second, "at least 1 %");
+        assert_eq!(rest_after(second, 400, busy), Duration::ZERO, "at most 100 %");
+        assert_eq!(rest_after(second, 10, Flushes::Behind), 9 * second);
+        assert_eq!(rest_after(second, 10, Flushes::Idle), Duration::ZERO, "nothing to give way to");
     }
 
     #[tokio::test(start_paused = true)]
@@ -181,26 +204,28 @@ mod tests {
         let (_stop_tx, mut stop) = watch::channel(false);
         let max = Duration::from_secs(30);
         let begun = Instant::now();
-        assert!(wait_for_flushes(&|| false, max, &mut stop).await);
+        assert!(wait_for_flushes(&|| Flushes::Busy, max, &mut stop).await);
         assert_eq!(begun.elapsed(), Duration::ZERO, "no backlog: at once");
 
         // Behind until 2 s from now.
         let caught_up = begun + Duration::from_secs(2);
-        assert!(wait_for_flushes(&|| Instant::now() < caught_up, max, &mut stop).await);
+        let flushes = || if Instant::now() < caught_up { Flushes::Behind } else { Flushes::Busy };
+        assert!(wait_for_flushes(&flushes, max, &mut stop).await);
         assert!(begun.elapsed() >= Duration::from_secs(2), "waited for the backlog");
         assert!(begun.elapsed() < Duration::from_secs(2) + 2 * DEFER_POLL, "and no longer");
 
         // Never catching up: the journal is merged anyway, after `max`.
         let begun = Instant::now();
-        assert!(wait_for_flushes(&|| true, max, &mut stop).await);
+        assert!(wait_for_flushes(&|| Flushes::Behind, max, &mut stop).await);
         assert!(begun.elapsed() >= max && begun.elapsed() < max + 2 * DEFER_POLL);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_deferred_compaction_stops_with_the_aggregator() {
         let (stop_tx, mut stop) = watch::channel(false);
-        let waiting =
-            tokio::spawn(async move { wait_for_flushes(&|| true, Duration::from_secs(30), &mut stop).await });
+        let waiting = tokio::spawn(async move {
+            wait_for_flushes(&|| Flushes::Behind, Duration::from_secs(30), &mut stop).await
+        });
         tokio::time::sleep(Duration::from_secs(1)).await;
         stop_tx.send(true).unwrap();
         assert!(!waiting.await.unwrap(), "told to stop, not to compact");

@@ -173,9 +173,10 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 100_000)]
     pub compact_max_entries: usize,
 
-    /// Largest share of the time (%) the compactor spends merging the journal: after a
-    /// compaction it rests in proportion, even with a backlog, so that the flushes (which
-    /// acknowledge) and trunk handshakes keep the database's attention when it cannot keep up.
+    /// Largest share of the time (%) the compactor spends merging the journal while the
+    /// flushes have work (none waiting in the ledger: no limit): after a compaction it rests in
+    /// proportion, even with a backlog, so that the flushes (which acknowledge) and trunk
+    /// handshakes keep the database's attention when it cannot keep up.
     /// 10: at 244,000 reports/s on two cores shared with the load, flush lag p50 was <= 0.32 s
     /// with 10 and 1.28-2.56 s with 50 (the journal then waits longer to be merged; readers see
     /// it either way). docs/benchmarks.md, the write path.

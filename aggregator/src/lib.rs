@@ -238,7 +238,7 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
         shared.writer.clone(),
         shared.settings.compactor(),
         shared.metrics.clone(),
-        move || flushes.flushes_behind(),
+        move || flushes.flushes(),
         flush_stop_rx.clone(),
     ));
     tokio::spawn(dashboard::run(shared.clone()));

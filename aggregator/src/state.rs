@@ -236,9 +236,18 @@ impl Shared {
         }
     }
 
-    /// Whether the flushes have a backlog: more than two flushes' worth of sessions wait.
-    pub fn flushes_behind(&self) -> bool {
-        self.books().ledger.ready() > 2 * self.settings.max_flush_rows
+    /// What the flushes are doing, for the compactor: behind while more than two flushes'
+    /// worth of sessions wait, idle while the ledger is empty.
+    pub fn flushes(&self) -> crate::compactor::Flushes {
+        use crate::compactor::Flushes;
+        let books = self.books();
+        if books.ledger.ready() > 2 * self.settings.max_flush_rows {
+            Flushes::Behind
+        } else if books.ledger.is_empty() {
+            Flushes::Idle
+        } else {
+            Flushes::Busy
+        }
     }
 
     /// Waits until `ready` says the ledger has room.
