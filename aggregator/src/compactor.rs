@@ -56,7 +56,8 @@ const DEFER_POLL: Duration = Duration::from_millis(50);
 /// What the flushes are doing, as the compactor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushes {
-    /// Nothing waits to be written: the database is the compactor's, no rest is needed.
+    /// Nothing waits to be written and nothing was committed for a second
+    /// (`state::FLUSHES_IDLE_AFTER`): the database is the compactor's, no rest is needed.
     Idle,
     /// Writing and keeping up: the compactor takes its share (`--compact-busy-percent`).
     Busy,

@@ -169,7 +169,8 @@ pub struct Settings {
     /// report). Smaller: the database's work comes in shorter pieces, between which the
     /// compactor gives way to a flush backlog (`--compact-max-defer-ms`). At 245,000 reports/s
     /// on two cores, a compaction of 1,000,000 took 12-21 s, the flushes fell behind meanwhile
-    /// and flush lag p99 was 10 s; with 100,000 (about 1.5 s each) it was 2 s.
+    /// and flush lag p99 was 10 s; with 100,000 (1.5-2.2 s each) it was at most 2 s in each
+    /// of three runs (median 1 s).
     #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 100_000)]
     pub compact_max_entries: usize,
 

@@ -120,6 +120,10 @@ pub struct LinkLive {
     pub since: Instant,
 }
 
+/// The flushes count as idle for the compactor (it then merges without resting) once the
+/// ledger is empty and no flush has committed rows for this long.
+pub const FLUSHES_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// A gateway whose links are all down is forgotten by the dashboard after this long.
 pub const FORGET_GATEWAY_AFTER: Duration = Duration::from_secs(600);
 
@@ -237,13 +241,16 @@ impl Shared {
     }
 
     /// What the flushes are doing, for the compactor: behind while more than two flushes'
-    /// worth of sessions wait, idle while the ledger is empty.
+    /// worth of sessions wait, idle while the ledger is empty and nothing was committed for
+    /// [`FLUSHES_IDLE_AFTER`] (an empty ledger alone happens between the flushes of a light
+    /// load, every 200 ms).
     pub fn flushes(&self) -> crate::compactor::Flushes {
         use crate::compactor::Flushes;
+        let quiet_ms = self.now_ms().saturating_sub(self.last_flush.at_ms.load(Ordering::Relaxed));
         let books = self.books();
         if books.ledger.ready() > 2 * self.settings.max_flush_rows {
             Flushes::Behind
-        } else if books.ledger.is_empty() {
+        } else if books.ledger.is_empty() && quiet_ms >= FLUSHES_IDLE_AFTER.as_millis() as u64 {
             Flushes::Idle
         } else {
             Flushes::Busy
