@@ -3,9 +3,10 @@
 //! - **Compaction** (PostgreSQL): a flush appends its reports to the journal and is acknowledged
 //!   when that row commits; the compactor merges the journal into `sessions` and the totals,
 //!   oldest flights first, every `--compact-interval-ms` and at once again while flights are
-//!   left over. A session reported in many flights meanwhile is written once, so the slower the
-//!   database, the more each compaction coalesces: a backlog shrinks the work per byte instead
-//!   of delaying acknowledgements ([`Store::compact`], migrations/postgres/0004_journal.sql).
+//!   left over. A session reported in several flights of one compaction is written once (at a
+//!   million busy phones, a compaction's `--compact-max-entries` cover about a second: little
+//!   coalescing). The journal defers the merge's cost off the acknowledgements' path; it does not
+//!   shrink it ([`Store::compact`], migrations/postgres/0004_journal.sql, docs/ARCHITECTURE.md).
 //! - **Folding**: keeps the sessions table to the live sessions and a recent margin by folding
 //!   finished sessions into per-device totals (`device_folded`), so that the table does not grow
 //!   by a row per phone connection for ever. Which sessions may be folded, and why a folded

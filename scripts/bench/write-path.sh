@@ -11,30 +11,49 @@
 # still has its throughput measured, and its drops shown). Then the median of each figure per
 # binary.
 #
-#   DATABASE_URL=postgres://... scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN...]
+#   DATABASE_URL=postgres://... scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN[:MOBILE_SIM_BIN]...]
 #     the issue's load: 1000 1000 2s 6s 120s 3 OLD NEW   (1,000,000 sessions, 250,000 bytes/s offered)
-#     default binary: this checkout's release build
+#     default binary: this checkout's release build; each aggregator is driven by this
+#     checkout's mobile-sim unless a mobile-sim binary of its own follows it after a colon (an
+#     older aggregator speaks only with the mobile-sim of its commit: scripts/bench/old-vs-new.sh
+#     builds both)
 #   DATABASE_URL=sqlite: scripts/bench/write-path.sh ...   the embedded store: a fresh file per run
+#   WRITE_PATH_KEEP=DIR scripts/bench/write-path.sh ...    keep every run's logs, metrics and mobile-sim
+#                                                          report in DIR (default: deleted on exit)
+#   WRITE_PATH_MERGED=1 scripts/bench/write-path.sh ...    after mobile-sim's verdict, keep the aggregator
+#       running until its compactor has merged the whole journal into the sessions table, print
+#       how long that took (stderr), and fail unless the table then holds exactly the bytes sent
+#       (PostgreSQL; binaries without a journal are not waited for)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 cd "$HOLDFAST_ROOT"
 hf_setup_path
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
-[ "$#" -ge 6 ] || hf_die "usage: scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN...]"
+[ "$#" -ge 6 ] || hf_die "usage: scripts/bench/write-path.sh G P MIN MAX DURATION RUNS [AGGREGATOR_BIN[:MOBILE_SIM_BIN]...]"
 gateways="$1" per="$2" min="$3" max="$4" duration="$5" runs="$6"
 shift 6
 : "${DATABASE_URL:?set DATABASE_URL (scripts/start-postgres.sh), or sqlite: for the embedded store}"
 cargo build --release -q -p aggregator -p mobile-sim
 bins=("$@")
 [ "${#bins[@]}" -gt 0 ] || bins=("$CARGO_TARGET_DIR/release/aggregator")
-sim="$CARGO_TARGET_DIR/release/mobile-sim"
+default_sim="$CARGO_TARGET_DIR/release/mobile-sim"
 work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+keep="${WRITE_PATH_KEEP:-}"
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true
+      if [ -n "$keep" ]; then mkdir -p "$keep" && cp -a "$work"/. "$keep"/ && echo "logs kept in $keep" >&2; fi
+      rm -rf "$work"' EXIT
 
-# one_run BIN TAG: prints "bytes_per_s rows_per_s lag_p50 lag_p99 row_lag_p50 row_lag_p99 dropped"
+# one_run BIN[:SIM] TAG: prints "bytes_per_s rows_per_s lag_p50 lag_p99 row_lag_p50 row_lag_p99 dropped"
 one_run() {
-  local bin="$1" tag="$2" db="holdfast_writepath_$$_$2" port pid url
+  local bin="${1%%:*}" sim="$default_sim" tag="$2" db="holdfast_writepath_$$_$2" port pid url
+  [[ "$1" != *:* ]] || sim="${1#*:}"
+  # Links may drop or fail, up to one per link (mobile-sim's of older commits have no such flags
+  # and fail on none).
+  local tolerate=()
+  if "$sim" gateways --help | grep -q -- --max-dropped; then
+    tolerate=(--max-dropped $((gateways * 2)) --max-failed $((gateways * 2)))
+  fi
   if [[ "$DATABASE_URL" == sqlite:* ]]; then
     url="sqlite://$work/$db.sqlite"
   else
@@ -55,11 +74,27 @@ one_run() {
   "$sim" gateways --target "wss://localhost:$port/trunk" --ca "$work/ca.pem" --gateways-file "$work/gateways.txt" \
     --sessions-per-gateway "$per" --min-interval "$min" --max-interval "$max" --duration "$duration" \
     --drain-timeout 120s --device-prefix "wp$tag-" --verify --database-url "$url" --quiet --json \
-    --max-dropped $((gateways * 2)) --max-failed $((gateways * 2)) \
+    "${tolerate[@]}" \
     >"$work/sim-$tag.json" 2>"$work/sim-$tag.err" ||
     { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r.get("failures"))' "$work/sim-$tag.json" >&2 || true
       hf_die "mobile-sim's verdict failed (run $tag, $bin)"; }
   curl -fsS --cacert "$work/ca.pem" "https://localhost:$port/metrics" >"$work/metrics-$tag.txt"
+  if [ -n "${WRITE_PATH_MERGED:-}" ] && [[ "$DATABASE_URL" != sqlite:* ]] &&
+    [ "$(psql "$url" -Atc "SELECT to_regclass('journal') IS NOT NULL")" = t ]; then
+    # The journal's merge, checked on its own: once the journal is empty, the sessions table
+    # (and the folded totals) must hold exactly the bytes mobile-sim sent.
+    local from=$SECONDS left persisted sent_bytes
+    while left="$(psql "$url" -Atc 'SELECT count(*) FROM journal')" && [ "$left" -gt 0 ]; do
+      [ $((SECONDS - from)) -lt 1800 ] || hf_die "run $tag: $left journal flights still unmerged after 30 min"
+      sleep 2
+    done
+    persisted="$(psql "$url" -Atc 'SELECT (SELECT coalesce(sum(bytes), 0) FROM sessions)
+                                         + (SELECT coalesce(sum(bytes), 0) FROM device_folded)')"
+    sent_bytes="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"]["sent"])' "$work/sim-$tag.json")"
+    [ "$persisted" = "$sent_bytes" ] ||
+      hf_die "run $tag: after the merge the sessions table holds $persisted bytes; mobile-sim sent $sent_bytes"
+    echo "  run $tag: journal merged $((SECONDS - from)) s after mobile-sim's verdict; the sessions table holds exactly the $sent_bytes bytes sent" >&2
+  fi
   kill -TERM "$pid"
   wait "$pid" || true
   if [[ "$DATABASE_URL" == sqlite:* ]]; then rm -f "$work/$db".sqlite*; else hf_drop_database "$DATABASE_URL" "$db"; fi
@@ -89,13 +124,13 @@ for r in $(seq 1 "$runs"); do
   for i in "${!bins[@]}"; do
     line="$(one_run "${bins[$i]}" "$r$i")"
     echo "$line" >>"$work/results-$i"
-    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  links dropped %s\n' "$r" "${bins[$i]}" $line
+    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  links dropped %s\n' "$r" "${bins[$i]%%:*}" $line
   done
 done
 for i in "${!bins[@]}"; do
   f="$work/results-$i"
   med() { cut -d' ' -f"$1" "$f" | grep -v '^-$' | hf_median; }
   printf 'median  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  (verified)\n' \
-    "${bins[$i]}" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)"
+    "${bins[$i]%%:*}" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)"
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
