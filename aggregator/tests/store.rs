@@ -78,6 +78,7 @@ both!(
     fold_direct_sessions,
     fold_superseded_boot,
     fold_races_with_flushes,
+    fold_waits_for_the_flights_before_its_mark,
     journal_is_read_before_compaction,
 );
 
@@ -780,6 +781,38 @@ async fn fold_superseded_boot(db: Db) {
     // Folding the boot again finds nothing, and does not supersede the current one.
     let again = s.fold_round(&fold_now(8)).await.unwrap();
     assert_eq!((again.boots, again.sessions), (0, 0));
+}
+
+/// A superseded boot is folded once no flight up to the journal's last at its mark is left,
+/// whichever sessions those flights carry, and flights appended after the mark do not hold it
+/// back (migrations/postgres/0005_fold_journal_upto.sql: one index probe instead of searching
+/// the journal for the boot's reports, which took seconds per boot with a large backlog).
+async fn fold_waits_for_the_flights_before_its_mark(db: Db) {
+    let s = &db.store;
+    if matches!(s, Store::Sqlite(_)) {
+        return; // no journal: SQLite writes sessions at once
+    }
+    let old = |session: u64| SessionKey { gateway: 11, boot_epoch: 1, session };
+    let unrelated = |session: u64| SessionKey { gateway: 12, boot_epoch: 1, session };
+    s.boot_seen(11, 1).await.unwrap();
+    flush(s, &[with_device(row(old(0), 5), "m-0"), with_device(row(old(1), 6), "m-1")]).await;
+    tick().await;
+    s.boot_seen(11, 2).await.unwrap();
+    tick().await;
+    // A flight of another gateway waits in the journal when the boot is marked.
+    s.write_flush(&[with_device(row(unrelated(0), 1), "m-2")]).await.unwrap();
+    let marked = s.fold_round(&fold_now(100)).await.unwrap();
+    assert_eq!((marked.boots, marked.sessions), (1, 0), "marked, not folded: a flight before the mark waits");
+    assert_eq!(session_rows(s).await, 2);
+    // Merged; a flight appended after the mark waits now, and does not hold the fold back.
+    compact_all(s).await;
+    s.write_flush(&[row(unrelated(0), 2)]).await.unwrap();
+    let folded = s.fold_round(&fold_now(100)).await.unwrap();
+    assert_eq!(folded.sessions, 2, "every flight up to the mark merged: the boot folds");
+    compact_all(s).await;
+    let totals = totals_with_sessions(s).await;
+    let bytes_of = |d: &str| totals.iter().find(|t| t.0 == d).map(|t| t.1);
+    assert_eq!((bytes_of("m-0"), bytes_of("m-1"), bytes_of("m-2")), (Some(5), Some(6), Some(2)));
 }
 
 /// Flushes keep writing a boot's sessions (cumulative counts growing) while the boot is

@@ -399,8 +399,11 @@ pub(super) async fn mark_superseded(pool: &PgPool, after_s: f64) -> anyhow::Resu
             .bind(fold_lock(gateway as u32))
             .execute(&mut *tx)
             .await?;
+        // The journal's last flight now: every report of the boot is in a flight up to it
+        // (migrations/postgres/0005_fold_journal_upto.sql).
         let done = sqlx::query(
-            "INSERT INTO folded_epochs (gateway_id, boot_epoch) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO folded_epochs (gateway_id, boot_epoch, journal_upto) \
+             VALUES ($1, $2, (SELECT coalesce(max(id), 0) FROM journal)) ON CONFLICT DO NOTHING",
         )
         .bind(gateway)
         .bind(epoch)
@@ -460,10 +463,12 @@ SELECT count(*) AS folded FROM gone
 }
 
 /// Folds up to `limit` sessions of a folded gateway boot; `None` when it cannot now: another
-/// aggregator compacts or folds, or reports of the boot still wait in the journal. Those reports
-/// committed before the boot was marked (a flush that holds the gateway's fold lock checks the
-/// mark), so they are in the journal now and the next compaction merges them; were the boot's
-/// rows folded first, that compaction would insert them again and count them twice. Holding the
+/// aggregator compacts or folds, or reports of the boot may still wait in the journal. Those
+/// reports committed before the boot was marked (a flush that holds the gateway's fold lock
+/// checks the mark), so they are in a flight up to the one the mark recorded, and the
+/// compactions merge them; were the boot's rows folded first, that compaction would insert them
+/// again and count them twice. One index probe: is any flight up to the mark's left? (A boot
+/// marked before that was recorded: the journal is searched for its reports.) Holding the
 /// maintenance lock, nothing compacts between the check and the fold.
 pub(super) async fn fold_boot(
     pool: &PgPool,
@@ -478,13 +483,17 @@ pub(super) async fn fold_boot(
         return Ok(None);
     }
     let pending = sqlx::query(
-        "SELECT EXISTS (SELECT 1 FROM journal_entries WHERE gateway_id = $1 AND boot_epoch = $2)",
+        "SELECT CASE WHEN f.journal_upto IS NOT NULL \
+                     THEN EXISTS (SELECT 1 FROM journal WHERE id <= f.journal_upto) \
+                     ELSE EXISTS (SELECT 1 FROM journal_entries WHERE gateway_id = $1 AND boot_epoch = $2) END \
+         FROM folded_epochs f WHERE f.gateway_id = $1 AND f.boot_epoch = $2",
     )
     .bind(gateway)
     .bind(epoch)
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    if pending.try_get(0)? {
+    // No mark (cannot happen: only marked boots are folded), or reports may wait: not now.
+    if pending.map(|r| r.try_get::<bool, _>(0)).transpose()?.unwrap_or(true) {
         return Ok(None);
     }
     let row = sqlx::query(sql).bind(limit).bind(gateway).bind(epoch).fetch_one(&mut *tx).await?;

@@ -1,0 +1,14 @@
+-- When may a superseded boot be folded? Only once none of its reports waits in the journal
+-- (docs/ARCHITECTURE.md, "Folding"). Finding that out by searching the journal for the boot's
+-- reports unnests every flight waiting: with a backlog of ten million reports, each check took
+-- seconds of PostgreSQL under the maintenance lock, once per folded boot per round, and the
+-- compactions that would have shrunk the journal waited behind them.
+--
+-- Instead the mark records the journal's last flight when it committed. Every report of the
+-- boot is in a flight up to that one: the mark holds the gateway's fold lock exclusively, a
+-- flush holds it shared until it commits, so every flush that wrote the boot committed before
+-- the mark's statement (which sees them) and every later one saw the mark and refused the
+-- boot's reports. Compactions take flights oldest first, so once no flight up to
+-- `journal_upto` is left, none of the boot's reports waits: one index probe. NULL for boots
+-- marked before this column existed (for them the journal is still searched).
+ALTER TABLE folded_epochs ADD COLUMN journal_upto bigint;
