@@ -6,7 +6,8 @@
 # Modes: `gateways` (virtual gateways, 1,000 sessions each, the same gateway names in every run:
 # every run is a new boot of each gateway, which supersedes the previous run's boot) or `direct`
 # (phones straight to the aggregator). After each run it prints the rows of `sessions` and
-# `device_folded`; at the end it checks every device of every run again against what that run
+# `device_folded` and the reports waiting in the journal; after the last run it waits for the
+# journal to be merged and for folding to reach the bound, then checks every device of every run again against what that run
 # sent and had confirmed (per-device CSVs from mobile-sim, compared in SQL with `device_totals`),
 # so devices whose sessions were folded are verified too. Fails on any verdict or mismatch.
 #
