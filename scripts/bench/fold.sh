@@ -81,6 +81,7 @@ while waiting="$(q 'SELECT coalesce(sum(entries), 0) FROM journal')" && [ "$wait
   [ $((SECONDS - from)) -lt 1800 ] || hf_die "$waiting reports still in the journal 30 min after the last run"
   sleep 2
 done
+hf_int "$waiting" "journal reports waiting" # a failed query ends the loop: not a merged journal
 merged_after=$((SECONDS - from))
 sleep $((fold_after + 3))
 for _ in $(seq 1 60); do

@@ -88,6 +88,7 @@ one_run() {
       [ $((SECONDS - from)) -lt 1800 ] || hf_die "run $tag: $left journal flights still unmerged after 30 min"
       sleep 2
     done
+    [ "$left" = 0 ] || hf_die "run $tag: could not read the journal's size ($left)"
     persisted="$(psql "$url" -Atc 'SELECT (SELECT coalesce(sum(bytes), 0) FROM sessions)
                                          + (SELECT coalesce(sum(bytes), 0) FROM device_folded)')"
     sent_bytes="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"]["sent"])' "$work/sim-$tag.json")"
