@@ -51,7 +51,11 @@ one_run() {
   # Links may drop or fail, up to one per link (mobile-sim's of older commits have no such flags
   # and fail on none).
   local tolerate=()
-  if "$sim" gateways --help | grep -q -- --max-dropped; then
+  # (Read whole, not piped into grep -q: under pipefail an early exit of grep would fail the
+  # pipe once the help outgrows the pipe's buffer.)
+  local help
+  help="$("$sim" gateways --help)"
+  if [[ "$help" == *--max-dropped* ]]; then
     tolerate=(--max-dropped $((gateways * 2)) --max-failed $((gateways * 2)))
   fi
   if [[ "$DATABASE_URL" == sqlite:* ]]; then
@@ -92,6 +96,7 @@ one_run() {
     persisted="$(psql "$url" -Atc 'SELECT (SELECT coalesce(sum(bytes), 0) FROM sessions)
                                          + (SELECT coalesce(sum(bytes), 0) FROM device_folded)')"
     sent_bytes="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytes"]["sent"])' "$work/sim-$tag.json")"
+    [ "$sent_bytes" -gt 0 ] || hf_die "run $tag: mobile-sim sent nothing: nothing to check the merge against"
     [ "$persisted" = "$sent_bytes" ] ||
       hf_die "run $tag: after the merge the sessions table holds $persisted bytes; mobile-sim sent $sent_bytes"
     echo "  run $tag: journal merged $((SECONDS - from)) s after mobile-sim's verdict; the sessions table holds exactly the $sent_bytes bytes sent" >&2
