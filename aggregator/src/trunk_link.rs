@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
@@ -223,6 +223,10 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     // Whether the last pass left the link unread for want of ledger room (backpressure).
     let mut held_back = false;
+    // A message that arrived when other links had taken the room this one saw before it waited:
+    // it waits here, ahead of the socket, for a commit to free room. (Handled anyway, it would
+    // fail half-way with LedgerFull and close the link.)
+    let mut pending: Option<Bytes> = None;
     loop {
         if held_back {
             // The gateway's messages waited unread meanwhile: not its silence.
@@ -238,7 +242,10 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
         let room = shared.room.notified();
         tokio::pin!(room);
         room.as_mut().enable();
-        let can_read = ServerLink::can_read(&shared.books().ledger, &config);
+        if let Some(message) = pending.take() {
+            pending = deliver(shared, &mut link, message, route)?;
+        }
+        let can_read = pending.is_none() && ServerLink::can_read(&shared.books().ledger, &config);
         held_back = !can_read;
         if held_back {
             // Backpressure: the gateway's messages wait unread, so it is not idle.
@@ -288,27 +295,42 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
             _ = tokio::time::sleep(idle_in) => {}
             message = ws.next(), if can_read => match message {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
-                Some(Ok(Message::Binary(bytes))) => {
-                    let now = shared.now_ms();
-                    let received = {
-                        let mut books = shared.books();
-                        let r = link.handle_message(&bytes, now, &config, &mut books.ledger, route)?;
-                        if r.opens + r.counts + r.closes > 0 {
-                            shared.metrics.ledger_entries.set(books.ledger.len() as i64);
-                        }
-                        r
-                    };
-                    let m = &shared.metrics;
-                    m.trunk_sessions_opened.inc_by(received.opens as u64);
-                    m.trunk_sessions_closed.inc_by(received.closes as u64);
-                    m.trunk_count_reports.inc_by(received.counts as u64);
-                    shared.link_reports(link.gateway(), link.boot_epoch(), &bytes);
-                }
+                Some(Ok(Message::Binary(message))) => pending = deliver(shared, &mut link, message, route)?,
                 Some(Ok(Message::Text(_))) => return Err(LinkError::Unexpected(0)),
                 Some(Ok(_)) => {}
             },
         }
     }
+}
+
+/// Puts a gateway's message into the ledger, or gives it back when the ledger lacks the room it
+/// may need: the room check and the recording happen under one lock, since other links take room
+/// too.
+fn deliver(
+    shared: &Shared,
+    link: &mut ServerLink,
+    message: Bytes,
+    route: u32,
+) -> Result<Option<Bytes>, LinkError> {
+    let config = shared.settings.trunk();
+    let now = shared.now_ms();
+    let received = {
+        let mut books = shared.books();
+        if !ServerLink::has_room_for(&books.ledger, &message) {
+            return Ok(Some(message));
+        }
+        let r = link.handle_message(&message, now, &config, &mut books.ledger, route)?;
+        if r.opens + r.counts + r.closes > 0 {
+            shared.metrics.ledger_entries.set(books.ledger.len() as i64);
+        }
+        r
+    };
+    let m = &shared.metrics;
+    m.trunk_sessions_opened.inc_by(received.opens as u64);
+    m.trunk_sessions_closed.inc_by(received.closes as u64);
+    m.trunk_count_reports.inc_by(received.counts as u64);
+    shared.link_reports(link.gateway(), link.boot_epoch(), &message);
+    Ok(None)
 }
 
 /// Closes the links of gateways removed (`aggregator gateway remove`, by any process) while they

@@ -193,6 +193,66 @@ async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
     );
 }
 
+/// Every link checks for ledger room before it waits for its next message, but the room is
+/// shared: while eight links wait, each having seen room for one message, their messages
+/// arrive together and the first few take the room the rest were counting on. A message that
+/// finds no room must wait for a commit, not close its link (it did: "the ledger is full", a
+/// refusal, and a reconnect storm with every count replayed; seen with SQLite at a million
+/// sessions).
+#[tokio::test]
+async fn links_that_race_for_the_last_ledger_room_wait_instead_of_closing() {
+    const LINKS: usize = trunk::gateway::MAX_LINKS;
+    const RACING: usize = 4_000;
+    // Room for 1,792 sessions (2,048 slots filled to 7/8); a link reads while 1,024 are free.
+    let args = ["--flush-interval-ms", "50", "--ledger-capacity", "2048", "--max-trunk-message", "2048"];
+    let Some(agg) = Aggregator::start(Kind::Postgres, &args).await else { return };
+    let secret = agg.add_gateway("site-race");
+    let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-race", &secret, RACING, LINKS);
+    for link in 0..LINKS {
+        assert!(gw.connect(link).await, "link {link} connects");
+    }
+    gw.pump_until(Duration::from_secs(30), |g| {
+        (0..LINKS).all(|l| g.link_phase(l) == trunk::gateway::LinkPhase::Up)
+    })
+    .await;
+
+    // The sessions open and commit first, so that below each report is a few bytes that takes a
+    // ledger entry: one message per link is then more than all the room there is.
+    let sessions = open_all(&mut gw, "race-", RACING);
+    let mut sent = HashMap::new();
+    send_round(&mut gw, &sessions, 0, &mut sent);
+    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
+        .await;
+
+    // Nothing commits while the journal is locked, so the room only shrinks.
+    let aggregator::store::Store::Postgres(pool) = agg.store().await else { panic!("a Postgres store") };
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE journal IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    send_round(&mut gw, &sessions, 1, &mut sent);
+    gw.pump(Duration::from_secs(3), false).await;
+    let stalled_ledger = metric(&agg, "holdfast_ledger_entries").await;
+    blocker.rollback().await.unwrap();
+    // Otherwise nothing raced: the ledger must have been filled past where links stop reading.
+    assert!(
+        stalled_ledger > 1_024,
+        "the ledger held only {stalled_ledger} sessions while the database was locked"
+    );
+
+    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
+        .await;
+    check_exact(&agg, "race-", &sent).await;
+    assert_eq!(
+        gw.refusals, 0,
+        "a link was refused ({:?}) while links raced for ledger room",
+        gw.refused_with
+    );
+    assert_eq!(
+        metric(&agg, "holdfast_closed_bad_input_total").await,
+        0,
+        "a link was closed for a full ledger"
+    );
+}
+
 /// An unlabelled metric, or the sum of a labelled family, from the aggregator's /metrics.
 async fn metric(agg: &Aggregator, name: &str) -> u64 {
     let body = support::clients::metrics_text(agg.addr, &agg.ca()).await;

@@ -265,11 +265,25 @@ impl ServerLink {
 
     /// Whether the ledger has room for any message of up to `max_message_len` bytes (a report
     /// takes at least two bytes). When not, leave the socket unread until a flush frees room.
+    ///
+    /// The room is shared by every link of the ledger: links that each saw room before they
+    /// waited may receive their messages together, so check [`ServerLink::has_room_for`] under
+    /// the same lock as [`ServerLink::handle_message`] too.
     pub fn can_read<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>>(
         ledger: &Ledger<S>,
         config: &ServerConfig,
     ) -> bool {
         ledger.room() >= config.max_message_len / 2
+    }
+
+    /// Whether the ledger has room for every report `message` may carry (at most one per two
+    /// bytes): then [`ServerLink::handle_message`] cannot fail with [`LinkError::LedgerFull`]
+    /// half-way through it. When not, keep the message and handle it after a flush frees room.
+    pub fn has_room_for<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>>(
+        ledger: &Ledger<S>,
+        message: &[u8],
+    ) -> bool {
+        ledger.room() >= message.len() / 2
     }
 
     /// The aggregator is not reading this link (see [`ServerLink::can_read`]): what the gateway
