@@ -420,3 +420,48 @@ fn advise_huge_pages(start: *mut u8, len: usize) {
 
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_start: *mut u8, _len: usize) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compactor::Flushes;
+    use clap::Parser as _;
+
+    async fn started(max_flush_rows: usize) -> (Shared, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = max_flush_rows.to_string();
+        let settings = crate::config::Cli::parse_from(["aggregator", "--max-flush-rows", &rows]).serve;
+        let store = Store::open(None, dir.path(), 1).await.unwrap();
+        let (_tx, shutdown) = watch::channel(false);
+        (Shared::new(settings, store.clone(), store, shutdown), dir)
+    }
+
+    async fn report(shared: &Shared, session: u64) {
+        let key = SessionKey { gateway: 1, boot_epoch: 1, session };
+        shared.record(key, 0, Update { total: Some(1), ..Update::default() }).await;
+    }
+
+    /// What the compactor is told: behind past two flushes' worth of waiting sessions, busy while
+    /// anything waits or a commit was recent, idle only after a quiet second with nothing waiting.
+    #[tokio::test]
+    async fn flushes_are_behind_busy_or_idle_as_the_ledger_and_the_last_commit_say() {
+        let (shared, _dir) = started(2).await;
+        assert_eq!(shared.flushes(), Flushes::Busy, "just started: not yet quiet for a second");
+        for session in 1..=4 {
+            report(&shared, session).await;
+        }
+        assert_eq!(shared.flushes(), Flushes::Busy, "two flushes' worth waiting is not behind");
+        report(&shared, 5).await;
+        assert_eq!(shared.flushes(), Flushes::Behind, "more than two flushes' worth waiting");
+
+        let (shared, _dir) = started(2).await;
+        tokio::time::sleep(FLUSHES_IDLE_AFTER).await;
+        assert_eq!(shared.flushes(), Flushes::Idle, "nothing waiting, nothing committed for a second");
+        report(&shared, 1).await;
+        assert_eq!(shared.flushes(), Flushes::Busy, "a report waits");
+        let (shared, _dir) = started(2).await;
+        tokio::time::sleep(FLUSHES_IDLE_AFTER).await;
+        shared.last_flush.record(shared.now_ms(), 1, None, Duration::ZERO);
+        assert_eq!(shared.flushes(), Flushes::Busy, "a commit just now: the next flush may follow");
+    }
+}
