@@ -40,6 +40,8 @@ pub struct Schedule {
     pub compact_every: Duration,
     /// Most reports merged by one compaction (one transaction).
     pub compact_max_entries: usize,
+    /// The same while the flushes are [`Flushes::Idle`].
+    pub compact_idle_max_entries: usize,
     /// At most this share of the time is spent compacting, 1 to 100 (%): after a compaction
     /// that took `t`, the compactor rests `t * (100 - busy) / busy` before the next one, even
     /// with flights left over, so that a backlog never takes the database from the flushes
@@ -83,7 +85,11 @@ pub async fn run(
             return;
         }
         let started = Instant::now();
-        let mut more = compact_once(&store, &schedule, &metrics).await;
+        let max_entries = match flushes() {
+            Flushes::Idle => schedule.compact_idle_max_entries,
+            Flushes::Busy | Flushes::Behind => schedule.compact_max_entries,
+        };
+        let mut more = compact_once(&store, max_entries, &metrics).await;
         let rest = rest_after(started.elapsed(), schedule.busy_percent, flushes());
         if let Some((policy, every)) = &schedule.fold {
             if Instant::now() >= next_fold {
@@ -133,9 +139,9 @@ fn rest_after(worked: Duration, busy_percent: u32, flushes: Flushes) -> Duration
 }
 
 /// One compaction; whether flights are left over.
-async fn compact_once(store: &Store, schedule: &Schedule, metrics: &Metrics) -> bool {
+async fn compact_once(store: &Store, max_entries: usize, metrics: &Metrics) -> bool {
     let started = std::time::Instant::now();
-    match store.compact(schedule.compact_max_entries).await {
+    match store.compact(max_entries).await {
         Ok(done) => {
             if done.flights > 0 {
                 metrics.compactions.inc();

@@ -3,6 +3,7 @@
 use anyhow::Context as _;
 use std::str::FromStr as _;
 
+use futures_util::TryStreamExt as _;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::ConnectOptions as _;
 use sqlx::{PgPool, Row as _};
@@ -226,21 +227,15 @@ pub(super) async fn compact(pool: &PgPool, max_entries: i64, shard: i16) -> anyh
     // Each upsert sorts its rows by key: in memory (about 100 bytes a row; the default work_mem
     // of 4 MB would spill a statement's 50,000 to temporary files).
     sqlx::query("SET LOCAL work_mem = '32MB'").execute(&mut *tx).await?;
-    let mut flights = sqlx::query(COMPACT_TAKE).bind(&ids).fetch_all(&mut *tx).await?;
-    flights.sort_by_key(|row| row.try_get::<i64, _>("id").unwrap_or(0));
+    // Folded as they stream in: a compaction's reports are never all in memory at once, only
+    // its sessions.
     let mut merge = Merge::default();
-    for flight in &flights {
-        merge.flight(
-            flight.try_get("at_us")?,
-            flight.try_get("gateway_ids")?,
-            flight.try_get("boot_epochs")?,
-            flight.try_get("session_ids")?,
-            flight.try_get("devices")?,
-            flight.try_get("totals")?,
-            flight.try_get("close_reasons")?,
-        )?;
+    {
+        let mut flights = sqlx::query(COMPACT_TAKE).bind(&ids).fetch(&mut *tx);
+        while let Some(row) = flights.try_next().await? {
+            merge.flight(Flight::from_row(&row)?)?;
+        }
     }
-    drop(flights);
     let mut done = Compacted {
         flights: ids.len() as u64,
         entries: merge.entries,
@@ -274,9 +269,38 @@ pub(super) async fn compact(pool: &PgPool, max_entries: i64, shard: i16) -> anyh
     Ok(done)
 }
 
+/// One journal row as a compaction takes it: a flight's reports as parallel arrays.
+struct Flight {
+    id: i64,
+    at_us: i64,
+    gateways: Vec<i32>,
+    epochs: Vec<i64>,
+    sessions: Vec<i64>,
+    devices: Vec<Option<String>>,
+    totals: Vec<i64>,
+    reasons: Vec<Option<i16>>,
+}
+
+impl Flight {
+    fn from_row(row: &sqlx::postgres::PgRow) -> anyhow::Result<Self> {
+        Ok(Flight {
+            id: row.try_get("id")?,
+            at_us: row.try_get("at_us")?,
+            gateways: row.try_get("gateway_ids")?,
+            epochs: row.try_get("boot_epochs")?,
+            sessions: row.try_get("session_ids")?,
+            devices: row.try_get("devices")?,
+            totals: row.try_get("totals")?,
+            reasons: row.try_get("close_reasons")?,
+        })
+    }
+}
+
 /// Reports of one compaction folded per session, as the journal's readers do it
 /// (`sessions_now`, migrations/postgres/0004_journal.sql): the largest count, the first device
 /// id and the first close in flight order, and the times of the flights that brought them.
+/// Flights may come in any order (a `DELETE ... RETURNING` has none): each session remembers
+/// which flight its device and close came from.
 #[derive(Default)]
 struct Merge {
     sessions: std::collections::HashMap<(i32, i64, i64), Merged>,
@@ -292,57 +316,49 @@ struct Merged {
     first_us: i64,
     last_us: i64,
     closed_us: Option<i64>,
+    /// The flights the device and the close came from (`i64::MAX`: none yet).
+    device_from: i64,
+    closed_from: i64,
 }
 
 impl Merge {
-    /// Adds one flight's reports; flights must come in id order (the order they were written).
-    #[allow(clippy::too_many_arguments)] // the journal row's columns, as they come
-    fn flight(
-        &mut self,
-        at_us: i64,
-        gateways: Vec<i32>,
-        epochs: Vec<i64>,
-        sessions: Vec<i64>,
-        devices: Vec<Option<String>>,
-        totals: Vec<i64>,
-        reasons: Vec<Option<i16>>,
-    ) -> anyhow::Result<()> {
-        let n = gateways.len();
+    /// Adds one flight's reports.
+    fn flight(&mut self, f: Flight) -> anyhow::Result<()> {
+        let n = f.gateways.len();
         anyhow::ensure!(
-            [epochs.len(), sessions.len(), devices.len(), totals.len(), reasons.len()]
+            [f.epochs.len(), f.sessions.len(), f.devices.len(), f.totals.len(), f.reasons.len()]
                 .iter()
                 .all(|&l| l == n),
-            "a journal flight's arrays differ in length"
+            "journal flight {} has arrays of different lengths",
+            f.id
         );
         self.entries += n as u64;
-        let reports = gateways.into_iter().zip(epochs).zip(sessions).zip(devices).zip(totals).zip(reasons);
+        let (id, at) = (f.id, f.at_us);
+        let reports =
+            f.gateways.into_iter().zip(f.epochs).zip(f.sessions).zip(f.devices).zip(f.totals).zip(f.reasons);
         for (((((g, e), i), device), bytes), reason) in reports {
-            use std::collections::hash_map::Entry;
-            match self.sessions.entry((g, e, i)) {
-                Entry::Vacant(v) => {
-                    v.insert(Merged {
-                        device,
-                        bytes,
-                        close_reason: reason,
-                        first_us: at_us,
-                        last_us: at_us,
-                        closed_us: reason.map(|_| at_us),
-                    });
-                }
-                Entry::Occupied(mut o) => {
-                    let m = o.get_mut();
-                    if m.device.is_none() {
-                        m.device = device;
-                    }
-                    m.bytes = m.bytes.max(bytes);
-                    if m.close_reason.is_none() && reason.is_some() {
-                        m.close_reason = reason;
-                        m.closed_us = Some(at_us);
-                    }
-                    m.first_us = m.first_us.min(at_us);
-                    m.last_us = m.last_us.max(at_us);
-                }
+            let m = self.sessions.entry((g, e, i)).or_insert_with(|| Merged {
+                device: None,
+                bytes,
+                close_reason: None,
+                first_us: at,
+                last_us: at,
+                closed_us: None,
+                device_from: i64::MAX,
+                closed_from: i64::MAX,
+            });
+            if device.is_some() && id < m.device_from {
+                m.device = device;
+                m.device_from = id;
             }
+            if reason.is_some() && id < m.closed_from {
+                m.close_reason = reason;
+                m.closed_us = Some(at);
+                m.closed_from = id;
+            }
+            m.bytes = m.bytes.max(bytes);
+            m.first_us = m.first_us.min(at);
+            m.last_us = m.last_us.max(at);
         }
         Ok(())
     }
@@ -670,32 +686,35 @@ mod tests {
         Some(text.to_owned())
     }
 
+    /// A flight of reports (gateway 1, boot 9): (session, device, count, close reason).
+    fn flight(id: i64, at_us: i64, reports: &[(i64, Option<&str>, i64, Option<i16>)]) -> Flight {
+        Flight {
+            id,
+            at_us,
+            gateways: vec![1; reports.len()],
+            epochs: vec![9; reports.len()],
+            sessions: reports.iter().map(|r| r.0).collect(),
+            devices: reports.iter().map(|r| r.1.map(str::to_owned)).collect(),
+            totals: reports.iter().map(|r| r.2).collect(),
+            reasons: reports.iter().map(|r| r.3).collect(),
+        }
+    }
+
     /// A session's reports across flights, out of order as replays make them: the largest
-    /// count, the first device and the first close win, whatever came later.
+    /// count, the first device and the first close (by flight) win, whatever came later, and
+    /// in whichever order the flights are read.
     #[test]
     fn a_merge_keeps_the_largest_count_and_the_first_device_and_close() {
-        let mut merge = Merge::default();
-        // Flight 1 at t=10: session 7 opens (device "a") with 5 bytes; session 8 with 1.
-        merge
-            .flight(10, vec![1, 1], vec![9, 9], vec![7, 8], vec![s("a"), None], vec![5, 1], vec![None, None])
-            .unwrap();
-        // Flight 2 at t=20: a replay of session 7 naming another device, count 3 (older), closed
-        // with reason 2.
-        merge.flight(20, vec![1], vec![9], vec![7], vec![s("b")], vec![3], vec![Some(2)]).unwrap();
-        // Flight 3 at t=30: session 7's count 9, closed again with reason 4; session 8 names "c".
-        merge
-            .flight(
-                30,
-                vec![1, 1],
-                vec![9, 9],
-                vec![7, 8],
-                vec![None, s("c")],
-                vec![9, 1],
-                vec![Some(4), None],
-            )
-            .unwrap();
-        assert_eq!(merge.entries, 5);
-        let merged = merge.into_sorted();
+        let flights = || {
+            [
+                // Session 7 opens (device "a") with 5 bytes; session 8 with 1.
+                flight(1, 10, &[(7, Some("a"), 5, None), (8, None, 1, None)]),
+                // A replay of session 7 naming another device, an older count, closed (reason 2).
+                flight(2, 20, &[(7, Some("b"), 3, Some(2))]),
+                // Session 7's count 9, closed again (reason 4); session 8 names "c".
+                flight(3, 30, &[(7, None, 9, Some(4)), (8, Some("c"), 1, None)]),
+            ]
+        };
         let seven = Merged {
             device: s("a"),
             bytes: 9,
@@ -703,6 +722,8 @@ mod tests {
             first_us: 10,
             last_us: 30,
             closed_us: Some(20),
+            device_from: 1,
+            closed_from: 2,
         };
         let eight = Merged {
             device: s("c"),
@@ -711,24 +732,37 @@ mod tests {
             first_us: 10,
             last_us: 30,
             closed_us: None,
+            device_from: 3,
+            closed_from: i64::MAX,
         };
-        assert_eq!(merged, vec![((1, 9, 7), seven), ((1, 9, 8), eight)]);
+        let want = vec![((1, 9, 7), seven), ((1, 9, 8), eight)];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut merge = Merge::default();
+            let mut all = flights().map(Some);
+            for k in order {
+                merge.flight(all[k].take().unwrap()).unwrap();
+            }
+            assert_eq!(merge.entries, 5);
+            assert_eq!(merge.into_sorted(), want, "flights read in the order {order:?}");
+        }
     }
 
     #[test]
     fn a_flight_whose_arrays_differ_in_length_is_an_error() {
         let mut merge = Merge::default();
-        assert!(merge.flight(1, vec![1, 1], vec![9], vec![7], vec![None], vec![1], vec![None]).is_err());
+        let mut f = flight(1, 1, &[(7, None, 1, None)]);
+        f.gateways.push(1);
+        assert!(merge.flight(f).is_err());
     }
 
     #[test]
     fn merged_sessions_come_sorted_by_key() {
         let mut merge = Merge::default();
-        let gateways = vec![2, 1, 1, -1];
-        let epochs = vec![0, 5, 4, 0];
-        merge
-            .flight(1, gateways, epochs, vec![1, 1, 9, 3], vec![None; 4], vec![1; 4], vec![None; 4])
-            .unwrap();
+        let mut f =
+            flight(1, 1, &[(1, None, 1, None), (1, None, 1, None), (9, None, 1, None), (3, None, 1, None)]);
+        f.gateways = vec![2, 1, 1, -1];
+        f.epochs = vec![0, 5, 4, 0];
+        merge.flight(f).unwrap();
         let keys: Vec<_> = merge.into_sorted().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![(-1, 0, 3), (1, 4, 9), (1, 5, 1), (2, 0, 1)]);
     }
