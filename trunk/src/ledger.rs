@@ -75,7 +75,21 @@ impl Row<'_> {
     /// How long the row's oldest report has waited at `now_ms` (the caller's milliseconds, as
     /// given to [`Ledger::record`]): the row's flush lag if its flight commits now.
     pub fn waited_ms(&self, now_ms: u64) -> u64 {
-        u64::from((now_ms as u32).wrapping_sub(self.since_ms))
+        u64::from(elapsed_ms(now_ms, self.since_ms))
+    }
+}
+
+/// Milliseconds from `since_ms` (the low 32 bits of a caller's clock) to `now_ms`: right across
+/// the 32-bit wrap (every 49 days), and 0 when `since_ms` is a little ahead of `now_ms`, which
+/// happens when callers read their clock before taking the lock that orders their calls (a
+/// report recorded at 1,001 ms by one thread, its flight begun at 1,000 by another). Without
+/// that, such a report would seem to have waited 49 days.
+fn elapsed_ms(now_ms: u64, since_ms: u32) -> u32 {
+    let d = (now_ms as u32).wrapping_sub(since_ms);
+    if d > u32::MAX / 2 {
+        0
+    } else {
+        d
     }
 }
 
@@ -382,7 +396,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             let slot = &mut self.slots.as_mut()[i];
             // Not simply the first entry's: sessions put back by a failed flight wait longer
             // than entries queued before them.
-            waited_ms = waited_ms.max((now_ms as u32).wrapping_sub(slot.pending.since_ms));
+            waited_ms = waited_ms.max(elapsed_ms(now_ms, slot.pending.since_ms));
             slot.inflight = slot.pending;
             slot.pending = Part { total: slot.pending.total, ..Part::NONE };
             keys[taken] = key;

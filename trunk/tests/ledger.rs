@@ -278,3 +278,25 @@ fn a_flight_knows_how_long_its_oldest_report_waited() {
     ledger.commit_succeeded(flight, |_, _, _| {});
     assert!(ledger.is_empty());
 }
+
+/// Callers read their clock before they take the lock that orders their calls, so a report may
+/// be recorded a millisecond "after" the flight that takes it began: it waited nothing, not
+/// 49 days (the 32-bit clock wrapped backwards; seen as flush lags of 4,294,967 s in
+/// holdfast_flush_lag_seconds at 250,000 reports/s).
+#[test]
+fn a_report_stamped_after_its_flight_began_waited_nothing() {
+    let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 5);
+    let count = |n| Update { total: Some(n), ..Update::default() };
+    ledger.record(key(1), 1, count(1), 1_001).unwrap();
+    let mut keys = [key(0); 8];
+    let flight = ledger.begin_flush(&mut keys, 1_000);
+    assert_eq!(flight.waited_ms(1_000), 0);
+    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited_ms(1_000)).collect();
+    assert_eq!(waits, [0]);
+    // And across the 32-bit wrap of the callers' milliseconds, a real wait stays what it was.
+    ledger.commit_succeeded(flight, |_, _, _| {});
+    let before_wrap = u64::from(u32::MAX) - 99;
+    ledger.record(key(2), 1, count(1), before_wrap).unwrap();
+    let flight = ledger.begin_flush(&mut keys, before_wrap + 300);
+    assert_eq!(flight.waited_ms(before_wrap + 300), 300);
+}
