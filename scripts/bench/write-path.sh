@@ -18,6 +18,9 @@
 #     older aggregator speaks only with the mobile-sim of its commit: scripts/bench/old-vs-new.sh
 #     builds both)
 #   DATABASE_URL=sqlite: scripts/bench/write-path.sh ...   the embedded store: a fresh file per run
+#   WRITE_PATH_MAX_FAILED=N scripts/bench/write-path.sh ... allow N failed connection attempts (default:
+#                                                          one per link; the embedded SQLite store answers
+#                                                          thousands of the opening's upgrades with HTTP 503)
 #   WRITE_PATH_KEEP=DIR scripts/bench/write-path.sh ...    keep every run's logs, metrics and mobile-sim
 #                                                          report in DIR (default: deleted on exit)
 #   WRITE_PATH_MERGED=1 scripts/bench/write-path.sh ...    after mobile-sim's verdict, keep the aggregator
@@ -56,7 +59,7 @@ one_run() {
   local help
   help="$("$sim" gateways --help)"
   if [[ "$help" == *--max-dropped* ]]; then
-    tolerate=(--max-dropped $((gateways * 2)) --max-failed $((gateways * 2)))
+    tolerate=(--max-dropped $((gateways * 2)) --max-failed "${WRITE_PATH_MAX_FAILED:-$((gateways * 2))}")
   fi
   if [[ "$DATABASE_URL" == sqlite:* ]]; then
     url="sqlite://$work/$db.sqlite"
