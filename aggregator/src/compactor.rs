@@ -3,10 +3,12 @@
 //! - **Compaction** (PostgreSQL): a flush appends its reports to the journal and is acknowledged
 //!   when that row commits; the compactor merges the journal into `sessions` and the totals,
 //!   oldest flights first, every `--compact-interval-ms` and at once again while flights are
-//!   left over. A session reported in several flights of one compaction is written once (at a
-//!   million busy phones, a compaction's `--compact-max-entries` cover about a second: little
-//!   coalescing). The journal defers the merge's cost off the acknowledgements' path; it does not
-//!   shrink it ([`Store::compact`], migrations/postgres/0004_journal.sql, docs/ARCHITECTURE.md).
+//!   left over. The reports stream into the aggregator and are merged per session here, so a
+//!   session reported in several flights of one compaction is written once. While the flushes
+//!   have work a compaction takes `--compact-max-entries` (about a second of a million busy
+//!   phones: little coalescing); once they are idle, `--compact-idle-max-entries`, so that a
+//!   backlog costs one row write per session rather than per report ([`Store::compact`],
+//!   migrations/postgres/0004_journal.sql, docs/ARCHITECTURE.md).
 //! - **Folding**: keeps the sessions table to the live sessions and a recent margin by folding
 //!   finished sessions into per-device totals (`device_folded`), so that the table does not grow
 //!   by a row per phone connection for ever. Which sessions may be folded, and why a folded

@@ -339,8 +339,9 @@ impl Store {
     }
 
     /// Merges the oldest flushes waiting in the PostgreSQL journal, up to `max_entries` reports,
-    /// into `sessions` and the totals, in one transaction (see [`Store::write_flush`]). A
-    /// session reported in several of them is written once. SQLite has no journal: nothing to do.
+    /// into `sessions` and the totals, in one transaction (see [`Store::write_flush`]). The
+    /// reports are merged per session in this process as they stream in: a session reported in
+    /// several of them is written once. SQLite has no journal: nothing to do.
     pub async fn compact(&self, max_entries: usize) -> anyhow::Result<Compacted> {
         match self {
             Store::Postgres(pool) => {
