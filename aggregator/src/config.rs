@@ -165,7 +165,7 @@ pub struct Settings {
 
     /// Most reports merged from the journal by one compaction (one transaction) while the
     /// flushes have work. Larger: more reports of the same session merged into one row write
-    /// when the database falls behind, at the cost of a longer transaction (and about 150
+    /// when the database falls behind, at the cost of a longer transaction (and about 300
     /// bytes of the aggregator's memory per session in it). Smaller: the database's work comes
     /// in shorter pieces, between which the compactor gives way to a flush backlog
     /// (`--compact-max-defer-ms`). At 245,000 reports/s
@@ -179,7 +179,8 @@ pub struct Settings {
     /// ledger, nothing committed for a second): then nothing waits for the database but the
     /// journal, and a larger compaction writes each session once for all its reports in it
     /// (after a 2-min load of a million phones, about 12 per session). Costs the aggregator
-    /// about 150 bytes per session in it while it runs (the reports stream through).
+    /// about 300 bytes per session in it while it runs (the reports stream through): its RSS
+    /// went from 407 MB in the load to 700 MB while merging such a window of 1,000,000 sessions.
     #[arg(long, env = "HOLDFAST_COMPACT_IDLE_MAX_ENTRIES", default_value_t = 4_000_000)]
     pub compact_idle_max_entries: usize,
 
