@@ -220,7 +220,9 @@ pub struct Settings {
 
     /// Sessions the in-memory ledger holds between commits (rounded down to a power of two,
     /// filled to 7/8). When full, trunks and phones are not read until a commit frees room:
-    /// memory stays bounded while the database is slow or down.
+    /// memory stays bounded while the database is slow or down. It must hold at least the
+    /// reports of one trunk message (half of --max-trunk-message): the aggregator refuses to
+    /// start otherwise.
     #[arg(long, env = "HOLDFAST_LEDGER_CAPACITY", default_value_t = 1 << 20)]
     pub ledger_capacity: usize,
 
@@ -326,6 +328,26 @@ impl Settings {
         })
     }
 
+    /// Refuses settings that cannot work together: a ledger with less room than one trunk
+    /// message may need would leave every trunk unread for ever (trunk_link.rs).
+    pub fn check(&self) -> anyhow::Result<()> {
+        let room = trunk::ledger::sessions_in(self.ledger_slots());
+        let need = self.max_trunk_message / 2;
+        anyhow::ensure!(
+            need <= room,
+            "--ledger-capacity {} holds {room} sessions, but a trunk message of --max-trunk-message {} \
+             bytes may carry {need} reports: raise the capacity or lower the message size",
+            self.ledger_capacity,
+            self.max_trunk_message
+        );
+        Ok(())
+    }
+
+    /// The ledger's slots (at least 1,024).
+    pub fn ledger_slots(&self) -> usize {
+        self.ledger_capacity.max(1024)
+    }
+
     /// When the compactor compacts the journal and folds finished sessions.
     pub fn compactor(&self) -> crate::compactor::Schedule {
         crate::compactor::Schedule {
@@ -367,5 +389,26 @@ impl Settings {
             idle_timeout_ms: self.trunk_ping_ms * 3,
             handshake_timeout_ms: self.handshake_timeout_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Settings {
+        Cli::parse_from(std::iter::once("aggregator").chain(args.iter().copied())).serve
+    }
+
+    #[test]
+    fn a_ledger_too_small_for_one_trunk_message_is_refused() {
+        assert!(settings(&[]).check().is_ok(), "the defaults work together");
+        // 1,024 slots hold 896 sessions; a message of 2,048 bytes may carry 1,024 reports.
+        let err =
+            settings(&["--ledger-capacity", "1024", "--max-trunk-message", "2048"]).check().unwrap_err();
+        assert!(err.to_string().contains("holds 896 sessions"), "{err}");
+        assert!(settings(&["--ledger-capacity", "2048", "--max-trunk-message", "2048"]).check().is_ok());
+        // Rounded down to a power of two, as the ledger does: 4,095 slots are 2,048.
+        assert!(settings(&["--ledger-capacity", "4095", "--max-trunk-message", "4096"]).check().is_err());
     }
 }

@@ -191,6 +191,7 @@ fn tls_config(s: &Settings) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option
 /// ([`lan::apply`], already applied to `s`); `token_made`: the dashboard token was made for this
 /// run ([`web::make_token_if_unset`]), so the start-up message prints it.
 pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyhow::Result<()> {
+    s.check()?;
     let store = open_store(&s).await?;
     let writer = open_writer(&s, &store).await?;
     info!(store = store.kind(), "store ready, migrations applied");

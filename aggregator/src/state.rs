@@ -155,7 +155,7 @@ impl LastFlush {
 impl Shared {
     pub fn new(settings: Settings, store: Store, writer: Store, shutdown: watch::Receiver<bool>) -> Self {
         let (metrics, registry) = Metrics::new();
-        let slots = ledger_table(settings.ledger_capacity.max(1024));
+        let slots = ledger_table(settings.ledger_slots());
         let epoch = rand::random::<u64>();
         Shared {
             books: Mutex::new(Books { ledger: Ledger::new(slots, rand::random()) }),

@@ -225,13 +225,29 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The slots a ledger over `len` uses: the largest power of two not above it.
+const fn used_slots(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        1usize << (usize::BITS - 1 - len.leading_zeros())
+    }
+}
+
+/// How many sessions a ledger over `len` slots holds at most (7/8 of the slots it uses): for
+/// sizing it against the messages it must take.
+pub const fn sessions_in(len: usize) -> usize {
+    let cap = used_slots(len);
+    cap - cap / 8
+}
+
 impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
     /// A ledger over `slots` (all [`LedgerSlot::EMPTY`]; only the largest power-of-two prefix is
     /// used, and at most 7/8 of it is filled). `seed` should be random: it keys the hash, so
     /// session ids a gateway chooses cannot be crafted to collide.
     pub fn new(slots: S, seed: u64) -> Self {
         let len = slots.as_ref().len();
-        let cap = if len == 0 { 0 } else { 1usize << (usize::BITS - 1 - len.leading_zeros()) };
+        let cap = used_slots(len);
         Self {
             slots,
             mask: cap.wrapping_sub(1),
@@ -239,7 +255,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             used: 0,
             dirty: 0,
             inflight: 0,
-            max_used: cap - cap / 8,
+            max_used: sessions_in(len),
             queue_head: 0,
             queue_len: 0,
         }
