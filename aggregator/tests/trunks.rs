@@ -47,6 +47,21 @@ async fn check_exact(agg: &Aggregator, prefix: &str, sent: &HashMap<String, u64>
     assert!(wrong.is_empty(), "devices whose persisted total differs from sent (first 5): {wrong:?}");
 }
 
+/// Pumps `gw` until every one of `sessions` is durable (at most a minute).
+async fn until_all_durable(gw: &mut TestGateway, sessions: &[(SessionId, String)]) {
+    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
+        .await;
+}
+
+/// Stalls the database's writes: a transaction holds every flush off the journal they append to
+/// until it is rolled back.
+async fn journal_locked(agg: &Aggregator) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let aggregator::store::Store::Postgres(pool) = agg.store().await else { panic!("a Postgres store") };
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE journal IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    blocker
+}
+
 async fn ten_thousand_sessions_survive_a_dropped_link(kind: Kind) {
     let Some(agg) = Aggregator::start(kind, &["--flush-interval-ms", "50"]).await else { return };
     let secret = agg.add_gateway("site-a");
@@ -66,8 +81,7 @@ async fn ten_thousand_sessions_survive_a_dropped_link(kind: Kind) {
     let total: u64 = sent.values().sum();
     assert!(durable_before < total, "the test must drop the link with counts in flight");
     // Link 0 comes back; everything not acknowledged is replayed.
-    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
-        .await;
+    until_all_durable(&mut gw, &sessions).await;
     check_exact(&agg, "a-", &sent).await;
 
     // Closing every session: the gateway forgets them only once their closes are durable.
@@ -119,8 +133,7 @@ async fn a_sigkilled_aggregator_loses_nothing_it_acknowledged(kind: Kind) {
     gw.pump(Duration::from_millis(200), true).await;
     send_round(&mut gw, &sessions, 6, &mut sent);
     agg.spawn();
-    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
-        .await;
+    until_all_durable(&mut gw, &sessions).await;
     check_exact(&agg, "k-", &sent).await;
 }
 
@@ -164,9 +177,7 @@ async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
     .await;
 
     // The database stalls: a transaction holds every flush off the journal they append to.
-    let aggregator::store::Store::Postgres(pool) = agg.store().await else { panic!("a Postgres store") };
-    let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE journal IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    let blocker = journal_locked(&agg).await;
     let sessions = open_all(&mut gw, "slow-", 3_000);
     let mut sent = HashMap::new();
     for round in 0..4 {
@@ -182,8 +193,7 @@ async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
         "the ledger held only {stalled_ledger} sessions while the database was locked"
     );
 
-    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
-        .await;
+    until_all_durable(&mut gw, &sessions).await;
     check_exact(&agg, "slow-", &sent).await;
     assert_eq!(gw.refusals, 0, "a trunk was refused (closed as idle?) while the ledger was full");
     assert_eq!(
@@ -221,13 +231,10 @@ async fn links_that_race_for_the_last_ledger_room_wait_instead_of_closing() {
     let sessions = open_all(&mut gw, "race-", RACING);
     let mut sent = HashMap::new();
     send_round(&mut gw, &sessions, 0, &mut sent);
-    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
-        .await;
+    until_all_durable(&mut gw, &sessions).await;
 
     // Nothing commits while the journal is locked, so the room only shrinks.
-    let aggregator::store::Store::Postgres(pool) = agg.store().await else { panic!("a Postgres store") };
-    let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE journal IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    let blocker = journal_locked(&agg).await;
     send_round(&mut gw, &sessions, 1, &mut sent);
     gw.pump(Duration::from_secs(3), false).await;
     let stalled_ledger = metric(&agg, "holdfast_ledger_entries").await;
@@ -238,8 +245,7 @@ async fn links_that_race_for_the_last_ledger_room_wait_instead_of_closing() {
         "the ledger held only {stalled_ledger} sessions while the database was locked"
     );
 
-    gw.pump_until(Duration::from_secs(60), |g| sessions.iter().all(|(id, _)| g.durable(*id) == g.total(*id)))
-        .await;
+    until_all_durable(&mut gw, &sessions).await;
     check_exact(&agg, "race-", &sent).await;
     assert_eq!(
         gw.refusals, 0,
