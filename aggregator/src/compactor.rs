@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::store::{FoldPolicy, Store};
+use crate::store::{FoldPolicy, GiveWay, Store};
 
 /// When the compactor works.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +78,7 @@ pub async fn run(
     store: Store,
     schedule: Schedule,
     metrics: Metrics,
-    flushes: impl Fn() -> Flushes,
+    flushes: impl Fn() -> Flushes + Sync,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_fold = Instant::now();
@@ -86,13 +86,13 @@ pub async fn run(
         if !wait_for_flushes(&flushes, schedule.max_defer, &mut stop).await {
             return;
         }
-        let started = Instant::now();
         let max_entries = match flushes() {
             Flushes::Idle => schedule.compact_idle_max_entries,
             Flushes::Busy | Flushes::Behind => schedule.compact_max_entries,
         };
-        let mut more = compact_once(&store, max_entries, &metrics).await;
-        let rest = rest_after(started.elapsed(), schedule.busy_percent, flushes());
+        let mut pacer = Pacer::new(schedule.busy_percent, &flushes, stop.clone());
+        let mut more = compact_once(&store, max_entries, &metrics, &mut pacer).await;
+        let rest = pacer.owed();
         if let Some((policy, every)) = &schedule.fold {
             if Instant::now() >= next_fold {
                 let folded_more = fold_once(&store, policy, &metrics).await;
@@ -129,6 +129,45 @@ async fn wait_for_flushes(
     true
 }
 
+/// Keeps a compaction within its share of the time while it runs: between its statements it
+/// rests for the work done since the last rest, as [`rest_after`] says for what the flushes are
+/// doing at that moment. So a compaction sized for idle flushes (millions of reports) that
+/// finds a load starting under it gives way to the flushes statement by statement, rather than
+/// taking the database for its whole length. Once the aggregator stops, no more rests: the
+/// compaction finishes at full pace (or is rolled back with its transaction, losing nothing).
+struct Pacer<'a, F> {
+    busy_percent: u32,
+    flushes: &'a F,
+    stop: watch::Receiver<bool>,
+    /// When the work not yet rested for began.
+    since: Instant,
+}
+
+impl<'a, F: Fn() -> Flushes> Pacer<'a, F> {
+    fn new(busy_percent: u32, flushes: &'a F, stop: watch::Receiver<bool>) -> Self {
+        Pacer { busy_percent, flushes, stop, since: Instant::now() }
+    }
+
+    /// The rest owed for the work since the last one.
+    fn owed(&self) -> Duration {
+        rest_after(self.since.elapsed(), self.busy_percent, (self.flushes)())
+    }
+}
+
+impl<F: Fn() -> Flushes + Sync> GiveWay for Pacer<'_, F> {
+    /// Takes the rest owed (none once told to stop).
+    async fn give_way(&mut self) {
+        let rest = self.owed();
+        if !rest.is_zero() && !*self.stop.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(rest) => {}
+                _ = self.stop.changed() => {}
+            }
+        }
+        self.since = Instant::now();
+    }
+}
+
 /// How long to rest after working `worked`, to stay within `busy_percent` of the time while
 /// the flushes have work (none while they are idle: after the load, the journal is merged at
 /// the database's pace).
@@ -141,9 +180,9 @@ fn rest_after(worked: Duration, busy_percent: u32, flushes: Flushes) -> Duration
 }
 
 /// One compaction; whether flights are left over.
-async fn compact_once(store: &Store, max_entries: usize, metrics: &Metrics) -> bool {
+async fn compact_once(store: &Store, max_entries: usize, metrics: &Metrics, pace: &mut impl GiveWay) -> bool {
     let started = std::time::Instant::now();
-    match store.compact(max_entries).await {
+    match store.compact(max_entries, pace).await {
         Ok(done) => {
             if done.flights > 0 {
                 metrics.compactions.inc();
@@ -207,6 +246,32 @@ mod tests {
         assert_eq!(rest_after(second, 400, busy), Duration::ZERO, "at most 100 %");
         assert_eq!(rest_after(second, 10, Flushes::Behind), 9 * second);
         assert_eq!(rest_after(second, 10, Flushes::Idle), Duration::ZERO, "nothing to give way to");
+    }
+
+    /// Between a compaction's statements the pacer rests for the work since its last rest, as
+    /// the flushes are doing at that moment; not at all while they are idle or once stopping.
+    #[tokio::test(start_paused = true)]
+    async fn a_compaction_gives_way_statement_by_statement_when_a_load_starts() {
+        let (stop_tx, stop) = watch::channel(false);
+        let loaded_from = Instant::now() + Duration::from_secs(2);
+        let flushes = || if Instant::now() < loaded_from { Flushes::Idle } else { Flushes::Busy };
+        let mut pacer = Pacer::new(10, &flushes, stop);
+        let statement = Duration::from_secs(1);
+        let mut rests = Vec::new();
+        for _ in 0..4 {
+            tokio::time::sleep(statement).await;
+            let before = Instant::now();
+            pacer.give_way().await;
+            rests.push(before.elapsed().as_secs());
+        }
+        assert_eq!(rests, [0, 9, 9, 9], "idle at first: no rest; then 10 % of the time");
+        stop_tx.send(true).unwrap();
+        tokio::time::sleep(statement).await;
+        let before = Instant::now();
+        pacer.give_way().await;
+        assert_eq!(before.elapsed(), Duration::ZERO, "stopping: the compaction finishes at once");
+        tokio::time::sleep(statement).await;
+        assert_eq!(pacer.owed(), Duration::from_secs(9), "what the compactor rests after it");
     }
 
     #[tokio::test(start_paused = true)]

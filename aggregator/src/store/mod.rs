@@ -23,6 +23,19 @@ use std::path::Path;
 use anyhow::Context as _;
 use trunk::ledger::SessionKey;
 
+/// What a compaction does between its statements ([`Store::compact`]): the compactor rests
+/// there while the flushes have work (`compactor.rs`). The compaction's transaction stays open
+/// meanwhile; the flushes only append to the journal, so it holds none of them up.
+pub trait GiveWay: Send {
+    /// Called between two statements of a compaction.
+    fn give_way(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Never gives way: a compaction at full pace.
+impl GiveWay for () {
+    async fn give_way(&mut self) {}
+}
+
 /// A connection pool to the database. Cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -342,12 +355,16 @@ impl Store {
     /// into `sessions` and the totals, in one transaction (see [`Store::write_flush`]). The
     /// reports are merged per session in this process as they stream in: a session reported in
     /// several of them is written once. SQLite has no journal: nothing to do.
-    pub async fn compact(&self, max_entries: usize) -> anyhow::Result<Compacted> {
+    ///
+    /// `pace` is asked to give way between the compaction's statements (after each upsert of up
+    /// to 50,000 sessions, and after each 50,000 reports read), so that the caller can give the
+    /// database back to the flushes in the middle of a large compaction (see [`GiveWay`]).
+    pub async fn compact(&self, max_entries: usize, pace: &mut impl GiveWay) -> anyhow::Result<Compacted> {
         match self {
             Store::Postgres(pool) => {
                 let max = i64::try_from(max_entries.max(1)).unwrap_or(i64::MAX);
                 let shard = rand::random_range(0..TOTALS_SHARDS);
-                postgres::compact(pool, max, shard).await.context("compacting the journal")
+                postgres::compact(pool, max, shard, pace).await.context("compacting the journal")
             }
             Store::Sqlite(_) => Ok(Compacted::default()),
         }

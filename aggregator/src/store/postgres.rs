@@ -202,8 +202,14 @@ pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>]) -> anyhow::Re
 
 /// Merges the oldest journal flights, up to `max_entries` reports, into `sessions` in one
 /// transaction, adding what they grew to totals shard `shard`. Skips (answers `busy`) while
-/// another aggregator compacts or folds.
-pub(super) async fn compact(pool: &PgPool, max_entries: i64, shard: i16) -> anyhow::Result<Compacted> {
+/// another aggregator compacts or folds. Gives way (`pace`) after each `COMPACT_UPSERT_ROWS`
+/// reports read and after each upsert statement.
+pub(super) async fn compact(
+    pool: &PgPool,
+    max_entries: i64,
+    shard: i16,
+    pace: &mut impl super::GiveWay,
+) -> anyhow::Result<Compacted> {
     let mut tx = pool.begin().await?;
     if !try_maintenance_lock(&mut tx).await? {
         return Ok(Compacted { busy: true, ..Compacted::default() });
@@ -219,6 +225,10 @@ pub(super) async fn compact(pool: &PgPool, max_entries: i64, shard: i16) -> anyh
         }
     }
     if ids.is_empty() {
+        // Ended here, not by dropping it: a dropped transaction is rolled back only when its
+        // connection is next used, and until then the maintenance lock stays taken (another
+        // connection's fold or compaction would find it busy and skip).
+        tx.rollback().await?;
         return Ok(Compacted::default());
     }
     // The merge happens here rather than in SQL (unnest, sort, group: about 4 us a report in
@@ -232,8 +242,16 @@ pub(super) async fn compact(pool: &PgPool, max_entries: i64, shard: i16) -> anyh
     let mut merge = Merge::default();
     {
         let mut flights = sqlx::query(COMPACT_TAKE).bind(&ids).fetch(&mut *tx);
+        let mut read_since_pause = 0;
         while let Some(row) = flights.try_next().await? {
+            let before = merge.entries;
             merge.flight(Flight::from_row(&row)?)?;
+            read_since_pause += merge.entries - before;
+            if read_since_pause >= COMPACT_UPSERT_ROWS as u64 {
+                // The rest of the statement's rows wait in PostgreSQL's send buffer meanwhile.
+                pace.give_way().await;
+                read_since_pause = 0;
+            }
         }
     }
     let mut done = Compacted {
@@ -260,6 +278,7 @@ pub(super) async fn compact(pool: &PgPool, max_entries: i64, shard: i16) -> anyh
             .fetch_one(&mut *tx)
             .await?;
         done.grew.add(count_from_db(out.try_get("inserted")?), count_from_db(out.try_get("grew")?));
+        pace.give_way().await;
     }
     if done.grew.added() {
         let (sessions, bytes) = done.grew.as_db();
@@ -653,6 +672,8 @@ pub(super) async fn fold_boot(
     .await?;
     // No mark (cannot happen: only marked boots are folded), or reports may wait: not now.
     if pending.map(|r| r.try_get::<bool, _>(0)).transpose()?.unwrap_or(true) {
+        // Ended explicitly to release the maintenance lock now (see `compact`).
+        tx.rollback().await?;
         return Ok(None);
     }
     let row = sqlx::query(sql).bind(limit).bind(gateway).bind(epoch).fetch_one(&mut *tx).await?;
