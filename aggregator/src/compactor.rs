@@ -4,11 +4,10 @@
 //!   when that row commits; the compactor merges the journal into `sessions` and the totals,
 //!   oldest flights first, every `--compact-interval-ms` and at once again while flights are
 //!   left over. The reports stream into the aggregator and are merged per session here, so a
-//!   session reported in several flights of one compaction is written once. While the flushes
-//!   have work a compaction takes `--compact-max-entries` (about a second of a million busy
-//!   phones: little coalescing); once they are idle, `--compact-idle-max-entries`, so that a
-//!   backlog costs one row write per session rather than per report ([`Store::compact`],
-//!   migrations/postgres/0004_journal.sql, docs/ARCHITECTURE.md).
+//!   session reported in several flights of one compaction is written once. A compaction takes
+//!   what waits, up to `--compact-max-entries` reports and `--compact-max-sessions` sessions
+//!   (its memory): the longer the backlog, the more reports per row write
+//!   ([`Store::compact`], migrations/postgres/0004_journal.sql, docs/ARCHITECTURE.md).
 //! - **Folding**: keeps the sessions table to the live sessions and a recent margin by folding
 //!   finished sessions into per-device totals (`device_folded`), so that the table does not grow
 //!   by a row per phone connection for ever. Which sessions may be folded, and why a folded
@@ -21,10 +20,12 @@
 //!
 //! Each aggregator runs one compactor; across aggregators compactions and folds take turns under
 //! one database lock. Acknowledgements come first ([`Flushes`]): no compaction starts while the
-//! flushes are behind, each merges at most `--compact-max-entries` reports, and while the
-//! flushes have work the compactor works at most `--compact-busy-percent` of the time: on a
-//! machine that cannot keep up, the journal grows (and is merged later, with more reports per
-//! row, at full pace once the flushes are idle) rather than the acknowledgements slowing down.
+//! flushes are behind, and while the flushes have work the compactor works at most
+//! `--compact-busy-percent` of the time, resting in proportion **between the statements of a
+//! compaction** ([`Pacer`]) as well as after it: however large a compaction is, its work comes
+//! in pieces of about a second. On a machine that cannot keep up, the journal grows (and is
+//! merged later, with more reports per row, at full pace once the flushes are idle) rather than
+//! the acknowledgements slowing down.
 
 use std::time::Duration;
 
@@ -42,8 +43,8 @@ pub struct Schedule {
     pub compact_every: Duration,
     /// Most reports merged by one compaction (one transaction).
     pub compact_max_entries: usize,
-    /// The same while the flushes are [`Flushes::Idle`].
-    pub compact_idle_max_entries: usize,
+    /// Most sessions merged by one compaction (its memory).
+    pub compact_max_sessions: usize,
     /// At most this share of the time is spent compacting, 1 to 100 (%): after a compaction
     /// that took `t`, the compactor rests `t * (100 - busy) / busy` before the next one, even
     /// with flights left over, so that a backlog never takes the database from the flushes
@@ -86,12 +87,8 @@ pub async fn run(
         if !wait_for_flushes(&flushes, schedule.max_defer, &mut stop).await {
             return;
         }
-        let max_entries = match flushes() {
-            Flushes::Idle => schedule.compact_idle_max_entries,
-            Flushes::Busy | Flushes::Behind => schedule.compact_max_entries,
-        };
         let mut pacer = Pacer::new(schedule.busy_percent, &flushes, stop.clone());
-        let mut more = compact_once(&store, max_entries, &metrics, &mut pacer).await;
+        let mut more = compact_once(&store, &schedule, &metrics, &mut pacer).await;
         let rest = pacer.owed();
         if let Some((policy, every)) = &schedule.fold {
             if Instant::now() >= next_fold {
@@ -180,9 +177,14 @@ fn rest_after(worked: Duration, busy_percent: u32, flushes: Flushes) -> Duration
 }
 
 /// One compaction; whether flights are left over.
-async fn compact_once(store: &Store, max_entries: usize, metrics: &Metrics, pace: &mut impl GiveWay) -> bool {
+async fn compact_once(
+    store: &Store,
+    schedule: &Schedule,
+    metrics: &Metrics,
+    pace: &mut impl GiveWay,
+) -> bool {
     let started = std::time::Instant::now();
-    match store.compact(max_entries, pace).await {
+    match store.compact(schedule.compact_max_entries, schedule.compact_max_sessions, pace).await {
         Ok(done) => {
             if done.flights > 0 {
                 metrics.compactions.inc();

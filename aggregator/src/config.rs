@@ -163,26 +163,23 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_COMPACT_INTERVAL_MS", default_value_t = 250)]
     pub compact_interval_ms: u64,
 
-    /// Most reports merged from the journal by one compaction (one transaction) while the
-    /// flushes have work. Larger: more reports of the same session merged into one row write
-    /// when the database falls behind, at the cost of a longer transaction (and about 300
-    /// bytes of the aggregator's memory per session in it). Smaller: the database's work comes
-    /// in shorter pieces, between which the compactor gives way to a flush backlog
-    /// (`--compact-max-defer-ms`). At 245,000 reports/s
-    /// on two cores, a compaction of 1,000,000 took 12-21 s, the flushes fell behind meanwhile
-    /// and flush lag p99 was 10 s; with 100,000 (1.5-2.2 s each) it was at most 2 s in each
-    /// of three runs (median 1 s).
-    #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 100_000)]
+    /// Most reports merged from the journal by one compaction (one transaction). A compaction
+    /// takes what waits, oldest first, up to this: the more reports of the same session it
+    /// holds, the fewer row writes per report (a session reports every few seconds, so a
+    /// compaction that covers a minute of a busy million writes each session once for a dozen
+    /// reports). It cannot take the database from the flushes however large it is: it gives
+    /// way between its statements (`--compact-busy-percent`). What this bounds is how long its
+    /// transaction stays open (with the busy share, 10 times its work).
+    #[arg(long, env = "HOLDFAST_COMPACT_MAX_ENTRIES", default_value_t = 20_000_000)]
     pub compact_max_entries: usize,
 
-    /// Most reports merged by one compaction while the flushes are idle (nothing waits in the
-    /// ledger, nothing committed for a second): then nothing waits for the database but the
-    /// journal, and a larger compaction writes each session once for all its reports in it
-    /// (after a 2-min load of a million phones, about 12 per session). Costs the aggregator
-    /// about 300 bytes per session in it while it runs (the reports stream through): its RSS
-    /// went from 407 MB in the load to 700 MB while merging such a window of 1,000,000 sessions.
-    #[arg(long, env = "HOLDFAST_COMPACT_IDLE_MAX_ENTRIES", default_value_t = 4_000_000)]
-    pub compact_idle_max_entries: usize,
+    /// Most sessions one compaction merges: its memory in the aggregator, about 300 bytes per
+    /// session (the reports stream through; RSS went from 407 MB in a load to 700 MB while
+    /// merging 1,000,000 sessions). A compaction stops taking flights once it holds this
+    /// many; above the number of live sessions, a compaction of a long backlog writes each
+    /// session once.
+    #[arg(long, env = "HOLDFAST_COMPACT_MAX_SESSIONS", default_value_t = 2_000_000)]
+    pub compact_max_sessions: usize,
 
     /// Largest share of the time (%) the compactor spends merging the journal while the
     /// flushes have work (none waiting in the ledger: no limit): after a compaction it rests in
@@ -353,7 +350,7 @@ impl Settings {
         crate::compactor::Schedule {
             compact_every: Duration::from_millis(self.compact_interval_ms.max(1)),
             compact_max_entries: self.compact_max_entries.max(1),
-            compact_idle_max_entries: self.compact_idle_max_entries.max(1),
+            compact_max_sessions: self.compact_max_sessions.max(1),
             busy_percent: self.compact_busy_percent,
             max_defer: Duration::from_millis(self.compact_max_defer_ms),
             fold: self.fold().map(|policy| (policy, Duration::from_millis(self.fold_interval_ms.max(1)))),

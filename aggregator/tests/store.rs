@@ -118,7 +118,7 @@ async fn flush(store: &Store, rows: &[FlushRow]) -> Written {
 async fn compact_all(store: &Store) -> Written {
     let mut grew = Written::default();
     for _ in 0..10_000 {
-        let done = store.compact(COMPACT_MAX_ENTRIES, &mut ()).await.unwrap();
+        let done = store.compact(COMPACT_MAX_ENTRIES, COMPACT_MAX_SESSIONS, &mut ()).await.unwrap();
         grew.sessions += done.grew.sessions;
         grew.bytes += done.grew.bytes;
         if done.busy {
@@ -132,6 +132,7 @@ async fn compact_all(store: &Store) -> Written {
 
 /// Small, so that the larger tests take several compactions.
 const COMPACT_MAX_ENTRIES: usize = 5_000;
+const COMPACT_MAX_SESSIONS: usize = 1_000_000;
 
 async fn bytes(store: &Store, key: SessionKey) -> u64 {
     store.session(key).await.unwrap().expect("the session is stored").bytes
@@ -641,7 +642,7 @@ async fn journal_is_read_before_compaction(db: Db) {
         assert_eq!(journal_rows(s).await, 3);
         assert_eq!(s.summary().await.unwrap(), (0, 0), "the totals follow compactions");
     }
-    let done = s.compact(COMPACT_MAX_ENTRIES, &mut ()).await.unwrap();
+    let done = s.compact(COMPACT_MAX_ENTRIES, COMPACT_MAX_SESSIONS, &mut ()).await.unwrap();
     if s.kind() == "postgres" {
         assert_eq!((done.flights, done.entries, done.sessions, done.left), (3, 4, 2, 0));
         assert_eq!((done.grew.sessions, done.grew.bytes), (2, 12), "one write per session");
@@ -652,7 +653,7 @@ async fn journal_is_read_before_compaction(db: Db) {
     assert_eq!(read(s).await, want, "after compaction");
     assert_eq!(s.summary().await.unwrap(), (2, 12));
     // A compaction with nothing waiting does nothing.
-    assert_eq!(s.compact(COMPACT_MAX_ENTRIES, &mut ()).await.unwrap().flights, 0);
+    assert_eq!(s.compact(COMPACT_MAX_ENTRIES, COMPACT_MAX_SESSIONS, &mut ()).await.unwrap().flights, 0);
 }
 
 /// A large compaction gives way between its statements (the compactor rests there while a load
@@ -683,13 +684,32 @@ async fn a_large_compaction_gives_way_between_its_statements() {
         s.write_flush(&rows).await.unwrap();
     }
     let mut pace = FlushMeanwhile { store: s.clone(), pauses: 0 };
-    let done = s.compact(1_000_000, &mut pace).await.unwrap();
+    let done = s.compact(1_000_000, 1_000_000, &mut pace).await.unwrap();
     assert_eq!((done.flights, done.entries, done.sessions, done.left), (2, SESSIONS, SESSIONS, 0));
     assert_eq!(pace.pauses, 2 + 3, "after each flight of 60,000 reports and each upsert");
     // The flushes made during the pauses wait in the journal for the next compaction.
-    let next = s.compact(1_000_000, &mut ()).await.unwrap();
+    let next = s.compact(1_000_000, 1_000_000, &mut ()).await.unwrap();
     assert_eq!((next.flights, next.entries), (5, 5));
     assert_eq!(s.summary().await.unwrap(), (SESSIONS + 5, 2 * SESSIONS + 15));
+}
+
+/// A compaction stops taking flights once it holds `max_sessions` sessions (its memory), at a
+/// piece's end (about 50,000 reports); the rest waits for the next. Three flights of 30,000
+/// new sessions with room for 40,000: the first piece (two flights, 60,000) passes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_stops_taking_flights_at_its_session_limit() {
+    let Some(db) = postgres_db().await else { return };
+    let s = &db.store;
+    const FLIGHT: u64 = 30_000;
+    for flight in 0..3 {
+        let rows: Vec<_> = (0..FLIGHT).map(|i| row(key(1, flight * FLIGHT + i), 1)).collect();
+        s.write_flush(&rows).await.unwrap();
+    }
+    let done = s.compact(1_000_000, 40_000, &mut ()).await.unwrap();
+    assert_eq!((done.flights, done.sessions, done.left), (2, 2 * FLIGHT, 1));
+    let next = s.compact(1_000_000, 40_000, &mut ()).await.unwrap();
+    assert_eq!((next.flights, next.sessions, next.left), (1, FLIGHT, 0));
+    assert_eq!(s.summary().await.unwrap(), (3 * FLIGHT, 3 * FLIGHT));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -905,7 +925,7 @@ async fn fold_races_with_flushes(db: Db) {
                 let mut folded = 0;
                 // As the compactor does: compactions and folds in turn, racing the writes.
                 while writing.load(std::sync::atomic::Ordering::Relaxed) {
-                    store.compact(COMPACT_MAX_ENTRIES, &mut ()).await.unwrap();
+                    store.compact(COMPACT_MAX_ENTRIES, COMPACT_MAX_SESSIONS, &mut ()).await.unwrap();
                     folded += store.fold_round(&fold_now(40)).await.unwrap().sessions;
                     if folded > 0 {
                         folding.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -351,20 +351,29 @@ impl Store {
         .with_context(|| format!("writing a flush of {} sessions", rows.len()))
     }
 
-    /// Merges the oldest flushes waiting in the PostgreSQL journal, up to `max_entries` reports,
-    /// into `sessions` and the totals, in one transaction (see [`Store::write_flush`]). The
-    /// reports are merged per session in this process as they stream in: a session reported in
-    /// several of them is written once. SQLite has no journal: nothing to do.
+    /// Merges the oldest flushes waiting in the PostgreSQL journal, up to `max_entries` reports
+    /// and about `max_sessions` sessions (the merge's memory), into `sessions` and the totals, in
+    /// one transaction (see [`Store::write_flush`]). The reports are merged per session in this
+    /// process as they stream in: a session reported in several of them is written once. SQLite
+    /// has no journal: nothing to do.
     ///
-    /// `pace` is asked to give way between the compaction's statements (after each upsert of up
-    /// to 50,000 sessions, and after each 50,000 reports read), so that the caller can give the
-    /// database back to the flushes in the middle of a large compaction (see [`GiveWay`]).
-    pub async fn compact(&self, max_entries: usize, pace: &mut impl GiveWay) -> anyhow::Result<Compacted> {
+    /// `pace` is asked to give way between the compaction's statements (after each piece of
+    /// about 50,000 reports taken, and after each upsert of up to 50,000 sessions), so that the
+    /// caller can give the database back to the flushes in the middle of a large compaction
+    /// (see [`GiveWay`]).
+    pub async fn compact(
+        &self,
+        max_entries: usize,
+        max_sessions: usize,
+        pace: &mut impl GiveWay,
+    ) -> anyhow::Result<Compacted> {
         match self {
             Store::Postgres(pool) => {
                 let max = i64::try_from(max_entries.max(1)).unwrap_or(i64::MAX);
                 let shard = rand::random_range(0..TOTALS_SHARDS);
-                postgres::compact(pool, max, shard, pace).await.context("compacting the journal")
+                postgres::compact(pool, max, max_sessions.max(1), shard, pace)
+                    .await
+                    .context("compacting the journal")
             }
             Store::Sqlite(_) => Ok(Compacted::default()),
         }

@@ -38,7 +38,7 @@ const APPEND: &str = "INSERT INTO journal \
 
 /// The flights one compaction takes: the oldest, in id order, up to `$1` reports (at least
 /// one flight). Every flight waiting is listed, so the caller also learns whether more wait.
-const COMPACT_PICK: &str = "SELECT id, upto - entries < $1 AS take FROM \
+const COMPACT_PICK: &str = "SELECT id, entries, upto - entries < $1 AS take FROM \
      (SELECT id, entries, sum(entries) OVER (ORDER BY id) AS upto FROM journal) AS j ORDER BY id";
 
 /// One compaction takes its flights out of the journal: their reports, flight by flight, with
@@ -200,13 +200,16 @@ pub(super) async fn write_flush(pool: &PgPool, rows: &[DbRow<'_>]) -> anyhow::Re
     Ok(written)
 }
 
-/// Merges the oldest journal flights, up to `max_entries` reports, into `sessions` in one
-/// transaction, adding what they grew to totals shard `shard`. Skips (answers `busy`) while
-/// another aggregator compacts or folds. Gives way (`pace`) after each `COMPACT_UPSERT_ROWS`
-/// reports read and after each upsert statement.
+/// Merges the oldest journal flights, up to `max_entries` reports and about `max_sessions`
+/// sessions, into `sessions` in one transaction, adding what they grew to totals shard `shard`.
+/// Skips (answers `busy`) while another aggregator compacts or folds. The flights are taken in
+/// pieces of about `COMPACT_UPSERT_ROWS` reports, oldest first, and the taking stops once the
+/// merge holds `max_sessions` sessions (its memory); the flights not taken wait for the next
+/// compaction. Gives way (`pace`) after each piece taken and after each upsert statement.
 pub(super) async fn compact(
     pool: &PgPool,
     max_entries: i64,
+    max_sessions: usize,
     shard: i16,
     pace: &mut impl super::GiveWay,
 ) -> anyhow::Result<Compacted> {
@@ -215,16 +218,22 @@ pub(super) async fn compact(
         return Ok(Compacted { busy: true, ..Compacted::default() });
     }
     let waiting = sqlx::query(COMPACT_PICK).bind(max_entries).fetch_all(&mut *tx).await?;
-    let mut ids: Vec<i64> = Vec::new();
+    let mut pieces: Vec<Vec<i64>> = vec![Vec::new()];
+    let mut in_piece = 0;
     let mut left = 0;
     for row in &waiting {
-        if row.try_get("take")? {
-            ids.push(row.try_get("id")?);
-        } else {
+        if !row.try_get::<bool, _>("take")? {
             left += 1;
+            continue;
         }
+        if in_piece >= COMPACT_UPSERT_ROWS as i64 {
+            pieces.push(Vec::new());
+            in_piece = 0;
+        }
+        pieces.last_mut().expect("never empty").push(row.try_get("id")?);
+        in_piece += i64::from(row.try_get::<i32, _>("entries")?);
     }
-    if ids.is_empty() {
+    if pieces[0].is_empty() {
         // Ended here, not by dropping it: a dropped transaction is rolled back only when its
         // connection is next used, and until then the maintenance lock stays taken (another
         // connection's fold or compaction would find it busy and skip).
@@ -240,27 +249,22 @@ pub(super) async fn compact(
     // Folded as they stream in: a compaction's reports are never all in memory at once, only
     // its sessions.
     let mut merge = Merge::default();
-    {
-        let mut flights = sqlx::query(COMPACT_TAKE).bind(&ids).fetch(&mut *tx);
-        let mut read_since_pause = 0;
-        while let Some(row) = flights.try_next().await? {
-            let before = merge.entries;
-            merge.flight(Flight::from_row(&row)?)?;
-            read_since_pause += merge.entries - before;
-            if read_since_pause >= COMPACT_UPSERT_ROWS as u64 {
-                // The rest of the statement's rows wait in PostgreSQL's send buffer meanwhile.
-                pace.give_way().await;
-                read_since_pause = 0;
-            }
+    let mut taken = 0;
+    for piece in &pieces {
+        if merge.sessions.len() >= max_sessions {
+            left += piece.len() as u64;
+            continue;
         }
+        let mut flights = sqlx::query(COMPACT_TAKE).bind(piece).fetch(&mut *tx);
+        while let Some(row) = flights.try_next().await? {
+            merge.flight(Flight::from_row(&row)?)?;
+        }
+        drop(flights);
+        taken += piece.len() as u64;
+        pace.give_way().await;
     }
-    let mut done = Compacted {
-        flights: ids.len() as u64,
-        entries: merge.entries,
-        left,
-        busy: false,
-        ..Compacted::default()
-    };
+    let mut done =
+        Compacted { flights: taken, entries: merge.entries, left, busy: false, ..Compacted::default() };
     let sessions = merge.into_sorted();
     done.sessions = sessions.len() as u64;
     for chunk in sessions.chunks(COMPACT_UPSERT_ROWS) {
