@@ -45,10 +45,11 @@ pub struct Schedule {
     pub compact_max_entries: usize,
     /// Most sessions merged by one compaction (its memory).
     pub compact_max_sessions: usize,
-    /// At most this share of the time is spent compacting, 1 to 100 (%): after a compaction
-    /// that took `t`, the compactor rests `t * (100 - busy) / busy` before the next one, even
-    /// with flights left over, so that a backlog never takes the database from the flushes
-    /// (which acknowledge) and the trunk handshakes. No rest while the flushes are idle.
+    /// At most this share of the time is spent compacting, 1 to 100 (%): after work that took
+    /// `t` (a statement of a compaction, or the compaction's last one), the compactor rests
+    /// `t * (100 - busy) / busy` ([`Pacer`]), even with flights left over, so that a backlog
+    /// never takes the database from the flushes (which acknowledge) and the trunk handshakes.
+    /// No rest while the flushes are idle.
     pub busy_percent: u32,
     /// Longest a compaction waits for the flushes to catch up ([`Flushes::Behind`]).
     pub max_defer: Duration,
@@ -128,9 +129,9 @@ async fn wait_for_flushes(
 
 /// Keeps a compaction within its share of the time while it runs: between its statements it
 /// rests for the work done since the last rest, as [`rest_after`] says for what the flushes are
-/// doing at that moment. So a compaction sized for idle flushes (millions of reports) that
-/// finds a load starting under it gives way to the flushes statement by statement, rather than
-/// taking the database for its whole length. Once the aggregator stops, no more rests: the
+/// doing at that moment. So a compaction of millions of reports (one that began while the
+/// flushes were idle, or that took a long backlog) gives way to the flushes statement by
+/// statement, rather than taking the database for its whole length. Once the aggregator stops, no more rests: the
 /// compaction finishes at full pace (or is rolled back with its transaction, losing nothing).
 struct Pacer<'a, F> {
     busy_percent: u32,

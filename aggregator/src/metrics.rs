@@ -164,7 +164,7 @@ impl Metrics {
         );
         r.register(
             "compaction_duration_seconds",
-            "Time a compaction's transaction took",
+            "Time a compaction's transaction took, its rests between statements included",
             m.compaction_duration.clone(),
         );
         r.register(
