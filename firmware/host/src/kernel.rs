@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ::gateway::runtime::net::{Stack, TcpSocket};
+use ::gateway::runtime::tasks::TaskPool;
 use ::gateway::runtime::tls::TlsSocket;
 use anyhow::{Context as _, Result};
 use edge_nal::{TcpAccept, TcpBind};
@@ -18,7 +19,7 @@ use crate::cli::Serve;
 use crate::gateway::{link_buffers, Parts};
 
 /// Phone tasks this process can hold: the open-file limit of these machines (20,000), since each
-/// phone is a socket. Their memory is reserved but untouched until used.
+/// phone is a socket. Allocated in chunks as phones first need them.
 pub const MAX_PHONE_TASKS: usize = 20_000;
 /// Tasks kept beyond --capacity to answer 503 to phones over capacity.
 pub const OVERFLOW: usize = 64;
@@ -70,13 +71,19 @@ async fn acceptor(
             std::process::exit(1);
         }
     };
+    // Pools that find a free task without trying every busy one first (`runtime::tasks`); their
+    // tasks are allocated as phones first need them.
+    let plain = TaskPool::new(MAX_PHONE_TASKS);
+    let secure = TaskPool::new(MAX_PHONE_TASKS);
     loop {
         match acceptor.accept().await {
             Ok((_, socket)) => {
                 let spawned = match &tls {
-                    None => phone(socket, phones).map(|token| spawner.spawn(token)),
+                    None => plain.spawn(|| phone(socket, phones)).map(|token| spawner.spawn(token)),
                     Some(config) => match TlsSocket::new(socket, config.clone()) {
-                        Ok(socket) => tls_phone(socket, phones).map(|token| spawner.spawn(token)),
+                        Ok(socket) => {
+                            secure.spawn(|| tls_phone(socket, phones)).map(|token| spawner.spawn(token))
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "TLS for a phone failed");
                             continue;
@@ -96,15 +103,13 @@ async fn acceptor(
     }
 }
 
-#[embassy_executor::task(pool_size = MAX_PHONE_TASKS)]
 async fn phone(mut socket: TcpSocket, phones: &'static Phones<'static, 'static>) {
     let outcome = gateway_core::phone::serve(&mut socket, phones).await;
     tracing::debug!(?outcome, "phone connection ended");
 }
 
-/// A phone over TLS (`--phone-tls-cert`): the same core, over [`TlsSocket`]. A pool of its own
-/// (reserved, untouched until used), as the task's type differs.
-#[embassy_executor::task(pool_size = MAX_PHONE_TASKS)]
+/// A phone over TLS (`--phone-tls-cert`): the same core, over [`TlsSocket`]. A pool of its own,
+/// as the task's type differs.
 async fn tls_phone(mut socket: TlsSocket, phones: &'static Phones<'static, 'static>) {
     let outcome = gateway_core::phone::serve(&mut socket, phones).await;
     tracing::debug!(?outcome, "phone connection (TLS) ended");
