@@ -50,6 +50,29 @@ pub struct HoldArgs {
     #[arg(long, default_value_t = 10_000, value_name = "PER_SECOND")]
     pub rate: u64,
 
+    /// Connection attempts in flight at once in each mobile-sim process (its `--concurrent`
+    /// is this times its processes). The ramp's pace is at most this many attempts per
+    /// handshake time: on a machine as busy as a million-phone run makes it, a handshake takes
+    /// 100 ms or more, and mobile-sim's own default (256 in all) held the million to about
+    /// 2,400 phones per second.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub concurrent_per_process: u64,
+
+    /// mobile-sim rounds each phone's send times up to a multiple of this (`--send-tick`), so
+    /// that one wakeup of a worker sends every byte due in the tick: the pauses stay random (at
+    /// this resolution) and the load generator's CPU per byte goes down. 0: exact times.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    pub send_tick_ms: u64,
+
+    /// The gateways' `--io-batch-us`: while phones keep sending, a gateway's thread wakes at
+    /// most once per this many microseconds and serves every phone that sent meanwhile. At a
+    /// million phones a gateway hears about 300 bytes a second, one every 3 ms: with the
+    /// gateway's default window (1 ms) nearly every byte is a wakeup of its own; 20 ms serves
+    /// about six per wakeup and delays a count by at most 20 ms (it waits for the trunk's 250 ms
+    /// flush anyway).
+    #[arg(long, default_value_t = 20_000, value_name = "MICROSECONDS")]
+    pub gateway_io_batch_us: u64,
+
     /// The mean pause between two bytes of a phone, seconds: pauses are uniform in
     /// [mean/6, 11 mean/6] (the seed's traffic: one byte at random intervals; 10 to 110 s by
     /// default).

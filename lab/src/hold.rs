@@ -353,6 +353,8 @@ impl Setup<'_> {
                 .arg(device_public_key)
                 .arg("--status-interval-s")
                 .arg("10")
+                .arg("--io-batch-us")
+                .arg(args.gateway_io_batch_us.to_string())
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1");
             let mut g = Proc::spawn(name, c, args.nice, out, None)?;
@@ -387,6 +389,10 @@ impl Setup<'_> {
             .arg(plan.phones.to_string())
             .arg("--rate")
             .arg(args.rate.to_string())
+            .arg("--concurrent")
+            .arg((args.concurrent_per_process.max(1) * plan.sim_processes).to_string())
+            .arg("--send-tick")
+            .arg(format!("{}ms", args.send_tick_ms))
             .arg("--per-process")
             .arg(plan.phones_per_sim_process.to_string())
             .arg("--device-key")
@@ -603,6 +609,9 @@ impl Setup<'_> {
             sim_processes: plan.sim_processes,
             links_per_gateway: args.links,
             nice: args.nice,
+            concurrent_connects: args.concurrent_per_process.max(1) * plan.sim_processes,
+            send_tick_ms: args.send_tick_ms,
+            gateway_io_batch_us: args.gateway_io_batch_us,
             database: String::new(),
             files_limit: 0,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

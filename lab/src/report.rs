@@ -149,6 +149,12 @@ pub struct HoldReport {
     pub links_per_gateway: u8,
     /// The niceness the gateways and mobile-sim ran at (the aggregator and PostgreSQL at 0).
     pub nice: i32,
+    /// mobile-sim's connection attempts in flight at once, in all its processes.
+    pub concurrent_connects: u64,
+    /// mobile-sim's send tick (its phones' send times rounded up to it), milliseconds.
+    pub send_tick_ms: u64,
+    /// The gateways' `--io-batch-us`.
+    pub gateway_io_batch_us: u64,
     pub database: String,
     pub files_limit: u64,
     pub cores: usize,
@@ -202,6 +208,11 @@ impl HoldReport {
             self.links_per_gateway,
             self.sim_processes,
             self.nice
+        );
+        let _ = writeln!(
+            s,
+            "settings: {} connection attempts in flight, send tick {} ms, gateway io batch {} us",
+            self.concurrent_connects, self.send_tick_ms, self.gateway_io_batch_us
         );
         let _ = writeln!(
             s,

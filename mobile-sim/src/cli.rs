@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -181,6 +181,12 @@ pub struct CommonArgs {
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     pub max_interval: Duration,
 
+    /// Round each phone's send times up to a multiple of this since the process started, so
+    /// that one wakeup of the process sends for every phone due within the same tick instead of
+    /// one wakeup (a context switch) per byte. Pauses stay random, at this resolution. 0: exact.
+    #[arg(long, default_value = "0ms", value_name = "DURATION", value_parser = parse_duration)]
+    pub send_tick: Duration,
+
     /// How pauses are drawn: uniform in [min, max]; or exponential: min plus an exponential delay
     /// of mean (max - min) / 2, so the mean pause is uniform's (bursty, and not capped at max).
     #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
@@ -291,6 +297,19 @@ impl CommonArgs {
             }
         };
         Duration::from_secs_f64(secs)
+    }
+
+    /// When a phone that sends at `now` sends next: after [`Self::next_interval`], rounded up to
+    /// the next multiple of `--send-tick` since `epoch` (the process's start).
+    pub fn next_send(&self, now: Instant, epoch: Instant) -> Instant {
+        let at = now + self.next_interval();
+        let tick = self.send_tick.as_micros();
+        if tick == 0 {
+            return at;
+        }
+        let since = at.saturating_duration_since(epoch).as_micros();
+        let rounded = since.div_ceil(tick) * tick;
+        epoch + Duration::from_micros(u64::try_from(rounded).unwrap_or(u64::MAX))
     }
 
     /// Checks what clap cannot.
@@ -404,6 +423,34 @@ mod tests {
         assert_eq!(decode_hex("abc"), None);
         assert_eq!(decode_hex("zz"), None);
         assert_eq!(decode_hex(""), Some(vec![]));
+    }
+
+    #[test]
+    fn send_times_fall_on_the_tick_and_stay_random() {
+        let args = |tick: &str| {
+            let flags = ["--target", "ws://x/", "--min-interval", "1s", "--max-interval", "2s"];
+            let cli = Cli::try_parse_from(["mobile-sim"].iter().chain(&flags).chain(&["--send-tick", tick]))
+                .unwrap();
+            match cli.into_command() {
+                Command::Phones(p) => p.common,
+                _ => panic!("expected phones"),
+            }
+        };
+        let epoch = Instant::now();
+        let now = epoch + Duration::from_millis(1_234);
+        let ticked = args("20ms");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let at = ticked.next_send(now, epoch);
+            let since = (at - epoch).as_micros();
+            assert_eq!(since % 20_000, 0, "on the tick: {since} us");
+            assert!(at >= now + Duration::from_secs(1) && at < now + Duration::from_millis(2_020));
+            seen.insert(since);
+        }
+        assert!(seen.len() > 10, "still random at the tick's resolution: {} distinct", seen.len());
+        let exact = args("0ms");
+        let off_tick = (0..20).any(|_| (exact.next_send(now, epoch) - epoch).as_micros() % 20_000 != 0);
+        assert!(off_tick, "0 keeps exact times");
     }
 
     #[test]

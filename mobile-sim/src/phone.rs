@@ -442,7 +442,7 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
     let mut session_durable = 0u64;
     // The next byte's time while running; the drain deadline while draining.
     let mut wake_at =
-        wants_more(shared, progress.sent).then(|| Instant::now() + shared.plan.common.next_interval());
+        wants_more(shared, progress.sent).then(|| shared.plan.common.next_send(Instant::now(), shared.start));
     let mut draining = false;
     let timer = tokio::time::sleep_until(far_future().into());
     tokio::pin!(timer);
@@ -494,7 +494,7 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
                     break Ended::Lost(Failure::ws(e));
                 }
                 wake_at = wants_more(shared, progress.sent)
-                    .then(|| Instant::now() + shared.plan.common.next_interval());
+                    .then(|| shared.plan.common.next_send(Instant::now(), shared.start));
             }
             Event::Durable(durable) => {
                 shared.stats.add_durable(session_durable, durable);
