@@ -108,6 +108,15 @@ pub struct PhonesArgs {
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
 
+    /// What the phones speak over their WebSocket: holdfast's phone protocol (one-byte binary
+    /// messages, `{"durable":N}` answers), or socket.io's (Engine.IO 4 over WebSocket only: `40`
+    /// to join, each byte an event `42["b","."]`, answers `42["durable",N]`, the server's pings
+    /// answered), to load the seed's stack with the same phones
+    /// (`scripts/bench/peers/socketio-count-server.js`; the target's path is then
+    /// `/socket.io/?EIO=4&transport=websocket`).
+    #[arg(long, value_enum, default_value_t = Protocol::Holdfast)]
+    pub protocol: Protocol,
+
     #[command(flatten)]
     pub common: CommonArgs,
 
@@ -275,6 +284,16 @@ pub struct VerifyArgs {
     /// server with bytes in flight gives its bound here.
     #[arg(long, default_value_t = 0, value_name = "BYTES", requires = "verify")]
     pub allow_unconfirmed: u64,
+}
+
+/// A phone's protocol over its WebSocket (`--protocol`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// holdfast's phone protocol (gateways, the aggregator's /ws, Node's ws yardstick).
+    Holdfast,
+    /// socket.io 4 (Engine.IO 4) over WebSocket, for the seed's stack as a yardstick.
+    #[value(name = "socketio")]
+    SocketIo,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use trunk::backoff::Backoff;
 
-use crate::cli::{CommonArgs, PhonesArgs};
+use crate::cli::{CommonArgs, PhonesArgs, Protocol};
 use crate::net::{Connector, Failure, FailureKind, Target, Ws};
 use crate::stats::{DeviceCounters, DeviceTotals, Stats};
 
@@ -62,6 +62,7 @@ pub struct Plan {
     pub connector: Connector,
     /// Signs each phone's device token (`--device-key`), if given.
     pub device_key: Option<Arc<device_token::SigningKey>>,
+    pub protocol: Protocol,
     width: usize,
 }
 
@@ -96,6 +97,7 @@ impl Plan {
         };
         Ok(Self {
             device_key,
+            protocol: args.protocol,
             total: args.phones,
             rate: args.rate,
             targets,
@@ -370,7 +372,15 @@ async fn attempt(shared: &Shared, index: u64, _permit: tokio::sync::SemaphorePer
     let plan = &shared.plan;
     let target = plan.target(index);
     let url = plan.url(index);
-    match plan.connector.connect(target, &url, plan.source(index)).await {
+    let connected = match plan.connector.connect(target, &url, plan.source(index)).await {
+        // socket.io's join belongs to connecting (and its future stays out of the held phone's).
+        Ok((mut ws, latency)) => match plan.protocol.hello() {
+            Some(hello) => ws.send(hello).await.map(|()| (ws, latency)).map_err(Failure::ws),
+            None => Ok((ws, latency)),
+        },
+        Err(failure) => Err(failure),
+    };
+    match connected {
         Ok((ws, latency)) => {
             stats.established.fetch_add(1, Relaxed);
             stats.handshake(latency);
@@ -400,6 +410,8 @@ enum Event {
     Durable(u64),
     /// The connection broke or the server closed it (boxed: rare, and keeps the event small).
     Lost(Box<Failure>),
+    /// A socket.io ping (`2`): answer `3`, or the server closes the connection.
+    Ping,
     /// Anything else received (pings, other messages).
     Other,
     /// The phase may have changed.
@@ -407,11 +419,17 @@ enum Event {
 }
 
 impl Event {
-    fn received(message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Self {
+    fn received(
+        protocol: Protocol,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Self {
         match message {
-            Some(Ok(Message::Text(text))) => match serde_json::from_str::<Durable>(text.as_str()) {
-                Ok(Durable { durable }) => Event::Durable(durable),
-                Err(_) => Event::Other,
+            Some(Ok(Message::Text(text))) => match protocol {
+                Protocol::Holdfast => match serde_json::from_str::<Durable>(text.as_str()) {
+                    Ok(Durable { durable }) => Event::Durable(durable),
+                    Err(_) => Event::Other,
+                },
+                Protocol::SocketIo => socket_io_event(text.as_str()),
             },
             Some(Ok(Message::Close(frame))) => {
                 let detail = match frame {
@@ -432,6 +450,35 @@ struct Durable {
     durable: u64,
 }
 
+/// A socket.io text frame: Engine.IO's ping (`2`), or a socket.io event (`42` and a JSON array:
+/// `["durable",N]` is the server's answer).
+fn socket_io_event(text: &str) -> Event {
+    if text == "2" {
+        return Event::Ping;
+    }
+    match text.strip_prefix("42").map(serde_json::from_str::<(String, u64)>) {
+        Some(Ok((name, durable))) if name == "durable" => Event::Durable(durable),
+        _ => Event::Other,
+    }
+}
+
+/// What a phone sends for one byte, and what it sends first (socket.io joins its namespace).
+impl Protocol {
+    fn byte(self) -> Message {
+        match self {
+            Protocol::Holdfast => Message::Binary(Bytes::from_static(b".")),
+            Protocol::SocketIo => Message::Text(r#"42["b","."]"#.into()),
+        }
+    }
+
+    fn hello(self) -> Option<Message> {
+        match self {
+            Protocol::Holdfast => None,
+            Protocol::SocketIo => Some(Message::Text("40".into())),
+        }
+    }
+}
+
 /// Holds one connection: sends bytes while the run lasts, records durable confirmations, and
 /// closes with 1000 once drained.
 ///
@@ -446,6 +493,7 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
     let mut draining = false;
     let timer = tokio::time::sleep_until(far_future().into());
     tokio::pin!(timer);
+    let protocol = shared.plan.protocol;
     let ended = loop {
         // Enabled before the phase is read, so a change after the read still wakes us.
         let phase_changed = shared.phase.notify.notified();
@@ -474,7 +522,7 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
         // futures of the select and of the send never take room in the phone at the same time.
         let event = tokio::select! {
             _ = &mut timer => Event::Timer,
-            message = ws.next() => Event::received(message),
+            message = ws.next() => Event::received(protocol, message),
             _ = &mut phase_changed => Event::Phase,
         };
         match event {
@@ -490,7 +538,7 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
                     shared.stats.finished_sending.fetch_add(1, Relaxed);
                 }
                 // Counted as sent before the write: a byte that may have left is never missed.
-                if let Err(e) = ws.send(Message::Binary(Bytes::from_static(b"."))).await {
+                if let Err(e) = ws.send(protocol.byte()).await {
                     break Ended::Lost(Failure::ws(e));
                 }
                 wake_at = wants_more(shared, progress.sent)
@@ -502,6 +550,11 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
                 shared.devices[k].durable.store(progress.durable_before + durable, Relaxed);
             }
             Event::Lost(failure) => break Ended::Lost(*failure),
+            Event::Ping => {
+                if let Err(e) = ws.send(Message::Text("3".into())).await {
+                    break Ended::Lost(Failure::ws(e));
+                }
+            }
             Event::Other | Event::Phase => {}
         }
     };
@@ -566,6 +619,17 @@ mod tests {
     }
 
     #[test]
+    fn socket_io_frames() {
+        assert!(matches!(socket_io_event("2"), Event::Ping));
+        assert!(matches!(socket_io_event(r#"42["durable",17]"#), Event::Durable(17)));
+        assert!(matches!(socket_io_event(r#"42["other",17]"#), Event::Other));
+        assert!(matches!(socket_io_event(r#"40{"sid":"x"}"#), Event::Other));
+        assert!(matches!(socket_io_event(r#"0{"sid":"x","pingInterval":25000}"#), Event::Other));
+        assert_eq!(Protocol::SocketIo.byte(), Message::Text(r#"42["b","."]"#.into()));
+        assert_eq!(Protocol::Holdfast.byte(), Message::Binary(Bytes::from_static(b".")));
+    }
+
+    #[test]
     fn one_source_per_10k() {
         assert_eq!(default_sources(1).len(), 1);
         assert_eq!(default_sources(10_000).len(), 1);
@@ -584,6 +648,7 @@ mod tests {
         let cli = crate::cli::Cli::try_parse_from(["mobile-sim", "--target", "ws://127.0.0.1:1/"]).unwrap();
         let crate::cli::Command::Phones(args) = cli.into_command() else { unreachable!() };
         let plan = Plan {
+            protocol: args.protocol,
             common: args.common,
             total: 1,
             rate: 0.0,
