@@ -25,6 +25,85 @@ pub struct Cli {
 pub enum Command {
     /// Hold N phones with the seed's traffic for a while, then verify every device.
     Hold(HoldArgs),
+    /// The host gateway and the aggregator side by side with Node.js (ws, socket.io): memory per
+    /// idle phone and CPU per byte, the same phones and bytes for each, medians of runs.
+    Compare(CompareArgs),
+}
+
+/// A server `lab compare` loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Server {
+    /// The host gateway (its trunks to an aggregator on SQLite, not counted).
+    Gateway,
+    /// The aggregator with direct phones, plain WebSocket (as behind a TLS-terminating proxy),
+    /// its SQLite writes counted.
+    Aggregator,
+    /// Node.js with `ws` (scripts/bench/peers/ws-count-server.js).
+    NodeWs,
+    /// Node.js with socket.io (scripts/bench/peers/socketio-count-server.js).
+    NodeSocketio,
+}
+
+impl Server {
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Gateway => "gateway",
+            Server::Aggregator => "aggregator",
+            Server::NodeWs => "node-ws",
+            Server::NodeSocketio => "node-socketio",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// Idle phones each server holds (memory per idle phone): at most the open-file limit
+    /// less 500.
+    #[arg(long, default_value_t = 19_000, value_name = "N")]
+    pub idle: u64,
+
+    /// Phones that send (CPU per byte).
+    #[arg(long, default_value_t = 3_000, value_name = "N")]
+    pub busy: u64,
+
+    /// A busy phone's mean pause between bytes, ms (uniform in 0.5x to 1.5x).
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    pub interval_ms: u64,
+
+    /// How long the busy phones send, seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub busy_s: u64,
+
+    /// Runs; each figure is the median over them.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub runs: u32,
+
+    /// The servers, in the order they take turns within a run.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = [Server::Gateway, Server::Aggregator, Server::NodeWs, Server::NodeSocketio])]
+    pub servers: Vec<Server>,
+
+    /// Where npm installs ws and socket.io (once).
+    #[arg(long, default_value_os_t = default_node_dir(), value_name = "DIR")]
+    pub node_dir: PathBuf,
+
+    /// Where the run's files go. Default: lab-runs/compare-UNIXTIME.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// The folder of the aggregator, gateway and mobile-sim binaries. Default: the lab's own.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn default_node_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map_or_else(|| PathBuf::from(".bench-node"), |h| PathBuf::from(h).join(".cache/holdfast/bench-node"))
 }
 
 /// What to do with the kernel settings of deploy/sysctl/99-holdfast.conf.

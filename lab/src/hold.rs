@@ -127,19 +127,19 @@ impl Running {
 
 /// SIGINT and SIGTERM, caught from the lab's start (before any process of its own exists) to its
 /// end: they stop the run in order instead of killing the lab and leaving its processes.
-struct Signals {
+pub(crate) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn catch() -> anyhow::Result<Signals> {
+    pub(crate) fn catch() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
     }
 
     /// Resolves at the first one, naming it.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "interrupted (SIGINT)",
             _ = self.term.recv() => "terminated (SIGTERM)",
@@ -147,13 +147,13 @@ impl Signals {
     }
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-fn binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     if !path.is_file() {
         bail!(
@@ -176,7 +176,7 @@ fn listening(addr: SocketAddr) -> bool {
     })
 }
 
-async fn wait_listening(p: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn wait_listening(p: &mut Proc, addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     while !listening(addr) {
         if let Some(status) = p.exited() {

@@ -5,9 +5,14 @@
 //! tier's CPU and memory from /proc ([`procfs`]) and the aggregator's metrics ([`metrics`]);
 //! applies and reports the kernel settings of the deployment ([`kernel`]); and reports as text,
 //! JSON and HTML ([`report`]).
+//!
+//! `lab compare` ([`compare`]) loads the host gateway, the aggregator and the seed's stack
+//! (Node.js with `ws`, Node.js with socket.io) in turn with the same phones and the same bytes,
+//! and reports each one's memory per idle phone and CPU per byte, medians of runs.
 
 pub mod children;
 pub mod cli;
+pub mod compare;
 pub mod hold;
 pub mod kernel;
 pub mod metrics;

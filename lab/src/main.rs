@@ -15,6 +15,23 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Compare(args) => {
+            let json = args.json;
+            match runtime.block_on(lab::compare::run(args)) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    } else {
+                        print!("{}", report.text());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Hold(args) => {
             let json = args.json;
             match runtime.block_on(lab::hold::run(args)) {

@@ -97,6 +97,11 @@ pub fn tree(root: u32) -> Vec<u32> {
     found
 }
 
+/// How many files `pid` holds open (each socket is one); `None` when it is gone.
+pub fn open_files(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// The processes whose command name is `comm` (the database server's: `postgres`).
 pub fn named(comm: &str) -> Vec<u32> {
     processes().into_iter().filter(|(_, _, c)| c == comm).map(|(pid, _, _)| pid).collect()

@@ -25,6 +25,7 @@ io.on('connection', (socket) => {
     socket.emit('durable', total);
   });
 });
-io.listen(port);
-console.log(`listening ${port}`);
+const http = require('http').createServer();
+io.attach(http);
+http.listen(port, '127.0.0.1', () => console.log(`listening ${port}`));
 setInterval(() => console.log(`bytes=${bytes} live=${io.engine.clientsCount}`), 1000);
