@@ -409,6 +409,8 @@ async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyho
                 .arg(&secret_file)
                 .arg("--device-public-key")
                 .arg(public_key)
+                .arg("--capacity")
+                .arg(max_phones.to_string())
                 .env("RUST_LOG", "warn")
                 .env("NO_COLOR", "1");
             let mut gw = Proc::spawn("gateway", c, 0, dir, None)?;
