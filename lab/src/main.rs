@@ -17,41 +17,39 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Compare(args) => {
             let json = args.json;
-            match runtime.block_on(lab::compare::run(args)) {
-                Ok(report) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-                    } else {
-                        print!("{}", report.text());
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(2)
-                }
-            }
+            finish(runtime.block_on(lab::compare::run(args)), json, |r| (r.text(), true))
         }
         Command::Hold(args) => {
             let json = args.json;
-            match runtime.block_on(lab::hold::run(args)) {
-                Ok(report) => {
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-                    } else {
-                        print!("{}", report.text());
-                    }
-                    if report.ok {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(2)
-                }
+            finish(runtime.block_on(lab::hold::run(args)), json, |r| (r.text(), r.ok))
+        }
+    }
+}
+
+/// Prints a report (as JSON with --json, else its text); exit 0 when it says ok, 1 when not,
+/// 2 when the command could not run.
+fn finish<R: serde::Serialize>(
+    result: anyhow::Result<R>,
+    json: bool,
+    text_and_ok: impl Fn(&R) -> (String, bool),
+) -> ExitCode {
+    match result {
+        Ok(report) => {
+            let (text, ok) = text_and_ok(&report);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{text}");
             }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
         }
     }
 }
