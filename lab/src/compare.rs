@@ -14,7 +14,7 @@
 //! 2. **CPU per phone byte**: `--busy` phones each send a byte every `--interval-ms` on average
 //!    (uniform in 0.5x to 1.5x) for `--busy-s`; the server's CPU from their start to their exit,
 //!    divided by the bytes mobile-sim saw confirmed. Their connecting is in it (at the defaults
-//!    about 3,000 x 100 µs against some 900,000 bytes: 1 % or less).
+//!    about 3,000 x 100 µs against some 888,000 bytes x 15-65 µs: 2 % or less).
 //!
 //! Medians over `--runs` runs; the servers take turns within each run, so that a change in the
 //! machine's load during the command touches them alike. The Node.js packages are installed once
