@@ -245,6 +245,11 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
         for &server in &args.servers {
             eprintln!("lab compare: run {run} of {}, {}", args.runs, server.name());
             let dir = cx.out.join(format!("run{run}-{}", server.name()));
+            // Each run starts from nothing: a rerun into the same --out must not find the last
+            // run's database (its gateway name is taken) or reports.
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+            }
             std::fs::create_dir_all(&dir)?;
             let mut served = serve(server, &cx, &dir, args.idle.max(args.busy) + 100).await?;
             let measured = tokio::select! {
@@ -306,6 +311,22 @@ async fn node_packages(dir: &Path, servers: &[Server]) -> anyhow::Result<PathBuf
     Ok(modules)
 }
 
+/// The aggregator binary with its files (SQLite database, keys, CA) in `data`. The comparison
+/// measures the embedded store, so a `DATABASE_URL` or `HOLDFAST_*` setting in the caller's
+/// environment (CI exports `DATABASE_URL`) must not reach it: with one, `gateway add` wrote into
+/// a shared Postgres database where another run's gateway already had the name.
+fn aggregator_command(bin: &Path, data: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.env_remove("DATABASE_URL");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HOLDFAST_") {
+            c.env_remove(name);
+        }
+    }
+    c.arg("--data-dir").arg(data);
+    c
+}
+
 /// Starts `server` with its files in `dir`; returns once it listens (and, for the gateway, once
 /// its trunks are up).
 async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyhow::Result<Served> {
@@ -318,8 +339,8 @@ async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyho
         Ok(c)
     };
     let aggregator = |listen: SocketAddr, plain: bool| {
-        let mut c = Command::new(&cx.aggregator_bin);
-        c.arg("--data-dir").arg(dir.join("aggregator")).arg("--listen").arg(listen.to_string());
+        let mut c = aggregator_command(&cx.aggregator_bin, &dir.join("aggregator"));
+        c.arg("--listen").arg(listen.to_string());
         if plain {
             c.arg("--plain");
         }
@@ -361,8 +382,8 @@ async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyho
         Server::Aggregator => {
             let listen = SocketAddr::from(([127, 0, 1, 1], port));
             // Makes the device-token key the phones' tokens are signed with.
-            let mut key = Command::new(&cx.aggregator_bin);
-            key.arg("--data-dir").arg(dir.join("aggregator")).args(["device", "public-key"]);
+            let mut key = aggregator_command(&cx.aggregator_bin, &dir.join("aggregator"));
+            key.args(["device", "public-key"]);
             children::output(key).await?;
             let mut c = aggregator(listen, true);
             c.arg("--max-phones").arg(max_phones.to_string());
@@ -380,8 +401,8 @@ async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyho
         Server::Gateway => {
             let data = dir.join("aggregator");
             let admin = |what: &[&str]| {
-                let mut c = Command::new(&cx.aggregator_bin);
-                c.arg("--data-dir").arg(&data).args(what).env("RUST_LOG", "warn");
+                let mut c = aggregator_command(&cx.aggregator_bin, &data);
+                c.args(what).env("RUST_LOG", "warn");
                 c
             };
             let provisioned = children::output(admin(&["gateway", "add", "gw-1"])).await?;
