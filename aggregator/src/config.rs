@@ -236,6 +236,26 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_MAX_PENDING_TRUNKS", default_value_t = 512)]
     pub max_pending_trunks: usize,
 
+    /// Connections one client address may have open at once (phones, trunks, pages, sessions
+    /// included); beyond it a new connection is closed at once. An address is an IPv4 address or
+    /// an IPv6 /64. Phones behind one carrier-grade NAT share an address: raise it for them, or
+    /// list their block in --address-limit-exempt (docs/SECURITY.md, M7).
+    #[arg(long, env = "HOLDFAST_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1_024)]
+    pub max_connections_per_address: u32,
+
+    /// Connections one client address may have that are not yet a session: in TLS or HTTP, a
+    /// phone before its token is accepted, a trunk before its gateway is authenticated. One
+    /// address thus holds at most this many of the --max-pending-trunks places.
+    #[arg(long, env = "HOLDFAST_MAX_HANDSHAKES_PER_ADDRESS", default_value_t = 32)]
+    pub max_handshakes_per_address: u32,
+
+    /// Address blocks not counted by the two bounds above (comma-separated, `ADDRESS/PREFIX`):
+    /// a local proxy such as nginx, which then limits per client itself (deploy/nginx). The
+    /// flag with no value exempts nothing.
+    #[arg(long = "address-limit-exempt", env = "HOLDFAST_ADDRESS_LIMIT_EXEMPT",
+          value_delimiter = ',', num_args = 0.., default_value = "127.0.0.0/8,::1")]
+    pub address_limit_exempt: Vec<crate::addresses::Cidr>,
+
     /// Authenticated trunk links this process holds; beyond it the link is refused (OVERLOADED)
     /// right after its handshake.
     #[arg(long, env = "HOLDFAST_MAX_TRUNKS", default_value_t = 2_000)]
@@ -265,8 +285,8 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
 
-    /// A direct phone silent this long is closed (1000). Phones should send or ping more often;
-    /// carrier NATs drop idle mappings after a few minutes.
+    /// A direct phone that sent no byte this long is closed (1000). Pings do not count: they may
+    /// keep a carrier's NAT mapping, not a place here (docs/SECURITY.md, M7).
     #[arg(long, env = "HOLDFAST_PHONE_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub phone_idle_timeout_ms: u64,
 
@@ -378,6 +398,15 @@ impl Settings {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// The per-address bounds (addresses.rs).
+    pub fn address_bounds(&self) -> crate::addresses::Bounds {
+        crate::addresses::Bounds {
+            connections: self.max_connections_per_address,
+            handshakes: self.max_handshakes_per_address,
+            exempt: self.address_limit_exempt.clone(),
+        }
+    }
+
     /// The trunk protocol's settings of the aggregator's end.
     pub fn trunk(&self) -> trunk::server::ServerConfig {
         trunk::server::ServerConfig {
@@ -396,6 +425,19 @@ mod tests {
 
     fn settings(args: &[&str]) -> Settings {
         Cli::parse_from(std::iter::once("aggregator").chain(args.iter().copied())).serve
+    }
+
+    #[test]
+    fn address_limit_exemptions() {
+        let loopback: Vec<String> =
+            settings(&[]).address_limit_exempt.iter().map(|c| c.to_string()).collect();
+        assert_eq!(loopback, ["127.0.0.0/8", "::1/128"], "loopback by default");
+        assert!(settings(&["--address-limit-exempt"]).address_limit_exempt.is_empty(), "none");
+        let given = settings(&["--address-limit-exempt", "10.0.0.0/8,192.0.2.7", "--plain"]);
+        assert_eq!(given.address_limit_exempt.len(), 2);
+        assert!(given.plain, "the flag's values end at the next flag");
+        let err = Cli::try_parse_from(["aggregator", "--address-limit-exempt", "10.0.0.0/40"]).unwrap_err();
+        assert!(err.to_string().contains("prefix length"), "{err}");
     }
 
     #[test]

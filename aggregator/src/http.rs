@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
+use crate::addresses::Slot;
 use crate::dashboard::EventStream;
 use crate::state::Shared;
 use crate::{dashboard, phone, trunk_link, web, websocket};
@@ -119,16 +120,18 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
     })
 }
 
-/// Answers one request.
+/// Answers one request. `slot`: the connection's place under its address's bounds (an upgrade
+/// keeps it for the session's life).
 pub async fn route(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    slot: Slot,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     Ok(match path.as_str() {
-        "/ws" => upgrade_phone(shared, req),
-        "/trunk" => upgrade_trunk(shared, peer, req),
+        "/ws" => upgrade_phone(shared, slot, req),
+        "/trunk" => upgrade_trunk(shared, peer, slot, req),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match shared.store.ping().await {
             Ok(()) if !stopping(&shared) => text(StatusCode::OK, "ready\n"),
@@ -249,7 +252,7 @@ fn switching(head: Response<()>) -> Response<Body> {
     Response::from_parts(parts, full(Bytes::new()))
 }
 
-fn upgrade_phone(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade_phone(shared: Arc<Shared>, slot: Slot, mut req: Request<Incoming>) -> Response<Body> {
     if stopping(&shared) {
         return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
@@ -274,6 +277,8 @@ fn upgrade_phone(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
     let Ok(permit) = shared.phones.clone().try_acquire_owned() else {
         return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "phone capacity reached");
     };
+    // Admitted: a session now, no longer a handshake of its address.
+    slot.settle();
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match upgrade.await {
@@ -281,6 +286,7 @@ fn upgrade_phone(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
                 let config = websocket::phone_config(shared.settings.max_phone_message);
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
                 phone::serve(shared, ws, device, permit).await;
+                drop(slot);
             }
             Err(e) => debug!(error = %e, "phone upgrade failed"),
         }
@@ -288,7 +294,12 @@ fn upgrade_phone(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bo
     switching(head)
 }
 
-fn upgrade_trunk(shared: Arc<Shared>, peer: SocketAddr, mut req: Request<Incoming>) -> Response<Body> {
+fn upgrade_trunk(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    slot: Slot,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
     if stopping(&shared) {
         return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
@@ -306,7 +317,7 @@ fn upgrade_trunk(shared: Arc<Shared>, peer: SocketAddr, mut req: Request<Incomin
             Ok(io) => {
                 let config = websocket::trunk_config(shared.settings.max_trunk_message);
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
-                trunk_link::serve(shared, ws, peer.to_string(), permit).await;
+                trunk_link::serve(shared, ws, peer.to_string(), permit, slot).await;
             }
             Err(e) => debug!(error = %e, "trunk upgrade failed"),
         }

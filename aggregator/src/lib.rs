@@ -17,6 +17,7 @@
 //! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
 //! - [`metrics`], [`shutdown`], [`workers`].
 
+pub mod addresses;
 pub mod batch;
 pub mod compactor;
 pub mod config;
@@ -244,7 +245,8 @@ pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyh
     ));
     tokio::spawn(dashboard::run(shared.clone()));
     tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
-    let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls));
+    let limits = addresses::AddressLimits::new(shared.settings.address_bounds());
+    let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls, limits));
 
     shutdown::signal().await;
     info!("shutting down: go-away to trunks, close 1001 to phones");

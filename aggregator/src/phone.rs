@@ -47,7 +47,10 @@ pub async fn serve<S>(
     shared.record(key, route, open).await;
 
     let mut shutdown = shared.shutdown.clone();
+    // Idle means no byte counted: pings, pongs and empty messages do not keep a place (M7 of
+    // issue #12: a client that only pings would hold it for ever), nor do our own answers.
     let idle = shared.settings.phone_idle_timeout();
+    let mut idle_at = tokio::time::Instant::now() + idle;
     let mut total = 0u64;
     let mut told = 0u64;
     let reason = loop {
@@ -67,7 +70,7 @@ pub async fn serve<S>(
                 }
                 continue;
             }
-            next = tokio::time::timeout(idle, ws.next()) => next,
+            next = tokio::time::timeout_at(idle_at, ws.next()) => next,
         };
         let bytes = match received {
             Err(_elapsed) => {
@@ -82,6 +85,7 @@ pub async fn serve<S>(
             Ok(Some(Err(e))) => break bad_input(&shared, &mut ws, e).await,
         };
         if bytes > 0 {
+            idle_at = tokio::time::Instant::now() + idle;
             total += bytes as u64;
             shared.metrics.phone_bytes.inc_by(bytes as u64);
             shared.record(key, route, Update { total: Some(total), ..Update::default() }).await;

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::addresses::{AddressLimits, Slot};
 use crate::state::Shared;
 
 /// Binds `addr`; with `reuse_port`, several worker processes can listen on the same port and the
@@ -32,8 +33,13 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
     TcpListener::from_std(socket.into())
 }
 
-/// Accepts connections until shutdown begins.
-pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+/// Accepts connections until shutdown begins, each within its address's bounds (`limits`).
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Arc<AddressLimits>,
+) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -41,10 +47,21 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                tokio::spawn(connection(shared.clone(), tcp, peer, tls.clone()));
-            }
+            Ok((tcp, peer)) => match limits.admit(peer.ip()) {
+                Ok(slot) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(connection(shared.clone(), tcp, peer, slot, tls.clone()));
+                }
+                Err(refusal) => {
+                    shared.metrics.refuse(refusal.reason());
+                    debug!(%peer, "{refusal}");
+                    if tls.is_none() {
+                        // Plain HTTP can be told why for the price of one write that never
+                        // waits; over TLS that would take a handshake, the very work refused.
+                        let _ = tcp.try_write(refusal_response(refusal).as_bytes());
+                    }
+                }
+            },
             Err(e) => {
                 // EMFILE and friends: the open-file limit is the bound of this process. Refusing
                 // by not accepting lets the backlog (and the balancer) absorb the burst.
@@ -56,12 +73,29 @@ pub async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option
     }
 }
 
-async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
+/// The whole answer to a connection beyond its address's bounds.
+fn refusal_response(refusal: crate::addresses::Refusal) -> String {
+    let body = format!("{}\n", refusal.reason());
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         retry-after: 10\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// `slot`: the connection's place under its address's bounds, held until it ends.
+async fn connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    tls: Option<TlsAcceptor>,
+) {
     match tls {
-        None => serve_http(shared, tcp, peer).await,
+        None => serve_http(shared, tcp, peer, slot).await,
         Some(acceptor) => {
             match tokio::time::timeout(shared.settings.handshake_timeout(), acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => serve_http(shared, stream, peer).await,
+                Ok(Ok(stream)) => serve_http(shared, stream, peer, slot).await,
                 Ok(Err(e)) => {
                     shared.metrics.refuse("tls handshake failed");
                     debug!(%peer, error = %e, "tls handshake failed");
@@ -75,7 +109,7 @@ async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: 
     }
 }
 
-async fn serve_http<I>(shared: Arc<Shared>, io: I, peer: SocketAddr)
+async fn serve_http<I>(shared: Arc<Shared>, io: I, peer: SocketAddr, slot: Slot)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -86,9 +120,10 @@ where
     let served = Arc::new(AtomicU64::new(0));
     let svc = {
         let (shared, served) = (shared.clone(), served.clone());
+        // The upgrades take a clone of the slot along: the place is held until the session ends.
         service_fn(move |req| {
             served.fetch_add(1, Ordering::Relaxed);
-            crate::http::route(shared.clone(), peer, req)
+            crate::http::route(shared.clone(), peer, slot.clone(), req)
         })
     };
     let conn = http1::Builder::new()

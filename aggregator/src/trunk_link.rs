@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
+use crate::addresses::Slot;
 use crate::routes::{Route, ToLink};
 use crate::state::{LinkLive, Shared};
 use crate::store::BootState;
@@ -30,9 +31,15 @@ const GO_AWAY_RETRY_MS: u64 = 1_000;
 type Ws<S> = WebSocketStream<S>;
 
 /// Serves one trunk link until it closes. `handshaking`: its place among the handshakes in
-/// progress (`--max-pending-trunks`), given back once the gateway is authenticated or refused.
-pub async fn serve<S>(shared: Arc<Shared>, mut ws: Ws<S>, peer: String, handshaking: OwnedSemaphorePermit)
-where
+/// progress (`--max-pending-trunks`), given back once the gateway is authenticated or refused;
+/// `slot`: the connection's place under its address's bounds, settled once authenticated.
+pub async fn serve<S>(
+    shared: Arc<Shared>,
+    mut ws: Ws<S>,
+    peer: String,
+    handshaking: OwnedSemaphorePermit,
+    slot: Slot,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = shared.settings.trunk();
@@ -48,7 +55,10 @@ where
     let authenticated = authenticate(&shared, &mut ws, handshake, &peer).await;
     drop(handshaking);
     let (link, name) = match authenticated {
-        Ok(authenticated) => authenticated,
+        Ok(authenticated) => {
+            slot.settle();
+            authenticated
+        }
         Err(reason) => {
             shared.metrics.refuse(reason);
             return;

@@ -2,7 +2,7 @@
 //! clients over TLS 1.3 pinned to the aggregator's CA; a gateway is the trunk crate's
 //! `Gateway` state machine on WebSocket links with subprotocol `trunk.v1`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,32 @@ use trunk::gateway::{Gateway, GatewayConfig, Identity, SessionSlot};
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
+/// A TCP connection to `addr`, from the local address `from` if given (every 127.x.y.z is this
+/// machine: tests of per-address limits play several clients that way).
+pub async fn tcp_from(from: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(from) = from else { return TcpStream::connect(addr).await };
+    let socket = match from {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
 pub async fn tls(addr: SocketAddr, ca: &Path) -> TlsStream<TcpStream> {
+    tls_from(None, addr, ca).await.expect("a TLS connection")
+}
+
+/// A TLS connection from `from` (see [`tcp_from`]).
+pub async fn tls_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    ca: &Path,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let config = aggregator::tls::client_config(ca).unwrap();
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = tcp_from(from, addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    TlsConnector::from(config).connect(name, tcp).await.unwrap()
+    TlsConnector::from(config).connect(name, tcp).await
 }
 
 /// A WebSocket on `path` (with `protocol` offered, if any).
@@ -31,7 +52,18 @@ pub async fn websocket(
     path: &str,
     protocol: Option<&str>,
 ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let stream = tls(addr, ca).await;
+    websocket_from(None, addr, ca, path, protocol).await
+}
+
+/// [`websocket`] from the local address `from`.
+pub async fn websocket_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    ca: &Path,
+    path: &str,
+    protocol: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let stream = tls_from(from, addr, ca).await?;
     let mut request = format!("wss://localhost:{}{path}", addr.port()).into_client_request().unwrap();
     if let Some(p) = protocol {
         request.headers_mut().insert("sec-websocket-protocol", p.parse().unwrap());
@@ -52,10 +84,19 @@ pub async fn metrics_text(addr: SocketAddr, ca: &Path) -> String {
 /// A phone for `device`, with a device token signed by the key in the aggregator's data folder
 /// `data` (where its CA is too).
 pub async fn phone(addr: SocketAddr, data: &Path, device: &str) -> Ws {
+    phone_from(None, addr, data, device).await.expect("phone connects")
+}
+
+/// [`phone`] from the local address `from`, or why it could not connect.
+pub async fn phone_from(
+    from: Option<IpAddr>,
+    addr: SocketAddr,
+    data: &Path,
+    device: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let token = testkit::process::device_token(data, device);
-    websocket(addr, &data.join("ca.pem"), &format!("/ws?device={device}&token={token}"), None)
+    websocket_from(from, addr, &data.join("ca.pem"), &format!("/ws?device={device}&token={token}"), None)
         .await
-        .expect("phone connects")
 }
 
 /// Reads the phone's messages until the server says at least `want` bytes are durable.
@@ -82,6 +123,8 @@ pub struct TestGateway {
     pub gw: Gateway<Vec<SessionSlot>>,
     links: Vec<Option<Ws>>,
     addr: SocketAddr,
+    /// The local address its links come from (`None`: the system's choice).
+    pub source: Option<IpAddr>,
     ca: std::path::PathBuf,
     started: Instant,
     pub refusals: u32,
@@ -105,6 +148,7 @@ impl TestGateway {
             gw,
             links: (0..links).map(|_| None).collect(),
             addr,
+            source: None,
             ca: ca.to_owned(),
             started: Instant::now(),
             refusals: 0,
@@ -122,7 +166,7 @@ impl TestGateway {
 
     /// Opens the transport of link `link` (the trunk handshake then runs in `pump`).
     pub async fn connect(&mut self, link: usize) -> bool {
-        let tcp = match TcpStream::connect(self.addr).await {
+        let tcp = match tcp_from(self.source, self.addr).await {
             Ok(tcp) => tcp,
             Err(_) => return false,
         };

@@ -14,9 +14,9 @@ pub struct PhoneConfig {
     /// Nothing is buffered: payloads are counted as they stream through. Default 4 KiB, the
     /// aggregator's `--max-phone-message`.
     pub max_message_len: u64,
-    /// A phone that sent nothing (not even a ping) for this long is closed with 1000. Default
-    /// 300 s: longer than the 2-4 minutes carrier NATs keep an idle mapping, so a phone that
-    /// keeps its NAT mapping alive also stays connected.
+    /// A phone that sent no byte to count for this long is closed with 1000. Pings do not
+    /// count: they may keep a carrier's NAT mapping, but a client that only pings must not hold
+    /// a place for ever (docs/SECURITY.md, M7). Default 300 s.
     pub idle_timeout_ms: u64,
     /// A write to a phone (an answer, a pong, a durable total) that cannot complete this long
     /// (the phone reads nothing) closes the connection. Default 10 s.

@@ -282,6 +282,11 @@ async fn session<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>, id: SessionId)
                 let pending = conn.pending.clone();
                 let fed = ws.feed(&mut conn.buf[pending.clone()]);
                 hub.record(id, fed.payload);
+                // Idle means no byte counted: a phone that only pings (or trickles a frame
+                // header) does not keep its place for ever. Once closing, the linger holds.
+                if fed.payload > 0 && !ws.is_closing() {
+                    idle_deadline = Instant::now() + Duration::from_millis(config.idle_timeout_ms);
+                }
                 match fed.event {
                     Some(Event::Failed(_)) => (reason, failed) = (CloseReason::PROTOCOL_ERROR, true),
                     Some(Event::Closed(_)) => reason = CloseReason::NORMAL,
@@ -321,7 +326,6 @@ async fn session<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>, id: SessionId)
             match event {
                 Either3::First(Ok(n)) if n > 0 => {
                     conn.pending = 0..n;
-                    idle_deadline = Instant::now() + Duration::from_millis(config.idle_timeout_ms);
                     false
                 }
                 // EOF or reset without a close frame: the phone is gone.

@@ -108,7 +108,8 @@ pub struct Serve {
     /// A phone must complete its upgrade request within this time.
     #[arg(long, env = "HOLDFAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
-    /// A phone silent this long is closed (1000); longer than carrier NAT idle timeouts.
+    /// A phone that sent no byte this long is closed (1000); pings do not count (they may keep
+    /// a carrier's NAT mapping, not a place here).
     #[arg(long, env = "HOLDFAST_PHONE_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub phone_idle_timeout_ms: u64,
     /// Largest message a phone may send (1009 beyond).

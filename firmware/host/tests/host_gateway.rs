@@ -196,6 +196,27 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
     assert_eq!(persisted["healthy"], 5);
 }
 
+/// A phone that only pings does not keep its place at the gateway (issue #12, M7): idle means no
+/// byte counted. One that sends bytes as often stays, and its bytes reach the database exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phone_that_only_pings_is_closed_as_idle_at_the_gateway() {
+    let agg = Aggregator::start(Kind::Sqlite, &[]).await.unwrap();
+    let gw = Gateway::start(&agg, "site-idle", &["--phone-idle-timeout-ms", "1500"]);
+    gw.wait_links_up(2);
+    let mut pinger = connect(&agg, &gw, "pinger").await;
+    let mut talker = connect(&agg, &gw, "talker").await;
+    let every = Duration::from_millis(250);
+    let pinged =
+        testkit::phones::ping_and_talk(&mut pinger, &mut talker, every, Duration::from_secs(6)).await;
+    assert!(pinged.closed, "the pinging phone was closed within 6 s (idle timeout 1.5 s): {pinged:?}");
+    assert_eq!(pinged.close.map(|f| f.code), Some(CloseCode::Normal));
+    assert!(pinged.after >= Duration::from_millis(1400), "not before its idle timeout: {:?}", pinged.after);
+    let sent = pinged.talked;
+    wait_durable(&mut talker, sent).await;
+    let persisted = wait_totals(&agg, "talker", &BTreeMap::from([("talker".to_owned(), sent)])).await;
+    assert_eq!(persisted["talker"], sent);
+}
+
 /// The pinned CA must have signed the aggregator's certificate itself, and on the host build the
 /// certificate must be within its validity period (#12, M5). A certificate
 /// for the aggregator's name signed by another certificate the CA issued to someone (not a CA)
