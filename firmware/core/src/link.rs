@@ -166,6 +166,7 @@ where
     // The aggregator's time, if its answer had a Date: a board has no other clock.
     if let Some(unix) = with_timeout(timeout, handshake).await.map_err(|_| LinkDown::Timeout)?? {
         hub.set_wall_clock(unix);
+        crate::tls::learn_unix_time(unix);
     }
     let mut nonce = [0u8; trunk::frame::NONCE_LEN];
     rng.borrow_mut().fill_bytes(&mut nonce);

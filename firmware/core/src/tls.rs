@@ -92,13 +92,43 @@ impl<R: RngCore> RngCore for SharedRng<'_, R> {
 impl<R: CryptoRng> CryptoRng for SharedRng<'_, R> {}
 
 /// The clock certificates' validity periods are checked against: the system's on the host build
-/// (feature `std`), none on a board (it has no wall clock: validity periods are not checked there;
-/// the pinned CA is the trust).
+/// (feature `std`); on a board, the aggregator's time as the board learnt it from an earlier link
+/// ([`LearnedClock`]).
 #[cfg(feature = "std")]
 pub type Clock = SystemClock;
 /// See the `std` build's [`Clock`].
 #[cfg(not(feature = "std"))]
-pub type Clock = embedded_tls::NoClock;
+pub type Clock = LearnedClock;
+
+/// A board's wall clock for certificates: Unix time minus the board's own clock (seconds since
+/// boot), learnt from the `Date` of the aggregator's answer to a trunk upgrade (inside TLS with
+/// the pinned CA, so as trustworthy as the aggregator). 0 until a link has come up. One per
+/// image, like the board: embedded-tls asks its clock without a value to ask (`TlsClock::now`).
+/// 32 bits hold Unix time until 2106; ARMv7-M has 32-bit atomics, not 64.
+static UNIX_MINUS_UPTIME_SECS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Tells the board's certificate clock the aggregator's time (Unix seconds), from a link that
+/// just came up. The host build checks against the system clock and ignores it.
+pub fn learn_unix_time(unix_secs: u64) {
+    let offset = unix_secs.saturating_sub(embassy_time::Instant::now().as_secs());
+    let offset = u32::try_from(offset).unwrap_or(0);
+    UNIX_MINUS_UPTIME_SECS.store(offset, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Until the first link after boot has come up a board knows no time, and validity periods are
+/// not checked (the pinned CA is the trust); from then on, every handshake (a reconnect, the
+/// other link) refuses an aggregator certificate that has expired or is not yet valid (#12, M5).
+#[derive(Debug)]
+pub struct LearnedClock;
+
+impl embedded_tls::TlsClock for LearnedClock {
+    fn now() -> Option<u64> {
+        match UNIX_MINUS_UPTIME_SECS.load(core::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            offset => Some(u64::from(offset) + embassy_time::Instant::now().as_secs()),
+        }
+    }
+}
 
 /// The system's time, in Unix seconds (the host build).
 #[cfg(feature = "std")]

@@ -41,6 +41,47 @@ async fn phones_through_the_qemu_board_reach_postgres_exactly() {
     assert_eq!(after, sent, "nothing was counted for the phone without a token");
 }
 
+/// A board has no clock, but once a link has come up it keeps the aggregator's time (#12, M5): an
+/// aggregator that comes back with an expired certificate from the pinned CA is refused on every
+/// reconnect, and the same aggregator with a valid one is trusted again (the control).
+#[tokio::test(flavor = "multi_thread")]
+async fn once_it_knows_the_time_a_board_refuses_an_expired_aggregator_certificate() {
+    let ca = support::pki::TestCa::new("m5-board");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let serve = |served: support::pki::Served| {
+        std::fs::write(&cert, &served.chain_pem).unwrap();
+        std::fs::write(&key, &served.key_pem).unwrap();
+    };
+    serve(ca.server(&["localhost"]));
+    let args = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let Some(mut agg) = Aggregator::start(Kind::Sqlite, &args).await else { return };
+    std::fs::write(agg.ca(), ca.pem()).unwrap(); // what the board pins
+    let qemu = Qemu::boot(&agg, "qemu-m5", None); // both links up: the board knows the time
+    const UP: &str = "TLS 1.3 and WebSocket up";
+    let up_before = qemu.count(UP);
+
+    serve(ca.server_expired(&["localhost"]));
+    agg.kill();
+    agg.spawn();
+    let refused = |n| qemu.count("down: Tls(InvalidCertificate)") >= n;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !refused(2) {
+        assert!(std::time::Instant::now() < deadline, "the board never refused the expired certificate");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(qemu.count(UP), up_before, "a link came up to an aggregator with an expired certificate");
+
+    serve(ca.server(&["localhost"]));
+    agg.kill();
+    agg.spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while qemu.count(UP) < up_before + 2 {
+        assert!(std::time::Instant::now() < deadline, "the links never came back with a valid certificate");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// An upgrade to `/ws?QUERY` with a 1-byte message after it (counted, were it let in); the answer.
 fn refused(port: u16, query: &str) -> String {
     use std::io::{Read as _, Write as _};

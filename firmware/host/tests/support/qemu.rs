@@ -86,6 +86,11 @@ impl Qemu {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
+    /// How many lines the firmware logged that contain `text`.
+    pub fn count(&self, text: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(text)).count()
+    }
+
     /// The last line the firmware logged that contains `text`.
     pub fn last(&self, text: &str) -> Option<String> {
         self.log.lock().unwrap().iter().rev().find(|l| l.contains(text)).cloned()
