@@ -138,6 +138,13 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_ENROLMENT_CODE", default_value = "", hide_env_values = true)]
     pub enrolment_code: String,
 
+    /// Enrolment requests (right or wrong code) this process answers per minute, a burst of as
+    /// many allowed; beyond it 429 with Retry-After. A leaked code then makes devices at this pace
+    /// at most, and guessing the code is slower still (docs/SECURITY.md).
+    #[arg(long, env = "HOLDFAST_ENROLMENTS_PER_MINUTE", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub enrolments_per_minute: u32,
+
     /// Processes sharing the port (SO_REUSEPORT). Each holds at most --max-phones phones: use more
     /// when the open-file limit of one process is the bound.
     #[arg(long, env = "HOLDFAST_WORKERS", default_value_t = 1)]

@@ -87,6 +87,54 @@ pub fn demo_link(s: &Settings) -> anyhow::Result<Option<(String, String)>> {
 pub struct Enrolment {
     code: String,
     key: SigningKey,
+    pace: std::sync::Mutex<Pace>,
+}
+
+/// A token bucket: `per_minute` requests a minute, a burst of as many.
+#[derive(Debug)]
+struct Pace {
+    per_minute: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Pace {
+    fn new(per_minute: u32) -> Self {
+        let per_minute = f64::from(per_minute.max(1));
+        Pace { per_minute, tokens: per_minute, at: std::time::Instant::now() }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self, now: std::time::Instant) -> Result<(), std::time::Duration> {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_minute / 60.0;
+        self.tokens = (self.tokens + refill).min(self.per_minute);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64((1.0 - self.tokens) * 60.0 / self.per_minute))
+        }
+    }
+}
+
+/// Why an enrolment was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    WrongCode,
+    /// Too many requests: try again after this many seconds.
+    TooMany {
+        retry_after_s: u64,
+    },
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::WrongCode => "wrong enrolment code",
+            Refused::TooMany { .. } => "too many enrolments (--enrolments-per-minute)",
+        }
+    }
 }
 
 impl std::fmt::Debug for Enrolment {
@@ -114,14 +162,23 @@ impl Enrolment {
         if s.enrolment_code.len() < 16 {
             anyhow::bail!("--enrolment-code must be at least 16 characters: it is all that guards enrolment");
         }
-        Ok(Some(Self { code: s.enrolment_code.clone(), key: load_or_create(&key_path(s))? }))
+        Ok(Some(Self {
+            code: s.enrolment_code.clone(),
+            key: load_or_create(&key_path(s))?,
+            pace: std::sync::Mutex::new(Pace::new(s.enrolments_per_minute)),
+        }))
     }
 
     /// A new device for whoever shows `code`: a random id (`web-` and 96 random bits) and its
-    /// token, valid for [`DEFAULT_VALIDITY`]; the refusal's text if the code is wrong.
-    pub fn enrol(&self, code: &str) -> Result<Enrolled, &'static str> {
+    /// token, valid for [`DEFAULT_VALIDITY`]; or why not. Every request, right or wrong, takes
+    /// its turn under `--enrolments-per-minute` first.
+    pub fn enrol(&self, code: &str) -> Result<Enrolled, Refused> {
+        let paced = self.pace.lock().unwrap_or_else(|e| e.into_inner()).take(std::time::Instant::now());
+        if let Err(wait) = paced {
+            return Err(Refused::TooMany { retry_after_s: wait.as_secs() + 1 });
+        }
         if !crate::web::constant_time_eq(code.as_bytes(), self.code.as_bytes()) {
-            return Err("wrong enrolment code");
+            return Err(Refused::WrongCode);
         }
         let device = format!("web-{:024x}", rand::random::<u128>() >> 32);
         let expires = unix_now() + DEFAULT_VALIDITY.as_secs();
@@ -166,6 +223,23 @@ mod tests {
         assert_eq!(load_or_create(&path).unwrap().public_key(), first.public_key(), "the same key");
         std::fs::write(&path, "not a key").unwrap();
         assert!(load_or_create(&path).is_err(), "a damaged key file is an error, not a new key");
+    }
+
+    #[test]
+    fn enrolments_are_paced() {
+        let start = std::time::Instant::now();
+        let mut pace = Pace::new(6); // one every 10 s, a burst of 6
+        pace.at = start;
+        for _ in 0..6 {
+            assert!(pace.take(start).is_ok());
+        }
+        let wait = pace.take(start).unwrap_err();
+        assert!(wait > std::time::Duration::from_secs(9) && wait <= std::time::Duration::from_secs(10));
+        let later = start + std::time::Duration::from_secs(10);
+        assert!(pace.take(later).is_ok(), "a token came back after 10 s");
+        assert!(pace.take(later).is_err(), "only one");
+        let much_later = later + std::time::Duration::from_secs(3600);
+        assert_eq!((0..10).filter(|_| pace.take(much_later).is_ok()).count(), 6, "the burst never grows");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::addresses::Slot;
 use crate::dashboard::EventStream;
+use crate::devices::Refused;
 use crate::state::Shared;
 use crate::{dashboard, phone, trunk_link, web, websocket};
 
@@ -214,9 +215,15 @@ fn enrol(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        Err(reason) => {
+        Err(refused @ Refused::WrongCode) => {
             shared.metrics.refuse("bad enrolment code");
-            denied(StatusCode::UNAUTHORIZED, reason)
+            denied(StatusCode::UNAUTHORIZED, refused.reason())
+        }
+        Err(refused @ Refused::TooMany { retry_after_s }) => {
+            shared.metrics.refuse("enrolment rate");
+            let mut r = text(StatusCode::TOO_MANY_REQUESTS, format!("{}\n", refused.reason()));
+            r.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            r
         }
     }
 }

@@ -348,6 +348,20 @@ async fn the_enrolment_code_gets_a_phone_a_new_device_of_its_own() {
     let metrics = support::clients::metrics_text(addr, &ca).await;
     assert!(metrics.contains("bad enrolment code"), "refusals are counted");
 
+    // Paced: --enrolments-per-minute 3 answers three requests (right or wrong code) at once, then
+    // 429 with the reason (and Retry-After), for the right code too.
+    let args = ["--enrolment-code", CODE, "--enrolments-per-minute", "3"];
+    let Some(paced) = Aggregator::start(Kind::Sqlite, &args).await else { return };
+    let bearer = format!("Authorization: Bearer {CODE}\r\n");
+    assert_eq!(https(paced.addr, &paced.ca(), "POST", "").await.0, 401);
+    for _ in 0..2 {
+        assert_eq!(https(paced.addr, &paced.ca(), "POST", &bearer).await.0, 200);
+    }
+    let (status, body) = https(paced.addr, &paced.ca(), "POST", &bearer).await;
+    assert_eq!((status, body.as_str()), (429, "too many enrolments (--enrolments-per-minute)\n"));
+    let metrics = support::clients::metrics_text(paced.addr, &paced.ca()).await;
+    assert!(metrics.contains("enrolment rate"), "counted:\n{metrics}");
+
     // Off unless set; and a code too short to guard anything is refused at start.
     let Some(off) = Aggregator::start(Kind::Sqlite, &[]).await else { return };
     let (status, body) =
