@@ -5,6 +5,8 @@
 //! (`trunk::ledger`), which a single flusher writes to the store in one transaction per flush;
 //! acknowledgements travel back only after the commit.
 //!
+//! - [`Service`]: the service itself: [`Service::prepare`] (settings, store, keys, TLS), then
+//!   [`Service::run`] on a listener until a stop signal; [`serve`] is what the binary does.
 //! - [`config`]: every setting, by flag or environment.
 //! - [`server`]: listener, TLS, HTTP; [`http`]: the routes; [`websocket`]: the upgrade.
 //! - [`phone`]: a direct phone's session; [`trunk_link`]: a gateway's link.
@@ -15,7 +17,7 @@
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
 //!   [`dashboard`]: its live snapshots.
 //! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
-//! - [`metrics`], [`shutdown`], [`workers`].
+//! - [`addresses`]: bounds per client address; [`metrics`], [`shutdown`], [`workers`].
 
 pub mod addresses;
 pub mod batch;
@@ -192,77 +194,109 @@ fn tls_config(s: &Settings) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option
 /// ([`lan::apply`], already applied to `s`); `token_made`: the dashboard token was made for this
 /// run ([`web::make_token_if_unset`]), so the start-up message prints it.
 pub async fn serve(s: Settings, lan: Option<lan::Lan>, token_made: bool) -> anyhow::Result<()> {
-    s.check()?;
-    let store = open_store(&s).await?;
-    let writer = open_writer(&s, &store).await?;
-    info!(store = store.kind(), "store ready, migrations applied");
-    let phone_key = devices::verifier(&s)?;
-    let enrolment = devices::Enrolment::from_settings(&s)?;
-    if phone_key.is_none() {
-        warn!("--phone-auth off: phones are believed; anyone can add bytes to any device");
-    }
-    let (tls, self_made_ca) = if s.plain {
-        warn!("serving plain HTTP: only behind a proxy that terminates TLS");
-        (None, None)
-    } else {
-        let (config, ca) = tls_config(&s)?;
-        (Some(tokio_rustls::TlsAcceptor::from(config)), ca)
-    };
-    let ca = match s.ca_cert.clone().or(self_made_ca) {
-        Some(path) => Some(lan::CaOffer::load(&path)?),
-        None => None,
-    };
+    let service = Service::prepare(s).await?;
+    let s = &service.settings;
     let listener =
         server::bind(s.listen, s.workers > 1).with_context(|| format!("cannot listen on {}", s.listen))?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if service.tls.is_some() { "https" } else { "http" };
     println!(
         "listening on {scheme}://{} (phones: /ws, trunks: /trunk, metrics: /metrics)",
         listener.local_addr()?
     );
     if s.worker_index.unwrap_or(0) == 0 {
-        print!(
-            "{}",
-            lan::where_to_look(&s, scheme, listener.local_addr()?, ca.as_ref(), lan.as_ref(), token_made)?
-        );
+        let addr = listener.local_addr()?;
+        print!("{}", lan::where_to_look(s, scheme, addr, service.ca.as_ref(), lan.as_ref(), token_made)?);
+    }
+    service.run(listener, shutdown::signal()).await
+}
+
+/// The service with everything it needs before it accepts anyone: the settings checked, the
+/// store open and migrated, the device key and the TLS configuration loaded. A setting that
+/// cannot work fails here, before a port is taken.
+pub struct Service {
+    settings: Settings,
+    store: Store,
+    writer: Store,
+    phone_key: Option<device_token::PublicKey>,
+    enrolment: Option<devices::Enrolment>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ca: Option<lan::CaOffer>,
+}
+
+impl Service {
+    /// Checks `s`, opens the store (running migrations), loads the keys and certificates.
+    pub async fn prepare(s: Settings) -> anyhow::Result<Service> {
+        s.check()?;
+        let store = open_store(&s).await?;
+        let writer = open_writer(&s, &store).await?;
+        info!(store = store.kind(), "store ready, migrations applied");
+        let phone_key = devices::verifier(&s)?;
+        let enrolment = devices::Enrolment::from_settings(&s)?;
+        if phone_key.is_none() {
+            warn!("--phone-auth off: phones are believed; anyone can add bytes to any device");
+        }
+        let (tls, self_made_ca) = if s.plain {
+            warn!("serving plain HTTP: only behind a proxy that terminates TLS");
+            (None, None)
+        } else {
+            let (config, ca) = tls_config(&s)?;
+            (Some(tokio_rustls::TlsAcceptor::from(config)), ca)
+        };
+        let ca = match s.ca_cert.clone().or(self_made_ca) {
+            Some(path) => Some(lan::CaOffer::load(&path)?),
+            None => None,
+        };
+        Ok(Service { settings: s, store, writer, phone_key, enrolment, tls, ca })
     }
 
-    let (stop_tx, stop_rx) = shutdown::channel();
-    let (flush_stop_tx, flush_stop_rx) = shutdown::channel();
-    let grace = s.shutdown_grace();
-    let mut shared = state::Shared::new(s, store, writer, stop_rx);
-    shared.phone_key = phone_key;
-    shared.enrolment = enrolment;
-    shared.ca_pem = ca.map(|ca| ca.pem.into());
-    let shared = Arc::new(shared);
-    let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx.clone()));
-    let flushes = shared.clone();
-    tokio::spawn(compactor::run(
-        shared.writer.clone(),
-        shared.settings.compactor(),
-        shared.metrics.clone(),
-        move || flushes.flushes(),
-        flush_stop_rx.clone(),
-    ));
-    tokio::spawn(dashboard::run(shared.clone()));
-    tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
-    let limits = addresses::AddressLimits::new(shared.settings.address_bounds());
-    let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls, limits));
+    /// Serves on `listener` until `stop` resolves, then shuts down gracefully: go-away to
+    /// trunks, close 1001 to phones, at most `--shutdown-grace-ms` for them to finish, a last
+    /// flush. The binary passes SIGTERM/Ctrl-C ([`shutdown::signal`]); a test, any future (in
+    /// the style of mini-redis's `server::run(listener, shutdown)`).
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Service { settings: s, store, writer, phone_key, enrolment, tls, ca } = self;
+        let (stop_tx, stop_rx) = shutdown::channel();
+        let (flush_stop_tx, flush_stop_rx) = shutdown::channel();
+        let grace = s.shutdown_grace();
+        let mut shared = state::Shared::new(s, store, writer, stop_rx);
+        shared.phone_key = phone_key;
+        shared.enrolment = enrolment;
+        shared.ca_pem = ca.map(|ca| ca.pem.into());
+        let shared = Arc::new(shared);
+        let flusher = tokio::spawn(flusher::run(shared.clone(), flush_stop_rx.clone()));
+        let flushes = shared.clone();
+        tokio::spawn(compactor::run(
+            shared.writer.clone(),
+            shared.settings.compactor(),
+            shared.metrics.clone(),
+            move || flushes.flushes(),
+            flush_stop_rx.clone(),
+        ));
+        tokio::spawn(dashboard::run(shared.clone()));
+        tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
+        let limits = addresses::AddressLimits::new(shared.settings.address_bounds());
+        let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls, limits));
 
-    shutdown::signal().await;
-    info!("shutting down: go-away to trunks, close 1001 to phones");
-    let _ = stop_tx.send(true);
-    let _ = acceptor.await;
-    let (max_phones, max_trunks) = (shared.settings.max_phones, shared.settings.max_trunks);
-    let drained = shutdown::wait_until(grace + std::time::Duration::from_secs(1), || {
-        shared.phones.available_permits() == max_phones && shared.trunks.available_permits() == max_trunks
-    })
-    .await;
-    if !drained {
-        warn!("some connections did not finish within the grace period");
+        stop.await;
+        info!("shutting down: go-away to trunks, close 1001 to phones");
+        let _ = stop_tx.send(true);
+        let _ = acceptor.await;
+        let (max_phones, max_trunks) = (shared.settings.max_phones, shared.settings.max_trunks);
+        let drained = shutdown::wait_until(grace + std::time::Duration::from_secs(1), || {
+            shared.phones.available_permits() == max_phones && shared.trunks.available_permits() == max_trunks
+        })
+        .await;
+        if !drained {
+            warn!("some connections did not finish within the grace period");
+        }
+        let _ = flush_stop_tx.send(true);
+        let _ = flusher.await;
+        shared.store.close().await;
+        info!("stopped");
+        Ok(())
     }
-    let _ = flush_stop_tx.send(true);
-    let _ = flusher.await;
-    shared.store.close().await;
-    info!("stopped");
-    Ok(())
 }
