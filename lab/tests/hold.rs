@@ -23,6 +23,11 @@ fn hold(bin: &Path, out: &Path, mean_interval_s: &str) -> (Option<i32>, Option<V
             mean_interval_s,
             "--drain-timeout-s",
             "30",
+            // Few handshakes in flight: these tests run side by side on debug binaries, where a
+            // gateway's token check takes milliseconds; 64 at once per process (the default)
+            // queued past mobile-sim's 10 s connect timeout on a loaded 2-core machine.
+            "--concurrent-per-process",
+            "8",
             "--sysctl",
             "report",
             "--json",
