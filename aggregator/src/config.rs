@@ -260,8 +260,8 @@ pub struct Settings {
     /// a local proxy such as nginx, which then limits per client itself (deploy/nginx). The
     /// flag with no value exempts nothing.
     #[arg(long = "address-limit-exempt", env = "HOLDFAST_ADDRESS_LIMIT_EXEMPT",
-          value_delimiter = ',', num_args = 0.., default_value = "127.0.0.0/8,::1")]
-    pub address_limit_exempt: Vec<crate::addresses::Cidr>,
+          value_delimiter = ',', num_args = 0.., default_value = address_limits::DEFAULT_EXEMPT)]
+    pub address_limit_exempt: Vec<address_limits::Cidr>,
 
     /// Authenticated trunk links this process holds; beyond it the link is refused (OVERLOADED)
     /// right after its handshake.
@@ -405,9 +405,9 @@ impl Settings {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
-    /// The per-address bounds (addresses.rs).
-    pub fn address_bounds(&self) -> crate::addresses::Bounds {
-        crate::addresses::Bounds {
+    /// The per-address bounds (the address-limits crate).
+    pub fn address_bounds(&self) -> address_limits::Bounds {
+        address_limits::Bounds {
             connections: self.max_connections_per_address,
             handshakes: self.max_handshakes_per_address,
             exempt: self.address_limit_exempt.clone(),

@@ -18,11 +18,11 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
-use crate::addresses::Slot;
 use crate::dashboard::EventStream;
 use crate::devices::Refused;
 use crate::state::Shared;
 use crate::{dashboard, phone, trunk_link, web, websocket};
+use address_limits::Slot;
 
 /// A whole body, or the dashboard's endless event stream.
 pub type Body = Either<Full<Bytes>, EventStream>;

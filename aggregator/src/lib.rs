@@ -17,9 +17,9 @@
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
 //!   [`dashboard`]: its live snapshots.
 //! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
-//! - [`addresses`]: bounds per client address; [`metrics`], [`shutdown`], [`workers`].
+//! - [`metrics`], [`shutdown`], [`workers`]; bounds per client address are the
+//!   `address-limits` crate (shared with the host gateway).
 
-pub mod addresses;
 pub mod batch;
 pub mod compactor;
 pub mod config;
@@ -278,7 +278,7 @@ impl Service {
         ));
         tokio::spawn(dashboard::run(shared.clone()));
         tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
-        let limits = addresses::AddressLimits::new(shared.settings.address_bounds());
+        let limits = address_limits::AddressLimits::new(shared.settings.address_bounds());
         let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls, limits));
 
         stop.await;

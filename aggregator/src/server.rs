@@ -14,8 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::addresses::{AddressLimits, Slot};
 use crate::state::Shared;
+use address_limits::{AddressLimits, Slot};
 
 /// Binds `addr`; with `reuse_port`, several worker processes can listen on the same port and the
 /// kernel spreads connections among them.
@@ -74,7 +74,7 @@ pub async fn accept_loop(
 }
 
 /// The whole answer to a connection beyond its address's bounds.
-fn refusal_response(refusal: crate::addresses::Refusal) -> String {
+fn refusal_response(refusal: address_limits::Refusal) -> String {
     let body = format!("{}\n", refusal.reason());
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\

@@ -18,11 +18,11 @@ use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
-use crate::addresses::Slot;
 use crate::routes::{Route, ToLink};
 use crate::state::{LinkLive, Shared};
 use crate::store::BootState;
 use crate::websocket::{close, send_within};
+use address_limits::Slot;
 
 /// What gateways are told to wait before reconnecting when this process shuts down: long enough
 /// for the balancer to stop sending them here, short enough to be back within seconds.

@@ -1,7 +1,7 @@
 //! Attacks on the real aggregator process, each refused, counted in the metrics, without a byte
 //! counted for the attacker and without harm to a healthy client that runs alongside.
 //!
-//! This file holds the attacks on places and time (per-address limits, idle phones); the rest of
+//! This file holds the attacks on places and time (per-address bounds, idle phones); the rest of
 //! the suite lives next to the feature each attack targets, and docs/SECURITY.md ("The
 //! adversarial suite") lists every test by attack.
 //!

@@ -10,6 +10,21 @@ pub mod phones;
 pub mod pki;
 pub mod process;
 
+/// A TCP connection to `addr`, from the local address `from` if given (every 127.x.y.z is this
+/// machine: tests of per-address bounds play several clients that way).
+pub async fn tcp_from(
+    from: Option<std::net::IpAddr>,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(from) = from else { return tokio::net::TcpStream::connect(addr).await };
+    let socket = match from {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
+}
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

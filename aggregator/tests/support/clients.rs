@@ -17,17 +17,7 @@ use trunk::gateway::{Gateway, GatewayConfig, Identity, SessionSlot};
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
-/// A TCP connection to `addr`, from the local address `from` if given (every 127.x.y.z is this
-/// machine: tests of per-address limits play several clients that way).
-pub async fn tcp_from(from: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let Some(from) = from else { return TcpStream::connect(addr).await };
-    let socket = match from {
-        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.bind(SocketAddr::new(from, 0))?;
-    socket.connect(addr).await
-}
+pub use testkit::tcp_from;
 
 pub async fn tls(addr: SocketAddr, ca: &Path) -> TlsStream<TcpStream> {
     tls_from(None, addr, ca).await.expect("a TLS connection")

@@ -86,6 +86,16 @@ pub struct Serve {
     /// open-file limit (each phone is a socket): run several gateways beyond about 19,000.
     #[arg(long, env = "HOLDFAST_CAPACITY", default_value_t = 10_000)]
     pub capacity: usize,
+    /// Connections one phone address may have open at once (kernel stack); beyond it a new one is
+    /// closed at once. An address is an IPv4 address or an IPv6 /64 (docs/SECURITY.md, M7).
+    #[arg(long, env = "HOLDFAST_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1_024)]
+    pub max_connections_per_address: u32,
+    /// Address blocks not counted by --max-connections-per-address (comma-separated,
+    /// `ADDRESS/PREFIX`); loopback by default (local tools and load generators). The flag with no
+    /// value exempts nothing.
+    #[arg(long = "address-limit-exempt", env = "HOLDFAST_ADDRESS_LIMIT_EXEMPT", value_delimiter = ',',
+          num_args = 0.., default_value = address_limits::DEFAULT_EXEMPT)]
+    pub address_limit_exempt: Vec<address_limits::Cidr>,
     /// The certificate chain (PEM) phones see: with it (and --phone-tls-key) phones connect over
     /// TLS 1.3 (`wss://`, and the page over https). Kernel stack only.
     #[arg(long, env = "HOLDFAST_PHONE_TLS_CERT", requires = "phone_tls_key")]

@@ -2,12 +2,12 @@
 //! phone, for scale.
 
 use std::net::SocketAddr;
-
 use std::sync::Arc;
 
 use ::gateway::runtime::net::{Stack, TcpSocket};
 use ::gateway::runtime::tasks::TaskPool;
 use ::gateway::runtime::tls::TlsSocket;
+use address_limits::{AddressLimits, Slot};
 use anyhow::{Context as _, Result};
 use edge_nal::{TcpAccept, TcpBind};
 use embassy_executor::Spawner;
@@ -33,7 +33,14 @@ pub fn start(spawner: Spawner, parts: Parts, settings: &Serve) -> Result<()> {
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     tracing::info!(listen = %settings.listen, "phones connect to {scheme}://{}/ws?device=ID&token=T", settings.listen);
-    spawner.spawn(acceptor(spawner, settings.listen, parts.phones, tls)?);
+    // A phone is a session once accepted here (its token is checked by the core as its request
+    // is read, within --handshake-timeout-ms): only the bound on connections applies.
+    let limits = AddressLimits::new(address_limits::Bounds {
+        connections: settings.max_connections_per_address,
+        handshakes: u32::MAX,
+        exempt: settings.address_limit_exempt.clone(),
+    });
+    spawner.spawn(acceptor(spawner, settings.listen, parts.phones, tls, limits)?);
     for link in 0..parts.links {
         spawner.spawn(trunk_link(parts, link, link_buffers())?);
     }
@@ -62,6 +69,7 @@ async fn acceptor(
     listen: SocketAddr,
     phones: &'static Phones<'static, 'static>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Arc<AddressLimits>,
 ) {
     let stack = Stack;
     let acceptor = match stack.bind(listen).await {
@@ -77,12 +85,19 @@ async fn acceptor(
     let secure = TaskPool::new(MAX_PHONE_TASKS);
     loop {
         match acceptor.accept().await {
-            Ok((_, socket)) => {
+            Ok((peer, socket)) => {
+                let slot = match limits.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        tracing::debug!(%peer, "phone refused: {refusal}");
+                        continue; // the socket is closed as it drops
+                    }
+                };
                 let spawned = match &tls {
-                    None => plain.spawn(|| phone(socket, phones)).map(|token| spawner.spawn(token)),
+                    None => plain.spawn(|| phone(socket, phones, slot)).map(|token| spawner.spawn(token)),
                     Some(config) => match TlsSocket::new(socket, config.clone()) {
                         Ok(socket) => {
-                            secure.spawn(|| tls_phone(socket, phones)).map(|token| spawner.spawn(token))
+                            secure.spawn(|| tls_phone(socket, phones, slot)).map(|token| spawner.spawn(token))
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "TLS for a phone failed");
@@ -103,14 +118,15 @@ async fn acceptor(
     }
 }
 
-async fn phone(mut socket: TcpSocket, phones: &'static Phones<'static, 'static>) {
+/// `_slot`: the connection's place under its address's bound, given back as the task ends.
+async fn phone(mut socket: TcpSocket, phones: &'static Phones<'static, 'static>, _slot: Slot) {
     let outcome = gateway_core::phone::serve(&mut socket, phones).await;
     tracing::debug!(?outcome, "phone connection ended");
 }
 
 /// A phone over TLS (`--phone-tls-cert`): the same core, over [`TlsSocket`]. A pool of its own,
 /// as the task's type differs.
-async fn tls_phone(mut socket: TlsSocket, phones: &'static Phones<'static, 'static>) {
+async fn tls_phone(mut socket: TlsSocket, phones: &'static Phones<'static, 'static>, _slot: Slot) {
     let outcome = gateway_core::phone::serve(&mut socket, phones).await;
     tracing::debug!(?outcome, "phone connection (TLS) ended");
 }

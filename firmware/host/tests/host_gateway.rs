@@ -33,6 +33,19 @@ async fn connect(agg: &Aggregator, gw: &Gateway, device: &str) -> Phone {
     ws
 }
 
+/// [`connect`] from the local address `from` (any 127.x.y.z), or why the gateway would not have it.
+async fn connect_from(
+    from: &str,
+    agg: &Aggregator,
+    gw: &Gateway,
+    device: &str,
+) -> Result<Phone, tokio_tungstenite::tungstenite::Error> {
+    let url = format!("{}/ws?device={device}&token={}", gw.base_url(), agg.device_token(device));
+    let tcp = testkit::tcp_from(Some(from.parse().unwrap()), gw.listen).await?;
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    tokio_tungstenite::client_async(url, stream).await.map(|(ws, _)| ws)
+}
+
 /// Reads until the phone is told `want` bytes are durable; panics if the connection ends.
 async fn wait_durable(ws: &mut Phone, want: u64) {
     let result = tokio::time::timeout(Duration::from_secs(60), async {
@@ -194,6 +207,38 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
     wait_durable(&mut healthy, 5).await;
     let persisted = wait_totals(&agg, "healthy", &BTreeMap::from([("healthy".to_owned(), 5)])).await;
     assert_eq!(persisted["healthy"], 5);
+}
+
+/// One address holds at most --max-connections-per-address phone connections (issue #12, M7);
+/// beyond it a connection is closed at once, another address is not affected, and a place that
+/// frees up can be taken again.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_address_cannot_take_every_place_at_the_gateway() {
+    let agg = Aggregator::start(Kind::Sqlite, &[]).await.unwrap();
+    let args = ["--max-connections-per-address", "2", "--address-limit-exempt"];
+    let gw = Gateway::start(&agg, "site-addresses", &args);
+    gw.wait_links_up(2);
+    let first = connect_from("127.0.0.41", &agg, &gw, "addr-1").await.expect("within the bound");
+    let _second = connect_from("127.0.0.41", &agg, &gw, "addr-2").await.expect("within the bound");
+    let third = connect_from("127.0.0.41", &agg, &gw, "addr-3").await;
+    assert!(third.is_err(), "a third connection from one address is refused");
+    let mut other = connect_from("127.0.0.42", &agg, &gw, "addr-other").await.expect("another address");
+    other.send(Message::binary(vec![1u8; 2])).await.unwrap();
+    wait_durable(&mut other, 2).await;
+    drop(first);
+    let mut back = None;
+    for _ in 0..50 {
+        if let Ok(ws) = connect_from("127.0.0.41", &agg, &gw, "addr-3").await {
+            back = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut back = back.expect("a closed connection's place is free again");
+    back.send(Message::binary(vec![1u8; 3])).await.unwrap();
+    wait_durable(&mut back, 3).await;
+    let want = BTreeMap::from([("addr-other".to_owned(), 2)]);
+    assert_eq!(wait_totals(&agg, "addr-other", &want).await, want);
 }
 
 /// A phone that only pings does not keep its place at the gateway (issue #12, M7): idle means no

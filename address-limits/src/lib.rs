@@ -1,17 +1,18 @@
 //! Connections per client address (finding M7 of issue #12): one machine must not be able to take
-//! every place of this process, nor every trunk handshake place.
+//! every place of a server that accepts phones (the aggregator, the host gateway), nor every
+//! trunk handshake place of the aggregator.
 //!
 //! Two bounds per address, checked when a connection is accepted, before TLS:
-//! - `--max-connections-per-address`: connections open at once, sessions included;
-//! - `--max-handshakes-per-address`: connections not yet admitted as a phone session (token
-//!   checked, a place taken) or as a trunk (gateway authenticated). These are the ones that cost
-//!   without proving anything, and the ones `--max-pending-trunks` counts, so a single address
-//!   can hold at most this many of those places.
+//! - connections open at once, sessions included (`--max-connections-per-address`);
+//! - connections not yet admitted as a session (the aggregator's `--max-handshakes-per-address`:
+//!   a phone before its token is accepted, a trunk before its gateway is authenticated). These
+//!   cost without proving anything, so one address holds at most this many of those places. The
+//!   server says when a connection became a session ([`Slot::settle`]).
 //!
 //! An address is an IPv4 address or an IPv6 /64 (what one subscriber usually gets). Addresses in
-//! `--address-limit-exempt` (loopback by default: a local proxy such as nginx, which then applies
-//! its own `limit_conn`, see deploy/nginx) are not counted. A connection beyond a bound is closed
-//! at once, before any TLS work, and counted in `holdfast_refused_total`.
+//! an exempt block (loopback by default: a local proxy such as nginx, which then applies its own
+//! `limit_conn`, see deploy/nginx) are not counted, and cost nothing: no entry, no allocation. A
+//! connection beyond a bound is to be closed at once, before any TLS work.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -92,19 +93,28 @@ impl fmt::Display for Cidr {
 /// `--address-limit-exempt`).
 #[derive(Debug, Clone)]
 pub struct Bounds {
+    /// Connections one address may have open at once.
     pub connections: u32,
+    /// Connections one address may have that are not yet sessions.
     pub handshakes: u32,
+    /// Blocks not counted.
     pub exempt: Vec<Cidr>,
 }
+
+/// The blocks exempt by default: loopback (a local proxy, local tools).
+pub const DEFAULT_EXEMPT: &str = "127.0.0.0/8,::1";
 
 /// Why a connection was turned away (a metric label and what a plain-HTTP client is told).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// Too many connections open.
     Connections,
+    /// Too many connections not yet sessions.
     Handshakes,
 }
 
 impl Refusal {
+    /// What the client is told and the metric's label.
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::Connections => "too many connections from one address",
@@ -133,6 +143,7 @@ pub struct AddressLimits {
 }
 
 impl AddressLimits {
+    /// A table for `bounds`, shared by the accepting task and every slot.
     pub fn new(bounds: Bounds) -> Arc<Self> {
         Arc::new(AddressLimits { bounds, table: Mutex::new(HashMap::new()) })
     }
@@ -142,7 +153,7 @@ impl AddressLimits {
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
         let ip = ip.to_canonical();
         if self.bounds.exempt.iter().any(|c| c.contains(ip)) {
-            return Ok(Slot(Arc::new(SlotInner { counted: None, handshaking: AtomicBool::new(false) })));
+            return Ok(Slot(None));
         }
         let key = key(ip);
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -155,10 +166,7 @@ impl AddressLimits {
         }
         counts.open += 1;
         counts.handshaking += 1;
-        Ok(Slot(Arc::new(SlotInner {
-            counted: Some((self.clone(), key)),
-            handshaking: AtomicBool::new(true),
-        })))
+        Ok(Slot(Some(Arc::new(SlotInner { limits: self.clone(), key, handshaking: AtomicBool::new(true) }))))
     }
 
     /// Addresses with connections open now (for tests and metrics).
@@ -197,23 +205,24 @@ fn key(ip: IpAddr) -> IpAddr {
 
 /// A connection's place under its address's bounds; cloned into whatever task carries the
 /// connection on (an upgraded phone or trunk), and given back when the last clone is dropped.
+/// `None` for an exempt address: a pointer's worth, nothing allocated.
 #[derive(Debug, Clone)]
-pub struct Slot(Arc<SlotInner>);
+pub struct Slot(Option<Arc<SlotInner>>);
 
 #[derive(Debug)]
 struct SlotInner {
-    /// `None` for an exempt address.
-    counted: Option<(Arc<AddressLimits>, IpAddr)>,
+    limits: Arc<AddressLimits>,
+    key: IpAddr,
     handshaking: AtomicBool,
 }
 
 impl Slot {
     /// The connection became a session (a phone admitted, a gateway authenticated): it no
-    /// longer counts against `--max-handshakes-per-address`.
+    /// longer counts against the bound on handshakes.
     pub fn settle(&self) {
-        if self.0.handshaking.swap(false, Ordering::AcqRel) {
-            if let Some((limits, key)) = &self.0.counted {
-                limits.settled(*key);
+        if let Some(inner) = &self.0 {
+            if inner.handshaking.swap(false, Ordering::AcqRel) {
+                inner.limits.settled(inner.key);
             }
         }
     }
@@ -221,9 +230,7 @@ impl Slot {
 
 impl Drop for SlotInner {
     fn drop(&mut self) {
-        if let Some((limits, key)) = &self.counted {
-            limits.release(*key, *self.handshaking.get_mut());
-        }
+        self.limits.release(self.key, *self.handshaking.get_mut());
     }
 }
 
