@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 /// The central service of holdfast: terminates gateway trunks and direct phone WebSockets over
@@ -267,6 +268,28 @@ pub struct Settings {
     /// right after its handshake.
     #[arg(long, env = "HOLDFAST_MAX_TRUNKS", default_value_t = 2_000)]
     pub max_trunks: usize,
+
+    /// Sessions one gateway boot may hold in this process at once: those that reported here and
+    /// whose close this process has not yet acknowledged (what the gateway itself holds). Reports
+    /// of further sessions are not recorded and the link is refused (QUOTA, "too many sessions
+    /// for this gateway"). Every ledger entry of a boot is one of these, so this is also the
+    /// most of the ledger one gateway can take (docs/SECURITY.md, M4): keep it well below
+    /// --ledger-capacity's sessions (7/8 of it). 50,000: 2.5 times a host gateway's 19,000-20,000
+    /// phones per process, 1/18 of the default ledger.
+    #[arg(long, env = "HOLDFAST_MAX_SESSIONS_PER_GATEWAY", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub max_sessions_per_gateway: usize,
+
+    /// New boot epochs one gateway may come with in any hour, in this process (the first boot it
+    /// sees counts). One boot per gateway is live here: a new one supersedes the last (its links
+    /// are refused at their next message) and starts its own session count. A boot beyond this is
+    /// refused at the handshake (QUOTA, "too many new boots of this gateway"), before it is
+    /// written to the database; the gateway keeps its counts and retries with backoff. An
+    /// honest gateway boots when it restarts; 6 an hour bounds a restart loop's boot rows and
+    /// one gateway's share of a stalled ledger (this times --max-sessions-per-gateway).
+    #[arg(long, env = "HOLDFAST_MAX_GATEWAY_BOOTS_PER_HOUR", default_value_t = 6,
+          value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    pub max_gateway_boots_per_hour: usize,
 
     /// Largest WebSocket message a phone may send (bytes); larger closes with 1009.
     #[arg(long, env = "HOLDFAST_MAX_PHONE_MESSAGE", default_value_t = 4_096)]

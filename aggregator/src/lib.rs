@@ -31,6 +31,7 @@ pub mod lan;
 pub mod metrics;
 pub mod phone;
 pub mod qr;
+pub mod quota;
 pub mod routes;
 pub mod server;
 pub mod shutdown;

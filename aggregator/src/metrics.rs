@@ -37,6 +37,7 @@ pub struct Metrics {
     pub trunk_sessions_closed: Counter,
     pub phone_bytes: Counter,
     pub trunk_count_reports: Counter,
+    pub trunk_reports_over_quota: Counter,
     pub ledger_entries: Gauge,
     pub flushes: Counter,
     pub flush_rows: Counter,
@@ -89,6 +90,7 @@ impl Metrics {
             trunk_sessions_closed: Counter::default(),
             phone_bytes: Counter::default(),
             trunk_count_reports: Counter::default(),
+            trunk_reports_over_quota: Counter::default(),
             ledger_entries: Gauge::default(),
             flushes: Counter::default(),
             flush_rows: Counter::default(),
@@ -134,6 +136,11 @@ impl Metrics {
             "trunk_count_reports",
             "Cumulative count entries received on trunks",
             m.trunk_count_reports.clone(),
+        );
+        r.register(
+            "trunk_reports_over_quota",
+            "Trunk reports not recorded: their session was beyond the gateway's --max-sessions-per-gateway",
+            m.trunk_reports_over_quota.clone(),
         );
         r.register("ledger_entries", "Sessions waiting in the ledger for a commit", m.ledger_entries.clone());
         r.register("flushes", "Committed flushes", m.flushes.clone());

@@ -47,6 +47,8 @@ pub struct Shared {
     pub trunks: Arc<Semaphore>,
     /// Trunk handshakes in progress (see `--max-pending-trunks`).
     pub pending_trunks: Arc<Semaphore>,
+    /// What one gateway may hold of this process (quota.rs).
+    pub quotas: crate::quota::Quotas,
     /// Trunk handshakes' gateway lookups, in batches (batch.rs): one query at a time however
     /// many Hellos arrive, each carrying up to `--max-pending-trunks` names. (The write path has
     /// connections of its own: a flood of Hellos never delays a flush.)
@@ -165,6 +167,10 @@ impl Shared {
             phones: Arc::new(Semaphore::new(settings.max_phones)),
             trunks: Arc::new(Semaphore::new(settings.max_trunks)),
             pending_trunks: Arc::new(Semaphore::new(settings.max_pending_trunks)),
+            quotas: crate::quota::Quotas::new(
+                settings.max_sessions_per_gateway,
+                settings.max_gateway_boots_per_hour,
+            ),
             gateway_lookups: {
                 let store = store.clone();
                 Batcher::spawn("gateway lookups", settings.max_pending_trunks, move |names: Vec<String>| {
@@ -334,15 +340,16 @@ impl Shared {
     }
 
     /// Tracks which sessions of gateway `number` (boot `boot_epoch`) are open, from one message
-    /// its link sent (already accepted by the trunk protocol, so it decodes).
-    pub fn link_reports(&self, number: u32, boot_epoch: u64, message: &[u8]) {
+    /// its link sent (already accepted by the trunk protocol, so it decodes); sessions `admitted`
+    /// says no to (beyond the gateway's quota) were not recorded and are left out.
+    pub fn link_reports(&self, number: u32, boot_epoch: u64, message: &[u8], admitted: impl Fn(u64) -> bool) {
         use trunk::frame::Frame;
         let limit = self.settings.dashboard_sessions_per_gateway;
         let max_payload = self.settings.trunk().max_payload_len;
         let mut gateways = self.gateways();
         let Some(g) = gateways.get_mut(&number).filter(|g| g.boot_epoch == boot_epoch) else { return };
         let seen = |g: &mut GatewayLive, session: u64| {
-            if g.open.contains(&session) {
+            if g.open.contains(&session) || !admitted(session) {
                 return;
             }
             if g.open.len() < limit {

@@ -6,7 +6,7 @@
 //! the socket is not read, TCP fills up, and the gateway keeps its counts.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
+use crate::quota::{Admission, BootSessions, SessionSet, QUOTA_RETRY_MS};
 use crate::routes::{Route, ToLink};
 use crate::state::{LinkLive, Shared};
 use crate::store::BootState;
@@ -54,7 +55,7 @@ pub async fn serve<S>(
 
     let authenticated = authenticate(&shared, &mut ws, handshake, &peer).await;
     drop(handshaking);
-    let (link, name) = match authenticated {
+    let (link, name, boot) = match authenticated {
         Ok(authenticated) => {
             slot.settle();
             authenticated
@@ -86,7 +87,7 @@ pub async fn serve<S>(
     shared.metrics.trunks.inc();
     info!(%peer, gateway, link = link.link_index(), route, "trunk up");
 
-    let outcome = run_link(&shared, &mut ws, link, route, rx, &mut buf).await;
+    let outcome = run_link(&shared, &mut ws, link, &boot, route, rx, &mut buf).await;
 
     shared.routes.remove(route);
     shared.link_down(gateway, route);
@@ -115,14 +116,15 @@ pub async fn serve<S>(
     drop(permit);
 }
 
-/// Reads the Hello, checks it against the gateway's provisioned secret, and sends the verdict:
-/// the link and the gateway's name, or why it was refused.
+/// Reads the Hello, checks it against the gateway's provisioned secret and its boot quota, and
+/// sends the verdict: the link, the gateway's name and its boot's session quota, or why it was
+/// refused.
 async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     ws: &mut Ws<S>,
     handshake: Handshake,
     peer: &str,
-) -> Result<(ServerLink, String), &'static str> {
+) -> Result<(ServerLink, String, Arc<BootSessions>), &'static str> {
     let config = shared.settings.trunk();
     let first = match tokio::time::timeout(shared.settings.handshake_timeout(), next_binary(ws)).await {
         Err(_) => {
@@ -158,8 +160,27 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     };
     match verdict {
         Ok((link, name)) => {
-            match shared.boot_records.call((link.gateway(), link.boot_epoch())).await {
-                Ok(BootState::Current) => Ok((link, name)),
+            // Before the boot is written to the database: a gateway over its boot quota adds
+            // no row.
+            let boot_quota = shared.quotas.check_boot(link.gateway(), link.boot_epoch(), Instant::now());
+            let boot_state = match boot_quota {
+                Ok(()) => shared.boot_records.call((link.gateway(), link.boot_epoch())).await,
+                Err(_) => Ok(BootState::Current),
+            };
+            match boot_state {
+                // (Taken only now: a folded boot must not supersede the gateway's live one.)
+                Ok(BootState::Current) => match boot_quota
+                    .and_then(|()| shared.quotas.take_boot(link.gateway(), link.boot_epoch(), Instant::now()))
+                {
+                    Ok(boot) => Ok((link, name, boot)),
+                    Err(_) => {
+                        let reason = "too many new boots of this gateway";
+                        warn!(%peer, gateway = %name, boot_epoch = link.boot_epoch(), "trunk refused: {reason}");
+                        refuse(ws, shared, RefuseCode::QUOTA, reason).await;
+                        close(ws, CloseCode::Policy, reason).await;
+                        Err("boot quota")
+                    }
+                },
                 Ok(BootState::Folded) => {
                     // A newer boot of this gateway took over and this boot's sessions were
                     // folded (compactor.rs): nothing it reports could be written.
@@ -224,6 +245,7 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     ws: &mut Ws<S>,
     mut link: ServerLink,
+    boot: &BootSessions,
     route: u32,
     mut acks: mpsc::UnboundedReceiver<ToLink>,
     buf: &mut [u8],
@@ -235,8 +257,11 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
     let mut held_back = false;
     // A message that arrived when other links had taken the room this one saw before it waited:
     // it waits here, ahead of the socket, for a commit to free room. (Handled anyway, it would
-    // fail half-way with LedgerFull and close the link.)
-    let mut pending: Option<Bytes> = None;
+    // fail half-way with LedgerFull and close the link.) With it, the sessions it reports about
+    // beyond the gateway's quota, if any: the link is refused once the rest is recorded.
+    let mut pending: Option<(Bytes, Option<SessionSet>)> = None;
+    // The gateway went over its session quota: the link drains (a go-away), then is refused.
+    let mut over_quota = false;
     loop {
         if held_back {
             // The gateway's messages waited unread meanwhile: not its silence.
@@ -252,8 +277,14 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
         let room = shared.room.notified();
         tokio::pin!(room);
         room.as_mut().enable();
-        if let Some(message) = pending.take() {
-            pending = deliver(shared, &mut link, message, route)?;
+        if let Some((message, refused)) = pending.take() {
+            match deliver(shared, &mut link, message, refused, route)? {
+                Delivery::Done => {}
+                Delivery::Waiting(message, refused) => pending = Some((message, refused)),
+                Delivery::OverQuota => {
+                    quota_exceeded(shared, &mut link, boot, &mut over_quota, &mut drain_deadline)
+                }
+            }
         }
         let can_read = pending.is_none() && ServerLink::can_read(&shared.books().ledger, &config);
         held_back = !can_read;
@@ -270,12 +301,23 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
                 drain_deadline = Some(tokio::time::Instant::now() + shared.settings.shutdown_grace());
             }
             _ = tokio::time::sleep_until(drain) => {
-                close(ws, CloseCode::Away, "server shutting down").await;
+                if over_quota {
+                    let reason = "too many sessions for this gateway";
+                    refuse(ws, shared, RefuseCode::QUOTA, reason).await;
+                    close(ws, CloseCode::Policy, reason).await;
+                    shared.metrics.refuse("session quota");
+                } else {
+                    close(ws, CloseCode::Away, "server shutting down").await;
+                }
                 return Ok(());
             }
             Some(to_link) = acks.recv() => {
                 let entries = match to_link {
-                    ToLink::Acks(entries) => entries,
+                    ToLink::Acks(entries) => {
+                        // Acknowledged closes free their places in the gateway's quota.
+                        boot.acknowledged(&entries);
+                        entries
+                    }
                     ToLink::Revoke => {
                         // Removed with `aggregator gateway remove`: it may not report any more.
                         let reason = "the gateway is no longer provisioned";
@@ -305,7 +347,27 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
             _ = tokio::time::sleep(idle_in) => {}
             message = ws.next(), if can_read => match message {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
-                Some(Ok(Message::Binary(message))) => pending = deliver(shared, &mut link, message, route)?,
+                Some(Ok(Message::Binary(message))) => {
+                    let refused = match boot.admit(&message, config.max_payload_len) {
+                        Admission::All => None,
+                        Admission::Refused(sessions) => Some(sessions),
+                        Admission::Superseded => {
+                            let reason = "a newer boot of this gateway connected";
+                            warn!(gateway = link.gateway(), boot_epoch = link.boot_epoch(), "trunk closed: {reason}");
+                            refuse(ws, shared, RefuseCode::SUPERSEDED, reason).await;
+                            close(ws, CloseCode::Policy, reason).await;
+                            shared.metrics.refuse("boot superseded");
+                            return Ok(());
+                        }
+                    };
+                    match deliver(shared, &mut link, message, refused, route)? {
+                        Delivery::Done => {}
+                        Delivery::Waiting(message, refused) => pending = Some((message, refused)),
+                        Delivery::OverQuota => {
+                            quota_exceeded(shared, &mut link, boot, &mut over_quota, &mut drain_deadline)
+                        }
+                    }
+                }
                 Some(Ok(Message::Text(_))) => return Err(LinkError::Unexpected(0)),
                 Some(Ok(_)) => {}
             },
@@ -313,23 +375,41 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// What became of a message handed to [`deliver`].
+enum Delivery {
+    /// Recorded.
+    Done,
+    /// Recorded, except the reports of sessions beyond the gateway's quota: refuse the link.
+    OverQuota,
+    /// The ledger lacks the room it may need: it waits (with the sessions refused in it).
+    Waiting(Bytes, Option<SessionSet>),
+}
+
 /// Puts a gateway's message into the ledger, or gives it back when the ledger lacks the room it
 /// may need: the room check and the recording happen under one lock, since other links take room
-/// too.
+/// too. Reports of the sessions in `refused` (beyond the gateway's quota) are left out.
 fn deliver(
     shared: &Shared,
     link: &mut ServerLink,
     message: Bytes,
+    refused: Option<SessionSet>,
     route: u32,
-) -> Result<Option<Bytes>, LinkError> {
+) -> Result<Delivery, LinkError> {
     let config = shared.settings.trunk();
     let now = shared.now_ms();
     let received = {
         let mut books = shared.books();
         if !ServerLink::has_room_for(&books.ledger, &message) {
-            return Ok(Some(message));
+            return Ok(Delivery::Waiting(message, refused));
         }
-        let r = link.handle_message(&message, now, &config, &mut books.ledger, route)?;
+        let r = match &refused {
+            None => link.handle_message(&message, now, &config, &mut books.ledger, route)?,
+            Some(refused) => {
+                link.handle_message_admitting(&message, now, &config, &mut books.ledger, route, |session| {
+                    !refused.contains(&session)
+                })?
+            }
+        };
         if r.opens + r.counts + r.closes > 0 {
             shared.metrics.ledger_entries.set(books.ledger.len() as i64);
         }
@@ -339,8 +419,57 @@ fn deliver(
     m.trunk_sessions_opened.inc_by(received.opens as u64);
     m.trunk_sessions_closed.inc_by(received.closes as u64);
     m.trunk_count_reports.inc_by(received.counts as u64);
-    shared.link_reports(link.gateway(), link.boot_epoch(), &message);
-    Ok(None)
+    match &refused {
+        None => {
+            shared.link_reports(link.gateway(), link.boot_epoch(), &message, |_| true);
+            Ok(Delivery::Done)
+        }
+        Some(refused) => {
+            let admitted = |session| !refused.contains(&session);
+            shared.link_reports(link.gateway(), link.boot_epoch(), &message, admitted);
+            shared.metrics.trunk_reports_over_quota.inc_by(received.skipped as u64);
+            Ok(Delivery::OverQuota)
+        }
+    }
+}
+
+/// The gateway reported about more sessions than its quota (those reports were not recorded).
+/// The link is refused, but not at once: first a go-away (the gateway sends no more reports on
+/// it and reconnects no sooner than [`QUOTA_RETRY_MS`]), and the refusal only after the same
+/// grace as at shutdown, so that what was recorded within the quota is acknowledged meanwhile:
+/// acknowledged closes free places in the quota, and the gateway stops replaying what is
+/// durable. Without that, a gateway over its quota could never get below it again.
+fn quota_exceeded(
+    shared: &Shared,
+    link: &mut ServerLink,
+    boot: &BootSessions,
+    over_quota: &mut bool,
+    drain_deadline: &mut Option<tokio::time::Instant>,
+) {
+    if std::mem::replace(over_quota, true) {
+        return;
+    }
+    warn!(
+        gateway = link.gateway(),
+        sessions = boot.counted(),
+        "trunk over its session quota: draining, then refused"
+    );
+    link.go_away(QUOTA_RETRY_MS, GoAwayReason::OVERLOADED);
+    let refuse_at = tokio::time::Instant::now() + shared.settings.shutdown_grace();
+    *drain_deadline = Some(drain_deadline.map_or(refuse_at, |d| d.min(refuse_at)));
+}
+
+/// Sends a Refuse with `code` and `reason` (within the send timeout).
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut Ws<S>,
+    shared: &Shared,
+    code: RefuseCode,
+    reason: &str,
+) {
+    let mut buf = [0u8; 300];
+    if let Ok(n) = server::write_refuse(code, reason, &mut buf) {
+        let _ = send_within(ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await;
+    }
 }
 
 /// Closes the links of gateways removed (`aggregator gateway remove`, by any process) while they
@@ -352,6 +481,8 @@ pub async fn close_removed_gateways(shared: Arc<Shared>, mut stop: tokio::sync::
             _ = tokio::time::sleep(shared.settings.gateway_check_interval()) => {}
             _ = stop.changed() => return,
         }
+        // On the same beat: the quotas of gateways long gone are forgotten (quota.rs).
+        shared.quotas.forget_idle(std::time::Instant::now());
         let live = shared.live_links();
         if live.is_empty() {
             continue;

@@ -421,3 +421,142 @@ async fn a_removed_gateway_loses_its_live_links() {
     assert_eq!(gw.refusals, before + 1, "refused again at the handshake");
     assert!(support::clients::metrics_text(agg.addr, &agg.ca()).await.contains("gateway removed"));
 }
+
+/// Finding M4 (docs/SECURITY.md): a gateway that reports more sessions than
+/// `--max-sessions-per-gateway` cannot take the ledger every gateway shares. Its sessions within
+/// the quota are counted (and acknowledged, in the grace before the refusal), the reports of
+/// the others are never recorded, the link is refused with QUOTA and a reason, and another
+/// gateway on the same aggregator meanwhile is counted exactly.
+async fn a_gateway_over_its_session_quota_is_refused_and_others_are_counted_exactly(kind: Kind) {
+    const QUOTA: usize = 100;
+    let quota = QUOTA.to_string();
+    let args =
+        ["--flush-interval-ms", "50", "--max-sessions-per-gateway", &quota, "--shutdown-grace-ms", "1000"];
+    let Some(agg) = Aggregator::start(kind, &args).await else { return };
+    let honest_secret = agg.add_gateway("site-honest");
+    let greedy_secret = agg.add_gateway("site-greedy");
+    // Within the quota (a closed session counts until its close is acknowledged, so a few more
+    // than the quota over time, never at once).
+    let mut honest = TestGateway::new(agg.addr, &agg.ca(), b"site-honest", &honest_secret, 90, 2);
+    let mut greedy = TestGateway::new(agg.addr, &agg.ca(), b"site-greedy", &greedy_secret, 4 * QUOTA, 1);
+    assert!(honest.connect(0).await && honest.connect(1).await && greedy.connect(0).await);
+    let honest_sessions = open_all(&mut honest, "honest-", 90);
+    let greedy_sessions = open_all(&mut greedy, "greedy-", 4 * QUOTA);
+    let (mut honest_sent, mut greedy_sent) = (HashMap::new(), HashMap::new());
+    send_round(&mut greedy, &greedy_sessions, 0, &mut greedy_sent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut round = 0;
+    while greedy.refusals == 0 && std::time::Instant::now() < deadline {
+        send_round(&mut honest, &honest_sessions, round, &mut honest_sent);
+        round += 1;
+        honest.pump(Duration::from_millis(50), false).await;
+        greedy.pump(Duration::from_millis(50), false).await;
+    }
+    assert_eq!(greedy.refused_with, Some(trunk::frame::RefuseCode::QUOTA), "refused for its quota");
+
+    // The honest gateway: every byte, exactly, and it was never refused. Half its sessions
+    // close: the closes are counted too.
+    for (id, _) in honest_sessions.iter().step_by(2) {
+        honest.gw.close(*id, CloseReason::NORMAL).unwrap();
+    }
+    honest.pump_until(Duration::from_secs(60), |g| g.live_sessions() == 45).await;
+    let open: Vec<_> = honest_sessions.iter().skip(1).step_by(2).cloned().collect();
+    until_all_durable(&mut honest, &open).await;
+    check_exact(&agg, "honest-", &honest_sent).await;
+    assert_eq!(honest.refusals, 0);
+
+    // The greedy one: the first QUOTA sessions it reported, exactly, and acknowledged; nothing of
+    // the others.
+    let persisted: HashMap<String, u64> =
+        agg.store().await.device_totals("greedy-").await.unwrap().into_iter().collect();
+    assert_eq!(persisted.len(), QUOTA, "only the sessions within the quota are stored");
+    for (device, bytes) in &persisted {
+        assert_eq!(Some(bytes), greedy_sent.get(device), "{device}");
+    }
+    let durable = greedy_sessions.iter().filter(|(id, _)| greedy.gw.durable(*id) > Some(0)).count();
+    assert_eq!(durable, QUOTA, "the sessions within the quota were acknowledged before the refusal");
+    let text = support::clients::metrics_text(agg.addr, &agg.ca()).await;
+    assert!(text.contains("reason=\"session quota\""), "the refusal is counted");
+    assert!(metric(&agg, "holdfast_trunk_reports_over_quota_total").await >= (3 * QUOTA) as u64);
+
+    // It comes back (at once here; a real gateway waits for the go-away's retry hint): still
+    // refused, still nothing beyond its quota counted.
+    greedy.pump(Duration::from_millis(1_500), true).await;
+    assert!(greedy.refusals >= 2, "refused again");
+    let persisted = agg.store().await.device_totals("greedy-").await.unwrap();
+    assert_eq!(persisted.len(), QUOTA);
+}
+
+#[tokio::test]
+async fn a_gateway_over_its_session_quota_is_refused_and_others_are_counted_exactly_sqlite() {
+    a_gateway_over_its_session_quota_is_refused_and_others_are_counted_exactly(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_gateway_over_its_session_quota_is_refused_and_others_are_counted_exactly_postgres() {
+    a_gateway_over_its_session_quota_is_refused_and_others_are_counted_exactly(Kind::Postgres).await;
+}
+
+/// Finding M4: a gateway may come with a new boot epoch at most `--max-gateway-boots-per-hour`
+/// times an hour. A new boot supersedes the last (whose link is refused at its next message);
+/// one beyond the limit is refused at the handshake with QUOTA, before it is written to the
+/// database, and nothing it reports is counted.
+async fn a_gateway_that_reboots_too_often_is_refused_before_its_boot_is_written(kind: Kind) {
+    let args = ["--flush-interval-ms", "50", "--max-gateway-boots-per-hour", "2"];
+    let Some(agg) = Aggregator::start(kind, &args).await else { return };
+    let secret = agg.add_gateway("site-boots");
+    let mut boots = Vec::new();
+    for (i, device) in ["boot-a", "boot-b", "boot-c"].into_iter().enumerate() {
+        let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-boots", &secret, 10, 1);
+        assert!(gw.connect(0).await);
+        let id = gw.gw.open(Some(device.as_bytes())).unwrap();
+        gw.gw.record(id, 7).unwrap();
+        if i < 2 {
+            gw.pump_until(Duration::from_secs(20), |g| g.durable(id) == Some(7)).await;
+        } else {
+            gw.pump(Duration::from_millis(1_000), false).await;
+        }
+        boots.push((gw, id));
+    }
+    let (third, id) = &boots[2];
+    assert_eq!(third.refused_with, Some(trunk::frame::RefuseCode::QUOTA), "the third boot in an hour");
+    assert_eq!(third.gw.durable(*id), Some(0));
+    assert!(agg.store().await.device_totals("boot-c").await.unwrap().is_empty());
+    let totals = agg.store().await.device_totals("boot-").await.unwrap();
+    assert_eq!(totals, [("boot-a".to_owned(), 7), ("boot-b".to_owned(), 7)], "the two boots, exactly");
+    let third_epoch = third.gw.boot_epoch() as i64;
+    let rows: i64 = match agg.store().await {
+        aggregator::store::Store::Postgres(pool) => {
+            sqlx::query_scalar("SELECT count(*) FROM gateway_boots WHERE boot_epoch = $1")
+                .bind(third_epoch)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+        aggregator::store::Store::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT count(*) FROM gateway_boots WHERE boot_epoch = ?1")
+                .bind(third_epoch)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(rows, 0, "the refused boot was not written to the database");
+
+    // The first boot was superseded by the second: its link is refused at its next message.
+    let (first, id) = &mut boots[0];
+    first.gw.record(*id, 1).unwrap();
+    first.pump(Duration::from_millis(500), false).await;
+    assert_eq!(first.refused_with, Some(trunk::frame::RefuseCode::SUPERSEDED));
+    assert!(support::clients::metrics_text(agg.addr, &agg.ca()).await.contains("reason=\"boot quota\""));
+}
+
+#[tokio::test]
+async fn a_gateway_that_reboots_too_often_is_refused_before_its_boot_is_written_sqlite() {
+    a_gateway_that_reboots_too_often_is_refused_before_its_boot_is_written(Kind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_gateway_that_reboots_too_often_is_refused_before_its_boot_is_written_postgres() {
+    a_gateway_that_reboots_too_often_is_refused_before_its_boot_is_written(Kind::Postgres).await;
+}

@@ -223,6 +223,11 @@ impl RefuseCode {
     /// The Hello's boot epoch was superseded by a newer boot of the same gateway, and the
     /// aggregator has folded that boot's sessions: it accepts no more reports from it.
     pub const SUPERSEDED: Self = Self(7);
+    /// The gateway went over one of the aggregator's per-gateway quotas (the text says which:
+    /// sessions not yet closed, or new boot epochs in a window). Reports of sessions beyond the
+    /// quota were not recorded; the gateway may reconnect after a backoff (a go-away before the
+    /// refusal may say when).
+    pub const QUOTA: Self = Self(8);
 }
 
 /// Either end, just before it closes a link: a code and a human-readable reason.

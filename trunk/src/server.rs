@@ -233,6 +233,9 @@ pub struct Received {
     pub counts: usize,
     /// Close frames.
     pub closes: usize,
+    /// Reports not recorded because the caller did not admit their session (see
+    /// [`ServerLink::handle_message_admitting`]).
+    pub skipped: usize,
 }
 
 /// An authenticated link from one gateway.
@@ -304,11 +307,29 @@ impl ServerLink {
         ledger: &mut Ledger<S>,
         route: u32,
     ) -> Result<Received, LinkError> {
+        self.handle_message_admitting(message, now, config, ledger, route, |_| true)
+    }
+
+    /// [`ServerLink::handle_message`], recording only the reports about sessions `admit` says
+    /// yes to (it is asked once per report, with the session id); the others are skipped and
+    /// counted in [`Received::skipped`]. For a caller that enforces a quota of its own per
+    /// gateway (the aggregator's sessions per gateway): the reports within the quota still
+    /// count, those beyond it are never recorded. The message must still decode as a whole.
+    pub fn handle_message_admitting<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>>(
+        &mut self,
+        message: &[u8],
+        now: u64,
+        config: &ServerConfig,
+        ledger: &mut Ledger<S>,
+        route: u32,
+        mut admit: impl FnMut(u64) -> bool,
+    ) -> Result<Received, LinkError> {
         self.last_rx = now;
         let mut received = Received::default();
         for frame in frame::frames(message, config.max_payload_len) {
             let key = |session| SessionKey { gateway: self.gateway, boot_epoch: self.boot_epoch, session };
             match frame? {
+                Frame::Open(o) if !admit(o.session) => received.skipped += 1,
                 Frame::Open(o) => {
                     let update = Update { device: o.device, ..Update::default() };
                     ledger.record(key(o.session), route, update, now)?;
@@ -316,6 +337,10 @@ impl ServerLink {
                 }
                 Frame::Counts(c) => {
                     for e in c.iter() {
+                        if !admit(e.session) {
+                            received.skipped += 1;
+                            continue;
+                        }
                         ledger.record(
                             key(e.session),
                             route,
@@ -325,6 +350,7 @@ impl ServerLink {
                         received.counts += 1;
                     }
                 }
+                Frame::Close(c) if !admit(c.session) => received.skipped += 1,
                 Frame::Close(c) => {
                     let update = Update { total: Some(c.total), closed: Some(c.reason), ..Update::default() };
                     ledger.record(key(c.session), route, update, now)?;

@@ -63,6 +63,45 @@ fn the_right_secret_opens_the_link_and_sessions_flow() {
     assert_eq!(gw.poll_durable(), None);
 }
 
+/// A caller's per-gateway quota: reports of sessions it does not admit are skipped (not in the
+/// ledger, so never written nor acknowledged), the others are recorded as usual.
+#[test]
+fn reports_of_sessions_not_admitted_are_skipped() {
+    let config = ServerConfig::default();
+    let mut gw = gateway(b"s3cret", 8);
+    let mut link = handshake(&mut gw, Some(b"s3cret")).expect("verified");
+    let mut buf = [0u8; 1024];
+    let n = link.poll_transmit(2, &config, &mut buf).unwrap().expect("welcome");
+    gw.handle_message(0, &buf[..n], 3).unwrap();
+    let phones: Vec<_> = (0..3).map(|_| gw.open(Some(b"phone")).unwrap()).collect();
+    for p in &phones {
+        gw.record(*p, 5).unwrap();
+    }
+    gw.close(phones[2], CloseReason::NORMAL).unwrap();
+    let n = gw.poll_transmit(0, 4, &mut buf).unwrap().expect("opens, counts and a close");
+    let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 5);
+    let refused = phones[1].0;
+    let mut asked = Vec::new();
+    let got = link
+        .handle_message_admitting(&buf[..n], 5, &config, &mut ledger, 42, |s| {
+            asked.push(s);
+            s != refused
+        })
+        .unwrap();
+    assert!(asked.contains(&refused));
+    assert_eq!(got.skipped, asked.iter().filter(|s| **s == refused).count());
+    assert!(got.skipped >= 1);
+    assert_eq!(ledger.len(), 2, "only the admitted sessions are in the ledger");
+    let mut keys = [SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 10];
+    let flight = ledger.begin_flush(&mut keys, 5);
+    assert!(flight.keys().iter().all(|k| k.session != refused));
+    ledger.commit_succeeded(flight, |_, _, _| {});
+    // Everything admitted: the plain call records all of it.
+    let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 5);
+    let got = link.handle_message(&buf[..n], 6, &config, &mut ledger, 42).unwrap();
+    assert_eq!((got.skipped, ledger.len()), (0, 3));
+}
+
 #[test]
 fn a_wrong_secret_or_unknown_gateway_is_refused_with_a_reason() {
     let mut gw = gateway(b"wrong", 8);
