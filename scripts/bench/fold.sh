@@ -39,10 +39,11 @@ q() { psql -X -qtA "$url" -c "$1"; }
 per=1000
 gateways=$(((sessions + per - 1) / per))
 port=$((24000 + RANDOM % 2000))
+# Each run is a new boot of every gateway: more of them than the default 6 per hour allows
+# (--max-gateway-boots-per-hour, docs/SECURITY.md M4).
 RUST_LOG=warn "$bin" --data-dir "$work" --database-url "$url" --listen "127.0.0.1:$port" \
   --max-trunks $((gateways * 2 + 100)) --max-phones $((sessions + 100)) \
   --fold-after-s "$fold_after" --fold-interval-ms 1000 \
-  `# each run is a new boot of every gateway: more than the default 6 per hour (docs/SECURITY.md M4)` \
   --max-gateway-boots-per-hour $((runs + 1)) >"$work/agg.out" 2>"$work/agg.log" &
 for _ in $(seq 1 300); do grep -q '^listening' "$work/agg.out" 2>/dev/null && break; sleep 0.2; done
 grep -q '^listening' "$work/agg.out" || { cat "$work/agg.log" >&2; hf_die "the aggregator did not start"; }
