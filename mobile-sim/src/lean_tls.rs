@@ -1,13 +1,12 @@
-//! A TLS client stream over rustls's unbuffered API that holds no buffers while idle.
+//! A TLS client stream that holds no buffers while idle: the `lean-tls` crate (shared with the
+//! host gateway's phone listener) driven by tokio.
 //!
 //! tokio-rustls drives rustls's buffered `ClientConnection`, which keeps a 4 KiB receive buffer
 //! for the whole life of a connection. For a phone that receives a few dozen bytes a minute that
 //! buffer is most of what it costs, so held phones use this stream instead: received TLS bytes,
-//! bytes to send and decrypted bytes each live in a `Vec` that is released as soon as it is empty.
-//! An idle connection keeps only rustls's own state (keys, peer certificate, ...) and the socket.
-//!
-//! Order is kept as TLS requires: bytes rustls encoded (handshake, alerts, key updates) and
-//! encrypted application data all go out through one queue, written before anything newer.
+//! bytes to send and decrypted bytes each live in a `Vec` that is released as soon as it is empty
+//! (`lean_tls::LeanTls`). An idle connection keeps only rustls's own state (keys, peer
+//! certificate, ...) and the socket.
 
 use std::future::poll_fn;
 use std::io;
@@ -15,60 +14,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use lean_tls::{tls_error, LeanTls, Progress};
+use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus};
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Bytes read from the socket at least at a time.
-const READ_CHUNK: usize = 1024;
-/// TLS record header: type, version, length.
-const RECORD_HEADER: usize = 5;
-
+#[derive(Debug)]
 pub struct LeanTlsStream {
     tcp: TcpStream,
-    conn: UnbufferedClientConnection,
-    /// Received TLS bytes not yet processed.
-    incoming: Vec<u8>,
-    /// TLS bytes to send; the first `out_sent` of them are written.
-    outgoing: Vec<u8>,
-    out_sent: usize,
-    /// Decrypted bytes; the first `plain_read` of them were read.
-    plaintext: Vec<u8>,
-    plain_read: usize,
-    /// The peer closed (close_notify, or the socket ended).
-    eof: bool,
-    /// We sent close_notify.
-    closed: bool,
-}
-
-impl std::fmt::Debug for LeanTlsStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeanTlsStream")
-            .field("tcp", &self.tcp)
-            .field("incoming", &self.incoming.len())
-            .field("outgoing", &(self.outgoing.len() - self.out_sent))
-            .field("plaintext", &(self.plaintext.len() - self.plain_read))
-            .field("eof", &self.eof)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Where the connection stands after processing what was received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pumped {
-    /// The handshake needs more bytes from the peer.
-    Handshaking,
-    /// Application data may flow; more may be read from the peer.
-    Established,
-    /// The peer closed.
-    Closed,
-}
-
-fn tls_error<E: Into<Box<dyn std::error::Error + Send + Sync>>>(e: E) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
+    tls: LeanTls<UnbufferedClientConnection>,
 }
 
 impl LeanTlsStream {
@@ -79,29 +35,19 @@ impl LeanTlsStream {
         tcp: TcpStream,
     ) -> io::Result<Self> {
         let conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
-        let mut s = Self {
-            tcp,
-            conn,
-            incoming: Vec::new(),
-            outgoing: Vec::new(),
-            out_sent: 0,
-            plaintext: Vec::new(),
-            plain_read: 0,
-            eof: false,
-            closed: false,
-        };
+        let mut s = Self { tcp, tls: LeanTls::new(conn) };
         loop {
-            let pumped = s.pump()?;
+            let progress = s.tls.process()?;
             poll_fn(|cx| s.poll_write_out(cx)).await?;
-            match pumped {
-                Pumped::Established => return Ok(s),
-                Pumped::Closed => {
+            match progress {
+                Progress::Established => return Ok(s),
+                Progress::Closed => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "closed during the TLS handshake",
                     ))
                 }
-                Pumped::Handshaking => {
+                Progress::Handshaking => {
                     if poll_fn(|cx| s.poll_fill(cx)).await? == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -113,201 +59,58 @@ impl LeanTlsStream {
         }
     }
 
-    /// Processes the received bytes: decrypted data goes to `plaintext`, whatever rustls wants to
-    /// send goes to `outgoing`. Releases the receive buffer once it is empty.
-    fn pump(&mut self) -> io::Result<Pumped> {
-        let result = loop {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
-            let state = state.map_err(tls_error)?;
-            let step = match state {
-                ConnectionState::ReadTraffic(mut traffic) => {
-                    while let Some(record) = traffic.next_record() {
-                        let record = record.map_err(tls_error)?;
-                        self.plaintext.extend_from_slice(record.payload);
-                    }
-                    None
-                }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    encode_into(&mut encode, &mut self.outgoing)?;
-                    None
-                }
-                // The encoded bytes are queued in order ahead of anything sent later; the
-                // queue is written before any new data.
-                ConnectionState::TransmitTlsData(transmit) => {
-                    transmit.done();
-                    None
-                }
-                ConnectionState::BlockedHandshake => Some(Pumped::Handshaking),
-                ConnectionState::WriteTraffic(_) => Some(Pumped::Established),
-                ConnectionState::PeerClosed => {
-                    self.eof = true;
-                    None
-                }
-                ConnectionState::Closed => Some(Pumped::Closed),
-                _ => return Err(tls_error("unexpected state")),
-            };
-            self.incoming.drain(..discard);
-            if let Some(step) = step {
-                break step;
-            }
-        };
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
-        Ok(if self.eof && result == Pumped::Established { Pumped::Closed } else { result })
-    }
-
-    /// Encrypts `data` into the send queue.
-    fn encrypt(&mut self, data: &[u8]) -> io::Result<()> {
-        loop {
-            let UnbufferedStatus { discard, state } = self.conn.process_tls_records(&mut self.incoming);
-            let state = state.map_err(tls_error)?;
-            let done = match state {
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    let mut need = data.len() + 64;
-                    loop {
-                        let start = self.outgoing.len();
-                        match traffic.encrypt(data, spare(&mut self.outgoing, need)) {
-                            Ok(n) => {
-                                self.outgoing.truncate(start + n);
-                                break;
-                            }
-                            Err(EncryptError::InsufficientSize(e)) => {
-                                self.outgoing.truncate(start);
-                                need = e.required_size;
-                            }
-                            Err(e) => return Err(tls_error(e)),
-                        }
-                    }
-                    true
-                }
-                ConnectionState::ReadTraffic(mut traffic) => {
-                    while let Some(record) = traffic.next_record() {
-                        let record = record.map_err(tls_error)?;
-                        self.plaintext.extend_from_slice(record.payload);
-                    }
-                    false
-                }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    encode_into(&mut encode, &mut self.outgoing)?;
-                    false
-                }
-                ConnectionState::TransmitTlsData(transmit) => {
-                    transmit.done();
-                    false
-                }
-                ConnectionState::PeerClosed => {
-                    self.eof = true;
-                    false
-                }
-                ConnectionState::Closed => return Err(io::Error::from(io::ErrorKind::BrokenPipe)),
-                ConnectionState::BlockedHandshake => return Err(tls_error("handshake not complete")),
-                _ => return Err(tls_error("unexpected state")),
-            };
-            self.incoming.drain(..discard);
-            if done {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Writes the send queue; releases it once written.
+    /// Writes the send queue; it is released once written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_sent < self.outgoing.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.out_sent..]))?;
+        loop {
+            let rest = self.tls.unsent();
+            if rest.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, rest))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.out_sent += n;
+            self.tls.sent(n);
         }
-        self.outgoing = Vec::new();
-        self.out_sent = 0;
-        Poll::Ready(Ok(()))
     }
 
     /// Reads more TLS bytes from the socket (at least the rest of the record begun, if known).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let len = self.incoming.len();
-        let record_rest = if len >= RECORD_HEADER {
-            let body = usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]]));
-            (RECORD_HEADER + body).saturating_sub(len)
-        } else {
-            0
-        };
-        let want = record_rest.max(READ_CHUNK);
-        self.incoming.resize(len + want, 0);
-        let mut buf = ReadBuf::new(&mut self.incoming[len..]);
-        let result = Pin::new(&mut self.tcp).poll_read(cx, &mut buf);
-        let n = buf.filled().len();
-        self.incoming.truncate(len + n);
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
-        ready!(result)?;
-        Poll::Ready(Ok(n))
+        let tcp = &mut self.tcp;
+        self.tls.fill(|space| {
+            let mut buf = ReadBuf::new(space);
+            let result = Pin::new(tcp).poll_read(cx, &mut buf);
+            let n = buf.filled().len();
+            (n, result.map_ok(|()| n))
+        })?
     }
-}
-
-/// Encodes a handshake record into the send queue.
-fn encode_into(encode: &mut EncodeTlsData<'_, ClientConnectionData>, out: &mut Vec<u8>) -> io::Result<()> {
-    let start = out.len();
-    let mut need = 256;
-    loop {
-        match encode.encode(spare(out, need)) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncodeError::InsufficientSize(e)) => {
-                out.truncate(start);
-                need = e.required_size;
-            }
-            Err(e) => {
-                out.truncate(start);
-                return Err(tls_error(e));
-            }
-        }
-    }
-}
-
-/// `buf` grown by `extra` zeroed bytes (at least what its capacity already allows), for rustls to
-/// write into; the caller truncates to what was written.
-fn spare(buf: &mut Vec<u8>, extra: usize) -> &mut [u8] {
-    let start = buf.len();
-    let room = (buf.capacity() - start).max(extra);
-    buf.resize(start + room, 0);
-    &mut buf[start..]
 }
 
 impl AsyncRead for LeanTlsStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.plain_read < this.plaintext.len() {
-                let available = &this.plaintext[this.plain_read..];
+            if this.tls.has_plaintext() {
+                let available = this.tls.plaintext();
                 let n = available.len().min(buf.remaining());
                 buf.put_slice(&available[..n]);
-                this.plain_read += n;
-                if this.plain_read == this.plaintext.len() {
-                    this.plaintext = Vec::new();
-                    this.plain_read = 0;
-                }
+                this.tls.consume_plaintext(n);
                 return Poll::Ready(Ok(()));
             }
-            if this.eof {
+            if this.tls.peer_closed() {
                 return Poll::Ready(Ok(()));
             }
-            this.pump()?;
+            this.tls.process()?;
             // Whatever rustls queued (a key update answer, an alert) goes out with no delay; a
             // full socket will wake this task again.
             if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
                 return Poll::Ready(Err(e));
             }
-            if !this.plaintext.is_empty() || this.eof {
+            if this.tls.has_plaintext() || this.tls.peer_closed() {
                 continue;
             }
             if ready!(this.poll_fill(cx))? == 0 {
-                this.eof = true;
+                this.tls.set_peer_closed();
             }
         }
     }
@@ -321,7 +124,7 @@ impl AsyncWrite for LeanTlsStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        this.encrypt(data)?;
+        this.tls.encrypt(data)?;
         match this.poll_write_out(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             // Accepted: the rest of the queue goes out on the next write or flush.
@@ -337,18 +140,7 @@ impl AsyncWrite for LeanTlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.closed {
-            this.closed = true;
-            let UnbufferedStatus { discard, state } = this.conn.process_tls_records(&mut this.incoming);
-            if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
-                let start = this.outgoing.len();
-                match traffic.queue_close_notify(spare(&mut this.outgoing, 64)) {
-                    Ok(n) => this.outgoing.truncate(start + n),
-                    Err(_) => this.outgoing.truncate(start),
-                }
-            }
-            this.incoming.drain(..discard);
-        }
+        this.tls.queue_close_notify(); // once
         ready!(this.poll_write_out(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
@@ -416,10 +208,10 @@ mod tests {
         tls.read_exact(&mut got).await.unwrap();
         assert!(got[..70_000].iter().enumerate().all(|(i, &b)| b == i as u8));
         assert_eq!(got[70_000], b'!');
-        assert!(tls.incoming.capacity() == 0 && tls.plaintext.capacity() == 0, "idle: no buffers");
+        assert_eq!(tls.tls.buffered(), 0, "idle: no buffers");
         tls.write_all(&got[..70_000]).await.unwrap();
         tls.flush().await.unwrap();
-        assert_eq!(tls.outgoing.capacity(), 0);
+        assert_eq!(tls.tls.buffered(), 0, "written: no buffers");
         let mut rest = Vec::new();
         tls.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());

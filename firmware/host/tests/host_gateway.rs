@@ -262,6 +262,81 @@ async fn a_phone_that_only_pings_is_closed_as_idle_at_the_gateway() {
     assert_eq!(persisted["talker"], sent);
 }
 
+/// A phone over wss to `gw` that trusts `ca`, for `device` with its device token.
+async fn connect_wss(agg: &Aggregator, gw: &Gateway, ca: &support::pki::TestCa, device: &str) -> Phone {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(rustls::crypto::ring::default_provider().into())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let url = format!("wss://{}/ws?device={device}&token={}", gw.listen, agg.device_token(device));
+    let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config));
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector)).await.unwrap();
+    ws
+}
+
+/// TLS phones that break TLS or stall in its handshake (#12): the gateway's TLS server lets each
+/// go, never hangs on one nor panics: at once, with an alert or a bare close, for bytes that are
+/// not TLS; at --handshake-timeout-ms, silently, for a handshake begun and not finished. A phone
+/// that does TLS right is served all along, and one connects after them.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_phones_that_break_tls_or_stall_are_let_go_and_cost_no_other_phone() {
+    let agg = Aggregator::start(Kind::Sqlite, &[]).await.unwrap();
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(1000);
+    let ca = support::pki::TestCa::new("gateway-phones-broken");
+    let served = ca.server(&["127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("gw.pem"), dir.path().join("gw.key"));
+    std::fs::write(&cert, &served.chain_pem).unwrap();
+    std::fs::write(&key, &served.key_pem).unwrap();
+    let timeout_ms = HANDSHAKE_TIMEOUT.as_millis().to_string();
+    let args = [
+        "--phone-tls-cert",
+        cert.to_str().unwrap(),
+        "--phone-tls-key",
+        key.to_str().unwrap(),
+        "--handshake-timeout-ms",
+        &timeout_ms,
+    ];
+    let gw = Gateway::start(&agg, "site-wss-broken", &args);
+    gw.wait_links_up(2);
+    let mut healthy = connect_wss(&agg, &gw, &ca, "wss-healthy").await;
+    healthy.send(Message::binary(vec![1u8; 3])).await.unwrap();
+    wait_durable(&mut healthy, 3).await;
+
+    let refused_at_once = [
+        ("plain HTTP", b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a record longer than TLS allows", vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01]),
+        ("an alert before any handshake", vec![0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]),
+        ("a handshake record that is not a ClientHello", vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x02, 0, 0, 0]),
+    ];
+    for (case, bytes) in refused_at_once {
+        let (answer, after) = raw_within(&gw, &bytes, Duration::from_secs(10)).await;
+        // 21: a TLS alert record.
+        assert!(answer.is_empty() || answer[0] == 21, "{case}: answered {answer:x?}");
+        assert!(after < HANDSHAKE_TIMEOUT, "{case}: let go after {after:?}, not at once");
+    }
+    let stalled = [
+        ("a ClientHello begun", vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]),
+        ("a record header only", vec![0x16, 0x03, 0x01]),
+    ];
+    for (case, bytes) in stalled {
+        let (answer, after) = raw_within(&gw, &bytes, HANDSHAKE_TIMEOUT + Duration::from_secs(5)).await;
+        assert!(answer.is_empty(), "{case}: answered {answer:x?}");
+        assert!(after >= HANDSHAKE_TIMEOUT / 2, "{case}: let go after {after:?}, before the timeout");
+    }
+
+    healthy.send(Message::binary(vec![1u8; 2])).await.unwrap();
+    wait_durable(&mut healthy, 5).await;
+    let mut late = connect_wss(&agg, &gw, &ca, "wss-late").await;
+    late.send(Message::binary(vec![1u8; 4])).await.unwrap();
+    wait_durable(&mut late, 4).await;
+}
+
 /// The pinned CA must have signed the aggregator's certificate itself, and on the host build the
 /// certificate must be within its validity period (#12, M5). A certificate
 /// for the aggregator's name signed by another certificate the CA issued to someone (not a CA)

@@ -2,71 +2,68 @@
 //! connection in front, as an `embedded-io-async` socket, so the firmware core serves phones over
 //! it exactly as over plain TCP.
 //!
-//! Everything is done inside `poll` on the executor's thread: bytes read from the kernel go
-//! through a buffer on the stack into rustls, and what rustls has to send (handshake, alerts,
-//! records) is written to the kernel as soon as it can take it. Nothing of this is kept across an
-//! await in the phone's task; what an idle phone costs is its socket and the connection's state
-//! on the heap (`docs/benchmarks.md`, "TLS phones at the host gateway").
+//! The connection is rustls's unbuffered one, through the `lean-tls` crate (shared with
+//! mobile-sim's phones): this socket owns the buffers, and each is released as soon as it is
+//! empty. Received TLS bytes are kept only while a record is incomplete, decrypted bytes only
+//! until the core reads them, bytes to send only until the kernel takes them. So an idle phone
+//! costs its socket and rustls's own state (keys, the handshake's outcome), not the 4 KiB
+//! receive buffer rustls's buffered `ServerConnection` keeps for the life of a connection
+//! (`docs/benchmarks.md`, "TLS phones at the host gateway"). The handshake's larger buffers (the
+//! ClientHello, the server's certificate flight) live while it runs.
+//!
+//! Everything is done inside `poll` on the executor's thread, and the handshake happens as the
+//! core first reads, so the core's handshake timeout bounds it: a phone that stalls mid-handshake
+//! or sends garbage is let go like one that never sends its upgrade request.
 
 use core::future::{poll_fn, Future};
 use core::task::{Context, Poll};
-use std::io::{self, Read as _, Write as _};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use edge_nal::{Close, TcpShutdown};
 use embedded_io_async::{ErrorType, Read, Write};
+use lean_tls::LeanTls;
 use rustix::net::SendFlags;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::ServerConfig;
 
 use super::net::TcpSocket;
 use super::reactor::{Dir, Reactor};
-
-/// Bytes read from the kernel at a time (on the stack, during a poll): a phone sends records of
-/// a few dozen bytes; a larger one is read in pieces.
-const READ_CHUNK: usize = 2048;
 
 /// A phone's connection: TCP, and TLS over it.
 #[derive(Debug)]
 pub struct TlsSocket {
     tcp: TcpSocket,
-    tls: Box<ServerConnection>,
-    /// TLS bytes rustls produced that the kernel has not taken yet (from `sent` on); released
-    /// when empty, so an idle phone holds no buffer.
-    out: Vec<u8>,
-    sent: usize,
-    /// The peer closed the TCP connection.
-    eof: bool,
+    /// Boxed: the phone's task future holds this socket, and rustls's state is most of it
+    /// (`tests/memory.rs` counts the task).
+    tls: Box<LeanTls<UnbufferedServerConnection>>,
 }
 
 impl TlsSocket {
     /// TLS as the server of `config` on an accepted phone connection; the handshake happens as
     /// the phone's task first reads.
     pub fn new(tcp: TcpSocket, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let tls = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(Self { tcp, tls: Box::new(tls), out: Vec::new(), sent: 0, eof: false })
+        let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Self { tcp, tls: Box::new(LeanTls::new(conn)) })
     }
 
-    /// Writes what rustls has to send until nothing is left (`Ready`) or the kernel is full
-    /// (`Pending`: its write readiness wakes the task).
+    /// Writes the send queue until it is empty (`Ready`) or the kernel is full (`Pending`: its
+    /// write readiness wakes the task).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.tls.unsent().is_empty() {
+            return Poll::Ready(Ok(()));
+        }
         let reactor = Reactor::current()?;
         let fd = self.tcp.fd();
         loop {
-            if self.sent == self.out.len() {
-                if !self.tls.wants_write() {
-                    self.out = Vec::new();
-                    self.sent = 0;
-                    return Poll::Ready(Ok(()));
-                }
-                self.out.clear();
-                self.sent = 0;
-                self.tls.write_tls(&mut self.out)?;
+            let rest = self.tls.unsent();
+            if rest.is_empty() {
+                return Poll::Ready(Ok(()));
             }
-            let rest = &self.out[self.sent..];
             let send = || rustix::net::send(fd, rest, SendFlags::NOSIGNAL);
             match reactor.poll_io(fd.as_raw_fd(), Dir::Write, cx, send, |&n| n < rest.len()) {
-                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Ok(n)) => self.tls.sent(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
@@ -80,38 +77,40 @@ impl TlsSocket {
             if let Poll::Ready(Err(e)) = self.poll_send(cx) {
                 return Poll::Ready(Err(e));
             }
-            match self.tls.reader().read(buf) {
-                Ok(n) => return Poll::Ready(Ok(n)), // 0: the phone sent close_notify
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
+            if self.tls.has_plaintext() || buf.is_empty() {
+                return Poll::Ready(Ok(self.tls.read_plaintext(buf)));
             }
-            if self.eof {
-                return Poll::Ready(Ok(0));
+            if self.tls.peer_closed() {
+                return Poll::Ready(Ok(0)); // close_notify, or the socket ended
             }
             let reactor = Reactor::current()?;
             let fd = self.tcp.fd();
-            let mut chunk = [0u8; READ_CHUNK];
-            let read = || rustix::io::read(fd, &mut chunk);
-            let n = match reactor.poll_io(fd.as_raw_fd(), Dir::Read, cx, read, |&n| n > 0 && n < READ_CHUNK) {
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            if n == 0 {
-                self.eof = true;
-                continue;
-            }
-            let mut input = &chunk[..n];
-            while !input.is_empty() {
-                self.tls.read_tls(&mut input)?;
-                let processed = self.tls.process_new_packets();
-                if let Err(e) = processed {
-                    // Tell the phone why (the alert rustls queued), then give up on it.
-                    let _ = self.poll_send(cx);
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+            let read = self.tls.fill(|space| {
+                let want = space.len();
+                let read = || rustix::io::read(fd, &mut *space);
+                match reactor.poll_io(fd.as_raw_fd(), Dir::Read, cx, read, |&n| n > 0 && n < want) {
+                    Poll::Ready(Ok(n)) => (n, Poll::Ready(Ok(n))),
+                    other => (0, other),
                 }
+            });
+            match read {
+                Ok(Poll::Ready(Ok(0))) => self.tls.set_peer_closed(),
+                Ok(Poll::Ready(Ok(_))) => {}
+                Ok(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+                Ok(Poll::Pending) => return Poll::Pending,
+                Err(e) => return self.fail(cx, e),
+            }
+            if let Err(e) = self.tls.process() {
+                return self.fail(cx, e);
             }
         }
+    }
+
+    /// The phone broke TLS: tell it why (the alert rustls queued, if the kernel takes it now),
+    /// then give up on it.
+    fn fail<T>(&mut self, cx: &mut Context<'_>, e: io::Error) -> Poll<io::Result<T>> {
+        let _ = self.poll_send(cx);
+        Poll::Ready(Err(e))
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -120,14 +119,17 @@ impl TlsSocket {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "TLS handshake not done")));
         }
         // Earlier output the kernel did not take goes first: a phone that does not read is held
-        // here until the core's write timeout ends it.
+        // here until the core's write timeout ends it, and the queue never grows past one write.
         if self.poll_send(cx)?.is_pending() {
             return Poll::Pending;
         }
-        let n = self.tls.writer().write(buf)?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.tls.encrypt(buf)?;
         match self.poll_send(cx) {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            _ => Poll::Ready(Ok(n)), // taken; the rest goes out as the kernel takes it
+            _ => Poll::Ready(Ok(buf.len())), // taken; the rest goes out as the kernel takes it
         }
     }
 }
@@ -155,7 +157,7 @@ impl Write for TlsSocket {
 impl TcpShutdown for TlsSocket {
     async fn close(&mut self, what: Close) -> io::Result<()> {
         if matches!(what, Close::Write | Close::Both) {
-            self.tls.send_close_notify();
+            self.tls.queue_close_notify();
             let _ = poll_fn(|cx| self.poll_send(cx)).await;
         }
         self.tcp.close(what).await
