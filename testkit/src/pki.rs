@@ -38,6 +38,36 @@ impl TestCa {
         Served { chain_pem: pem, key_pem: key.serialize_pem() }
     }
 
+    /// TLS 1.3 configurations for a test of a TLS layer in memory: a client that trusts only this
+    /// CA, and a server with a certificate for `names` signed by it (ring, as the binaries use).
+    pub fn rustls_configs(
+        &self,
+        names: &[&str],
+    ) -> (std::sync::Arc<rustls::ClientConfig>, std::sync::Arc<rustls::ServerConfig>) {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(self.pem.as_bytes()).expect("the CA")).expect("a root");
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let served = self.server(names);
+        let chain = CertificateDer::pem_slice_iter(served.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the chain");
+        let key = PrivateKeyDer::from_pem_slice(served.key_pem.as_bytes()).expect("the key");
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("a server configuration");
+        (std::sync::Arc::new(client), std::sync::Arc::new(server))
+    }
+
     /// A server certificate for `names`, signed by this CA itself, that expired in 2021.
     pub fn server_expired(&self, names: &[&str]) -> Served {
         let mut params = leaf_params(names);
