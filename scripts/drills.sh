@@ -367,20 +367,25 @@ drill_trunk_cut() {
   local cut_at
   cut_at="$(now)"
   if [ "$method" = ss ]; then
-    local pid conn lport
+    local pid conn local_addr peer_addr tuple
     pid="$(cl_pid gateway-1)"
     # Gateway 1's trunks: its established TCP connections to nginx.
-    conn="$(ss -Htnp state established "dport = :$CL_PORT" | grep "pid=$pid," | head -1)"
+    conn="$(ss -Htnp state established "dst = $CL_FRONT" | grep "pid=$pid," | head -1)"
     [ -n "$conn" ] || { say "FAILED: gateway 1 has no trunk connection"; return 1; }
-    lport="$(awk '{split($3, a, ":"); print a[length(a)]}' <<<"$conn")"
+    local_addr="$(awk '{print $3}' <<<"$conn")"
+    peer_addr="$(awk '{print $4}' <<<"$conn")"
+    # The whole 4-tuple: ports alone also match other sockets (nginx's connections to the
+    # aggregators end in the same port, and any of them may start from the trunk's port number),
+    # and cutting one of those drops a phone that has nothing to do with this drill.
+    tuple="( src = $local_addr and dst = $peer_addr )"
     cut_at="$(now)"
-    ss -K -Htn state established "( sport = :$lport and dport = :$CL_PORT )" >/dev/null
+    ss -K -Htn state established "$tuple" >/dev/null
     sleep 0.3
-    if [ -n "$(ss -Htn state established "( sport = :$lport and dport = :$CL_PORT )")" ]; then
+    if [ -n "$(ss -Htn state established "$tuple")" ]; then
       say "FAILED: ss -K did not close the connection"
       return 1
     fi
-    say "cut gateway 1's trunk 127.0.0.1:$lport -> $CL_FRONT with ss -K (the kernel aborts the socket and resets the peer)"
+    say "cut gateway 1's trunk $local_addr -> $peer_addr with ss -K (the kernel aborts the socket and resets the peer)"
   else
     kill -USR1 "$relay"
     wait_for 5 "the relay's cut" grep -q '^cut' "$CL_DIR/relay.out" || return 1
