@@ -5,26 +5,22 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+/// SIGTERM or SIGINT (`cli_env::Interrupts`, shared by every binary), caught from this call on:
+/// the handlers are installed before it returns, so a signal that comes before the future is
+/// first polled is kept, not the default action (death without a final flush).
+pub fn signal() -> impl std::future::Future<Output = ()> {
+    let caught = cli_env::Interrupts::catch();
+    async move {
+        match caught {
+            Ok(mut interrupts) => {
+                let which = interrupts.recv().await;
+                tracing::info!("{which}");
             }
-            Err(_) => {
+            Err(e) => {
+                tracing::warn!("cannot catch SIGTERM ({e}): only Ctrl-C stops gracefully");
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

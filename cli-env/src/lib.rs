@@ -13,6 +13,11 @@
 
 use std::ffi::{OsStr, OsString};
 
+#[cfg(all(unix, feature = "signals"))]
+mod signals;
+#[cfg(all(unix, feature = "signals"))]
+pub use signals::{Interrupt, Interrupts};
+
 /// How every holdfast binary starts, first thing in `main`: the empty settings removed
 /// ([`unset_empty_settings`]), then logging to stderr at `RUST_LOG`'s levels, or at
 /// `default_level` (`info`, `warn`) when `RUST_LOG` is unset or unreadable.

@@ -25,12 +25,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use cli_env::Interrupts;
 use serde::Serialize;
 use tokio::process::Command;
 
 use crate::children::{self, Proc};
 use crate::cli::{CompareArgs, Server};
-use crate::hold::{binary, load_average, wait_listening, Signals};
+use crate::hold::{binary, load_average, wait_listening};
 use crate::metrics::{self, Scraper};
 use crate::procfs;
 use crate::report::SimReport;
@@ -210,7 +211,7 @@ impl Served {
 
 /// Runs `lab compare`.
 pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
-    let mut signals = Signals::catch()?;
+    let mut signals = Interrupts::catch()?;
     let files_limit = procfs::raise_files_limit();
     if args.idle + crate::plan::SPARE_FILES > files_limit
         || args.busy + crate::plan::SPARE_FILES > files_limit

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use cli_env::Interrupts;
 use tokio::process::Command;
 
 use crate::children::{self, Proc};
@@ -125,28 +126,6 @@ impl Running {
     }
 }
 
-/// SIGINT and SIGTERM, caught from the lab's start (before any process of its own exists) to its
-/// end: they stop the run in order instead of killing the lab and leaving its processes.
-pub(crate) struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub(crate) fn catch() -> anyhow::Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
-    }
-
-    /// Resolves at the first one, naming it.
-    pub(crate) async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.int.recv() => "interrupted (SIGINT)",
-            _ = self.term.recv() => "terminated (SIGTERM)",
-        }
-    }
-}
-
 pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -192,7 +171,9 @@ pub(crate) async fn wait_listening(p: &mut Proc, addr: SocketAddr) -> anyhow::Re
 
 /// Runs `lab hold`; the report (its `ok` says whether the run held and verified).
 pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
-    let mut signals = Signals::catch()?;
+    // Caught from the lab's start (before any process of its own exists) to its end: a signal
+    // stops the run in order instead of killing the lab and leaving its processes.
+    let mut signals = Interrupts::catch()?;
     let files_limit = procfs::raise_files_limit();
     let plan = Plan::new(args.phones, args.per_process, files_limit)?;
     let settings = kernel::settle(

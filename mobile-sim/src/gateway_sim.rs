@@ -34,7 +34,9 @@ use crate::cli::{decode_hex, GatewaysArgs};
 use crate::net::{Connector, Failure, FailureKind, Target, Ws};
 use crate::phone::Phase;
 use crate::report::{self, Parts, Report};
-use crate::run::{Interrupts, Monitor};
+use cli_env::Interrupts;
+
+use crate::run::Monitor;
 use crate::stats::{rss_bytes, CpuWindow, DeviceCounters, DeviceTotals, Memory, Stats};
 
 /// Largest message accepted from the aggregator (its acknowledgements).
@@ -163,7 +165,7 @@ pub async fn run_gateways(args: GatewaysArgs) -> anyhow::Result<ExitCode> {
         args: args.clone(),
     });
     let mut monitor = Monitor::new(start, links_total, sessions, "links", common.output.quiet);
-    let mut interrupts = Interrupts::new();
+    let mut interrupts = Interrupts::catch()?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Run);
     let rss_before = rss_bytes();
     let mut cpu = CpuWindow::new();

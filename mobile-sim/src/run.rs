@@ -5,9 +5,9 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use cli_env::Interrupts;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::stats::Snapshot;
 
@@ -37,33 +37,6 @@ pub struct Sample {
     pub sent_per_s: f64,
     pub durable_per_s: f64,
     pub established_per_s: f64,
-}
-
-/// Ctrl-C (SIGINT) and SIGTERM, listened to for the whole run so none is missed between polls.
-pub struct Interrupts {
-    int: Option<Signal>,
-    term: Option<Signal>,
-}
-
-impl Interrupts {
-    pub fn new() -> Self {
-        Self { int: signal(SignalKind::interrupt()).ok(), term: signal(SignalKind::terminate()).ok() }
-    }
-
-    pub async fn recv(&mut self) {
-        async fn one(s: &mut Option<Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            _ = one(&mut self.int) => {}
-            _ = one(&mut self.term) => {}
-        }
-    }
 }
 
 /// Progress display and timeline of one run.
@@ -244,11 +217,5 @@ impl Monitor {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-    }
-}
-
-impl Default for Interrupts {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -30,7 +30,9 @@ use tokio::sync::mpsc;
 use crate::cli::PhonesArgs;
 use crate::phone::{Fleet, Plan};
 use crate::report::{self, Parts, Report};
-use crate::run::{Interrupts, Monitor};
+use cli_env::Interrupts;
+
+use crate::run::Monitor;
 use crate::stats::{
     histogram_add_pairs, histogram_to_pairs, new_histogram, rss_bytes, Cpu, CpuWindow, DeviceTotals, Memory,
     Snapshot, Stats,
@@ -90,7 +92,7 @@ pub async fn run_phones(args: PhonesArgs, files_limit: u64) -> anyhow::Result<Ex
     let common = &args.common;
     let start = Instant::now();
     let mut monitor = Monitor::new(start, plan.total, plan.total, "phones", common.output.quiet);
-    let mut interrupts = Interrupts::new();
+    let mut interrupts = Interrupts::catch()?;
 
     let outcome = if workers <= 1 {
         run_local(&plan, &mut monitor, &mut interrupts).await
