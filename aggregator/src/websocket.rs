@@ -14,7 +14,6 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -81,10 +80,11 @@ pub fn accept<B>(req: &Request<B>, subprotocol: Option<&'static str>) -> Result<
             reason: "websocket version 13 required",
         });
     }
-    let key = h.get(SEC_WEBSOCKET_KEY).map(HeaderValue::as_bytes).unwrap_or_default();
-    if key.len() != 24 {
+    // The same key rule as the gateway's (base64 of 16 bytes): one implementation, ws-handshake.
+    let key = h.get(SEC_WEBSOCKET_KEY).map(HeaderValue::as_bytes).and_then(ws_handshake::valid_key);
+    let Some(key) = key else {
         return Err(Refusal { status: StatusCode::BAD_REQUEST, reason: "bad sec-websocket-key" });
-    }
+    };
     if let Some(wanted) = subprotocol {
         if !header_has_token(h, SEC_WEBSOCKET_PROTOCOL, wanted) {
             return Err(Refusal {
@@ -97,7 +97,7 @@ pub fn accept<B>(req: &Request<B>, subprotocol: Option<&'static str>) -> Result<
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(CONNECTION, "upgrade")
         .header(UPGRADE, "websocket")
-        .header(SEC_WEBSOCKET_ACCEPT, derive_accept_key(key));
+        .header(SEC_WEBSOCKET_ACCEPT, &ws_handshake::accept_key(&key)[..]);
     if let Some(p) = subprotocol {
         response = response.header(SEC_WEBSOCKET_PROTOCOL, p);
     }
@@ -130,6 +130,28 @@ pub async fn close<S: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::protocol::Role;
+
+    fn upgrade_request(key: &str) -> Request<()> {
+        Request::builder()
+            .uri("/ws")
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, "websocket")
+            .header(SEC_WEBSOCKET_VERSION, "13")
+            .header(SEC_WEBSOCKET_KEY, key)
+            .body(())
+            .unwrap()
+    }
+
+    /// The key rule is the gateway's (ws-handshake): base64 of 16 bytes, not just 24 characters.
+    #[test]
+    fn the_key_is_checked_and_answered_as_the_rfc_says() {
+        let ok = accept(&upgrade_request("dGhlIHNhbXBsZSBub25jZQ=="), None).expect("the RFC's key");
+        assert_eq!(ok.headers()[SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        for bad in ["nope", "dGhlIHNhbXBsZSBub25j!!==", "dGhlIHNhbXBsZSBub25jZQA="] {
+            let refused = accept(&upgrade_request(bad), None).expect_err(bad);
+            assert_eq!((refused.status, refused.reason), (StatusCode::BAD_REQUEST, "bad sec-websocket-key"));
+        }
+    }
 
     /// A peer that never reads: the in-memory pipe (256 bytes) fills, the send cannot complete,
     /// and `send_within` gives up instead of waiting for ever. A peer that reads gets it.

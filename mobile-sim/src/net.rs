@@ -16,12 +16,11 @@ use anyhow::{anyhow, bail, Context as _};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::client::generate_key;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
 use tokio_tungstenite::WebSocketStream;
+use ws_handshake::client::{self, Response, ResponseParser};
 
 use crate::lean_tls::LeanTlsStream;
 
@@ -210,110 +209,60 @@ impl Connector {
     }
 }
 
-/// Longest HTTP response head accepted for the upgrade.
-const MAX_RESPONSE_HEAD: usize = 16 * 1024;
-
-/// The client side of the HTTP upgrade (RFC 6455 section 4), done here rather than by tungstenite:
-/// tungstenite's client handshake hands its 4 KiB read buffer over to the connection, which would
-/// then keep it for its whole life; here the connection starts with a [`READ_BUFFER`]-byte one.
+/// The client side of the HTTP upgrade (RFC 6455 section 4), with `ws_handshake::client` (the
+/// one client handshake, the gateway's trunks use it too) rather than tungstenite's: tungstenite's
+/// client handshake hands its 4 KiB read buffer over to the connection, which would then keep it
+/// for its whole life; here the connection starts with a [`READ_BUFFER`]-byte one.
 async fn upgrade(
     mut stream: Stream,
     url: &str,
-    subprotocol: Option<&str>,
+    subprotocol: Option<&'static str>,
     config: WebSocketConfig,
 ) -> Result<Ws, Failure> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let uri: Uri = url.parse().map_err(|e| Failure::new(FailureKind::Protocol, format!("{url}: {e}")))?;
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let key = generate_key();
-    let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n"
-    );
-    if let Some(p) = subprotocol {
-        request.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(Failure::io)?;
+    let key = client::key(rand::random());
+    let mut request = vec![0u8; client::MAX_REQUEST_LEN + path.len() + authority.len()];
+    let n = client::write_request(path, authority, subprotocol, &key, &mut request)
+        .ok_or_else(|| Failure::new(FailureKind::Protocol, "upgrade request too long"))?;
+    stream.write_all(&request[..n]).await.map_err(Failure::io)?;
     stream.flush().await.map_err(Failure::io)?;
     drop(request);
 
-    let mut head = Vec::with_capacity(512);
+    let mut parser = ResponseParser::new(&key, subprotocol);
     let mut chunk = [0u8; 512];
-    let end = loop {
+    let (n, consumed) = loop {
         let n = stream.read(&mut chunk).await.map_err(Failure::io)?;
         if n == 0 {
             return Err(Failure::new(FailureKind::Reset, "connection closed during the WebSocket upgrade"));
         }
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(i) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            break from + i + 4;
-        }
-        if head.len() > MAX_RESPONSE_HEAD {
-            return Err(Failure::new(FailureKind::Protocol, "HTTP response head too long"));
+        match parser.feed(&chunk[..n]) {
+            Response::More => {}
+            Response::Switched { consumed } => break (n, consumed),
+            Response::Failed(why) => return Err(answer_failure(&parser, why)),
         }
     };
-    check_response(&head[..end], &key, subprotocol)?;
-    let ws = if head.len() == end {
+    let ws = if consumed == n {
         WebSocketStream::from_raw_socket(stream, Role::Client, Some(config)).await
     } else {
         // Frames that came with the response: exactly those bytes are handed over.
-        let tail = head[end..].to_vec();
+        let tail = chunk[consumed..n].to_vec();
         WebSocketStream::from_partially_read(stream, tail, Role::Client, Some(config)).await
     };
     Ok(ws)
 }
 
-/// Checks a 101 response: Upgrade, Connection, Sec-WebSocket-Accept, and the subprotocol.
-fn check_response(head: &[u8], key: &str, subprotocol: Option<&str>) -> Result<(), Failure> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => {
-            return Err(Failure::new(FailureKind::Protocol, "incomplete HTTP response"))
+/// What a refused upgrade counts as: an HTTP status other than 101 by its code (a busy server's
+/// 503 is told apart from a broken one), anything else as a protocol failure.
+fn answer_failure(parser: &ResponseParser, why: &str) -> Failure {
+    match parser.status() {
+        Some(code) if code != 101 && code != 0 => {
+            Failure::new(FailureKind::Http(code), format!("HTTP {code}: {why}"))
         }
-        Err(e) => return Err(Failure::new(FailureKind::Protocol, format!("bad HTTP response: {e}"))),
+        _ => Failure::new(FailureKind::Protocol, why.to_string()),
     }
-    let code = response.code.unwrap_or(0);
-    if code != 101 {
-        let reason = response.reason.unwrap_or("");
-        return Err(Failure::new(FailureKind::Http(code), format!("HTTP {code} {reason}")));
-    }
-    let header = |name: &str| {
-        response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::trim)
-    };
-    let bad = |what: &str| Err(Failure::new(FailureKind::Protocol, what.to_string()));
-    if !header("Upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-        return bad("101 without Upgrade: websocket");
-    }
-    if !header("Connection").is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))) {
-        return bad("101 without Connection: Upgrade");
-    }
-    if header("Sec-WebSocket-Accept") != Some(derive_accept_key(key.as_bytes()).as_str()) {
-        return bad("Sec-WebSocket-Accept does not match the key");
-    }
-    match (subprotocol, header("Sec-WebSocket-Protocol")) {
-        (Some(want), Some(got)) if got == want => {}
-        (Some(want), got) => {
-            return Err(Failure::new(FailureKind::Protocol, format!("subprotocol {got:?}, not {want}")))
-        }
-        (None, Some(got)) => {
-            return Err(Failure::new(FailureKind::Protocol, format!("unrequested subprotocol {got}")))
-        }
-        (None, None) => {}
-    }
-    if header("Sec-WebSocket-Extensions").is_some_and(|v| !v.is_empty()) {
-        return bad("unrequested WebSocket extension");
-    }
-    Ok(())
 }
 
 /// Asks Linux to choose the source port at connect() rather than bind(), so one source address
@@ -471,20 +420,17 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_responses() {
-        let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert!(check_response(ok.as_bytes(), key, None).is_ok());
-        let wrong_protocol = check_response(ok.as_bytes(), key, Some("trunk.v1")).unwrap_err();
-        assert_eq!(wrong_protocol.kind, FailureKind::Protocol);
-        let busy = check_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\n", key, None).unwrap_err();
-        assert_eq!(busy.kind, FailureKind::Http(503));
-        let bad_key = ok.replace("s3pP", "xxxx");
-        assert!(check_response(bad_key.as_bytes(), key, None).is_err());
-        let with_protocol = ok.replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: trunk.v1\r\n\r\n");
-        assert!(check_response(with_protocol.as_bytes(), key, Some("trunk.v1")).is_ok());
-        assert!(check_response(with_protocol.as_bytes(), key, None).is_err());
+    fn refused_upgrades_are_counted_by_status() {
+        let key = client::key([1; 16]);
+        let mut busy = ResponseParser::new(&key, None);
+        let Response::Failed(why) = busy.feed(b"HTTP/1.1 503 Service Unavailable\r\n\r\n") else {
+            panic!("a 503 is not a switch")
+        };
+        assert_eq!(answer_failure(&busy, why).kind, FailureKind::Http(503));
+        let mut wrong = ResponseParser::new(&key, None);
+        let answer = b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n";
+        let Response::Failed(why) = wrong.feed(answer) else { panic!("a wrong accept is not a switch") };
+        assert_eq!(answer_failure(&wrong, why).kind, FailureKind::Protocol);
     }
 
     #[tokio::test]

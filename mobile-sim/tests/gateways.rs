@@ -352,16 +352,11 @@ async fn a_gateway_with_the_wrong_secret_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_over_tls_with_the_pinned_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = common::make_pki(dir.path(), "trunk");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let key = rustls::pki_types::PrivateKeyDer::try_from(pki.key_der.clone()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![pki.cert_der.clone().into()], key)
-        .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let ca = testkit::pki::TestCa::new("trunk");
+    let ca_file = dir.path().join("trunk-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (_, config) = ca.rustls_configs(&["localhost", "127.0.0.1"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let provisioned = gateways(5);
     let file = gateways_file(dir.path(), &provisioned);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -372,7 +367,7 @@ async fn gateways_over_tls_with_the_pinned_ca() {
         "--target",
         &format!("wss://localhost:{port}/trunk"),
         "--ca",
-        pki.ca.to_str().unwrap(),
+        ca_file.to_str().unwrap(),
         "--gateways-file",
         file.to_str().unwrap(),
         "--sessions-per-gateway",

@@ -10,6 +10,13 @@ pub struct TestCa {
     pem: String,
 }
 
+/// Where [`TestCa::write_files`] wrote the CA, a server certificate and its key.
+pub struct PemFiles {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
 /// A certificate chain (leaf first) and the leaf's key, as PEM.
 pub struct Served {
     pub chain_pem: String,
@@ -66,6 +73,22 @@ impl TestCa {
             .with_single_cert(chain, key)
             .expect("a server configuration");
         (std::sync::Arc::new(client), std::sync::Arc::new(server))
+    }
+
+    /// Writes this CA (`{name}-ca.pem`) and a server certificate for localhost and 127.0.0.1
+    /// with its key (`{name}-server.pem`, `{name}-server.key`) into `dir`: for a server that
+    /// reads PEM files (the Python peer) and a client given `--ca`.
+    pub fn write_files(&self, dir: &std::path::Path, name: &str) -> PemFiles {
+        let served = self.server(&["localhost", "127.0.0.1"]);
+        let files = PemFiles {
+            ca: dir.join(format!("{name}-ca.pem")),
+            cert: dir.join(format!("{name}-server.pem")),
+            key: dir.join(format!("{name}-server.key")),
+        };
+        std::fs::write(&files.ca, &self.pem).expect("the CA file");
+        std::fs::write(&files.cert, served.chain_pem).expect("the certificate file");
+        std::fs::write(&files.key, served.key_pem).expect("the key file");
+        files
     }
 
     /// A server certificate for `names`, signed by this CA itself, that expired in 2021.

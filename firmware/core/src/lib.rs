@@ -7,17 +7,17 @@
 //! allocator: the board decides where memory lives, and every bound is a named setting.
 //!
 //! The parsers are sans-IO, so they are tested and fuzzed without sockets:
-//! - [`head`]: HTTP/1.1 head lines, as they stream in, in a small fixed buffer.
-//! - [`upgrade`]: a phone's upgrade request and the gateway's answers (101, 4xx, 503).
+//! - [`upgrade`]: a phone's upgrade request and the gateway's answers (101, 4xx, 503), read
+//!   with `ws-handshake`'s line reader and key rules (shared with the aggregator and mobile-sim).
 //! - [`ws`]: RFC 6455 framing of a phone's connection, over `edge-ws`'s frame header codec.
-//! - [`client`]: the trunk's WebSocket client handshake.
 //! - [`page`]: the phone page, gzip-compressed at build time, served from flash.
 //! - [`provision`]: the provisioning block (id, secret, pinned CA, aggregator address).
 //!
 //! The drivers are async, generic over `embedded-io-async` sockets and `edge-nal` stacks:
 //! - [`hub`]: the trunk state machine ([`trunk::gateway::Gateway`]) shared by all tasks.
 //! - [`phone`]: serves one phone connection from upgrade to close.
-//! - [`link`]: keeps one trunk link up: TCP, TLS 1.3 (embedded-tls, pinned CA), WebSocket, trunk.
+//! - [`link`]: keeps one trunk link up: TCP, TLS 1.3 (embedded-tls, pinned CA), WebSocket
+//!   (`ws_handshake::client`, the one client handshake mobile-sim uses too), trunk.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
@@ -26,9 +26,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
-pub mod client;
 pub mod config;
-pub mod head;
 pub mod hub;
 pub mod link;
 pub mod page;

@@ -21,8 +21,8 @@ use embedded_tls::TlsError;
 use embedded_tls::{TlsConfig, TlsConnection, TlsContext};
 use rand_core::{CryptoRng, RngCore};
 use trunk::frame::{HEADER_LEN, MAX_SERVER_TLS_PLAINTEXT, PATH, SUBPROTOCOL};
+use ws_handshake::client::{self, Response, ResponseParser};
 
-use crate::client::{self, Response, ResponseParser};
 use crate::config::TrunkConfig;
 use crate::hub::Hub;
 use crate::tls::{Halves, Provider};
@@ -198,11 +198,11 @@ async fn upgrade<S: Read<Error = TlsError> + Write, R: RngCore>(
     rng.borrow_mut().fill_bytes(&mut random);
     let key = client::key(random);
     let mut request = [0u8; client::MAX_REQUEST_LEN];
-    let n = client::write_request(PATH, host, SUBPROTOCOL, &key, &mut request)
+    let n = client::write_request(PATH, host, Some(SUBPROTOCOL), &key, &mut request)
         .ok_or(LinkDown::Upgrade("server name too long"))?;
     tls.write_all(&request[..n]).await.map_err(|_| LinkDown::Io)?;
     tls.flush().await.map_err(|_| LinkDown::Io)?;
-    let mut parser = ResponseParser::new(&key, SUBPROTOCOL);
+    let mut parser = ResponseParser::new(&key, Some(SUBPROTOCOL));
     loop {
         let mut byte = [0u8; 1];
         if tls.read(&mut byte).await.map_err(|e| read_failed(&e))? == 0 {

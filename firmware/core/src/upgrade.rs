@@ -2,30 +2,21 @@
 //! phone page ([`crate::page`]), read as it streams in, and the gateway's answers.
 //!
 //! The request is read through [`LineReader`], so a phone's request costs a fixed
-//! [`MAX_LINE_LEN`](crate::head::MAX_LINE_LEN)-byte line buffer however long its headers are.
+//! [`MAX_LINE_LEN`](ws_handshake::head::MAX_LINE_LEN)-byte line buffer however long its headers are.
 //! Only what the gateway needs is kept: the device id (from `/ws?device=ID`, decoded exactly as
 //! the aggregator decodes it, see [`trunk::phone`]) and the key to answer. When phones must prove
 //! their device ([`Tokens`]), the token (`&token=T`) is checked as the request line is read, so
 //! it is never kept.
 
-use crate::head::{has_token, header, LineReader, Step};
 use crate::page;
 
-use base64::Engine as _;
 use device_token::PublicKey;
-use sha1::{Digest, Sha1};
 use trunk::phone::{device_id, DeviceId};
+use ws_handshake::head::{has_token, header, LineReader, Step};
+use ws_handshake::{accept_key, valid_key, ACCEPT_LEN, KEY_LEN};
 
 /// The path phones connect to, the same as the aggregator's.
 pub const PATH: &[u8] = b"/ws";
-
-/// Length of a `Sec-WebSocket-Key` (base64 of 16 bytes).
-pub const KEY_LEN: usize = 24;
-
-/// Length of a `Sec-WebSocket-Accept` (base64 of a SHA-1).
-pub const ACCEPT_LEN: usize = 28;
-
-const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// A complete, valid upgrade request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,15 +171,6 @@ fn copy_answer(parts: &[&[u8]], out: &mut [u8]) -> usize {
     len
 }
 
-/// `Sec-WebSocket-Accept` for a key: base64(SHA-1(key + GUID)).
-pub fn accept_key(key: &[u8]) -> [u8; ACCEPT_LEN] {
-    let digest = Sha1::new().chain_update(key).chain_update(GUID).finalize();
-    let mut out = [0u8; ACCEPT_LEN];
-    // 20 bytes always encode to 28 characters.
-    let _ = base64::engine::general_purpose::STANDARD.encode_slice(digest, &mut out);
-    out
-}
-
 /// What [`RequestParser::feed`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
@@ -341,16 +323,10 @@ impl Fields {
         } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
             self.version_13 = Some(value == b"13");
         } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
-            let mut decoded = [0u8; 18];
-            let ok = !truncated
-                && value.len() == KEY_LEN
-                && base64::engine::general_purpose::STANDARD.decode_slice(value, &mut decoded) == Ok(16);
-            if !ok {
-                return Err(Refusal::BadRequest("bad Sec-WebSocket-Key"));
+            match valid_key(value).filter(|_| !truncated) {
+                Some(key) => self.key = Some(key),
+                None => return Err(Refusal::BadRequest("bad Sec-WebSocket-Key")),
             }
-            let mut key = [0u8; KEY_LEN];
-            key.copy_from_slice(value);
-            self.key = Some(key);
         }
         Ok(())
     }
@@ -388,7 +364,7 @@ enum Request {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::MAX_LINE_LEN;
+    use ws_handshake::head::MAX_LINE_LEN;
 
     const GOOD: &[u8] = b"GET /ws?device=phone-7 HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nUser-Agent: ";
 

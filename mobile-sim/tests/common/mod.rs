@@ -179,38 +179,8 @@ pub fn assert_exact(ours: &HashMap<String, (u64, u64)>, peer: &Totals) {
     );
 }
 
-/// A test CA and a server certificate it signed (for localhost and 127.0.0.1), as PEM files.
-pub struct Pki {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub cert_der: Vec<u8>,
-    pub key_der: Vec<u8>,
-}
-
-/// Writes a fresh CA (`{name}-ca.pem`) and server certificate and key into `dir`.
-pub fn make_pki(dir: &Path, name: &str) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, format!("mobile-sim test CA {name}"));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&server_key, &issuer).unwrap();
-    let pki = Pki {
-        ca: dir.join(format!("{name}-ca.pem")),
-        cert: dir.join(format!("{name}-server.pem")),
-        key: dir.join(format!("{name}-server.key")),
-        cert_der: cert.der().to_vec(),
-        key_der: server_key.serialize_der(),
-    };
-    std::fs::write(&pki.ca, ca_cert.pem()).unwrap();
-    std::fs::write(&pki.cert, cert.pem()).unwrap();
-    std::fs::write(&pki.key, server_key.serialize_pem()).unwrap();
-    pki
+/// A fresh test CA (testkit's, the one every test uses) and a server certificate it signed for
+/// localhost and 127.0.0.1, as PEM files in `dir`.
+pub fn make_pki(dir: &Path, name: &str) -> testkit::pki::PemFiles {
+    testkit::pki::TestCa::new(name).write_files(dir, name)
 }

@@ -1,8 +1,8 @@
 //! HTTP/1.1 head lines as they stream in, kept in a small fixed buffer.
 //!
-//! Both the phone's upgrade request and the aggregator's upgrade response are read with this. A
-//! gateway cannot afford a few KiB per phone for a request it reads once, and it needs only a few
-//! short headers: so each line keeps its first [`MAX_LINE_LEN`] bytes, and the caller learns
+//! The gateway reads a phone's upgrade request with this, and every client reads its upgrade
+//! answer with it ([`crate::client`]). A gateway cannot afford a few KiB per phone for a request
+//! it reads once, and it needs only a few short headers: so each line keeps its first [`MAX_LINE_LEN`] bytes, and the caller learns
 //! whether the line was longer (a long `User-Agent` costs nothing; a long header the caller
 //! needs is an error it can answer).
 
@@ -32,7 +32,10 @@ pub enum Step {
     /// All input consumed, no line ended.
     More,
     /// A line ended (its first bytes are in [`LineReader::line`]); `consumed` bytes were used.
-    Line { consumed: usize },
+    Line {
+        /// Bytes of the input used, up to and including the line's `\n`.
+        consumed: usize,
+    },
     /// The head is longer than the bound.
     TooLong,
 }
