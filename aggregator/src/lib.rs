@@ -15,7 +15,7 @@
 //!   per-device totals.
 //! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
-//!   [`dashboard`]: its live snapshots.
+//!   [`dashboard`]: its live snapshots; [`request`]: query values and secrets compared.
 //! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
 //! - [`metrics`], [`shutdown`], [`workers`]; bounds per client address are the
 //!   `address-limits` crate (shared with the host gateway).
@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod phone;
 pub mod qr;
 pub mod quota;
+pub mod request;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
