@@ -65,7 +65,7 @@ fn dashboard_data(shared: &Arc<Shared>, events: bool) -> Response<Body> {
     if !events {
         return json(shared.dashboard.latest());
     }
-    let Some(stream) = dashboard::events(shared) else {
+    let Some(stream) = dashboard::events(&shared.dashboard, &shared.shutdown) else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many dashboard streams (--dashboard-streams)\n");
     };
     let mut r = Response::new(Either::Right(stream));

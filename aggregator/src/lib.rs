@@ -10,7 +10,9 @@
 //! - [`config`]: every setting, by flag or environment.
 //! - [`server`]: listener, TLS, HTTP; [`http`]: the routes; [`websocket`]: the upgrade.
 //! - [`phone`]: a direct phone's session; [`trunk_link`]: a gateway's link.
-//! - [`state`]: what connection tasks share; [`routes`]: where acknowledgements go back; [`flusher`]: ledger to database, then acks;
+//! - [`state`]: what connection tasks share; [`routes`]: where acknowledgements go back;
+//!   [`gateways`]: the gateways with links here, their quotas and what the dashboard shows of
+//!   them; [`flusher`]: ledger to database, then acks;
 //!   [`compactor`]: merges the journal into the sessions table, folds finished sessions into
 //!   per-device totals.
 //! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
@@ -26,12 +28,12 @@ pub mod config;
 pub mod dashboard;
 pub mod devices;
 pub mod flusher;
+pub mod gateways;
 pub mod http;
 pub mod lan;
 pub mod metrics;
 pub mod phone;
 pub mod qr;
-pub mod quota;
 pub mod request;
 pub mod routes;
 pub mod server;
@@ -278,7 +280,17 @@ impl Service {
             move || flushes.flushes(),
             flush_stop_rx.clone(),
         ));
-        tokio::spawn(dashboard::run(shared.clone()));
+        tokio::spawn(dashboard::run(dashboard::Sources {
+            dashboard: shared.dashboard.clone(),
+            metrics: shared.metrics.clone(),
+            gateways: shared.gateways.clone(),
+            last_flush: shared.last_flush.clone(),
+            started: shared.started,
+            store: shared.store.kind(),
+            worker: shared.settings.worker_index,
+            flush_interval_ms: shared.settings.flush_interval_ms,
+            shutdown: shared.shutdown.clone(),
+        }));
         tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
         let limits = address_limits::AddressLimits::new(shared.settings.address_bounds());
         let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls, limits));

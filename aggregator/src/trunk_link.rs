@@ -18,9 +18,9 @@ use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
-use crate::quota::{Admission, BootSessions, SessionSet, QUOTA_RETRY_MS};
+use crate::gateways::{Admission, BootSessions, LinkLive, SessionSet, QUOTA_RETRY_MS};
 use crate::routes::{Route, ToLink};
-use crate::state::{LinkLive, Shared};
+use crate::state::Shared;
 use crate::store::BootState;
 use crate::websocket::{close, send_within};
 use address_limits::Slot;
@@ -83,14 +83,14 @@ pub async fn serve<S>(
     let route = shared.routes.add(Route::Trunk(tx));
     let live =
         LinkLive { route, index: link.link_index(), peer: peer.clone(), since: std::time::Instant::now() };
-    shared.link_up(gateway, &name, link.boot_epoch(), live);
+    shared.gateways.link_up(gateway, &name, &boot, live);
     shared.metrics.trunks.inc();
     info!(%peer, gateway, link = link.link_index(), route, "trunk up");
 
     let outcome = run_link(&shared, &mut ws, link, &boot, route, rx, &mut buf).await;
 
     shared.routes.remove(route);
-    shared.link_down(gateway, route);
+    shared.gateways.link_down(gateway, route);
     shared.metrics.trunks.dec();
     match outcome {
         Ok(()) => info!(%peer, gateway, route, "trunk closed"),
@@ -162,16 +162,16 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         Ok((link, name)) => {
             // Before the boot is written to the database: a gateway over its boot quota adds
             // no row.
-            let boot_quota = shared.quotas.check_boot(link.gateway(), link.boot_epoch(), Instant::now());
+            let boot_quota = shared.gateways.check_boot(link.gateway(), link.boot_epoch(), Instant::now());
             let boot_state = match boot_quota {
                 Ok(()) => shared.boot_records.call((link.gateway(), link.boot_epoch())).await,
                 Err(_) => Ok(BootState::Current),
             };
             match boot_state {
                 // (Taken only now: a folded boot must not supersede the gateway's live one.)
-                Ok(BootState::Current) => match boot_quota
-                    .and_then(|()| shared.quotas.take_boot(link.gateway(), link.boot_epoch(), Instant::now()))
-                {
+                Ok(BootState::Current) => match boot_quota.and_then(|()| {
+                    shared.gateways.take_boot(link.gateway(), link.boot_epoch(), Instant::now())
+                }) {
                     Ok(boot) => Ok((link, name, boot)),
                     Err(_) => {
                         let reason = "too many new boots of this gateway";
@@ -419,14 +419,10 @@ fn deliver(
     m.trunk_sessions_opened.inc_by(received.opens as u64);
     m.trunk_sessions_closed.inc_by(received.closes as u64);
     m.trunk_count_reports.inc_by(received.counts as u64);
+    // (The dashboard counted the message's sessions when the quota admitted them: gateways.rs.)
     match &refused {
-        None => {
-            shared.link_reports(link.gateway(), link.boot_epoch(), &message, |_| true);
-            Ok(Delivery::Done)
-        }
-        Some(refused) => {
-            let admitted = |session| !refused.contains(&session);
-            shared.link_reports(link.gateway(), link.boot_epoch(), &message, admitted);
+        None => Ok(Delivery::Done),
+        Some(_) => {
             shared.metrics.trunk_reports_over_quota.inc_by(received.skipped as u64);
             Ok(Delivery::OverQuota)
         }
@@ -481,9 +477,9 @@ pub async fn close_removed_gateways(shared: Arc<Shared>, mut stop: tokio::sync::
             _ = tokio::time::sleep(shared.settings.gateway_check_interval()) => {}
             _ = stop.changed() => return,
         }
-        // On the same beat: the quotas of gateways long gone are forgotten (quota.rs).
-        shared.quotas.forget_idle(std::time::Instant::now());
-        let live = shared.live_links();
+        // On the same beat: the quotas of gateways long gone are forgotten (gateways.rs).
+        shared.gateways.forget_idle(std::time::Instant::now());
+        let live = shared.gateways.live_links();
         if live.is_empty() {
             continue;
         }
