@@ -249,6 +249,10 @@ fn upgrade_phone(shared: Arc<Shared>, slot: Slot, mut req: Request<Incoming>) ->
     let Ok(permit) = shared.phones.clone().try_acquire_owned() else {
         return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "phone capacity reached");
     };
+    // Shutdown waits for the session while it holds this (shutdown::Drain).
+    let Some(drain) = shared.drain.guard() else {
+        return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
     // Admitted: a session now, no longer a handshake of its address.
     slot.settle();
     let upgrade = hyper::upgrade::on(&mut req);
@@ -259,6 +263,7 @@ fn upgrade_phone(shared: Arc<Shared>, slot: Slot, mut req: Request<Incoming>) ->
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
                 phone::serve(shared, ws, device, permit).await;
                 drop(slot);
+                drop(drain);
             }
             Err(e) => debug!(error = %e, "phone upgrade failed"),
         }

@@ -19,7 +19,7 @@
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
 //!   [`dashboard`]: its live snapshots; [`request`]: query values and secrets compared.
 //! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
-//! - [`metrics`], [`shutdown`], [`workers`]; bounds per client address are the
+//! - [`metrics`], [`shutdown`] (and the drain), [`workers`]; bounds per client address are the
 //!   `address-limits` crate (shared with the host gateway).
 
 pub mod batch;
@@ -299,11 +299,9 @@ impl Service {
         info!("shutting down: go-away to trunks, close 1001 to phones");
         let _ = stop_tx.send(true);
         let _ = acceptor.await;
-        let (max_phones, max_trunks) = (shared.settings.max_phones, shared.settings.max_trunks);
-        let drained = shutdown::wait_until(grace + std::time::Duration::from_secs(1), || {
-            shared.phones.available_permits() == max_phones && shared.trunks.available_permits() == max_trunks
-        })
-        .await;
+        // Every phone session and authenticated trunk link holds a guard of the drain: it is
+        // over when the last of them ended (their final reports are in the ledger by then).
+        let drained = shared.drain.wait(grace + std::time::Duration::from_secs(1)).await;
         if !drained {
             warn!("some connections did not finish within the grace period");
         }

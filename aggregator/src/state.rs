@@ -68,6 +68,8 @@ pub struct Shared {
     pub enrolment: Option<crate::devices::Enrolment>,
     /// Becomes true when the process begins to shut down.
     pub shutdown: watch::Receiver<bool>,
+    /// What shutdown waits for: every phone session and authenticated trunk link holds a guard.
+    pub drain: crate::shutdown::Drain,
     /// The CA certificate (PEM) offered to phones at `/ca.crt`, if any (see `--ca-cert`).
     pub ca_pem: Option<hyper::body::Bytes>,
 }
@@ -125,6 +127,7 @@ impl Shared {
             epoch,
             started: Instant::now(),
             shutdown,
+            drain: crate::shutdown::Drain::default(),
             ca_pem: None,
         }
     }

@@ -78,6 +78,13 @@ pub async fn serve<S>(
         shared.metrics.refuse(reason);
         return;
     };
+    // Shutdown waits for the link while it holds this (shutdown::Drain); once the drain began,
+    // a link that only now authenticated is turned away like any new connection.
+    let Some(drain) = shared.drain.guard() else {
+        close(&mut ws, CloseCode::Away, "server shutting down").await;
+        shared.metrics.refuse("shutting down");
+        return;
+    };
     let gateway = link.gateway();
     let (tx, rx) = mpsc::unbounded_channel();
     let route = shared.routes.add(Route::Trunk(tx));
@@ -114,6 +121,7 @@ pub async fn serve<S>(
         }
     }
     drop(permit);
+    drop(drain);
 }
 
 /// Reads the Hello, checks it against the gateway's provisioned secret and its boot quota, and
