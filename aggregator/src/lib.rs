@@ -291,7 +291,13 @@ impl Service {
             flush_interval_ms: shared.settings.flush_interval_ms,
             shutdown: shared.shutdown.clone(),
         }));
-        tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
+        tokio::spawn(trunk_link::close_removed_gateways(
+            shared.gateways.clone(),
+            shared.routes.clone(),
+            shared.store.clone(),
+            shared.settings.gateway_check_interval(),
+            flush_stop_rx.clone(),
+        ));
         let limits = address_limits::AddressLimits::new(shared.settings.address_bounds());
         let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls, limits));
 

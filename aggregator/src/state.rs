@@ -37,7 +37,7 @@ pub struct Shared {
     pub started: Instant,
     books: Mutex<Books>,
     /// Where acknowledgements travel back to.
-    pub routes: Routes,
+    pub routes: Arc<Routes>,
     /// The next direct phone's session id (in this process's boot epoch). Its own counter, not
     /// the route number: 64 bits never wrap, so a session key is never given out twice.
     next_direct_session: AtomicU64,
@@ -85,7 +85,7 @@ impl Shared {
         let epoch = rand::random::<u64>();
         Shared {
             books: Mutex::new(Books { ledger: Ledger::new(slots, rand::random()) }),
-            routes: Routes::default(),
+            routes: Arc::default(),
             next_direct_session: AtomicU64::new(1),
             room: Notify::new(),
             phones: Arc::new(Semaphore::new(settings.max_phones)),

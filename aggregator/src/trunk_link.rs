@@ -18,10 +18,10 @@ use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
-use crate::gateways::{Admission, BootSessions, LinkLive, SessionSet, QUOTA_RETRY_MS};
-use crate::routes::{Route, ToLink};
+use crate::gateways::{Admission, BootSessions, Gateways, LinkLive, SessionSet, QUOTA_RETRY_MS};
+use crate::routes::{Route, Routes, ToLink};
 use crate::state::Shared;
-use crate::store::BootState;
+use crate::store::{BootState, Store};
 use crate::websocket::{close, send_within};
 use address_limits::Slot;
 
@@ -479,29 +479,38 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 /// Closes the links of gateways removed (`aggregator gateway remove`, by any process) while they
 /// were connected: every `--gateway-check-interval-ms`, the gateways with links here are checked
 /// against the provisioned ones. A new link of a removed gateway is refused at its handshake.
-pub async fn close_removed_gateways(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+///
+/// A task of its own, given what it uses: the gateways with links here, where their links'
+/// routes go, the store, and how often (`--gateway-check-interval-ms`).
+pub async fn close_removed_gateways(
+    gateways: Arc<Gateways>,
+    routes: Arc<Routes>,
+    store: Store,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(shared.settings.gateway_check_interval()) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
         // On the same beat: the quotas of gateways long gone are forgotten (gateways.rs).
-        shared.gateways.forget_idle(std::time::Instant::now());
-        let live = shared.gateways.live_links();
+        gateways.forget_idle(std::time::Instant::now());
+        let live = gateways.live_links();
         if live.is_empty() {
             continue;
         }
-        let provisioned: std::collections::HashSet<u32> = match shared.store.gateway_list().await {
+        let provisioned: std::collections::HashSet<u32> = match store.gateway_list().await {
             Ok(list) => list.iter().map(|g| g.number).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list gateways; checking again later");
                 continue;
             }
         };
-        for (number, routes) in live {
+        for (number, links) in live {
             if !provisioned.contains(&number) {
-                for route in routes {
-                    shared.routes.revoke(route);
+                for route in links {
+                    routes.revoke(route);
                 }
             }
         }
