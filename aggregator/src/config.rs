@@ -344,8 +344,9 @@ pub struct Settings {
     #[arg(long, env = "HOLDFAST_DASHBOARD_STREAMS", default_value_t = 16)]
     pub dashboard_streams: usize,
 
-    /// Open sessions the dashboard tracks per gateway (8 to 16 bytes each); beyond it the
-    /// dashboard's count for that gateway is a lower bound (byte counts stay exact).
+    /// Open sessions the dashboard tracks per gateway; beyond it the dashboard's count for that
+    /// gateway is a lower bound (byte counts stay exact). They are marks in the session quota's
+    /// own set (gateways.rs), no memory of their own.
     #[arg(long, env = "HOLDFAST_DASHBOARD_SESSIONS_PER_GATEWAY", default_value_t = 100_000)]
     pub dashboard_sessions_per_gateway: usize,
 

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,7 +20,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::MissedTickBehavior;
 
 use crate::config::Settings;
-use crate::state::{GatewayView, Shared};
+use crate::gateways::{GatewayView, Gateways};
+use crate::metrics::Metrics;
 
 /// How often a snapshot is taken (and streamed).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -94,6 +96,48 @@ impl Dashboard {
         let points: Vec<&Point> = history.iter().collect();
         Bytes::from(serde_json::to_vec(&serde_json::json!({ "history": points })).unwrap_or_default())
     }
+}
+
+/// The latest committed flush, and the largest flush lag since the dashboard last looked (the
+/// flusher records it; the compactor reads when it was).
+#[derive(Default)]
+pub struct LastFlush {
+    pub rows: AtomicU64,
+    pub lag_us: AtomicU64,
+    pub duration_us: AtomicU64,
+    /// Largest lag committed since the dashboard's sampler last took it (then reset to 0).
+    pub max_lag_us: AtomicU64,
+    /// `Shared::now_ms` of the commit.
+    pub at_ms: AtomicU64,
+}
+
+impl LastFlush {
+    pub fn record(&self, now_ms: u64, rows: usize, lag: Option<Duration>, duration: Duration) {
+        self.rows.store(rows as u64, Ordering::Relaxed);
+        self.duration_us.store(duration.as_micros() as u64, Ordering::Relaxed);
+        if let Some(lag) = lag {
+            let us = lag.as_micros() as u64;
+            self.lag_us.store(us, Ordering::Relaxed);
+            self.max_lag_us.fetch_max(us, Ordering::Relaxed);
+        }
+        self.at_ms.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// What the sampler reads, and nothing more: it is a task of its own, given these by the service
+/// (lib.rs) rather than the whole shared state.
+pub struct Sources {
+    pub dashboard: Arc<Dashboard>,
+    pub metrics: Metrics,
+    pub gateways: Arc<Gateways>,
+    pub last_flush: Arc<LastFlush>,
+    /// The process's clock: `Shared::now_ms` counts from it, and so does [`LastFlush::at_ms`].
+    pub started: Instant,
+    /// The store's kind (`Store::kind`).
+    pub store: &'static str,
+    pub worker: Option<usize>,
+    pub flush_interval_ms: u64,
+    pub shutdown: watch::Receiver<bool>,
 }
 
 #[derive(Serialize)]
@@ -193,14 +237,19 @@ fn per_second(now: u64, before: u64, dt: f64) -> f64 {
     }
 }
 
+/// `Shared::now_ms`: milliseconds since `started`.
+fn now_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
 /// Takes one snapshot; `prev` holds the counters of the last one (for rates).
-fn sample(shared: &Shared, prev: &mut Option<Counters>) -> (Snapshot, Point) {
+fn sample(sources: &Sources, prev: &mut Option<Counters>) -> (Snapshot, Point) {
     use std::sync::atomic::Ordering::Relaxed;
-    let m = &shared.metrics;
+    let m = &sources.metrics;
     let (refused, refused_total) = m.refused_tally.read();
     let (bad_input, bad_input_total) = m.bad_input_tally.read();
     let now = Counters {
@@ -212,7 +261,7 @@ fn sample(shared: &Shared, prev: &mut Option<Counters>) -> (Snapshot, Point) {
     let before = prev.replace(now).unwrap_or(now);
     let dt = now.at.duration_since(before.at).as_secs_f64();
 
-    let mut gateways = shared.gateways_now();
+    let mut gateways = sources.gateways.views();
     let up = |g: &GatewayView| !g.links.is_empty();
     let trunk: u64 = gateways.iter().filter(|g| up(g)).map(|g| g.sessions).sum();
     let trunk_links = gateways.iter().map(|g| g.links.len() as u64).sum();
@@ -220,10 +269,10 @@ fn sample(shared: &Shared, prev: &mut Option<Counters>) -> (Snapshot, Point) {
     let gateways_total = gateways.len();
     // The ones that are up first, busiest first.
     gateways.sort_by_key(|g| (!up(g), std::cmp::Reverse(g.sessions), g.number));
-    gateways.truncate(shared.dashboard.max_gateways);
+    gateways.truncate(sources.dashboard.max_gateways);
 
     let direct = m.direct_sessions.get().max(0) as u64;
-    let f = &shared.last_flush;
+    let f = &sources.last_flush;
     let max_lag_us = f.max_lag_us.swap(0, Relaxed);
     let flushed_at = f.at_ms.load(Relaxed);
     let point = Point {
@@ -232,15 +281,15 @@ fn sample(shared: &Shared, prev: &mut Option<Counters>) -> (Snapshot, Point) {
         trunk,
         phone_bps: per_second(now.phone_bytes, before.phone_bytes, dt),
         reports_ps: per_second(now.reports, before.reports, dt),
-        persisted_bps: shared.dashboard.persisted_rate(),
+        persisted_bps: sources.dashboard.persisted_rate(),
         lag_ms: (max_lag_us > 0).then(|| ms(max_lag_us)),
         refused_ps: per_second(now.refused, before.refused, dt),
     };
     let snapshot = Snapshot {
         t: point.t,
-        uptime_s: shared.started.elapsed().as_secs_f64(),
-        store: shared.store.kind(),
-        worker: shared.settings.worker_index,
+        uptime_s: sources.started.elapsed().as_secs_f64(),
+        store: sources.store,
+        worker: sources.worker,
         point,
         sessions: Sessions { direct, trunk, gateways_up, trunk_links },
         totals: Totals {
@@ -253,11 +302,12 @@ fn sample(shared: &Shared, prev: &mut Option<Counters>) -> (Snapshot, Point) {
             db_errors: m.db_errors.get(),
         },
         flush: FlushView {
-            interval_ms: shared.settings.flush_interval_ms,
+            interval_ms: sources.flush_interval_ms,
             last_rows: f.rows.load(Relaxed),
             last_lag_ms: ms(f.lag_us.load(Relaxed)),
             last_duration_ms: ms(f.duration_us.load(Relaxed)),
-            last_ago_s: (flushed_at > 0).then(|| shared.now_ms().saturating_sub(flushed_at) as f64 / 1000.0),
+            last_ago_s: (flushed_at > 0)
+                .then(|| now_ms(sources.started).saturating_sub(flushed_at) as f64 / 1000.0),
             ledger_entries: m.ledger_entries.get(),
         },
         refused: Reasons { total: refused_total, by_reason: refused },
@@ -291,18 +341,18 @@ fn sample(shared: &Shared, prev: &mut Option<Counters>) -> (Snapshot, Point) {
 }
 
 /// Samples once a second until the process shuts down.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(sources: Sources) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = sources.shutdown.clone();
     let mut prev = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = crate::shutdown::requested(&mut shutdown) => return,
         }
-        let (snapshot, point) = sample(&shared, &mut prev);
-        let d = &shared.dashboard;
+        let (snapshot, point) = sample(&sources, &mut prev);
+        let d = &sources.dashboard;
         {
             let mut history = d.history.lock().unwrap_or_else(|e| e.into_inner());
             if history.len() == HISTORY_POINTS {
@@ -347,16 +397,17 @@ impl hyper::body::Body for EventStream {
     }
 }
 
-/// Starts a stream of snapshots; `None` when `--dashboard-streams` streams are already open.
-pub fn events(shared: &Arc<Shared>) -> Option<EventStream> {
-    let permit = shared.dashboard.streams.clone().try_acquire_owned().ok()?;
+/// Starts a stream of snapshots, until `shutdown`; `None` when `--dashboard-streams` streams are
+/// already open.
+pub fn events(dashboard: &Dashboard, shutdown: &watch::Receiver<bool>) -> Option<EventStream> {
+    let permit = dashboard.streams.clone().try_acquire_owned().ok()?;
     // Two events in flight: a client that stops reading holds up only its own task.
     let (tx, rx) = mpsc::channel::<Bytes>(2);
-    let mut latest = shared.dashboard.latest.subscribe();
-    let mut shutdown = shared.shutdown.clone();
+    let mut latest = dashboard.latest.subscribe();
+    let mut shutdown = shutdown.clone();
     let first = {
         let mut first = b"retry: 2000\n\n".to_vec();
-        first.extend_from_slice(&event(Some("history"), &shared.dashboard.history_json()));
+        first.extend_from_slice(&event(Some("history"), &dashboard.history_json()));
         first.extend_from_slice(&event(None, &latest.borrow_and_update()));
         Bytes::from(first)
     };

@@ -177,7 +177,7 @@ impl Enrolment {
         if let Err(wait) = paced {
             return Err(Refused::TooMany { retry_after_s: wait.as_secs() + 1 });
         }
-        if !crate::web::constant_time_eq(code.as_bytes(), self.code.as_bytes()) {
+        if !crate::request::constant_time_eq(code.as_bytes(), self.code.as_bytes()) {
             return Err(Refused::WrongCode);
         }
         let device = format!("web-{:024x}", rand::random::<u128>() >> 32);

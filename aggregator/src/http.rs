@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::dashboard::EventStream;
 use crate::devices::Refused;
+use crate::request::query_param;
 use crate::state::Shared;
 use crate::{dashboard, phone, trunk_link, web, websocket};
 use address_limits::Slot;
@@ -64,7 +65,7 @@ fn dashboard_data(shared: &Arc<Shared>, events: bool) -> Response<Body> {
     if !events {
         return json(shared.dashboard.latest());
     }
-    let Some(stream) = dashboard::events(shared) else {
+    let Some(stream) = dashboard::events(&shared.dashboard, &shared.shutdown) else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "too many dashboard streams (--dashboard-streams)\n");
     };
     let mut r = Response::new(Either::Right(stream));
@@ -83,42 +84,6 @@ fn denied(status: StatusCode, reason: &'static str) -> Response<Body> {
         r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
-}
-
-/// Decodes `%XX` escapes and `+` of a query value.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The value of `name` in the request's query string.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
-    })
 }
 
 /// Answers one request. `slot`: the connection's place under its address's bounds (an upgrade
@@ -284,6 +249,10 @@ fn upgrade_phone(shared: Arc<Shared>, slot: Slot, mut req: Request<Incoming>) ->
     let Ok(permit) = shared.phones.clone().try_acquire_owned() else {
         return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "phone capacity reached");
     };
+    // Shutdown waits for the session while it holds this (shutdown::Drain).
+    let Some(drain) = shared.drain.guard() else {
+        return refuse(&shared, StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
     // Admitted: a session now, no longer a handshake of its address.
     slot.settle();
     let upgrade = hyper::upgrade::on(&mut req);
@@ -294,6 +263,7 @@ fn upgrade_phone(shared: Arc<Shared>, slot: Slot, mut req: Request<Incoming>) ->
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(config)).await;
                 phone::serve(shared, ws, device, permit).await;
                 drop(slot);
+                drop(drain);
             }
             Err(e) => debug!(error = %e, "phone upgrade failed"),
         }
@@ -330,17 +300,4 @@ fn upgrade_trunk(
         }
     });
     switching(head)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_values_are_decoded() {
-        assert_eq!(query_param(Some("a=1&device=ph%20one+x"), "device").as_deref(), Some("ph one x"));
-        assert_eq!(query_param(Some("device=%zz%4"), "device").as_deref(), Some("%zz%4"));
-        assert_eq!(query_param(Some("x=1"), "device"), None);
-        assert_eq!(query_param(None, "device"), None);
-    }
 }

@@ -10,14 +10,16 @@
 //! - [`config`]: every setting, by flag or environment.
 //! - [`server`]: listener, TLS, HTTP; [`http`]: the routes; [`websocket`]: the upgrade.
 //! - [`phone`]: a direct phone's session; [`trunk_link`]: a gateway's link.
-//! - [`state`]: what connection tasks share; [`routes`]: where acknowledgements go back; [`flusher`]: ledger to database, then acks;
+//! - [`state`]: what connection tasks share; [`routes`]: where acknowledgements go back;
+//!   [`gateways`]: the gateways with links here, their quotas and what the dashboard shows of
+//!   them; [`flusher`]: ledger to database, then acks;
 //!   [`compactor`]: merges the journal into the sessions table, folds finished sessions into
 //!   per-device totals.
 //! - [`store`]: Postgres and SQLite; [`tls`]: certificates.
 //! - [`web`]: the phone page and the dashboard's static files, and who may read the dashboard;
-//!   [`dashboard`]: its live snapshots.
+//!   [`dashboard`]: its live snapshots; [`request`]: query values and secrets compared.
 //! - [`lan`]: the start-up message (where to look) and `--lan`; [`qr`]: QR codes in the terminal.
-//! - [`metrics`], [`shutdown`], [`workers`]; bounds per client address are the
+//! - [`metrics`], [`shutdown`] (and the drain), [`workers`]; bounds per client address are the
 //!   `address-limits` crate (shared with the host gateway).
 
 pub mod batch;
@@ -26,12 +28,13 @@ pub mod config;
 pub mod dashboard;
 pub mod devices;
 pub mod flusher;
+pub mod gateways;
 pub mod http;
 pub mod lan;
 pub mod metrics;
 pub mod phone;
 pub mod qr;
-pub mod quota;
+pub mod request;
 pub mod routes;
 pub mod server;
 pub mod shutdown;
@@ -277,8 +280,24 @@ impl Service {
             move || flushes.flushes(),
             flush_stop_rx.clone(),
         ));
-        tokio::spawn(dashboard::run(shared.clone()));
-        tokio::spawn(trunk_link::close_removed_gateways(shared.clone(), flush_stop_rx.clone()));
+        tokio::spawn(dashboard::run(dashboard::Sources {
+            dashboard: shared.dashboard.clone(),
+            metrics: shared.metrics.clone(),
+            gateways: shared.gateways.clone(),
+            last_flush: shared.last_flush.clone(),
+            started: shared.started,
+            store: shared.store.kind(),
+            worker: shared.settings.worker_index,
+            flush_interval_ms: shared.settings.flush_interval_ms,
+            shutdown: shared.shutdown.clone(),
+        }));
+        tokio::spawn(trunk_link::close_removed_gateways(
+            shared.gateways.clone(),
+            shared.routes.clone(),
+            shared.store.clone(),
+            shared.settings.gateway_check_interval(),
+            flush_stop_rx.clone(),
+        ));
         let limits = address_limits::AddressLimits::new(shared.settings.address_bounds());
         let acceptor = tokio::spawn(server::accept_loop(shared.clone(), listener, tls, limits));
 
@@ -286,11 +305,9 @@ impl Service {
         info!("shutting down: go-away to trunks, close 1001 to phones");
         let _ = stop_tx.send(true);
         let _ = acceptor.await;
-        let (max_phones, max_trunks) = (shared.settings.max_phones, shared.settings.max_trunks);
-        let drained = shutdown::wait_until(grace + std::time::Duration::from_secs(1), || {
-            shared.phones.available_permits() == max_phones && shared.trunks.available_permits() == max_trunks
-        })
-        .await;
+        // Every phone session and authenticated trunk link holds a guard of the drain: it is
+        // over when the last of them ended (their final reports are in the ledger by then).
+        let drained = shared.drain.wait(grace + std::time::Duration::from_secs(1)).await;
         if !drained {
             warn!("some connections did not finish within the grace period");
         }

@@ -5,7 +5,8 @@
 //! Route numbers are reused after 2^32 connections in one process, so handing one out skips the
 //! numbers still in use (a live route is never overwritten), and a phone's mailbox takes only the
 //! acknowledgements of its own session (a late acknowledgement for an earlier holder of the
-//! number is dropped). Session keys do not come from here: see [`crate::state::Shared`].
+//! number is dropped). Session keys do not come from here: see `Shared::new_direct_session`
+//! (state.rs), above this module.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,7 +1,6 @@
 //! What every connection task of one aggregator process shares: the ledger, the routes that
 //! acknowledgements travel back on, admission limits, the store and the metrics.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -11,7 +10,8 @@ use trunk::ledger::{Ledger, LedgerSlot, SessionKey, Update};
 
 use crate::batch::Batcher;
 use crate::config::Settings;
-use crate::dashboard::Dashboard;
+use crate::dashboard::{Dashboard, LastFlush};
+use crate::gateways::Gateways;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::store::{BootState, GatewayRecord, Store};
@@ -37,7 +37,7 @@ pub struct Shared {
     pub started: Instant,
     books: Mutex<Books>,
     /// Where acknowledgements travel back to.
-    pub routes: Routes,
+    pub routes: Arc<Routes>,
     /// The next direct phone's session id (in this process's boot epoch). Its own counter, not
     /// the route number: 64 bits never wrap, so a session key is never given out twice.
     next_direct_session: AtomicU64,
@@ -47,19 +47,19 @@ pub struct Shared {
     pub trunks: Arc<Semaphore>,
     /// Trunk handshakes in progress (see `--max-pending-trunks`).
     pub pending_trunks: Arc<Semaphore>,
-    /// What one gateway may hold of this process (quota.rs).
-    pub quotas: crate::quota::Quotas,
+    /// The gateways with links here: their quotas, and what the dashboard shows of them
+    /// (gateways.rs).
+    pub gateways: Arc<Gateways>,
     /// Trunk handshakes' gateway lookups, in batches (batch.rs): one query at a time however
     /// many Hellos arrive, each carrying up to `--max-pending-trunks` names. (The write path has
     /// connections of its own: a flood of Hellos never delays a flush.)
     pub gateway_lookups: Batcher<String, Option<GatewayRecord>>,
     /// Authenticated trunks' boots, recorded in batches the same way (one commit each).
     pub boot_records: Batcher<(u32, u64), BootState>,
-    gateways: Mutex<BTreeMap<u32, GatewayLive>>,
-    /// The latest flush, for the dashboard.
-    pub last_flush: LastFlush,
+    /// The latest flush, for the dashboard and the compactor.
+    pub last_flush: Arc<LastFlush>,
     /// The dashboard's latest snapshot, its history and its stream permits.
-    pub dashboard: Dashboard,
+    pub dashboard: Arc<Dashboard>,
     /// Who may read the dashboard's data and `/api/devices`.
     pub access: crate::web::Access,
     /// Checks direct phones' device tokens; `None` with `--phone-auth off`.
@@ -68,91 +68,15 @@ pub struct Shared {
     pub enrolment: Option<crate::devices::Enrolment>,
     /// Becomes true when the process begins to shut down.
     pub shutdown: watch::Receiver<bool>,
+    /// What shutdown waits for: every phone session and authenticated trunk link holds a guard.
+    pub drain: crate::shutdown::Drain,
     /// The CA certificate (PEM) offered to phones at `/ca.crt`, if any (see `--ca-cert`).
     pub ca_pem: Option<hyper::body::Bytes>,
-}
-
-/// A gateway with links to this process, as the dashboard shows it. Kept after its last link
-/// went down (it is usually reconnecting) until [`FORGET_GATEWAY_AFTER`].
-#[derive(Debug)]
-pub struct GatewayLive {
-    pub name: String,
-    /// The boot epoch of its newest link; reports of links from an older boot are not counted.
-    pub boot_epoch: u64,
-    pub links: Vec<LinkLive>,
-    /// The sessions of this boot that reported (an open or a count) and have not closed, as seen
-    /// here: replays after a lost link change nothing. Sessions that opened before this process
-    /// started appear at their next count. At most `--dashboard-sessions-per-gateway`.
-    /// Keyed by a fast hash with a random seed (SipHash cost 6 % of the aggregator's CPU at
-    /// 244,000 reports/s: every count is looked up); ids come from authenticated gateways.
-    pub open: HashSet<u64, foldhash::fast::RandomState>,
-    /// Sessions that could not be tracked because `open` was full.
-    pub untracked: u64,
-    /// Distinct sessions seen, and closed, in this boot.
-    pub opened: u64,
-    pub closed: u64,
-    /// Count entries received (replays included).
-    pub count_reports: u64,
-    /// When its last link went down; `None` while it has one.
-    pub down_since: Option<Instant>,
-}
-
-/// What the dashboard shows of a gateway: [`GatewayLive`] without its session set.
-#[derive(Debug, Clone)]
-pub struct GatewayView {
-    pub number: u32,
-    pub name: String,
-    pub links: Vec<LinkLive>,
-    /// Open sessions (a lower bound when some could not be tracked).
-    pub sessions: u64,
-    pub untracked: u64,
-    pub opened: u64,
-    pub closed: u64,
-    pub count_reports: u64,
-    pub down_since: Option<Instant>,
-}
-
-/// One authenticated trunk link.
-#[derive(Debug, Clone)]
-pub struct LinkLive {
-    pub route: u32,
-    /// The gateway's index for this link.
-    pub index: u8,
-    pub peer: String,
-    pub since: Instant,
 }
 
 /// The flushes count as idle for the compactor (it then merges without resting) once the
 /// ledger is empty and no flush has committed rows for this long.
 pub const FLUSHES_IDLE_AFTER: Duration = Duration::from_secs(1);
-
-/// A gateway whose links are all down is forgotten by the dashboard after this long.
-pub const FORGET_GATEWAY_AFTER: Duration = Duration::from_secs(600);
-
-/// The latest committed flush, and the largest flush lag since the dashboard last looked.
-#[derive(Default)]
-pub struct LastFlush {
-    pub rows: AtomicU64,
-    pub lag_us: AtomicU64,
-    pub duration_us: AtomicU64,
-    /// Largest lag committed since the dashboard's sampler last took it (then reset to 0).
-    pub max_lag_us: AtomicU64,
-    /// `Shared::now_ms` of the commit.
-    pub at_ms: AtomicU64,
-}
-
-impl LastFlush {
-    pub fn record(&self, now_ms: u64, rows: usize, lag: Option<Duration>, duration: Duration) {
-        self.rows.store(rows as u64, Ordering::Relaxed);
-        self.duration_us.store(duration.as_micros() as u64, Ordering::Relaxed);
-        if let Some(lag) = lag {
-            let us = lag.as_micros() as u64;
-            self.lag_us.store(us, Ordering::Relaxed);
-            self.max_lag_us.fetch_max(us, Ordering::Relaxed);
-        }
-        self.at_ms.store(now_ms, Ordering::Relaxed);
-    }
-}
 
 impl Shared {
     pub fn new(settings: Settings, store: Store, writer: Store, shutdown: watch::Receiver<bool>) -> Self {
@@ -161,16 +85,18 @@ impl Shared {
         let epoch = rand::random::<u64>();
         Shared {
             books: Mutex::new(Books { ledger: Ledger::new(slots, rand::random()) }),
-            routes: Routes::default(),
+            routes: Arc::default(),
             next_direct_session: AtomicU64::new(1),
             room: Notify::new(),
             phones: Arc::new(Semaphore::new(settings.max_phones)),
             trunks: Arc::new(Semaphore::new(settings.max_trunks)),
             pending_trunks: Arc::new(Semaphore::new(settings.max_pending_trunks)),
-            quotas: crate::quota::Quotas::new(
+            gateways: Arc::new(Gateways::new(
                 settings.max_sessions_per_gateway,
                 settings.max_gateway_boots_per_hour,
-            ),
+                settings.dashboard_sessions_per_gateway,
+                metrics.gateways.clone(),
+            )),
             gateway_lookups: {
                 let store = store.clone();
                 Batcher::spawn("gateway lookups", settings.max_pending_trunks, move |names: Vec<String>| {
@@ -188,9 +114,8 @@ impl Shared {
                     async move { store.boots_seen(&boots).await }
                 })
             },
-            gateways: Mutex::new(BTreeMap::new()),
-            last_flush: LastFlush::default(),
-            dashboard: Dashboard::new(&settings),
+            last_flush: Arc::default(),
+            dashboard: Arc::new(Dashboard::new(&settings)),
             access: crate::web::Access::of(&settings),
             phone_key: None,
             enrolment: None,
@@ -202,6 +127,7 @@ impl Shared {
             epoch,
             started: Instant::now(),
             shutdown,
+            drain: crate::shutdown::Drain::default(),
             ca_pem: None,
         }
     }
@@ -277,121 +203,6 @@ impl Shared {
     /// A new direct phone's session id, never given out before by this process.
     pub fn new_direct_session(&self) -> u64 {
         self.next_direct_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn gateways(&self) -> MutexGuard<'_, BTreeMap<u32, GatewayLive>> {
-        self.gateways.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn count_gateways_up(&self, gateways: &BTreeMap<u32, GatewayLive>) {
-        let up = gateways.values().filter(|g| !g.links.is_empty()).count();
-        self.metrics.gateways.set(up as i64);
-    }
-
-    /// Link `link` (on `route`) of gateway `number`, named `name`, in boot `boot_epoch`, came up.
-    pub fn link_up(&self, number: u32, name: &str, boot_epoch: u64, link: LinkLive) {
-        let mut gateways = self.gateways();
-        let g = gateways.entry(number).or_insert_with(|| GatewayLive {
-            name: name.to_owned(),
-            boot_epoch,
-            links: Vec::new(),
-            open: HashSet::default(),
-            untracked: 0,
-            opened: 0,
-            closed: 0,
-            count_reports: 0,
-            down_since: None,
-        });
-        if g.boot_epoch != boot_epoch {
-            // The gateway rebooted: the sessions of its old boot are gone with it.
-            g.boot_epoch = boot_epoch;
-            g.open = HashSet::default();
-            g.untracked = 0;
-            g.opened = 0;
-            g.closed = 0;
-            g.count_reports = 0;
-        }
-        g.name = name.to_owned();
-        g.links.push(link);
-        g.down_since = None;
-        self.count_gateways_up(&gateways);
-    }
-
-    /// The link on `route` of gateway `number` went down.
-    /// Every gateway with links here, and the routes of its links.
-    pub fn live_links(&self) -> Vec<(u32, Vec<u32>)> {
-        let gateways = self.gateways();
-        gateways
-            .iter()
-            .filter(|(_, g)| !g.links.is_empty())
-            .map(|(number, g)| (*number, g.links.iter().map(|l| l.route).collect()))
-            .collect()
-    }
-
-    pub fn link_down(&self, number: u32, route: u32) {
-        let mut gateways = self.gateways();
-        if let Some(g) = gateways.get_mut(&number) {
-            g.links.retain(|l| l.route != route);
-            if g.links.is_empty() {
-                g.down_since = Some(Instant::now());
-            }
-        }
-        self.count_gateways_up(&gateways);
-    }
-
-    /// Tracks which sessions of gateway `number` (boot `boot_epoch`) are open, from one message
-    /// its link sent (already accepted by the trunk protocol, so it decodes); sessions `admitted`
-    /// says no to (beyond the gateway's quota) were not recorded and are left out.
-    pub fn link_reports(&self, number: u32, boot_epoch: u64, message: &[u8], admitted: impl Fn(u64) -> bool) {
-        use trunk::frame::Frame;
-        let limit = self.settings.dashboard_sessions_per_gateway;
-        let max_payload = self.settings.trunk().max_payload_len;
-        let mut gateways = self.gateways();
-        let Some(g) = gateways.get_mut(&number).filter(|g| g.boot_epoch == boot_epoch) else { return };
-        let seen = |g: &mut GatewayLive, session: u64| {
-            if g.open.contains(&session) || !admitted(session) {
-                return;
-            }
-            if g.open.len() < limit {
-                g.open.insert(session);
-                g.opened += 1;
-            } else {
-                g.untracked += 1;
-            }
-        };
-        for frame in trunk::frame::frames(message, max_payload).flatten() {
-            match frame {
-                Frame::Open(o) => seen(g, o.session),
-                Frame::Counts(c) => {
-                    for e in c.iter() {
-                        g.count_reports += 1;
-                        seen(g, e.session);
-                    }
-                }
-                Frame::Close(c) => g.closed += u64::from(g.open.remove(&c.session)),
-                _ => {}
-            }
-        }
-    }
-
-    /// The gateways the dashboard shows, forgetting those down for too long.
-    pub fn gateways_now(&self) -> Vec<GatewayView> {
-        let mut gateways = self.gateways();
-        gateways.retain(|_, g| g.down_since.is_none_or(|t| t.elapsed() < FORGET_GATEWAY_AFTER));
-        gateways
-            .iter()
-            .map(|(&number, g)| GatewayView {
-                number,
-                name: g.name.clone(),
-                links: g.links.clone(),
-                sessions: g.open.len() as u64,
-                untracked: g.untracked,
-                opened: g.opened,
-                closed: g.closed,
-                count_reports: g.count_reports,
-                down_since: g.down_since,
-            })
-            .collect()
     }
 }
 

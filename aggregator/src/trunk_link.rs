@@ -18,10 +18,10 @@ use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
 
-use crate::quota::{Admission, BootSessions, SessionSet, QUOTA_RETRY_MS};
-use crate::routes::{Route, ToLink};
-use crate::state::{LinkLive, Shared};
-use crate::store::BootState;
+use crate::gateways::{Admission, BootSessions, Gateways, LinkLive, SessionSet, QUOTA_RETRY_MS};
+use crate::routes::{Route, Routes, ToLink};
+use crate::state::Shared;
+use crate::store::{BootState, Store};
 use crate::websocket::{close, send_within};
 use address_limits::Slot;
 
@@ -78,19 +78,26 @@ pub async fn serve<S>(
         shared.metrics.refuse(reason);
         return;
     };
+    // Shutdown waits for the link while it holds this (shutdown::Drain); once the drain began,
+    // a link that only now authenticated is turned away like any new connection.
+    let Some(drain) = shared.drain.guard() else {
+        close(&mut ws, CloseCode::Away, "server shutting down").await;
+        shared.metrics.refuse("shutting down");
+        return;
+    };
     let gateway = link.gateway();
     let (tx, rx) = mpsc::unbounded_channel();
     let route = shared.routes.add(Route::Trunk(tx));
     let live =
         LinkLive { route, index: link.link_index(), peer: peer.clone(), since: std::time::Instant::now() };
-    shared.link_up(gateway, &name, link.boot_epoch(), live);
+    shared.gateways.link_up(gateway, &name, &boot, live);
     shared.metrics.trunks.inc();
     info!(%peer, gateway, link = link.link_index(), route, "trunk up");
 
     let outcome = run_link(&shared, &mut ws, link, &boot, route, rx, &mut buf).await;
 
     shared.routes.remove(route);
-    shared.link_down(gateway, route);
+    shared.gateways.link_down(gateway, route);
     shared.metrics.trunks.dec();
     match outcome {
         Ok(()) => info!(%peer, gateway, route, "trunk closed"),
@@ -114,6 +121,7 @@ pub async fn serve<S>(
         }
     }
     drop(permit);
+    drop(drain);
 }
 
 /// Reads the Hello, checks it against the gateway's provisioned secret and its boot quota, and
@@ -162,16 +170,16 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         Ok((link, name)) => {
             // Before the boot is written to the database: a gateway over its boot quota adds
             // no row.
-            let boot_quota = shared.quotas.check_boot(link.gateway(), link.boot_epoch(), Instant::now());
+            let boot_quota = shared.gateways.check_boot(link.gateway(), link.boot_epoch(), Instant::now());
             let boot_state = match boot_quota {
                 Ok(()) => shared.boot_records.call((link.gateway(), link.boot_epoch())).await,
                 Err(_) => Ok(BootState::Current),
             };
             match boot_state {
                 // (Taken only now: a folded boot must not supersede the gateway's live one.)
-                Ok(BootState::Current) => match boot_quota
-                    .and_then(|()| shared.quotas.take_boot(link.gateway(), link.boot_epoch(), Instant::now()))
-                {
+                Ok(BootState::Current) => match boot_quota.and_then(|()| {
+                    shared.gateways.take_boot(link.gateway(), link.boot_epoch(), Instant::now())
+                }) {
                     Ok(boot) => Ok((link, name, boot)),
                     Err(_) => {
                         let reason = "too many new boots of this gateway";
@@ -419,14 +427,10 @@ fn deliver(
     m.trunk_sessions_opened.inc_by(received.opens as u64);
     m.trunk_sessions_closed.inc_by(received.closes as u64);
     m.trunk_count_reports.inc_by(received.counts as u64);
+    // (The dashboard counted the message's sessions when the quota admitted them: gateways.rs.)
     match &refused {
-        None => {
-            shared.link_reports(link.gateway(), link.boot_epoch(), &message, |_| true);
-            Ok(Delivery::Done)
-        }
-        Some(refused) => {
-            let admitted = |session| !refused.contains(&session);
-            shared.link_reports(link.gateway(), link.boot_epoch(), &message, admitted);
+        None => Ok(Delivery::Done),
+        Some(_) => {
             shared.metrics.trunk_reports_over_quota.inc_by(received.skipped as u64);
             Ok(Delivery::OverQuota)
         }
@@ -475,29 +479,38 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 /// Closes the links of gateways removed (`aggregator gateway remove`, by any process) while they
 /// were connected: every `--gateway-check-interval-ms`, the gateways with links here are checked
 /// against the provisioned ones. A new link of a removed gateway is refused at its handshake.
-pub async fn close_removed_gateways(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+///
+/// A task of its own, given what it uses: the gateways with links here, where their links'
+/// routes go, the store, and how often (`--gateway-check-interval-ms`).
+pub async fn close_removed_gateways(
+    gateways: Arc<Gateways>,
+    routes: Arc<Routes>,
+    store: Store,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(shared.settings.gateway_check_interval()) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
-        // On the same beat: the quotas of gateways long gone are forgotten (quota.rs).
-        shared.quotas.forget_idle(std::time::Instant::now());
-        let live = shared.live_links();
+        // On the same beat: the quotas of gateways long gone are forgotten (gateways.rs).
+        gateways.forget_idle(std::time::Instant::now());
+        let live = gateways.live_links();
         if live.is_empty() {
             continue;
         }
-        let provisioned: std::collections::HashSet<u32> = match shared.store.gateway_list().await {
+        let provisioned: std::collections::HashSet<u32> = match store.gateway_list().await {
             Ok(list) => list.iter().map(|g| g.number).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list gateways; checking again later");
                 continue;
             }
         };
-        for (number, routes) in live {
+        for (number, links) in live {
             if !provisioned.contains(&number) {
-                for route in routes {
-                    shared.routes.revoke(route);
+                for route in links {
+                    routes.revoke(route);
                 }
             }
         }

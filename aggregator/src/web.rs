@@ -84,25 +84,17 @@ impl Access {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
-        let given = bearer.or_else(|| crate::http::query_param(req.uri().query(), "token"));
+        let given = bearer.or_else(|| crate::request::query_param(req.uri().query(), "token"));
         match given {
             Some(given)
-                if !self.token.is_empty() && constant_time_eq(given.as_bytes(), self.token.as_bytes()) =>
+                if !self.token.is_empty()
+                    && crate::request::constant_time_eq(given.as_bytes(), self.token.as_bytes()) =>
             {
                 Ok(())
             }
             _ => Err((http::StatusCode::UNAUTHORIZED, "token required")),
         }
     }
-}
-
-/// Compares without an early exit, so the time taken does not tell how much of a guess was right
-/// (the length may show; tokens should be long and random).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
