@@ -5,7 +5,7 @@
 //! shared by the firmware (embassy, `no_std`) and the aggregator (tokio).
 //!
 //! It is sans-IO, in the manner of quinn-proto and rustls: no sockets, no clock, no randomness,
-//! no allocator. Callers feed in received messages, the time in milliseconds and random bytes,
+//! no allocator. Callers feed in received messages, the time (a [`time::Instant`]) and random bytes,
 //! and take out messages to send. That keeps the protocol testable on its own, including the
 //! randomised simulation in `tests/simulation.rs` where links drop and databases fail.
 //!
@@ -16,7 +16,11 @@
 //! - [`ledger`]: the aggregator's coalescing of reports between commits, and acknowledgement
 //!   after commit.
 //! - [`phone`]: what a phone sees at either end (its device id, its durable total).
+//! - `harness` (feature `harness`, with `std`): a gateway and a server joined in memory, in
+//!   simulated time, for tests.
 //! - [`backoff`]: reconnect delays with jitter, for everyone who reconnects.
+//! - [`time`]: the [`time::Instant`], [`time::Duration`] and [`time::PollAt`] the API speaks of
+//!   time in (milliseconds of the caller's clock).
 //!
 //! The byte layout and the rules are specified in `docs/trunk-protocol.md`.
 #![no_std]
@@ -28,9 +32,12 @@ pub mod auth;
 pub mod backoff;
 pub mod frame;
 pub mod gateway;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod ledger;
 pub mod phone;
 pub mod server;
+pub mod time;
 pub mod varint;
 
 pub use frame::{DecodeError, EncodeError, Frame};
