@@ -101,65 +101,17 @@ pub enum SlotState {
     Closing(CloseReason),
 }
 
-/// What a session has told its current link and heard back: a set of named bits in one byte.
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
-struct SlotFlags(u8);
-
-impl SlotFlags {
-    const OPEN_SENT: u8 = 1 << 0;
-    const OPEN_ACKED: u8 = 1 << 1;
-    const CLOSE_SENT: u8 = 1 << 2;
-    const NOTIFY: u8 = 1 << 3;
-    const NONE: Self = Self(0);
-
-    fn get(self, bit: u8) -> bool {
-        self.0 & bit != 0
-    }
-    fn set(&mut self, bit: u8, on: bool) {
-        if on {
-            self.0 |= bit;
-        } else {
-            self.0 &= !bit;
-        }
-    }
-    /// The Open was written on the session's current link.
-    fn open_sent(self) -> bool {
-        self.get(Self::OPEN_SENT)
-    }
-    fn set_open_sent(&mut self, on: bool) {
-        self.set(Self::OPEN_SENT, on)
-    }
-    /// The aggregator acknowledged something of this session, so it holds the Open.
-    fn open_acked(self) -> bool {
-        self.get(Self::OPEN_ACKED)
-    }
-    fn set_open_acked(&mut self) {
-        self.set(Self::OPEN_ACKED, true)
-    }
-    /// The Close was written on the session's current link.
-    fn close_sent(self) -> bool {
-        self.get(Self::CLOSE_SENT)
-    }
-    fn set_close_sent(&mut self, on: bool) {
-        self.set(Self::CLOSE_SENT, on)
-    }
-    /// The durable total grew since [`Gateway::poll_durable`] last returned it.
-    fn notify(self) -> bool {
-        self.get(Self::NOTIFY)
-    }
-    fn set_notify(&mut self, on: bool) {
-        self.set(Self::NOTIFY, on)
-    }
-}
-
-impl core::fmt::Debug for SlotFlags {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("SlotFlags")
-            .field("open_sent", &self.open_sent())
-            .field("open_acked", &self.open_acked())
-            .field("close_sent", &self.close_sent())
-            .field("notify", &self.notify())
-            .finish()
+bit_flags! {
+    /// What a session has told its current link and heard back.
+    struct SlotFlags {
+        /// The Open was written on the session's current link.
+        const OPEN_SENT = 1 << 0;
+        /// The aggregator acknowledged something of this session, so it holds the Open.
+        const OPEN_ACKED = 1 << 1;
+        /// The Close was written on the session's current link.
+        const CLOSE_SENT = 1 << 2;
+        /// The durable total grew since [`Gateway::poll_durable`] last returned it.
+        const NOTIFY = 1 << 3;
     }
 }
 
@@ -535,8 +487,8 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         for k in 0..n {
             let index = (self.notify_cursor + k) % n;
             let slot = &mut self.slots.as_mut()[index];
-            if slot.flags.notify() {
-                slot.flags.set_notify(false);
+            if slot.flags.contains(SlotFlags::NOTIFY) {
+                slot.flags.remove(SlotFlags::NOTIFY);
                 self.notify_pending -= 1;
                 self.notify_cursor = (index + 1) % n;
                 let id = SessionId(u64::from(slot.generation) * n as u64 + index as u64);
@@ -675,11 +627,11 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         if entry.total > slot.count {
             return Err(LinkError::Protocol("acknowledged more bytes than were counted"));
         }
-        slot.flags.set_open_acked();
+        slot.flags.insert(SlotFlags::OPEN_ACKED);
         if entry.total > slot.acked {
             slot.acked = entry.total;
-            if !slot.flags.notify() && slot.state == SlotState::Open {
-                slot.flags.set_notify(true);
+            if !slot.flags.contains(SlotFlags::NOTIFY) && slot.state == SlotState::Open {
+                slot.flags.insert(SlotFlags::NOTIFY);
                 self.notify_pending += 1;
             }
         }
@@ -690,7 +642,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
                 return Err(LinkError::Protocol("acknowledged a close of an open session"));
             }
             if entry.total == slot.count {
-                if slot.flags.notify() {
+                if slot.flags.contains(SlotFlags::NOTIFY) {
                     self.notify_pending -= 1;
                 }
                 *slot = SessionSlot { generation: slot.generation.wrapping_add(1), ..SessionSlot::FREE };
@@ -858,10 +810,10 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
 /// Forget what was reported on the session's link: replay from the acknowledged state.
 fn rewind(slot: &mut SessionSlot) {
     slot.sent = slot.acked;
-    if !slot.flags.open_acked() {
-        slot.flags.set_open_sent(false);
+    if !slot.flags.contains(SlotFlags::OPEN_ACKED) {
+        slot.flags.remove(SlotFlags::OPEN_SENT);
     }
-    slot.flags.set_close_sent(false);
+    slot.flags.remove(SlotFlags::CLOSE_SENT);
     slot.link = None;
 }
 
@@ -869,20 +821,20 @@ fn rewind(slot: &mut SessionSlot) {
 /// recorded in the slot's flags, so nothing is said twice on the same link needlessly).
 fn write_session(slot: &mut SessionSlot, n: usize, index: usize, w: &mut MessageWriter<'_>) -> bool {
     let id = u64::from(slot.generation) * n as u64 + index as u64;
-    if !slot.flags.open_sent() {
+    if !slot.flags.contains(SlotFlags::OPEN_SENT) {
         let device = (!slot.device.is_empty()).then(|| slot.device.as_slice());
         if w.frame(&Frame::Open(Open { session: id, device })).is_err() {
             return false;
         }
-        slot.flags.set_open_sent(true);
+        slot.flags.insert(SlotFlags::OPEN_SENT);
     }
     if let SlotState::Closing(reason) = slot.state {
-        if !slot.flags.close_sent() {
+        if !slot.flags.contains(SlotFlags::CLOSE_SENT) {
             let close = Close { session: id, total: slot.count, reason };
             if w.frame(&Frame::Close(close)).is_err() {
                 return false;
             }
-            slot.flags.set_close_sent(true);
+            slot.flags.insert(SlotFlags::CLOSE_SENT);
             slot.sent = slot.count;
         }
     } else if slot.count > slot.sent {

@@ -113,40 +113,15 @@ impl core::fmt::Display for LedgerFull {
 
 impl core::error::Error for LedgerFull {}
 
-/// What a part of a slot holds: a set of named bits in one byte.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct PartFlags(u8);
-
-impl PartFlags {
-    const NONE: Self = Self(0);
-    /// The part holds reports (not yet written, or being written).
-    const DIRTY: Self = Self(1 << 0);
-    /// A report carried the device id.
-    const HAS_DEVICE: Self = Self(1 << 1);
-    /// A report closed the session.
-    const CLOSED: Self = Self(1 << 2);
-
-    fn dirty(self) -> bool {
-        self.0 & Self::DIRTY.0 != 0
-    }
-    fn has_device(self) -> bool {
-        self.0 & Self::HAS_DEVICE.0 != 0
-    }
-    fn closed(self) -> bool {
-        self.0 & Self::CLOSED.0 != 0
-    }
-    fn insert(&mut self, other: Self) {
-        self.0 |= other.0;
-    }
-}
-
-impl core::fmt::Debug for PartFlags {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("PartFlags")
-            .field("dirty", &self.dirty())
-            .field("has_device", &self.has_device())
-            .field("closed", &self.closed())
-            .finish()
+bit_flags! {
+    /// What a part of a slot holds.
+    struct PartFlags {
+        /// The part holds reports (not yet written, or being written).
+        const DIRTY = 1 << 0;
+        /// A report carried the device id.
+        const HAS_DEVICE = 1 << 1;
+        /// A report closed the session.
+        const CLOSED = 1 << 2;
     }
 }
 
@@ -165,11 +140,11 @@ impl Part {
 
     /// Adds `other`'s reports, which arrived later than this part's (if it has any).
     fn merge(&mut self, other: Part) {
-        if !self.flags.dirty() {
+        if !self.flags.contains(PartFlags::DIRTY) {
             self.since_ms = other.since_ms;
         }
         self.total = self.total.max(other.total);
-        if other.flags.closed() {
+        if other.flags.contains(PartFlags::CLOSED) {
             self.reason = other.reason;
         }
         self.flags.insert(other.flags);
@@ -424,8 +399,8 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             part.flags.insert(PartFlags::CLOSED);
             part.reason = reason.0;
         }
-        let newly_dirty = !slot.pending.flags.dirty();
-        let flying = slot.inflight.flags.dirty();
+        let newly_dirty = !slot.pending.flags.contains(PartFlags::DIRTY);
+        let flying = slot.inflight.flags.contains(PartFlags::DIRTY);
         slot.pending.merge(part);
         slot.route = route;
         if newly_dirty {
@@ -473,8 +448,12 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             Row {
                 key: s.key,
                 total: s.inflight.total,
-                device: s.inflight.flags.has_device().then(|| s.device.as_slice()),
-                closed: s.inflight.flags.closed().then_some(CloseReason(s.inflight.reason)),
+                device: s.inflight.flags.contains(PartFlags::HAS_DEVICE).then(|| s.device.as_slice()),
+                closed: s
+                    .inflight
+                    .flags
+                    .contains(PartFlags::CLOSED)
+                    .then_some(CloseReason(s.inflight.reason)),
                 since_ms: s.inflight.since_ms,
             }
         })
@@ -489,12 +468,12 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             let entry = AckEntry {
                 session: slot.key.session,
                 total: slot.inflight.total,
-                closed: slot.inflight.flags.closed(),
+                closed: slot.inflight.flags.contains(PartFlags::CLOSED),
             };
             ack(slot.route, slot.key, entry);
             // A close that is durable stays durable: later reports need not repeat it.
             slot.inflight = Part::NONE;
-            let dirty = slot.pending.flags.dirty();
+            let dirty = slot.pending.flags.contains(PartFlags::DIRTY);
             self.inflight -= 1;
             if dirty {
                 // Its new reports arrived while it flew: their wait counts from their arrival.
@@ -512,7 +491,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         for key in flight.keys.iter().rev() {
             let i = self.slot_of(key);
             let slot = &mut self.slots.as_mut()[i];
-            let was_dirty = slot.pending.flags.dirty();
+            let was_dirty = slot.pending.flags.contains(PartFlags::DIRTY);
             let inflight = slot.inflight;
             slot.pending.merge(inflight);
             // The flight's reports are older than any that arrived while it flew.

@@ -28,6 +28,48 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+/// A private set of named bits in one byte, in the manner of the `bitflags` crate: the
+/// named constants, `contains`, `insert`, `remove`, and a `Debug` that lists the names.
+macro_rules! bit_flags {
+    (
+        $(#[$meta:meta])*
+        struct $name:ident { $( $(#[$flag_meta:meta])* const $flag:ident = $bit:expr; )* }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Default)]
+        struct $name(u8);
+
+        impl $name {
+            const NONE: Self = Self(0);
+            $( $(#[$flag_meta])* const $flag: Self = Self($bit); )*
+
+            /// Whether every bit of `other` is set.
+            fn contains(self, other: Self) -> bool {
+                self.0 & other.0 == other.0
+            }
+
+            /// Sets the bits of `other`.
+            fn insert(&mut self, other: Self) {
+                self.0 |= other.0;
+            }
+
+            /// Clears the bits of `other`.
+            #[allow(dead_code)]
+            fn remove(&mut self, other: Self) {
+                self.0 &= !other.0;
+            }
+        }
+
+        impl core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut set = f.debug_set();
+                $( if self.contains(Self::$flag) { set.entry(&stringify!($flag)); } )*
+                set.finish()
+            }
+        }
+    };
+}
+
 pub mod auth;
 pub mod backoff;
 pub mod frame;

@@ -12,30 +12,57 @@
 use core::fmt;
 use core::ops::{Add, AddAssign, Sub, SubAssign};
 
-/// A point on the caller's monotonic clock, in milliseconds since its zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Instant {
-    millis: u64,
+/// The representation, constructors and accessors [`Instant`] and [`Duration`] share: a number
+/// of milliseconds.
+macro_rules! millis_type {
+    ($(#[$meta:meta])* $name:ident, $what:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        pub struct $name {
+            millis: u64,
+        }
+
+        impl $name {
+            #[doc = concat!("The ", $what, " of `millis` milliseconds.")]
+            pub const fn from_millis(millis: u64) -> Self {
+                Self { millis }
+            }
+
+            #[doc = concat!("The ", $what, " of `secs` seconds (saturating).")]
+            pub const fn from_secs(secs: u64) -> Self {
+                Self { millis: secs.saturating_mul(1_000) }
+            }
+
+            #[doc = concat!("The ", $what, " in milliseconds.")]
+            pub const fn as_millis(self) -> u64 {
+                self.millis
+            }
+        }
+
+        impl fmt::Display for $name {
+            /// Seconds, to the millisecond: `12.345s`.
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}.{:03}s", self.millis / 1_000, self.millis % 1_000)
+            }
+        }
+    };
 }
+
+millis_type!(
+    /// A point on the caller's monotonic clock, in milliseconds since its zero.
+    Instant,
+    "instant after the clock's zero"
+);
+
+millis_type!(
+    /// A span of time, in milliseconds.
+    Duration,
+    "span"
+);
 
 impl Instant {
     /// The clock's zero.
     pub const ZERO: Self = Self { millis: 0 };
-
-    /// The instant `millis` milliseconds after the clock's zero.
-    pub const fn from_millis(millis: u64) -> Self {
-        Self { millis }
-    }
-
-    /// The instant `secs` seconds after the clock's zero.
-    pub const fn from_secs(secs: u64) -> Self {
-        Self { millis: secs.saturating_mul(1_000) }
-    }
-
-    /// Milliseconds since the clock's zero.
-    pub const fn as_millis(self) -> u64 {
-        self.millis
-    }
 
     /// How long after `earlier` this is; zero if `earlier` is later.
     pub const fn saturating_duration_since(self, earlier: Instant) -> Duration {
@@ -43,32 +70,11 @@ impl Instant {
     }
 }
 
-/// A span of time, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Duration {
-    millis: u64,
-}
-
 impl Duration {
     /// No time at all.
     pub const ZERO: Self = Self { millis: 0 };
     /// The longest span (about 585 million years): adding it to any instant saturates.
     pub const MAX: Self = Self { millis: u64::MAX };
-
-    /// A span of `millis` milliseconds.
-    pub const fn from_millis(millis: u64) -> Self {
-        Self { millis }
-    }
-
-    /// A span of `secs` seconds.
-    pub const fn from_secs(secs: u64) -> Self {
-        Self { millis: secs.saturating_mul(1_000) }
-    }
-
-    /// The span in milliseconds.
-    pub const fn as_millis(self) -> u64 {
-        self.millis
-    }
 
     /// The span in whole seconds.
     pub const fn as_secs(self) -> u64 {
@@ -81,33 +87,29 @@ impl Duration {
     }
 }
 
-impl Add<Duration> for Instant {
-    type Output = Instant;
-    /// Saturates at the clock's end.
-    fn add(self, d: Duration) -> Instant {
-        Instant { millis: self.millis.saturating_add(d.millis) }
-    }
+/// `$lhs op $rhs -> $out` by a saturating operation on the milliseconds, and `op=` from it.
+macro_rules! saturating_op {
+    ($lhs:ident $op:ident $method:ident $assign:ident $assign_method:ident $rhs:ident = $out:ident, $sat:ident, $doc:literal) => {
+        impl $op<$rhs> for $lhs {
+            type Output = $out;
+            #[doc = $doc]
+            fn $method(self, rhs: $rhs) -> $out {
+                $out { millis: self.millis.$sat(rhs.millis) }
+            }
+        }
+
+        impl $assign<$rhs> for $lhs {
+            fn $assign_method(&mut self, rhs: $rhs) {
+                *self = $op::$method(*self, rhs);
+            }
+        }
+    };
 }
 
-impl AddAssign<Duration> for Instant {
-    fn add_assign(&mut self, d: Duration) {
-        *self = *self + d;
-    }
-}
-
-impl Sub<Duration> for Instant {
-    type Output = Instant;
-    /// Saturates at the clock's zero.
-    fn sub(self, d: Duration) -> Instant {
-        Instant { millis: self.millis.saturating_sub(d.millis) }
-    }
-}
-
-impl SubAssign<Duration> for Instant {
-    fn sub_assign(&mut self, d: Duration) {
-        *self = *self - d;
-    }
-}
+saturating_op!(Instant Add add AddAssign add_assign Duration = Instant, saturating_add, "Saturates at the clock's end.");
+saturating_op!(Instant Sub sub SubAssign sub_assign Duration = Instant, saturating_sub, "Saturates at the clock's zero.");
+saturating_op!(Duration Add add AddAssign add_assign Duration = Duration, saturating_add, "Saturates at [`Duration::MAX`].");
+saturating_op!(Duration Sub sub SubAssign sub_assign Duration = Duration, saturating_sub, "Saturates at zero.");
 
 impl Sub<Instant> for Instant {
     type Output = Duration;
@@ -115,34 +117,6 @@ impl Sub<Instant> for Instant {
     /// [`Instant::saturating_duration_since`]).
     fn sub(self, earlier: Instant) -> Duration {
         self.saturating_duration_since(earlier)
-    }
-}
-
-impl Add for Duration {
-    type Output = Duration;
-    /// Saturates at [`Duration::MAX`].
-    fn add(self, d: Duration) -> Duration {
-        Duration { millis: self.millis.saturating_add(d.millis) }
-    }
-}
-
-impl AddAssign for Duration {
-    fn add_assign(&mut self, d: Duration) {
-        *self = *self + d;
-    }
-}
-
-impl Sub for Duration {
-    type Output = Duration;
-    /// Saturates at zero.
-    fn sub(self, d: Duration) -> Duration {
-        Duration { millis: self.millis.saturating_sub(d.millis) }
-    }
-}
-
-impl SubAssign for Duration {
-    fn sub_assign(&mut self, d: Duration) {
-        *self = *self - d;
     }
 }
 
@@ -156,24 +130,6 @@ impl From<core::time::Duration> for Duration {
     /// Whole milliseconds (what is below one is dropped; beyond [`Duration::MAX`] saturates).
     fn from(d: core::time::Duration) -> Self {
         Duration { millis: u64::try_from(d.as_millis()).unwrap_or(u64::MAX) }
-    }
-}
-
-fn write_millis(f: &mut fmt::Formatter<'_>, millis: u64) -> fmt::Result {
-    write!(f, "{}.{:03}s", millis / 1_000, millis % 1_000)
-}
-
-impl fmt::Display for Instant {
-    /// Seconds since the clock's zero, to the millisecond: `12.345s`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_millis(f, self.millis)
-    }
-}
-
-impl fmt::Display for Duration {
-    /// Seconds, to the millisecond: `0.250s`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_millis(f, self.millis)
     }
 }
 
