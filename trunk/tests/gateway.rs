@@ -99,3 +99,11 @@ fn the_hello_travels_alone_even_after_a_ping() {
     let n = gw.poll_transmit(0, Instant::ZERO, &mut buf).unwrap().unwrap();
     assert!(hs.hello(&buf[..n], &ServerConfig::default()).is_ok());
 }
+
+/// What a gateway keeps per phone for the trunk (the firmware counts its RAM per phone): the
+/// slot's state (with its close reason), flag set and link take the four bytes that the state,
+/// flags, link and reason bytes took before they were typed.
+#[test]
+fn a_session_slot_stays_72_bytes() {
+    assert_eq!(std::mem::size_of::<SessionSlot>(), 72);
+}
