@@ -443,9 +443,9 @@ impl Settings {
         trunk::server::ServerConfig {
             max_payload_len: trunk::frame::DEFAULT_MAX_PAYLOAD_LEN,
             max_message_len: self.max_trunk_message,
-            ping_interval_ms: self.trunk_ping_ms,
-            idle_timeout_ms: self.trunk_ping_ms * 3,
-            handshake_timeout_ms: self.handshake_timeout_ms,
+            ping_interval: trunk::time::Duration::from_millis(self.trunk_ping_ms),
+            idle_timeout: trunk::time::Duration::from_millis(self.trunk_ping_ms * 3),
+            handshake_timeout: trunk::time::Duration::from_millis(self.handshake_timeout_ms),
         }
     }
 }

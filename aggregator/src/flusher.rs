@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use trunk::backoff::Backoff;
 use trunk::frame::AckEntry;
 use trunk::ledger::SessionKey;
+use trunk::time::Instant as TrunkInstant;
 
 use crate::state::Shared;
 use crate::store::FlushRow;
@@ -61,8 +62,8 @@ pub async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     Flushed::Failed => {
                         failures += 1;
                         // Back off before writing again: the database is failing.
-                        let pause = Backoff::STORE.delay_ms(failures, rand::random());
-                        paused_until = Some(tokio::time::Instant::now() + Duration::from_millis(pause));
+                        let pause = Backoff::STORE.delay(failures, rand::random());
+                        paused_until = Some(tokio::time::Instant::now() + Duration::from(pause));
                     }
                     Flushed::Committed(_) | Flushed::Nothing => failures = 0,
                 }
@@ -119,7 +120,7 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
     let mut waited_ms: Vec<u64> = Vec::with_capacity(take);
     let (flight, rows) = {
         let mut books = shared.books();
-        let flight = books.ledger.begin_flush(&mut keys, began_ms);
+        let flight = books.ledger.begin_flush(&mut keys, TrunkInstant::from_millis(began_ms));
         if flight.is_empty() {
             books.ledger.commit_succeeded(flight, |_, _, _| {});
             return Flushed::Nothing;
@@ -128,7 +129,7 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
             .ledger
             .rows(&flight)
             .map(|r| {
-                waited_ms.push(r.waited_ms(began_ms));
+                waited_ms.push(r.waited(TrunkInstant::from_millis(began_ms)).as_millis());
                 FlushRow {
                     key: r.key,
                     total: r.total,
@@ -148,7 +149,7 @@ pub async fn flush_once(shared: &Shared) -> Flushed {
         Ok(written) => {
             // From the arrival of the flight's oldest report to now, when it is durable.
             let now_ms = shared.now_ms();
-            let lag = Duration::from_millis(flight.waited_ms(now_ms));
+            let lag = Duration::from(flight.waited(TrunkInstant::from_millis(now_ms)));
             let mut acks: HashMap<u32, Vec<AckEntry>> = HashMap::new();
             // Sessions of a folded gateway boot were not written: no acknowledgement for them
             // (their gateway, if it still runs, is refused; see compactor.rs).

@@ -161,7 +161,9 @@ impl Shared {
             {
                 let mut books = self.books();
                 // Full: wait below for a commit to free room.
-                if let Ok(()) = books.ledger.record(key, route, update, self.now_ms()) {
+                if let Ok(()) =
+                    books.ledger.record(key, route, update, trunk::time::Instant::from_millis(self.now_ms()))
+                {
                     // Kept current here, not only at commits: a stalled database is when the
                     // gauge matters, and then nothing commits.
                     self.metrics.ledger_entries.set(books.ledger.len() as i64);

@@ -17,6 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
 use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
+use trunk::time::{Duration as TrunkDuration, Instant as TrunkInstant};
 
 use crate::gateways::{Admission, BootSessions, Gateways, LinkLive, SessionSet, QUOTA_RETRY_MS};
 use crate::routes::{Route, Routes, ToLink};
@@ -27,7 +28,12 @@ use address_limits::Slot;
 
 /// What gateways are told to wait before reconnecting when this process shuts down: long enough
 /// for the balancer to stop sending them here, short enough to be back within seconds.
-const GO_AWAY_RETRY_MS: u64 = 1_000;
+const GO_AWAY_RETRY: TrunkDuration = TrunkDuration::from_millis(1_000);
+
+/// The aggregator's clock as the trunk state machines take it.
+fn trunk_now(shared: &Shared) -> TrunkInstant {
+    TrunkInstant::from_millis(shared.now_ms())
+}
 
 type Ws<S> = WebSocketStream<S>;
 
@@ -46,7 +52,7 @@ pub async fn serve<S>(
     let config = shared.settings.trunk();
     let mut nonce = [0u8; trunk::frame::NONCE_LEN];
     rand::fill(&mut nonce);
-    let handshake = Handshake::new(nonce, shared.now_ms());
+    let handshake = Handshake::new(nonce, trunk_now(&shared));
     let mut buf = vec![0u8; config.max_message_len.max(trunk::gateway::MIN_TRANSMIT_BUFFER)];
     let Ok(n) = handshake.challenge(&mut buf) else { return };
     if !send_within(&mut ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await {
@@ -158,7 +164,7 @@ async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(record) => {
                     let secret = record.as_ref().map(|r| r.secret.as_slice());
                     let number = record.as_ref().map_or(0, |r| r.number);
-                    match handshake.verify(&hello, secret, number, shared.now_ms()) {
+                    match handshake.verify(&hello, secret, number, trunk_now(shared)) {
                         Ok(link) => Ok((link, name)),
                         Err(e) => Err((e, name)),
                     }
@@ -273,10 +279,10 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         if held_back {
             // The gateway's messages waited unread meanwhile: not its silence.
-            link.not_reading(shared.now_ms());
+            link.not_reading(trunk_now(shared));
         }
         // Anything the link itself has to say (welcome, pong, go-away)?
-        if let Some(n) = link.poll_transmit(shared.now_ms(), &config, buf)? {
+        if let Some(n) = link.poll_transmit(trunk_now(shared), &config, buf)? {
             if !send_within(ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await {
                 return Ok(());
             }
@@ -298,14 +304,14 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
         held_back = !can_read;
         if held_back {
             // Backpressure: the gateway's messages wait unread, so it is not idle.
-            link.not_reading(shared.now_ms());
+            link.not_reading(trunk_now(shared));
         }
         let idle_at = link.idle_deadline(&config);
-        let idle_in = Duration::from_millis(idle_at.saturating_sub(shared.now_ms()));
+        let idle_in = Duration::from(idle_at - trunk_now(shared));
         let drain = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = crate::shutdown::requested(&mut shutdown), if drain_deadline.is_none() => {
-                link.go_away(GO_AWAY_RETRY_MS, GoAwayReason::SHUTDOWN);
+                link.go_away(GO_AWAY_RETRY, GoAwayReason::SHUTDOWN);
                 drain_deadline = Some(tokio::time::Instant::now() + shared.settings.shutdown_grace());
             }
             _ = tokio::time::sleep_until(drain) => {
@@ -404,7 +410,7 @@ fn deliver(
     route: u32,
 ) -> Result<Delivery, LinkError> {
     let config = shared.settings.trunk();
-    let now = shared.now_ms();
+    let now = trunk_now(shared);
     let received = {
         let mut books = shared.books();
         if !ServerLink::has_room_for(&books.ledger, &message) {
@@ -458,7 +464,7 @@ fn quota_exceeded(
         sessions = boot.counted(),
         "trunk over its session quota: draining, then refused"
     );
-    link.go_away(QUOTA_RETRY_MS, GoAwayReason::OVERLOADED);
+    link.go_away(TrunkDuration::from_millis(QUOTA_RETRY_MS), GoAwayReason::OVERLOADED);
     let refuse_at = tokio::time::Instant::now() + shared.settings.shutdown_grace();
     *drain_deadline = Some(drain_deadline.map_or(refuse_at, |d| d.min(refuse_at)));
 }

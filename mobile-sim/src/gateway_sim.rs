@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use trunk::backoff::Backoff;
 use trunk::frame::{CloseReason, MAX_DEVICE_ID_LEN, MAX_GATEWAY_ID_LEN, NONCE_LEN, PATH, SUBPROTOCOL};
 use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkError, LinkPhase, SessionId, SessionSlot};
+use trunk::time::Instant as TrunkInstant;
 
 use crate::cli::{decode_hex, GatewaysArgs};
 use crate::net::{Connector, Failure, FailureKind, Target, Ws};
@@ -320,7 +321,7 @@ impl GatewaySim {
         let args = &shared.args;
         let p = args.sessions_per_gateway;
         let config = GatewayConfig {
-            flush_interval_ms: args.flush_interval.as_millis().max(1) as u64,
+            flush_interval: trunk::time::Duration::from_millis(args.flush_interval.as_millis().max(1) as u64),
             ..GatewayConfig::default()
         };
         let identity =
@@ -383,7 +384,11 @@ impl GatewaySim {
             if draining.is_some_and(|d| now >= d) {
                 break;
             }
-            let mut wake = self.gw.poll_timeout().unwrap_or(u64::MAX);
+            let mut wake = self
+                .gw
+                .poll_timeout()
+                .instant(TrunkInstant::from_millis(now))
+                .map_or(u64::MAX, |t| t.as_millis());
             if self.running {
                 if let Some(Reverse((due, _, _))) = self.queue.peek() {
                     wake = wake.min(*due);
@@ -513,13 +518,13 @@ impl GatewaySim {
                 self.links[link].sink = Some(sink);
                 let mut nonce = [0u8; NONCE_LEN];
                 rand::fill(&mut nonce);
-                self.gw.connected(link, now, nonce);
+                self.gw.connected(link, TrunkInstant::from_millis(now), nonce);
             }
             LinkEvent::Message { link, generation, data } => {
                 if self.links[link].generation != generation || self.links[link].sink.is_none() {
                     return;
                 }
-                match self.gw.handle_message(link, &data, now) {
+                match self.gw.handle_message(link, &data, TrunkInstant::from_millis(now)) {
                     Ok(()) => {
                         if self.gw.link_phase(link) == LinkPhase::Up {
                             self.links[link].failures = 0;
@@ -573,7 +578,7 @@ impl GatewaySim {
         if !was_up {
             l.failures = l.failures.saturating_add(1);
         }
-        self.gw.disconnected(link, now);
+        self.gw.disconnected(link, TrunkInstant::from_millis(now));
         if let Some(failure) = failure {
             tracing::debug!(gateway = %self.name, link, %failure, "trunk link lost");
             let stats = &self.shared.stats;
@@ -591,8 +596,8 @@ impl GatewaySim {
 
     fn schedule_reconnect(&mut self, link: usize, now: u64) {
         let random: u32 = rand::random();
-        let machine = self.gw.reconnect_delay(link, now, random);
-        let ours = Backoff::TRUNK.delay_ms(self.links[link].failures, random);
+        let machine = self.gw.reconnect_delay(link, TrunkInstant::from_millis(now), random).as_millis();
+        let ours = Backoff::TRUNK.delay(self.links[link].failures, random).as_millis();
         self.links[link].reconnect_at = Some(now + machine.max(ours));
     }
 
@@ -625,7 +630,7 @@ impl GatewaySim {
             let mut failure = None;
             let mut wrote = false;
             loop {
-                match self.gw.poll_transmit(link, now, &mut self.buf) {
+                match self.gw.poll_transmit(link, TrunkInstant::from_millis(now), &mut self.buf) {
                     Ok(None) => break,
                     Ok(Some(n)) => {
                         let message = Message::Binary(Bytes::copy_from_slice(&self.buf[..n]));
@@ -681,7 +686,7 @@ impl GatewaySim {
             if std::mem::take(&mut l.up) {
                 self.shared.stats.connected.fetch_sub(1, Relaxed);
             }
-            self.gw.disconnected(link, self.shared.now());
+            self.gw.disconnected(link, TrunkInstant::from_millis(self.shared.now()));
         }
         self.shared.stats.done.fetch_add(1, Relaxed);
     }

@@ -357,8 +357,8 @@ async fn live(shared: &Shared, k: usize, failing: &mut bool) {
                 }
             }
         }
-        let delay = Backoff::PHONE.delay_ms(failures, rand::random());
-        if !sleep_while_running(shared, Instant::now() + Duration::from_millis(delay)).await {
+        let delay = Backoff::PHONE.delay(failures, rand::random());
+        if !sleep_while_running(shared, Instant::now() + Duration::from(delay)).await {
             return;
         }
     }

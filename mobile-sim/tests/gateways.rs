@@ -40,8 +40,8 @@ struct Aggregator {
 }
 
 impl Aggregator {
-    fn now(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+    fn now(&self) -> trunk::time::Instant {
+        trunk::time::Instant::from_millis(self.start.elapsed().as_millis() as u64)
     }
 
     /// One commit: the ledger's dirty rows go to the table (keeping the larger total, as

@@ -4,16 +4,18 @@
 //! Figures and the machine they came from are in `docs/benchmarks.md`.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use trunk::frame::{
     self, Close, CloseReason, Frame, Hello, MessageWriter, Open, DEFAULT_MAX_PAYLOAD_LEN, NONCE_LEN,
     PROOF_LEN, PROTOCOL_VERSION,
 };
-use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkPhase, SessionSlot};
+use trunk::gateway::{Gateway, GatewayConfig, Identity, SessionSlot};
+use trunk::harness::{bring_up, transmit_all};
 use trunk::ledger::{Ledger, LedgerSlot, SessionKey};
 use trunk::server::{Handshake, ServerConfig, ServerLink};
+use trunk::time::Instant;
 
 const SECRET: &[u8] = b"bench secret";
 
@@ -90,45 +92,25 @@ fn small_frames(c: &mut Criterion) {
     group.finish();
 }
 
-/// Drives link `link` of `gw` through a real handshake with trunk's own server side.
-fn bring_up(gw: &mut Gateway<Vec<SessionSlot>>, link: usize, now: u64) {
-    let config = ServerConfig::default();
-    let mut buf = vec![0u8; 1024];
-    gw.connected(link, now, [0xa0; NONCE_LEN]);
-    let handshake = Handshake::new([0xc0; NONCE_LEN], now);
-    let n = handshake.challenge(&mut buf).unwrap();
-    gw.handle_message(link, &buf[..n], now).unwrap();
-    let n = gw.poll_transmit(link, now, &mut buf).unwrap().expect("a hello");
-    let hello = handshake.hello(&buf[..n], &config).unwrap();
-    let mut server = handshake.verify(&hello, Some(SECRET), 1, now).unwrap();
-    let mut out = vec![0u8; 1024];
-    let n = server.poll_transmit(now, &config, &mut out).unwrap().expect("a welcome");
-    gw.handle_message(link, &out[..n], now).unwrap();
-    assert_eq!(gw.link_phase(link), LinkPhase::Up);
-}
-
 /// Sends everything `link` has now; returns (messages, bytes).
-fn drain(gw: &mut Gateway<Vec<SessionSlot>>, link: usize, now: u64, out: &mut [u8]) -> (usize, usize) {
-    let (mut messages, mut bytes) = (0, 0);
-    while let Some(n) = gw.poll_transmit(link, now, out).unwrap() {
-        messages += 1;
-        bytes += n;
-    }
+fn drain(gw: &mut Gateway<Vec<SessionSlot>>, link: usize, now: Instant, out: &mut [u8]) -> (usize, usize) {
+    let mut bytes = 0;
+    let messages = transmit_all(gw, link, now, out, |m| bytes += m.len());
     (messages, bytes)
 }
 
 fn gateway_flush(c: &mut Criterion) {
     const SESSIONS: usize = 10_000;
     // Flush on every poll and keep the clock still, so no timer (ping, timeout) interferes.
-    let config = GatewayConfig { flush_interval_ms: 0, ..GatewayConfig::default() };
+    let config = GatewayConfig { flush_interval: trunk::time::Duration::ZERO, ..GatewayConfig::default() };
     let identity = Identity { gateway_id: b"site-1", secret: SECRET, boot_epoch: 1 };
-    let now = 1_000;
+    let now = Instant::from_secs(1);
     let mut out = vec![0u8; ServerConfig::default().max_message_len];
 
     let mut group = c.benchmark_group("gateway_flush_10000");
     for changed_every in [3usize, 10_000] {
         let mut gw = Gateway::new(config, identity, 1, vec![SessionSlot::FREE; SESSIONS]).unwrap();
-        bring_up(&mut gw, 0, now);
+        bring_up(&mut gw, 0, now, SECRET, &ServerConfig::default());
         let ids: Vec<_> = (0..SESSIONS).map(|_| gw.open(Some(&[0x5e; 16])).unwrap()).collect();
         drain(&mut gw, 0, now, &mut out); // the opens
         let changed: Vec<_> = ids.iter().copied().step_by(changed_every).collect();
@@ -142,7 +124,7 @@ fn gateway_flush(c: &mut Criterion) {
                     for id in &changed {
                         gw.record(*id, 1 + (id.0 + round) % 500).unwrap();
                     }
-                    let start = Instant::now();
+                    let start = std::time::Instant::now();
                     black_box(drain(&mut gw, 0, now, &mut out));
                     elapsed += start.elapsed();
                 }
@@ -159,7 +141,7 @@ fn server_ingest(c: &mut Criterion) {
     let config = ServerConfig::default();
     let message = counts_message(ENTRIES);
     // A link authenticated with a Hello made by hand (the gateway's part is not measured here).
-    let handshake = Handshake::new([0xc0; NONCE_LEN], 0);
+    let handshake = Handshake::new([0xc0; NONCE_LEN], Instant::ZERO);
     let mut hello = Hello {
         version: PROTOCOL_VERSION,
         link: 0,
@@ -169,7 +151,7 @@ fn server_ingest(c: &mut Criterion) {
         proof: [0; PROOF_LEN],
     };
     hello.proof = trunk::auth::prove(SECRET, &[0xc0; NONCE_LEN], &hello);
-    let mut link: ServerLink = handshake.verify(&hello, Some(SECRET), 1, 0).unwrap();
+    let mut link: ServerLink = handshake.verify(&hello, Some(SECRET), 1, Instant::ZERO).unwrap();
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 4_096], 0x5eed);
     let mut keys = vec![SessionKey { gateway: 0, boot_epoch: 0, session: 0 }; 4_096];
 
@@ -179,12 +161,13 @@ fn server_ingest(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iters {
-                let start = Instant::now();
-                let r = link.handle_message(black_box(&message), 0, &config, &mut ledger, 7).unwrap();
+                let start = std::time::Instant::now();
+                let r =
+                    link.handle_message(black_box(&message), Instant::ZERO, &config, &mut ledger, 7).unwrap();
                 elapsed += start.elapsed();
                 assert_eq!(r.counts, ENTRIES as usize);
                 // Empty the ledger again, outside the measurement.
-                let flight = ledger.begin_flush(&mut keys, 0);
+                let flight = ledger.begin_flush(&mut keys, Instant::ZERO);
                 ledger.commit_succeeded(flight, |_, _, _| {});
             }
             elapsed

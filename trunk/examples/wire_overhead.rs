@@ -7,29 +7,15 @@
 //! measured: WebSocket message bytes (trunk frames, no WebSocket or TLS framing) divided by the
 //! sessions it reports. Totals are deterministic pseudo-random numbers in the stated range.
 
-use trunk::frame::{self, Frame, NONCE_LEN};
-use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkPhase, SessionSlot};
+use trunk::frame::{self, Frame};
+use trunk::gateway::{Gateway, GatewayConfig, Identity, SessionSlot};
+use trunk::harness::{bring_up, transmit_all};
 use trunk::ledger::LedgerSlot;
-use trunk::server::{Handshake, ServerConfig};
+use trunk::server::ServerConfig;
+use trunk::time::{Duration, Instant};
 
 const SECRET: &[u8] = b"secret";
 const SESSIONS: usize = 10_000;
-
-fn bring_up(gw: &mut Gateway<Vec<SessionSlot>>, now: u64) {
-    let config = ServerConfig::default();
-    let mut buf = vec![0u8; 1024];
-    gw.connected(0, now, [0xa0; NONCE_LEN]);
-    let handshake = Handshake::new([0xc0; NONCE_LEN], now);
-    let n = handshake.challenge(&mut buf).unwrap();
-    gw.handle_message(0, &buf[..n], now).unwrap();
-    let n = gw.poll_transmit(0, now, &mut buf).unwrap().expect("a hello");
-    let hello = handshake.hello(&buf[..n], &config).unwrap();
-    let mut server = handshake.verify(&hello, Some(SECRET), 1, now).unwrap();
-    let mut out = vec![0u8; 1024];
-    let n = server.poll_transmit(now, &config, &mut out).unwrap().expect("a welcome");
-    gw.handle_message(0, &out[..n], now).unwrap();
-    assert_eq!(gw.link_phase(0), LinkPhase::Up);
-}
 
 #[derive(Default)]
 struct Flush {
@@ -40,13 +26,12 @@ struct Flush {
 }
 
 /// Sends everything the link has now, counting messages, frames, bytes and sessions reported.
-fn flush(gw: &mut Gateway<Vec<SessionSlot>>, now: u64) -> Flush {
+fn flush(gw: &mut Gateway<Vec<SessionSlot>>, now: Instant) -> Flush {
     let mut out = vec![0u8; ServerConfig::default().max_message_len];
     let mut f = Flush::default();
-    while let Some(n) = gw.poll_transmit(0, now, &mut out).unwrap() {
-        f.messages += 1;
-        f.bytes += n;
-        for frame in frame::frames(&out[..n], frame::MAX_PAYLOAD_LEN) {
+    f.messages = transmit_all(gw, 0, now, &mut out, |message| {
+        f.bytes += message.len();
+        for frame in frame::frames(message, frame::MAX_PAYLOAD_LEN) {
             f.frames += 1;
             match frame.unwrap() {
                 Frame::Counts(c) => f.reported += c.iter().count(),
@@ -54,7 +39,7 @@ fn flush(gw: &mut Gateway<Vec<SessionSlot>>, now: u64) -> Flush {
                 _ => {}
             }
         }
-    }
+    });
     f
 }
 
@@ -77,8 +62,8 @@ fn row(label: &str, f: &Flush) {
 }
 
 fn main() {
-    let now = 1_000;
-    let config = GatewayConfig { flush_interval_ms: 0, ..GatewayConfig::default() };
+    let now = Instant::from_secs(1);
+    let config = GatewayConfig { flush_interval: Duration::ZERO, ..GatewayConfig::default() };
     let identity = Identity { gateway_id: b"site-1", secret: SECRET, boot_epoch: 1 };
 
     println!("| flush                                              | sessions | messages | frames |     bytes | bytes/sess |");
@@ -87,7 +72,7 @@ fn main() {
     for (range, lo, hi) in [("1..500 B", 1, 500), ("1 KB..1 MB", 1_000, 1_000_000)] {
         for changed in [1_000usize, 10_000] {
             let mut gw = Gateway::new(config, identity, 1, vec![SessionSlot::FREE; SESSIONS]).unwrap();
-            bring_up(&mut gw, now);
+            bring_up(&mut gw, 0, now, SECRET, &ServerConfig::default());
             let ids: Vec<_> = (0..SESSIONS).map(|_| gw.open(Some(&[0x5e; 16])).unwrap()).collect();
             let opens = flush(&mut gw, now);
             if first {

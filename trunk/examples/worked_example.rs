@@ -52,7 +52,7 @@ fn show(title: &str, message: &[u8]) {
 }
 
 fn main() {
-    let now = 0;
+    let now = trunk::time::Instant::ZERO;
     let server_config = ServerConfig::default();
 
     // The gateway, 1 link, 1,000 session slots.

@@ -26,6 +26,7 @@ use crate::frame::{
     self, AckEntry, Close, CloseReason, DecodeError, EncodeError, Frame, Hello, MessageWriter, Open,
     RefuseCode, MAX_DEVICE_ID_LEN, MAX_GATEWAY_ID_LEN, NONCE_LEN, PROOF_LEN, PROTOCOL_VERSION,
 };
+use crate::time::{Duration, Instant, PollAt};
 use crate::ShortBytes;
 
 /// Most links one gateway keeps (a bound on its fixed link table).
@@ -36,20 +37,20 @@ pub const MAX_SECRET_LEN: usize = 64;
 /// so does any session's Open. A Welcome allowing smaller messages is refused.
 pub const MIN_TRANSMIT_BUFFER: usize = 256;
 /// A Welcome cannot make the gateway ping more often than this.
-pub const MIN_PING_INTERVAL_MS: u64 = 1_000;
+pub const MIN_PING_INTERVAL: Duration = Duration::from_millis(1_000);
 
 /// Timings and bounds of a gateway. Every field has a default fit for mobile phones behind a site
 /// gateway; see `docs/trunk-protocol.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GatewayConfig {
     /// How often counts are flushed on each link: the batching window. Default 250 ms.
-    pub flush_interval_ms: u64,
+    pub flush_interval: Duration,
     /// Send a ping when a link was quiet this long in either direction. Default 15 s.
-    pub ping_interval_ms: u64,
+    pub ping_interval: Duration,
     /// A link that received nothing for this long is dead. Default 45 s.
-    pub link_timeout_ms: u64,
+    pub link_timeout: Duration,
     /// A link that is not up this long after it connected is dead. Default 10 s.
-    pub handshake_timeout_ms: u64,
+    pub handshake_timeout: Duration,
     /// Largest frame payload the aggregator is sent (its decoding bound). Default 16 KiB.
     pub max_payload_len: usize,
 }
@@ -57,10 +58,10 @@ pub struct GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
-            flush_interval_ms: 250,
-            ping_interval_ms: 15_000,
-            link_timeout_ms: 45_000,
-            handshake_timeout_ms: 10_000,
+            flush_interval: Duration::from_millis(250),
+            ping_interval: Duration::from_secs(15),
+            link_timeout: Duration::from_secs(45),
+            handshake_timeout: Duration::from_secs(10),
             max_payload_len: frame::DEFAULT_MAX_PAYLOAD_LEN,
         }
     }
@@ -88,16 +89,31 @@ impl core::fmt::Display for SessionId {
     }
 }
 
-const FREE: u8 = 0;
-const OPEN: u8 = 1;
-const CLOSING: u8 = 2;
+/// Where a session slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Unused: free for the next phone.
+    Free,
+    /// The phone is connected; its bytes are counted.
+    Open,
+    /// The phone is gone (for this reason); the slot stays until the aggregator acknowledges the
+    /// close.
+    Closing(CloseReason),
+}
 
-const OPEN_SENT: u8 = 1 << 0;
-const OPEN_ACKED: u8 = 1 << 1;
-const CLOSE_SENT: u8 = 1 << 2;
-const NOTIFY: u8 = 1 << 3;
-
-const NO_LINK: u8 = u8::MAX;
+bit_flags! {
+    /// What a session has told its current link and heard back.
+    struct SlotFlags {
+        /// The Open was written on the session's current link.
+        const OPEN_SENT = 1 << 0;
+        /// The aggregator acknowledged something of this session, so it holds the Open.
+        const OPEN_ACKED = 1 << 1;
+        /// The Close was written on the session's current link.
+        const CLOSE_SENT = 1 << 2;
+        /// The durable total grew since [`Gateway::poll_durable`] last returned it.
+        const NOTIFY = 1 << 3;
+    }
+}
 
 /// One phone session's trunk state: the whole of what a gateway keeps per phone for the trunk.
 /// Allocate them as the caller likes (a static array on a board, a `Vec` on a host):
@@ -108,10 +124,10 @@ pub struct SessionSlot {
     sent: u64,
     acked: u64,
     generation: u32,
-    state: u8,
-    flags: u8,
-    link: u8,
-    reason: u8,
+    state: SlotState,
+    flags: SlotFlags,
+    /// The link the session's reports went to since its last rewind.
+    link: Option<u8>,
     device: ShortBytes<MAX_DEVICE_ID_LEN>,
 }
 
@@ -122,12 +138,16 @@ impl SessionSlot {
         sent: 0,
         acked: 0,
         generation: 0,
-        state: FREE,
-        flags: 0,
-        link: NO_LINK,
-        reason: 0,
+        state: SlotState::Free,
+        flags: SlotFlags::NONE,
+        link: None,
         device: ShortBytes::EMPTY,
     };
+
+    /// Where this slot stands.
+    pub fn state(&self) -> SlotState {
+        self.state
+    }
 }
 
 /// Where a link stands.
@@ -150,10 +170,10 @@ pub enum LinkPhase {
 #[derive(Debug, Clone, Copy)]
 struct Link {
     phase: LinkPhase,
-    since: u64,
-    last_rx: u64,
-    last_tx: u64,
-    next_flush: u64,
+    since: Instant,
+    last_rx: Instant,
+    last_tx: Instant,
+    next_flush: Instant,
     nonce: [u8; NONCE_LEN],
     challenge: [u8; NONCE_LEN],
     pong_due: Option<u64>,
@@ -166,19 +186,19 @@ struct Link {
     /// Value of `Gateway::changes` when the scan in progress (see `resume`) began.
     scan_from: u64,
     /// Ping when quiet this long: the shorter of ours and the aggregator's (Welcome).
-    ping_interval_ms: u64,
+    ping_interval: Duration,
     max_message_len: usize,
-    not_before: u64,
+    not_before: Instant,
     failures: u32,
 }
 
 impl Link {
     const DOWN: Self = Self {
         phase: LinkPhase::Down,
-        since: 0,
-        last_rx: 0,
-        last_tx: 0,
-        next_flush: 0,
+        since: Instant::ZERO,
+        last_rx: Instant::ZERO,
+        last_tx: Instant::ZERO,
+        next_flush: Instant::ZERO,
         nonce: [0; NONCE_LEN],
         challenge: [0; NONCE_LEN],
         pong_due: None,
@@ -187,9 +207,9 @@ impl Link {
         resume: None,
         scanned: 0,
         scan_from: 0,
-        ping_interval_ms: u64::MAX,
+        ping_interval: Duration::MAX,
         max_message_len: usize::MAX,
-        not_before: 0,
+        not_before: Instant::ZERO,
         failures: 0,
     };
 }
@@ -246,6 +266,7 @@ impl core::error::Error for OpenError {}
 
 /// The session id names no live session (it closed, or never existed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct UnknownSession;
 
 impl core::fmt::Display for UnknownSession {
@@ -402,10 +423,11 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         }
         let start = self.open_cursor;
         let slots = self.slots.as_mut();
-        let index = (0..n).map(|k| (start + k) % n).find(|&i| slots[i].state == FREE);
+        let index = (0..n).map(|k| (start + k) % n).find(|&i| slots[i].state == SlotState::Free);
         let Some(index) = index else { return Err(OpenError::Full) };
         let slot = &mut slots[index];
-        *slot = SessionSlot { generation: slot.generation, state: OPEN, device, ..SessionSlot::FREE };
+        *slot =
+            SessionSlot { generation: slot.generation, state: SlotState::Open, device, ..SessionSlot::FREE };
         let id = SessionId(u64::from(slot.generation) * n as u64 + index as u64);
         self.open_cursor = (index + 1) % n;
         self.live += 1;
@@ -418,14 +440,14 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         let index = (id.0 % n) as usize;
         let generation = id.0 / n;
         let slot = &self.slots.as_ref()[index];
-        (slot.state != FREE && u64::from(slot.generation) == generation).then_some(index)
+        (slot.state != SlotState::Free && u64::from(slot.generation) == generation).then_some(index)
     }
 
     /// The phone sent `bytes` payload bytes; returns the session's new total.
     pub fn record(&mut self, id: SessionId, bytes: u64) -> Result<u64, UnknownSession> {
         let index = self.slot_index(id).ok_or(UnknownSession)?;
         let slot = &mut self.slots.as_mut()[index];
-        if slot.state != OPEN {
+        if slot.state != SlotState::Open {
             return Err(UnknownSession);
         }
         slot.count = slot.count.saturating_add(bytes);
@@ -437,11 +459,10 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
     pub fn close(&mut self, id: SessionId, reason: CloseReason) -> Result<(), UnknownSession> {
         let index = self.slot_index(id).ok_or(UnknownSession)?;
         let slot = &mut self.slots.as_mut()[index];
-        if slot.state != OPEN {
+        if slot.state != SlotState::Open {
             return Err(UnknownSession);
         }
-        slot.state = CLOSING;
-        slot.reason = reason.0;
+        slot.state = SlotState::Closing(reason);
         self.changes += 1;
         Ok(())
     }
@@ -466,8 +487,8 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         for k in 0..n {
             let index = (self.notify_cursor + k) % n;
             let slot = &mut self.slots.as_mut()[index];
-            if slot.flags & NOTIFY != 0 {
-                slot.flags &= !NOTIFY;
+            if slot.flags.contains(SlotFlags::NOTIFY) {
+                slot.flags.remove(SlotFlags::NOTIFY);
                 self.notify_pending -= 1;
                 self.notify_cursor = (index + 1) % n;
                 let id = SessionId(u64::from(slot.generation) * n as u64 + index as u64);
@@ -481,7 +502,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
     // ----- link side -----
 
     /// Link `link`'s transport (TLS and WebSocket) is up; `nonce` must be fresh random bytes.
-    pub fn connected(&mut self, link: usize, now: u64, nonce: [u8; NONCE_LEN]) {
+    pub fn connected(&mut self, link: usize, now: Instant, nonce: [u8; NONCE_LEN]) {
         if link >= self.link_count {
             return;
         }
@@ -503,7 +524,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
 
     /// Link `link` is gone (closed, reset, timed out, refused). Its sessions will be replayed on the
     /// links that are up, from their last acknowledged counts.
-    pub fn disconnected(&mut self, link: usize, now: u64) {
+    pub fn disconnected(&mut self, link: usize, now: Instant) {
         let Some(l) = self.links[..self.link_count].get_mut(link) else { return };
         if l.phase == LinkPhase::Down {
             return;
@@ -518,7 +539,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         // race between links that may be this one. Sessions that are fully acknowledged have
         // nothing to replay, so this costs only the replays that are needed.
         for slot in self.slots.as_mut() {
-            if slot.state != FREE {
+            if slot.state != SlotState::Free {
                 rewind(slot);
             }
         }
@@ -527,14 +548,14 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
 
     /// How long to wait before reconnecting link `link`: the aggregator's go-away hint, or
     /// exponential backoff with jitter after failed attempts (`random`: any random `u32`).
-    pub fn reconnect_delay(&self, link: usize, now: u64, random: u32) -> u64 {
-        let Some(l) = self.links.get(link) else { return 0 };
-        let backoff = crate::backoff::Backoff::TRUNK.delay_ms(l.failures, random);
-        backoff.max(l.not_before.saturating_sub(now))
+    pub fn reconnect_delay(&self, link: usize, now: Instant, random: u32) -> Duration {
+        let Some(l) = self.links.get(link) else { return Duration::ZERO };
+        let backoff = crate::backoff::Backoff::TRUNK.delay(l.failures, random);
+        backoff.max(l.not_before - now)
     }
 
     /// Handles one WebSocket message received on `link`.
-    pub fn handle_message(&mut self, link: usize, message: &[u8], now: u64) -> Result<(), LinkError> {
+    pub fn handle_message(&mut self, link: usize, message: &[u8], now: Instant) -> Result<(), LinkError> {
         if link >= self.link_count || self.links[link].phase == LinkPhase::Down {
             return Err(LinkError::Protocol("message on a link that is down"));
         }
@@ -545,7 +566,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         Ok(())
     }
 
-    fn handle_frame(&mut self, link: usize, frame: Frame<'_>, now: u64) -> Result<(), LinkError> {
+    fn handle_frame(&mut self, link: usize, frame: Frame<'_>, now: Instant) -> Result<(), LinkError> {
         let phase = self.links[link].phase;
         match frame {
             Frame::Challenge(c) if phase == LinkPhase::AwaitChallenge => {
@@ -560,13 +581,14 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
                 if w.max_message_len < MIN_TRANSMIT_BUFFER as u64 {
                     return Err(LinkError::Protocol("welcome allows messages too small to carry a session"));
                 }
-                let ping = self.config.ping_interval_ms.min(w.ping_interval_ms.max(MIN_PING_INTERVAL_MS));
+                let told = Duration::from_millis(w.ping_interval_ms);
+                let ping = self.config.ping_interval.min(told.max(MIN_PING_INTERVAL));
                 let l = &mut self.links[link];
                 l.phase = LinkPhase::Up;
                 l.failures = 0;
                 l.next_flush = now;
                 l.max_message_len = usize::try_from(w.max_message_len).unwrap_or(usize::MAX);
-                l.ping_interval_ms = ping;
+                l.ping_interval = ping;
                 l.scanned = 0;
                 l.resume = None;
                 self.changes += 1;
@@ -586,7 +608,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
             Frame::GoAway(g) if matches!(phase, LinkPhase::Up | LinkPhase::Draining) => {
                 let l = &mut self.links[link];
                 l.phase = LinkPhase::Draining;
-                l.not_before = now.saturating_add(g.retry_after_ms);
+                l.not_before = now + Duration::from_millis(g.retry_after_ms);
                 // Its unfinished flush is abandoned: those sessions move to other links.
                 l.resume = None;
                 self.changes += 1;
@@ -605,22 +627,22 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         if entry.total > slot.count {
             return Err(LinkError::Protocol("acknowledged more bytes than were counted"));
         }
-        slot.flags |= OPEN_ACKED;
+        slot.flags.insert(SlotFlags::OPEN_ACKED);
         if entry.total > slot.acked {
             slot.acked = entry.total;
-            if slot.flags & NOTIFY == 0 && slot.state == OPEN {
-                slot.flags |= NOTIFY;
+            if !slot.flags.contains(SlotFlags::NOTIFY) && slot.state == SlotState::Open {
+                slot.flags.insert(SlotFlags::NOTIFY);
                 self.notify_pending += 1;
             }
         }
         if entry.closed {
-            // The close may have been sent on a link lost since (so CLOSE_SENT was rewound): the
+            // The close may have been sent on a link lost since (so its close_sent flag was rewound): the
             // aggregator can only have it from us, so a closing session is all that is required.
-            if slot.state != CLOSING {
+            if !matches!(slot.state, SlotState::Closing(_)) {
                 return Err(LinkError::Protocol("acknowledged a close of an open session"));
             }
             if entry.total == slot.count {
-                if slot.flags & NOTIFY != 0 {
+                if slot.flags.contains(SlotFlags::NOTIFY) {
                     self.notify_pending -= 1;
                 }
                 *slot = SessionSlot { generation: slot.generation.wrapping_add(1), ..SessionSlot::FREE };
@@ -642,7 +664,7 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
     pub fn poll_transmit(
         &mut self,
         link: usize,
-        now: u64,
+        now: Instant,
         out: &mut [u8],
     ) -> Result<Option<usize>, LinkError> {
         if out.len() < MIN_TRANSMIT_BUFFER {
@@ -655,12 +677,12 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         match l.phase {
             LinkPhase::Down => return Ok(None),
             LinkPhase::AwaitChallenge | LinkPhase::SendHello | LinkPhase::AwaitWelcome => {
-                if now.saturating_sub(l.since) > self.config.handshake_timeout_ms {
+                if now - l.since > self.config.handshake_timeout {
                     return Err(LinkError::TimedOut);
                 }
             }
             LinkPhase::Up | LinkPhase::Draining => {
-                if now.saturating_sub(l.last_rx) > self.config.link_timeout_ms {
+                if now - l.last_rx > self.config.link_timeout {
                     return Err(LinkError::TimedOut);
                 }
             }
@@ -679,8 +701,8 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
             self.links[link].pong_due = None;
         }
         if matches!(l.phase, LinkPhase::Up | LinkPhase::Draining) && l.ping_sent.is_none() {
-            let quiet = now.saturating_sub(l.last_rx.min(l.last_tx));
-            if quiet >= l.ping_interval_ms.min(self.config.ping_interval_ms) {
+            let quiet = now - l.last_rx.min(l.last_tx);
+            if quiet >= l.ping_interval.min(self.config.ping_interval) {
                 let n = l.pings.wrapping_add(1);
                 w.frame(&Frame::Ping(n))?;
                 let l = &mut self.links[link];
@@ -716,11 +738,11 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
 
     /// Writes the opens, counts and closes that `link` carries, as many as fit; remembers where it
     /// stopped so the next message goes on from there.
-    fn flush(&mut self, link: usize, now: u64, w: &mut MessageWriter<'_>) {
+    fn flush(&mut self, link: usize, now: Instant, w: &mut MessageWriter<'_>) {
         let l = self.links[link];
         let resume = l.resume;
         if resume.is_none() && l.scanned == self.changes {
-            self.links[link].next_flush = now.saturating_add(self.config.flush_interval_ms);
+            self.links[link].next_flush = now + self.config.flush_interval;
             return; // nothing changed since the last complete scan
         }
         // Changes made while a scan is split over several messages must not count as scanned.
@@ -728,13 +750,13 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         let n = self.capacity();
         let mut stopped = None;
         for index in resume.unwrap_or(0)..n {
-            if self.slots.as_ref()[index].state == FREE || self.route(index) != Some(link) {
+            if self.slots.as_ref()[index].state == SlotState::Free || self.route(index) != Some(link) {
                 continue;
             }
             let slot = &mut self.slots.as_mut()[index];
-            if usize::from(slot.link) != link {
+            if slot.link != Some(link as u8) {
                 rewind(slot); // moved here from another link: replay from what is durable
-                slot.link = link as u8;
+                slot.link = Some(link as u8);
             }
             if !write_session(slot, n, index, w) {
                 stopped = Some(index);
@@ -746,68 +768,73 @@ impl<S: AsRef<[SessionSlot]> + AsMut<[SessionSlot]>> Gateway<S> {
         l.scan_from = scan_from;
         if stopped.is_none() {
             l.scanned = scan_from;
-            l.next_flush = now.saturating_add(self.config.flush_interval_ms);
+            l.next_flush = now + self.config.flush_interval;
         }
     }
 
-    /// The earliest time at which [`Gateway::poll_transmit`] may have something to do.
-    pub fn poll_timeout(&self) -> Option<u64> {
+    /// When [`Gateway::poll_transmit`] may next have something to do on some link:
+    /// [`PollAt::Now`] when a link has something ready, [`PollAt::Never`] when every link is
+    /// down (then only an event, a connection or a phone, gives it work).
+    pub fn poll_timeout(&self) -> PollAt {
         let c = &self.config;
+        // A timeout fires once its duration has passed: one millisecond after the deadline.
+        let tick = Duration::from_millis(1);
         self.links[..self.link_count]
             .iter()
-            .filter_map(|l| match l.phase {
-                LinkPhase::Down => None,
-                LinkPhase::SendHello => Some(l.since),
+            .map(|l| match l.phase {
+                LinkPhase::Down => PollAt::Never,
+                LinkPhase::SendHello => PollAt::Now,
                 LinkPhase::AwaitChallenge | LinkPhase::AwaitWelcome => {
-                    Some(l.since.saturating_add(c.handshake_timeout_ms).saturating_add(1))
+                    PollAt::At(l.since + c.handshake_timeout + tick)
                 }
                 LinkPhase::Up | LinkPhase::Draining => {
-                    let mut t = l.last_rx.saturating_add(c.link_timeout_ms).saturating_add(1);
                     if l.pong_due.is_some() || (l.phase == LinkPhase::Up && l.resume.is_some()) {
-                        t = 0;
+                        return PollAt::Now;
                     }
+                    let mut t = l.last_rx + c.link_timeout + tick;
                     if l.ping_sent.is_none() {
-                        let ping = l.ping_interval_ms.min(c.ping_interval_ms);
-                        t = t.min(l.last_rx.min(l.last_tx).saturating_add(ping));
+                        let ping = l.ping_interval.min(c.ping_interval);
+                        t = t.min(l.last_rx.min(l.last_tx) + ping);
                     }
                     if l.phase == LinkPhase::Up {
                         t = t.min(l.next_flush);
                     }
-                    Some(t)
+                    PollAt::At(t)
                 }
             })
             .min()
+            .unwrap_or(PollAt::Never)
     }
 }
 
 /// Forget what was reported on the session's link: replay from the acknowledged state.
 fn rewind(slot: &mut SessionSlot) {
     slot.sent = slot.acked;
-    if slot.flags & OPEN_ACKED == 0 {
-        slot.flags &= !OPEN_SENT;
+    if !slot.flags.contains(SlotFlags::OPEN_ACKED) {
+        slot.flags.remove(SlotFlags::OPEN_SENT);
     }
-    slot.flags &= !CLOSE_SENT;
-    slot.link = NO_LINK;
+    slot.flags.remove(SlotFlags::CLOSE_SENT);
+    slot.link = None;
 }
 
 /// Writes what one session has to say; `false` if the message is full (what was written stays
 /// recorded in the slot's flags, so nothing is said twice on the same link needlessly).
 fn write_session(slot: &mut SessionSlot, n: usize, index: usize, w: &mut MessageWriter<'_>) -> bool {
     let id = u64::from(slot.generation) * n as u64 + index as u64;
-    if slot.flags & OPEN_SENT == 0 {
+    if !slot.flags.contains(SlotFlags::OPEN_SENT) {
         let device = (!slot.device.is_empty()).then(|| slot.device.as_slice());
         if w.frame(&Frame::Open(Open { session: id, device })).is_err() {
             return false;
         }
-        slot.flags |= OPEN_SENT;
+        slot.flags.insert(SlotFlags::OPEN_SENT);
     }
-    if slot.state == CLOSING {
-        if slot.flags & CLOSE_SENT == 0 {
-            let close = Close { session: id, total: slot.count, reason: CloseReason(slot.reason) };
+    if let SlotState::Closing(reason) = slot.state {
+        if !slot.flags.contains(SlotFlags::CLOSE_SENT) {
+            let close = Close { session: id, total: slot.count, reason };
             if w.frame(&Frame::Close(close)).is_err() {
                 return false;
             }
-            slot.flags |= CLOSE_SENT;
+            slot.flags.insert(SlotFlags::CLOSE_SENT);
             slot.sent = slot.count;
         }
     } else if slot.count > slot.sent {

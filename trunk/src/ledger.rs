@@ -27,6 +27,7 @@
 //! (`GREATEST`): that is what makes a replay change nothing twice.
 
 use crate::frame::{AckEntry, CloseReason, MAX_DEVICE_ID_LEN};
+use crate::time::{Duration, Instant};
 use crate::ShortBytes;
 
 /// The gateway number [`SessionKey::gateway`] uses for phones connected straight to the
@@ -67,25 +68,25 @@ pub struct Row<'a> {
     /// The session ended, if a report since the last commit said so.
     pub closed: Option<CloseReason>,
     /// Since when the row's oldest report waits (the low 32 bits of the caller's milliseconds);
-    /// see [`Row::waited_ms`].
+    /// see [`Row::waited`].
     since_ms: u32,
 }
 
 impl Row<'_> {
-    /// How long the row's oldest report has waited at `now_ms` (the caller's milliseconds, as
-    /// given to [`Ledger::record`]): the row's flush lag if its flight commits now.
-    pub fn waited_ms(&self, now_ms: u64) -> u64 {
-        u64::from(elapsed_ms(now_ms, self.since_ms))
+    /// How long the row's oldest report has waited at `now` (the caller's clock, as given to
+    /// [`Ledger::record`]): the row's flush lag if its flight commits now.
+    pub fn waited(&self, now: Instant) -> Duration {
+        Duration::from_millis(u64::from(elapsed_ms(now, self.since_ms)))
     }
 }
 
-/// Milliseconds from `since_ms` (the low 32 bits of a caller's clock) to `now_ms`: right across
-/// the 32-bit wrap (every 49 days), and 0 when `since_ms` is a little ahead of `now_ms`, which
+/// Milliseconds from `since_ms` (the low 32 bits of a caller's clock) to `now`: right across
+/// the 32-bit wrap (every 49 days), and 0 when `since_ms` is a little ahead of `now`, which
 /// happens when callers read their clock before taking the lock that orders their calls (a
 /// report recorded at 1,001 ms by one thread, its flight begun at 1,000 by another). Without
 /// that, such a report would seem to have waited 49 days.
-fn elapsed_ms(now_ms: u64, since_ms: u32) -> u32 {
-    let d = (now_ms as u32).wrapping_sub(since_ms);
+fn elapsed_ms(now: Instant, since_ms: u32) -> u32 {
+    let d = low_millis(now).wrapping_sub(since_ms);
     if d > u32::MAX / 2 {
         0
     } else {
@@ -93,8 +94,15 @@ fn elapsed_ms(now_ms: u64, since_ms: u32) -> u32 {
     }
 }
 
+/// The low 32 bits of an instant's milliseconds: what a slot keeps (truncated on purpose: only
+/// differences are taken, wrapping, and no report waits 49 days).
+fn low_millis(t: Instant) -> u32 {
+    t.as_millis() as u32
+}
+
 /// The ledger's table is full: stop reading reports until a flush frees entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LedgerFull;
 
 impl core::fmt::Display for LedgerFull {
@@ -105,14 +113,22 @@ impl core::fmt::Display for LedgerFull {
 
 impl core::error::Error for LedgerFull {}
 
-const DIRTY: u8 = 1 << 0;
-const HAS_DEVICE: u8 = 1 << 1;
-const CLOSED: u8 = 1 << 2;
+bit_flags! {
+    /// What a part of a slot holds.
+    struct PartFlags {
+        /// The part holds reports (not yet written, or being written).
+        const DIRTY = 1 << 0;
+        /// A report carried the device id.
+        const HAS_DEVICE = 1 << 1;
+        /// A report closed the session.
+        const CLOSED = 1 << 2;
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Part {
     total: u64,
-    flags: u8,
+    flags: PartFlags,
     reason: u8,
     /// Since when the part's oldest report waits (low 32 bits of the caller's milliseconds; in
     /// what was padding: the part stays 16 bytes).
@@ -120,18 +136,18 @@ struct Part {
 }
 
 impl Part {
-    const NONE: Self = Self { total: 0, flags: 0, reason: 0, since_ms: 0 };
+    const NONE: Self = Self { total: 0, flags: PartFlags::NONE, reason: 0, since_ms: 0 };
 
     /// Adds `other`'s reports, which arrived later than this part's (if it has any).
     fn merge(&mut self, other: Part) {
-        if self.flags & DIRTY == 0 {
+        if !self.flags.contains(PartFlags::DIRTY) {
             self.since_ms = other.since_ms;
         }
         self.total = self.total.max(other.total);
-        if other.flags & CLOSED != 0 {
+        if other.flags.contains(PartFlags::CLOSED) {
             self.reason = other.reason;
         }
-        self.flags |= other.flags;
+        self.flags.insert(other.flags);
     }
 }
 
@@ -173,8 +189,8 @@ impl LedgerSlot {
 #[must_use = "a flight must land: commit_succeeded or commit_failed"]
 pub struct Flight<'k> {
     keys: &'k [SessionKey],
-    /// The caller's milliseconds when the flight began.
-    began_ms: u64,
+    /// The caller's time when the flight began.
+    began: Instant,
     /// How long the flight's oldest report had waited when it began.
     waited_ms: u32,
 }
@@ -195,11 +211,11 @@ impl Flight<'_> {
         self.keys
     }
 
-    /// How long the flight's oldest report has waited at `now_ms` (the caller's milliseconds, as
-    /// given to [`Ledger::record`]): the flush lag of this flight if it commits now; the largest
-    /// of its rows' [`Row::waited_ms`].
-    pub fn waited_ms(&self, now_ms: u64) -> u64 {
-        u64::from(self.waited_ms) + now_ms.saturating_sub(self.began_ms)
+    /// How long the flight's oldest report has waited at `now` (the caller's clock, as given to
+    /// [`Ledger::record`]): the flush lag of this flight if it commits now; the largest of its
+    /// rows' [`Row::waited`].
+    pub fn waited(&self, now: Instant) -> Duration {
+        Duration::from_millis(u64::from(self.waited_ms)) + (now - self.began)
     }
 }
 
@@ -345,8 +361,8 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         Some(key)
     }
 
-    /// Adds one report that arrived at `now_ms` (the caller's clock in milliseconds; it is only
-    /// used to tell how long reports wait, see [`Flight::waited_ms`]); `route` is where its
+    /// Adds one report that arrived at `now` (the caller's clock; it is only used to tell how
+    /// long reports wait, see [`Flight::waited`]); `route` is where its
     /// acknowledgement should go (the caller's number for a trunk link or phone connection).
     /// Every report makes the session dirty, even one that adds nothing: a replay on a new link
     /// must be acknowledged on that link.
@@ -355,7 +371,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         key: SessionKey,
         route: u32,
         update: Update<'_>,
-        now_ms: u64,
+        now: Instant,
     ) -> Result<(), LedgerFull> {
         let (i, found) = if self.max_used == 0 { return Err(LedgerFull) } else { self.find(&key) };
         if !found {
@@ -367,22 +383,24 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             self.used += 1;
         }
         let slot = &mut self.slots.as_mut()[i];
-        // Truncated on purpose: only differences are taken (wrapping), and no report waits
-        // 49 days.
-        let mut part =
-            Part { total: update.total.unwrap_or(0), flags: DIRTY, reason: 0, since_ms: now_ms as u32 };
+        let mut part = Part {
+            total: update.total.unwrap_or(0),
+            flags: PartFlags::DIRTY,
+            reason: 0,
+            since_ms: low_millis(now),
+        };
         if let Some(device) = update.device.and_then(ShortBytes::new) {
             if !device.is_empty() {
                 slot.device = device;
-                part.flags |= HAS_DEVICE;
+                part.flags.insert(PartFlags::HAS_DEVICE);
             }
         }
         if let Some(reason) = update.closed {
-            part.flags |= CLOSED;
+            part.flags.insert(PartFlags::CLOSED);
             part.reason = reason.0;
         }
-        let newly_dirty = slot.pending.flags & DIRTY == 0;
-        let flying = slot.inflight.flags & DIRTY != 0;
+        let newly_dirty = !slot.pending.flags.contains(PartFlags::DIRTY);
+        let flying = slot.inflight.flags.contains(PartFlags::DIRTY);
         slot.pending.merge(part);
         slot.route = route;
         if newly_dirty {
@@ -400,10 +418,10 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         self.inflight > 0
     }
 
-    /// Starts a flight, at `now_ms`, with up to `keys.len()` of the sessions that changed longest
+    /// Starts a flight, at `now`, with up to `keys.len()` of the sessions that changed longest
     /// ago and are not in another flight; their keys are written to `keys`. Costs O(sessions
     /// taken).
-    pub fn begin_flush<'k>(&mut self, keys: &'k mut [SessionKey], now_ms: u64) -> Flight<'k> {
+    pub fn begin_flush<'k>(&mut self, keys: &'k mut [SessionKey], now: Instant) -> Flight<'k> {
         let mut taken = 0;
         let mut waited_ms = 0;
         while taken < keys.len() {
@@ -412,7 +430,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             let slot = &mut self.slots.as_mut()[i];
             // Not simply the first entry's: sessions put back by a failed flight wait longer
             // than entries queued before them.
-            waited_ms = waited_ms.max(elapsed_ms(now_ms, slot.pending.since_ms));
+            waited_ms = waited_ms.max(elapsed_ms(now, slot.pending.since_ms));
             slot.inflight = slot.pending;
             slot.pending = Part { total: slot.pending.total, ..Part::NONE };
             keys[taken] = key;
@@ -420,7 +438,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         }
         self.dirty -= taken;
         self.inflight += taken;
-        Flight { keys: &keys[..taken], began_ms: now_ms, waited_ms }
+        Flight { keys: &keys[..taken], began: now, waited_ms }
     }
 
     /// The rows of a flight, in its order.
@@ -430,8 +448,12 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             Row {
                 key: s.key,
                 total: s.inflight.total,
-                device: (s.inflight.flags & HAS_DEVICE != 0).then(|| s.device.as_slice()),
-                closed: (s.inflight.flags & CLOSED != 0).then_some(CloseReason(s.inflight.reason)),
+                device: s.inflight.flags.contains(PartFlags::HAS_DEVICE).then(|| s.device.as_slice()),
+                closed: s
+                    .inflight
+                    .flags
+                    .contains(PartFlags::CLOSED)
+                    .then_some(CloseReason(s.inflight.reason)),
                 since_ms: s.inflight.since_ms,
             }
         })
@@ -446,12 +468,12 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
             let entry = AckEntry {
                 session: slot.key.session,
                 total: slot.inflight.total,
-                closed: slot.inflight.flags & CLOSED != 0,
+                closed: slot.inflight.flags.contains(PartFlags::CLOSED),
             };
             ack(slot.route, slot.key, entry);
             // A close that is durable stays durable: later reports need not repeat it.
             slot.inflight = Part::NONE;
-            let dirty = slot.pending.flags & DIRTY != 0;
+            let dirty = slot.pending.flags.contains(PartFlags::DIRTY);
             self.inflight -= 1;
             if dirty {
                 // Its new reports arrived while it flew: their wait counts from their arrival.
@@ -469,7 +491,7 @@ impl<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>> Ledger<S> {
         for key in flight.keys.iter().rev() {
             let i = self.slot_of(key);
             let slot = &mut self.slots.as_mut()[i];
-            let was_dirty = slot.pending.flags & DIRTY != 0;
+            let was_dirty = slot.pending.flags.contains(PartFlags::DIRTY);
             let inflight = slot.inflight;
             slot.pending.merge(inflight);
             // The flight's reports are older than any that arrived while it flew.

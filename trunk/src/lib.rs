@@ -5,7 +5,7 @@
 //! shared by the firmware (embassy, `no_std`) and the aggregator (tokio).
 //!
 //! It is sans-IO, in the manner of quinn-proto and rustls: no sockets, no clock, no randomness,
-//! no allocator. Callers feed in received messages, the time in milliseconds and random bytes,
+//! no allocator. Callers feed in received messages, the time (a [`time::Instant`]) and random bytes,
 //! and take out messages to send. That keeps the protocol testable on its own, including the
 //! randomised simulation in `tests/simulation.rs` where links drop and databases fail.
 //!
@@ -16,7 +16,11 @@
 //! - [`ledger`]: the aggregator's coalescing of reports between commits, and acknowledgement
 //!   after commit.
 //! - [`phone`]: what a phone sees at either end (its device id, its durable total).
+//! - `harness` (feature `harness`, with `std`): a gateway and a server joined in memory, in
+//!   simulated time, for tests.
 //! - [`backoff`]: reconnect delays with jitter, for everyone who reconnects.
+//! - [`time`]: the [`time::Instant`], [`time::Duration`] and [`time::PollAt`] the API speaks of
+//!   time in (milliseconds of the caller's clock).
 //!
 //! The byte layout and the rules are specified in `docs/trunk-protocol.md`.
 #![no_std]
@@ -24,13 +28,58 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+/// A private set of named bits in one byte, in the manner of the `bitflags` crate: the
+/// named constants, `contains`, `insert`, `remove`, and a `Debug` that lists the names.
+macro_rules! bit_flags {
+    (
+        $(#[$meta:meta])*
+        struct $name:ident { $( $(#[$flag_meta:meta])* const $flag:ident = $bit:expr; )* }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Default)]
+        struct $name(u8);
+
+        impl $name {
+            const NONE: Self = Self(0);
+            $( $(#[$flag_meta])* const $flag: Self = Self($bit); )*
+
+            /// Whether every bit of `other` is set.
+            fn contains(self, other: Self) -> bool {
+                self.0 & other.0 == other.0
+            }
+
+            /// Sets the bits of `other`.
+            fn insert(&mut self, other: Self) {
+                self.0 |= other.0;
+            }
+
+            /// Clears the bits of `other`.
+            #[allow(dead_code)]
+            fn remove(&mut self, other: Self) {
+                self.0 &= !other.0;
+            }
+        }
+
+        impl core::fmt::Debug for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let mut set = f.debug_set();
+                $( if self.contains(Self::$flag) { set.entry(&stringify!($flag)); } )*
+                set.finish()
+            }
+        }
+    };
+}
+
 pub mod auth;
 pub mod backoff;
 pub mod frame;
 pub mod gateway;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod ledger;
 pub mod phone;
 pub mod server;
+pub mod time;
 pub mod varint;
 
 pub use frame::{DecodeError, EncodeError, Frame};

@@ -17,6 +17,7 @@ use crate::frame::{
     Refuse, RefuseCode, Welcome, NONCE_LEN, PROTOCOL_VERSION,
 };
 use crate::ledger::{Ledger, LedgerFull, LedgerSlot, SessionKey, Update};
+use crate::time::{Duration, Instant};
 
 /// Bounds and timings of the aggregator's end of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +28,11 @@ pub struct ServerConfig {
     /// Largest WebSocket message accepted (told to the gateway in Welcome). Default 64 KiB.
     pub max_message_len: usize,
     /// The gateway should ping when quiet this long (told in Welcome). Default 15 s.
-    pub ping_interval_ms: u64,
+    pub ping_interval: Duration,
     /// A link that sent nothing for this long is closed. Default 45 s.
-    pub idle_timeout_ms: u64,
+    pub idle_timeout: Duration,
     /// A link that has not authenticated this long after it opened is closed. Default 10 s.
-    pub handshake_timeout_ms: u64,
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -39,9 +40,9 @@ impl Default for ServerConfig {
         Self {
             max_payload_len: frame::DEFAULT_MAX_PAYLOAD_LEN,
             max_message_len: 64 * 1024,
-            ping_interval_ms: 15_000,
-            idle_timeout_ms: 45_000,
-            handshake_timeout_ms: 10_000,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -113,12 +114,12 @@ pub fn write_refuse(code: RefuseCode, reason: &str, out: &mut [u8]) -> Result<us
 #[derive(Debug, Clone)]
 pub struct Handshake {
     nonce: [u8; NONCE_LEN],
-    started: u64,
+    started: Instant,
 }
 
 impl Handshake {
     /// Starts a handshake with a fresh random `nonce`.
-    pub fn new(nonce: [u8; NONCE_LEN], now: u64) -> Self {
+    pub fn new(nonce: [u8; NONCE_LEN], now: Instant) -> Self {
         Self { nonce, started: now }
     }
 
@@ -127,9 +128,14 @@ impl Handshake {
         Frame::Challenge(Challenge { version: PROTOCOL_VERSION, nonce: self.nonce }).encode(out)
     }
 
-    /// Whether the gateway took longer than `config.handshake_timeout_ms` to answer.
-    pub fn expired(&self, now: u64, config: &ServerConfig) -> bool {
-        now.saturating_sub(self.started) > config.handshake_timeout_ms
+    /// Whether the gateway took longer than `config.handshake_timeout` to answer.
+    pub fn expired(&self, now: Instant, config: &ServerConfig) -> bool {
+        now - self.started > config.handshake_timeout
+    }
+
+    /// The instant after which [`Handshake::expired`] is true.
+    pub fn deadline(&self, config: &ServerConfig) -> Instant {
+        self.started + config.handshake_timeout + Duration::from_millis(1)
     }
 
     /// Parses the gateway's first message: exactly one Hello.
@@ -148,7 +154,7 @@ impl Handshake {
         hello: &Hello<'_>,
         secret: Option<&[u8]>,
         gateway: u32,
-        now: u64,
+        now: Instant,
     ) -> Result<ServerLink, HandshakeError> {
         let secret = secret.ok_or(HandshakeError::UnknownGateway)?;
         if !auth::verify(secret, &self.nonce, hello) {
@@ -244,7 +250,7 @@ pub struct ServerLink {
     gateway: u32,
     boot_epoch: u64,
     link: u8,
-    last_rx: u64,
+    last_rx: Instant,
     welcome_due: bool,
     pong_due: Option<u64>,
     go_away: Option<GoAway>,
@@ -293,7 +299,7 @@ impl ServerLink {
     /// sends, its pings included, waits in the transport, so its silence says nothing about it.
     /// The idle timeout counts again from `now`. Call it whenever the link is not read for that
     /// reason; without it a busy gateway would be closed as idle because the database was slow.
-    pub fn not_reading(&mut self, now: u64) {
+    pub fn not_reading(&mut self, now: Instant) {
         self.last_rx = self.last_rx.max(now);
     }
 
@@ -302,7 +308,7 @@ impl ServerLink {
     pub fn handle_message<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>>(
         &mut self,
         message: &[u8],
-        now: u64,
+        now: Instant,
         config: &ServerConfig,
         ledger: &mut Ledger<S>,
         route: u32,
@@ -318,7 +324,7 @@ impl ServerLink {
     pub fn handle_message_admitting<S: AsRef<[LedgerSlot]> + AsMut<[LedgerSlot]>>(
         &mut self,
         message: &[u8],
-        now: u64,
+        now: Instant,
         config: &ServerConfig,
         ledger: &mut Ledger<S>,
         route: u32,
@@ -365,20 +371,20 @@ impl ServerLink {
     }
 
     /// Asks the gateway to leave: it stops sending reports here, waits for its acknowledgements,
-    /// and reconnects (through the balancer) after `retry_after_ms`.
-    pub fn go_away(&mut self, retry_after_ms: u64, reason: GoAwayReason) {
-        self.go_away = Some(GoAway { retry_after_ms, reason });
+    /// and reconnects (through the balancer) after `retry_after` (sent in whole milliseconds).
+    pub fn go_away(&mut self, retry_after: Duration, reason: GoAwayReason) {
+        self.go_away = Some(GoAway { retry_after_ms: retry_after.as_millis(), reason });
     }
 
     /// The link's own next message (welcome, pong, go-away); `Ok(None)` when there is none, and
     /// an error when the link was idle too long and must be closed.
     pub fn poll_transmit(
         &mut self,
-        now: u64,
+        now: Instant,
         config: &ServerConfig,
         out: &mut [u8],
     ) -> Result<Option<usize>, LinkError> {
-        if now.saturating_sub(self.last_rx) > config.idle_timeout_ms {
+        if now - self.last_rx > config.idle_timeout {
             return Err(LinkError::Idle);
         }
         let mut w = MessageWriter::new(out, config.max_payload_len.min(frame::MAX_SERVER_PAYLOAD_LEN));
@@ -386,7 +392,7 @@ impl ServerLink {
         if self.welcome_due {
             let welcome = Welcome {
                 link: self.link,
-                ping_interval_ms: config.ping_interval_ms,
+                ping_interval_ms: config.ping_interval.as_millis(),
                 max_message_len: config.max_message_len as u64,
             };
             self.welcome_due = !put(Frame::Welcome(welcome));
@@ -406,8 +412,8 @@ impl ServerLink {
     }
 
     /// The deadline after which [`ServerLink::poll_transmit`] reports the link idle.
-    pub fn idle_deadline(&self, config: &ServerConfig) -> u64 {
-        self.last_rx + config.idle_timeout_ms + 1
+    pub fn idle_deadline(&self, config: &ServerConfig) -> Instant {
+        self.last_rx + config.idle_timeout + Duration::from_millis(1)
     }
 }
 

@@ -3,42 +3,33 @@
 
 use trunk::frame::{Frame, GoAway, GoAwayReason, Welcome};
 use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkError, SessionId, SessionSlot};
+use trunk::harness::{transmit_all, Pair, BUF};
 use trunk::server::{Handshake, ServerConfig};
+use trunk::time::{Instant, PollAt};
 
-const BUF: usize = 64 * 1024;
-
-/// A gateway whose `links` links are all up.
+/// A gateway whose `links` links are all up, at time 0.
 fn up_gateway(sessions: usize, links: usize) -> Gateway<Vec<SessionSlot>> {
-    let id = Identity { gateway_id: b"site-f", secret: b"k", boot_epoch: 1 };
-    let mut gw =
-        Gateway::new(GatewayConfig::default(), id, links, vec![SessionSlot::FREE; sessions]).unwrap();
-    let config = ServerConfig::default();
-    let mut buf = vec![0u8; BUF];
-    for link in 0..links {
-        gw.connected(link, 0, [link as u8; 16]);
-        let hs = Handshake::new([9; 16], 0);
-        let n = hs.challenge(&mut buf).unwrap();
-        gw.handle_message(link, &buf[..n], 0).unwrap();
-        let n = gw.poll_transmit(link, 0, &mut buf).unwrap().unwrap();
-        let hello = hs.hello(&buf[..n], &config).unwrap();
-        let mut server = hs.verify(&hello, Some(b"k"), 1, 0).unwrap();
-        let n = server.poll_transmit(0, &config, &mut buf).unwrap().unwrap();
-        gw.handle_message(link, &buf[..n], 0).unwrap();
-    }
-    gw
+    let mut pair = Pair::new(GatewayConfig::default(), links, sessions);
+    pair.now = Instant::ZERO;
+    pair.connect_all();
+    pair.gateway
 }
 
-/// Every count entry `link` sends until it has nothing more, at time `now`.
+fn at(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+/// Every count entry `link` sends until it has nothing more, at time `now` (ms).
 fn drain(gw: &mut Gateway<Vec<SessionSlot>>, link: usize, now: u64) -> Vec<(u64, u64)> {
     let mut buf = vec![0u8; BUF];
     let mut counts = Vec::new();
-    while let Some(n) = gw.poll_transmit(link, now, &mut buf).unwrap() {
-        for f in trunk::frame::frames(&buf[..n], trunk::frame::MAX_PAYLOAD_LEN) {
+    transmit_all(gw, link, at(now), &mut buf, |message| {
+        for f in trunk::frame::frames(message, trunk::frame::MAX_PAYLOAD_LEN) {
             if let Frame::Counts(c) = f.unwrap() {
                 counts.extend(c.iter().map(|e| (e.session, e.total)));
             }
         }
-    }
+    });
     counts
 }
 
@@ -49,7 +40,7 @@ fn a_change_made_between_two_messages_of_a_split_flush_is_sent() {
         gw.open(Some(&[0x5e; 16])).unwrap();
     }
     let mut buf = vec![0u8; BUF];
-    assert!(gw.poll_transmit(0, 1, &mut buf).unwrap().is_some(), "the opens need more than one message");
+    assert!(gw.poll_transmit(0, at(1), &mut buf).unwrap().is_some(), "the opens need more than one message");
     gw.record(SessionId(0), 100).unwrap(); // session 0 was already scanned in the first message
     let mut sent = drain(&mut gw, 0, 1);
     for t in (300..3_000).step_by(300) {
@@ -65,19 +56,19 @@ fn go_away_in_the_middle_of_a_split_flush_moves_sessions_without_spinning() {
         gw.open(Some(&[0x5e; 16])).unwrap();
     }
     let mut buf = vec![0u8; BUF];
-    assert!(gw.poll_transmit(0, 1, &mut buf).unwrap().is_some());
+    assert!(gw.poll_transmit(0, at(1), &mut buf).unwrap().is_some());
     let n = Frame::GoAway(GoAway { retry_after_ms: 1_000, reason: GoAwayReason::SHUTDOWN })
         .encode(&mut buf)
         .unwrap();
-    gw.handle_message(0, &buf[..n], 2).unwrap();
-    assert_eq!(gw.poll_transmit(0, 2, &mut buf).unwrap(), None);
+    gw.handle_message(0, &buf[..n], at(2)).unwrap();
+    assert_eq!(gw.poll_transmit(0, at(2), &mut buf).unwrap(), None);
     // Everything link 0 no longer carries goes on link 1.
     let mut opens = 0;
-    while let Some(n) = gw.poll_transmit(1, 3, &mut buf).unwrap() {
+    while let Some(n) = gw.poll_transmit(1, at(3), &mut buf).unwrap() {
         opens += trunk::frame::frames(&buf[..n], 1 << 16).filter(|f| matches!(f, Ok(Frame::Open(_)))).count();
     }
     assert_eq!(opens, 10_000);
-    assert!(gw.poll_timeout().unwrap() > 3, "nothing is due now: the draining link does not spin");
+    assert!(gw.poll_timeout() > PollAt::At(at(3)), "nothing is due now: the draining link does not spin");
 }
 
 #[test]
@@ -85,14 +76,14 @@ fn a_welcome_allowing_tiny_messages_is_refused() {
     let id = Identity { gateway_id: b"site-f", secret: b"k", boot_epoch: 1 };
     let mut gw = Gateway::new(GatewayConfig::default(), id, 1, vec![SessionSlot::FREE; 4]).unwrap();
     let mut buf = vec![0u8; 1024];
-    gw.connected(0, 0, [0; 16]);
-    let n = Handshake::new([1; 16], 0).challenge(&mut buf).unwrap();
-    gw.handle_message(0, &buf[..n], 0).unwrap();
-    gw.poll_transmit(0, 0, &mut buf).unwrap();
+    gw.connected(0, Instant::ZERO, [0; 16]);
+    let n = Handshake::new([1; 16], Instant::ZERO).challenge(&mut buf).unwrap();
+    gw.handle_message(0, &buf[..n], Instant::ZERO).unwrap();
+    gw.poll_transmit(0, Instant::ZERO, &mut buf).unwrap();
     let n = Frame::Welcome(Welcome { link: 0, ping_interval_ms: 0, max_message_len: 30 })
         .encode(&mut buf)
         .unwrap();
-    assert!(matches!(gw.handle_message(0, &buf[..n], 1), Err(LinkError::Protocol(_))));
+    assert!(matches!(gw.handle_message(0, &buf[..n], at(1)), Err(LinkError::Protocol(_))));
 }
 
 #[test]
@@ -100,11 +91,19 @@ fn the_hello_travels_alone_even_after_a_ping() {
     let id = Identity { gateway_id: b"site-f", secret: b"k", boot_epoch: 1 };
     let mut gw = Gateway::new(GatewayConfig::default(), id, 1, vec![SessionSlot::FREE; 4]).unwrap();
     let mut buf = vec![0u8; 1024];
-    gw.connected(0, 0, [0; 16]);
-    let hs = Handshake::new([1; 16], 0);
+    gw.connected(0, Instant::ZERO, [0; 16]);
+    let hs = Handshake::new([1; 16], Instant::ZERO);
     let mut n = hs.challenge(&mut buf).unwrap();
     n += Frame::Ping(5).encode(&mut buf[n..]).unwrap();
-    gw.handle_message(0, &buf[..n], 0).unwrap();
-    let n = gw.poll_transmit(0, 0, &mut buf).unwrap().unwrap();
+    gw.handle_message(0, &buf[..n], Instant::ZERO).unwrap();
+    let n = gw.poll_transmit(0, Instant::ZERO, &mut buf).unwrap().unwrap();
     assert!(hs.hello(&buf[..n], &ServerConfig::default()).is_ok());
+}
+
+/// What a gateway keeps per phone for the trunk (the firmware counts its RAM per phone): the
+/// slot's state (with its close reason), flag set and link take the four bytes that the state,
+/// flags, link and reason bytes took before they were typed.
+#[test]
+fn a_session_slot_stays_72_bytes() {
+    assert_eq!(std::mem::size_of::<SessionSlot>(), 72);
 }

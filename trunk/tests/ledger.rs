@@ -4,13 +4,18 @@
 //! longest ago first, never one session in two flights, and the fixed-size table never loses an
 //! entry (it is small here, so probe runs wrap and removals shift entries around). And a flight
 //! says how long its oldest report waited: never less than the truth, and exactly by the rule the
-//! ledger documents (see `Flight::waited_ms`).
+//! ledger documents (see `Flight::waited`).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use proptest::prelude::*;
 use trunk::frame::CloseReason;
 use trunk::ledger::{Flight, Ledger, LedgerFull, LedgerSlot, SessionKey, Update};
+use trunk::time::Instant;
+
+fn at(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -92,8 +97,8 @@ proptest! {
                         closed: close.then_some(CloseReason::NORMAL),
                     };
                     let full = ledger.room() == 0 && !model.sessions.contains_key(&session);
-                    match ledger.record(key(session), route, update, now) {
-                        Err(LedgerFull) => prop_assert!(full),
+                    match ledger.record(key(session), route, update, Instant::from_millis(now)) {
+                        Err(LedgerFull { .. }) => prop_assert!(full),
                         Ok(()) => {
                             prop_assert!(!full);
                             let m = model.sessions.entry(session).or_default();
@@ -112,7 +117,7 @@ proptest! {
                 Op::Begin { max_rows } => {
                     let buffer: &'static mut [SessionKey] =
                         Box::leak(vec![key(0); max_rows].into_boxed_slice());
-                    let flight = ledger.begin_flush(buffer, now);
+                    let flight = ledger.begin_flush(buffer, Instant::from_millis(now));
                     let n = model.queue.len().min(max_rows);
                     let expected: Vec<u64> = model.queue.drain(..n).collect();
                     let got: Vec<u64> = flight.keys().iter().map(|k| k.session).collect();
@@ -127,8 +132,8 @@ proptest! {
                             (*s, m.total, part.device, part.closed)
                         );
                         // Each row's wait, from its oldest report's arrival (the model's clock).
-                        prop_assert_eq!(row.waited_ms(now), now - m.pending_since, "a row's wait");
-                        prop_assert_eq!(row.waited_ms(now + 5), now + 5 - m.pending_since);
+                        prop_assert_eq!(row.waited(Instant::from_millis(now)).as_millis(), now - m.pending_since, "a row's wait");
+                        prop_assert_eq!(row.waited(Instant::from_millis(now + 5)).as_millis(), now + 5 - m.pending_since);
                         truly_waited = truly_waited.max(now - m.pending_since);
                         m.flying = Some((m.total, part, m.pending_since));
                     }
@@ -136,8 +141,8 @@ proptest! {
                         ledger.commit_succeeded(flight, |_, _, _| panic!("an empty flight acks nothing"));
                     } else {
                         // Later, as it is now plus what the flight takes.
-                        prop_assert_eq!(flight.waited_ms(now), truly_waited, "the oldest row's wait");
-                        prop_assert_eq!(flight.waited_ms(now + 5), truly_waited + 5);
+                        prop_assert_eq!(flight.waited(Instant::from_millis(now)).as_millis(), truly_waited, "the oldest row's wait");
+                        prop_assert_eq!(flight.waited(Instant::from_millis(now + 5)).as_millis(), truly_waited + 5);
                         flights.push(Flying { flight });
                     }
                 }
@@ -188,17 +193,20 @@ proptest! {
 fn reports_during_a_commit_wait_for_the_next_flush() {
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 1);
     let (mut first, mut second) = ([key(0); 100], [key(0); 100]);
-    ledger.record(key(1), 10, Update { total: Some(5), ..Update::default() }, 0).unwrap();
-    let flight = ledger.begin_flush(&mut first, 0);
+    ledger.record(key(1), 10, Update { total: Some(5), ..Update::default() }, Instant::ZERO).unwrap();
+    let flight = ledger.begin_flush(&mut first, Instant::ZERO);
     assert_eq!(flight.len(), 1);
     // Arrives while the transaction runs, on another link.
-    ledger.record(key(1), 11, Update { total: Some(8), ..Update::default() }, 0).unwrap();
-    assert!(ledger.begin_flush(&mut second, 0).is_empty(), "a session is in one flight at a time");
+    ledger.record(key(1), 11, Update { total: Some(8), ..Update::default() }, Instant::ZERO).unwrap();
+    assert!(
+        ledger.begin_flush(&mut second, Instant::ZERO).is_empty(),
+        "a session is in one flight at a time"
+    );
     let mut acks = Vec::new();
     ledger.commit_succeeded(flight, |route, _, e| acks.push((route, e.total)));
     // The commit held 5; the newest report came from route 11, so that is where it is told.
     assert_eq!(acks, [(11, 5)]);
-    let flight = ledger.begin_flush(&mut second, 0);
+    let flight = ledger.begin_flush(&mut second, Instant::ZERO);
     assert_eq!(flight.len(), 1);
     acks.clear();
     ledger.commit_succeeded(flight, |route, _, e| acks.push((route, e.total)));
@@ -210,22 +218,22 @@ fn reports_during_a_commit_wait_for_the_next_flush() {
 fn flights_over_disjoint_sessions_land_in_any_order() {
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 2);
     for s in 1..=4 {
-        ledger.record(key(s), 1, Update { total: Some(s * 10), ..Update::default() }, 0).unwrap();
+        ledger.record(key(s), 1, Update { total: Some(s * 10), ..Update::default() }, Instant::ZERO).unwrap();
     }
     let (mut a, mut b, mut c) = ([key(0); 2], [key(0); 2], [key(0); 2]);
-    let first = ledger.begin_flush(&mut a, 0);
-    let second = ledger.begin_flush(&mut b, 0);
+    let first = ledger.begin_flush(&mut a, Instant::ZERO);
+    let second = ledger.begin_flush(&mut b, Instant::ZERO);
     assert_eq!(first.keys(), [key(1), key(2)]);
     assert_eq!(second.keys(), [key(3), key(4)]);
-    assert!(ledger.begin_flush(&mut c, 0).is_empty());
+    assert!(ledger.begin_flush(&mut c, Instant::ZERO).is_empty());
     assert_eq!(ledger.in_flight(), 4);
     // The second lands first; the first fails and comes back at the front of the queue.
     let mut acks = Vec::new();
     ledger.commit_succeeded(second, |_, k, e| acks.push((k.session, e.total)));
     assert_eq!(acks, [(3, 30), (4, 40)]);
-    ledger.record(key(5), 1, Update { total: Some(50), ..Update::default() }, 0).unwrap();
+    ledger.record(key(5), 1, Update { total: Some(50), ..Update::default() }, Instant::ZERO).unwrap();
     ledger.commit_failed(first);
-    let again = ledger.begin_flush(&mut c, 0);
+    let again = ledger.begin_flush(&mut c, Instant::ZERO);
     assert_eq!(again.keys(), [key(1), key(2)], "a failed flight is written first");
     ledger.commit_succeeded(again, |_, _, _| {});
     assert_eq!(ledger.len(), 1);
@@ -238,11 +246,11 @@ fn a_flush_costs_what_changed_not_the_table_size() {
     // up nowhere but its allocation; timing is not asserted, the queue is.)
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 1 << 20], 3);
     for s in [7, 1 << 40, 3] {
-        ledger.record(key(s), 1, Update { total: Some(1), ..Update::default() }, 0).unwrap();
+        ledger.record(key(s), 1, Update { total: Some(1), ..Update::default() }, Instant::ZERO).unwrap();
     }
     assert_eq!(ledger.ready(), 3);
     let mut buffer = [key(0); 8];
-    let flight = ledger.begin_flush(&mut buffer, 0);
+    let flight = ledger.begin_flush(&mut buffer, Instant::ZERO);
     assert_eq!(flight.keys(), [key(7), key(1 << 40), key(3)], "in the order they changed");
     ledger.commit_succeeded(flight, |_, _, _| {});
     assert!(ledger.is_empty());
@@ -252,28 +260,28 @@ fn a_flush_costs_what_changed_not_the_table_size() {
 fn a_flight_knows_how_long_its_oldest_report_waited() {
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 4);
     let count = |n| Update { total: Some(n), ..Update::default() };
-    ledger.record(key(1), 1, count(1), 1_000).unwrap();
-    ledger.record(key(2), 1, count(1), 1_400).unwrap();
+    ledger.record(key(1), 1, count(1), at(1_000)).unwrap();
+    ledger.record(key(2), 1, count(1), at(1_400)).unwrap();
     let mut a = [key(0); 8];
-    let flight = ledger.begin_flush(&mut a, 1_500);
-    assert_eq!(flight.waited_ms(1_500), 500, "session 1 waits since 1,000");
-    assert_eq!(flight.waited_ms(1_800), 800, "and on while the transaction runs");
-    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited_ms(1_500)).collect();
+    let flight = ledger.begin_flush(&mut a, at(1_500));
+    assert_eq!(flight.waited(at(1_500)).as_millis(), 500, "session 1 waits since 1,000");
+    assert_eq!(flight.waited(at(1_800)).as_millis(), 800, "and on while the transaction runs");
+    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited(at(1_500)).as_millis()).collect();
     assert_eq!(waits, [500, 100], "each row from its own oldest report");
     // Arrives during the commit: its wait is counted from its arrival (1,700).
-    ledger.record(key(1), 1, count(2), 1_700).unwrap();
+    ledger.record(key(1), 1, count(2), at(1_700)).unwrap();
     ledger.commit_succeeded(flight, |_, _, _| {});
     let mut b = [key(0); 8];
-    let flight = ledger.begin_flush(&mut b, 2_000);
-    assert_eq!(flight.waited_ms(2_000), 300);
+    let flight = ledger.begin_flush(&mut b, at(2_000));
+    assert_eq!(flight.waited(at(2_000)).as_millis(), 300);
     // A failed flight's sessions wait on from their oldest report, before any newer one.
     ledger.commit_failed(flight);
-    ledger.record(key(1), 1, count(3), 2_500).unwrap();
-    ledger.record(key(3), 1, count(1), 2_900).unwrap();
-    let flight = ledger.begin_flush(&mut b, 3_000);
+    ledger.record(key(1), 1, count(3), at(2_500)).unwrap();
+    ledger.record(key(3), 1, count(1), at(2_900)).unwrap();
+    let flight = ledger.begin_flush(&mut b, at(3_000));
     assert_eq!(flight.keys(), [key(1), key(3)]);
-    assert_eq!(flight.waited_ms(3_000), 1_300);
-    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited_ms(3_000)).collect();
+    assert_eq!(flight.waited(at(3_000)).as_millis(), 1_300);
+    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited(at(3_000)).as_millis()).collect();
     assert_eq!(waits, [1_300, 100]);
     ledger.commit_succeeded(flight, |_, _, _| {});
     assert!(ledger.is_empty());
@@ -287,16 +295,16 @@ fn a_flight_knows_how_long_its_oldest_report_waited() {
 fn a_report_stamped_after_its_flight_began_waited_nothing() {
     let mut ledger = Ledger::new(vec![LedgerSlot::EMPTY; 64], 5);
     let count = |n| Update { total: Some(n), ..Update::default() };
-    ledger.record(key(1), 1, count(1), 1_001).unwrap();
+    ledger.record(key(1), 1, count(1), at(1_001)).unwrap();
     let mut keys = [key(0); 8];
-    let flight = ledger.begin_flush(&mut keys, 1_000);
-    assert_eq!(flight.waited_ms(1_000), 0);
-    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited_ms(1_000)).collect();
+    let flight = ledger.begin_flush(&mut keys, at(1_000));
+    assert_eq!(flight.waited(at(1_000)).as_millis(), 0);
+    let waits: Vec<u64> = ledger.rows(&flight).map(|r| r.waited(at(1_000)).as_millis()).collect();
     assert_eq!(waits, [0]);
     // And across the 32-bit wrap of the callers' milliseconds, a real wait stays what it was.
     ledger.commit_succeeded(flight, |_, _, _| {});
     let before_wrap = u64::from(u32::MAX) - 99;
-    ledger.record(key(2), 1, count(1), before_wrap).unwrap();
-    let flight = ledger.begin_flush(&mut keys, before_wrap + 300);
-    assert_eq!(flight.waited_ms(before_wrap + 300), 300);
+    ledger.record(key(2), 1, count(1), at(before_wrap)).unwrap();
+    let flight = ledger.begin_flush(&mut keys, at(before_wrap + 300));
+    assert_eq!(flight.waited(at(before_wrap + 300)).as_millis(), 300);
 }

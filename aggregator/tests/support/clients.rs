@@ -132,7 +132,10 @@ impl TestGateway {
         links: usize,
     ) -> Self {
         let identity = Identity { gateway_id: name, secret, boot_epoch: rand::random() };
-        let config = GatewayConfig { flush_interval_ms: 50, ..GatewayConfig::default() };
+        let config = GatewayConfig {
+            flush_interval: trunk::time::Duration::from_millis(50),
+            ..GatewayConfig::default()
+        };
         let gw = Gateway::new(config, identity, links, vec![SessionSlot::FREE; sessions]).unwrap();
         TestGateway {
             gw,
@@ -146,8 +149,8 @@ impl TestGateway {
         }
     }
 
-    pub fn now(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    pub fn now(&self) -> trunk::time::Instant {
+        trunk::time::Instant::from_millis(self.started.elapsed().as_millis() as u64)
     }
 
     pub fn set_target(&mut self, addr: SocketAddr) {

@@ -16,6 +16,7 @@ use trunk::frame::{CloseReason, NONCE_LEN};
 use trunk::gateway::{
     Gateway, GatewayConfig, Identity, LinkError, LinkPhase, OpenError, SessionId, SessionSlot, MAX_LINKS,
 };
+use trunk::time::{Duration as TrunkDuration, Instant as TrunkInstant, PollAt};
 
 /// Per-session memory the hub keeps besides the [`SessionSlot`]: one waker.
 pub type PhoneWaker = Option<Waker>;
@@ -224,23 +225,23 @@ impl<'a> Hub<'a> {
     // ----- links -----
 
     /// Link `link`'s transport is up.
-    pub fn connected(&self, link: usize, now: u64, nonce: [u8; NONCE_LEN]) {
+    pub fn connected(&self, link: usize, now: TrunkInstant, nonce: [u8; NONCE_LEN]) {
         self.with(|i| i.gateway.connected(link, now, nonce));
     }
 
     /// Link `link`'s transport is gone; its sessions will be replayed.
-    pub fn disconnected(&self, link: usize, now: u64) {
+    pub fn disconnected(&self, link: usize, now: TrunkInstant) {
         self.with(|i| i.gateway.disconnected(link, now));
     }
 
     /// How long link `link` waits before reconnecting.
-    pub fn reconnect_delay(&self, link: usize, now: u64, random: u32) -> u64 {
+    pub fn reconnect_delay(&self, link: usize, now: TrunkInstant, random: u32) -> TrunkDuration {
         self.with(|i| i.gateway.reconnect_delay(link, now, random))
     }
 
     /// One trunk frame (or message) from the aggregator; wakes phones whose durable total grew and
     /// the link's sender (there may be a pong or a Hello to send).
-    pub fn handle_message(&self, link: usize, message: &[u8], now: u64) -> Result<(), LinkError> {
+    pub fn handle_message(&self, link: usize, message: &[u8], now: TrunkInstant) -> Result<(), LinkError> {
         self.with(|i| {
             let was_up = i.gateway.link_phase(link) == LinkPhase::Up;
             let result = i.gateway.handle_message(link, message, now);
@@ -270,12 +271,16 @@ impl<'a> Hub<'a> {
     }
 
     /// The next message to send on `link`, if any (see [`Gateway::poll_transmit`]).
-    pub fn poll_transmit(&self, link: usize, now: u64, out: &mut [u8]) -> Result<Option<usize>, LinkError> {
+    pub fn poll_transmit(
+        &self,
+        link: usize,
+        now: TrunkInstant,
+        out: &mut [u8],
+    ) -> Result<Option<usize>, LinkError> {
         self.with(|i| i.gateway.poll_transmit(link, now, out))
     }
 
-    /// Waits until something for `link` happened or the gateway's next deadline (`now` is in
-    /// milliseconds, as every time here) passed.
+    /// Waits until something for `link` happened or the gateway's next deadline passed.
     pub async fn link_event(&self, link: usize) {
         let mut first = true;
         poll_fn(|cx| {
@@ -293,8 +298,8 @@ impl<'a> Hub<'a> {
         .await
     }
 
-    /// The earliest time (milliseconds) at which a link may have something to send.
-    pub fn poll_timeout(&self) -> Option<u64> {
+    /// The earliest time at which a link may have something to send.
+    pub fn poll_timeout(&self) -> PollAt {
         self.with(|i| i.gateway.poll_timeout())
     }
 }

@@ -101,9 +101,9 @@ fn exact_failed(e: embedded_io_async::ReadExactError<TlsError>) -> LinkDown {
     }
 }
 
-/// Milliseconds since boot: the clock the trunk state machine runs on.
-pub fn now_ms() -> u64 {
-    Instant::now().as_millis()
+/// The time since boot, as the trunk state machine takes it.
+pub fn trunk_now() -> trunk::time::Instant {
+    trunk::time::Instant::from_millis(Instant::now().as_millis())
 }
 
 /// Runs link `link` for ever: connect, serve, and after each loss wait the backoff.
@@ -121,13 +121,13 @@ where
 {
     loop {
         let result = connect_and_serve(hub, link, tcp, config, bufs, rng).await;
-        hub.disconnected(link, now_ms());
-        let delay = hub.reconnect_delay(link, now_ms(), rng.borrow_mut().next_u32());
+        hub.disconnected(link, trunk_now());
+        let delay = hub.reconnect_delay(link, trunk_now(), rng.borrow_mut().next_u32());
         match result {
-            Err(why) => log::warn!("trunk link {link} down: {why:?}; reconnecting in {delay} ms"),
-            Ok(()) => log::info!("trunk link {link} closed; reconnecting in {delay} ms"),
+            Err(why) => log::warn!("trunk link {link} down: {why:?}; reconnecting in {delay}"),
+            Ok(()) => log::info!("trunk link {link} closed; reconnecting in {delay}"),
         }
-        Timer::after_millis(delay).await;
+        Timer::after_millis(delay.as_millis()).await;
     }
 }
 
@@ -170,7 +170,7 @@ where
     }
     let mut nonce = [0u8; trunk::frame::NONCE_LEN];
     rng.borrow_mut().fill_bytes(&mut nonce);
-    hub.connected(link, now_ms(), nonce);
+    hub.connected(link, trunk_now(), nonce);
     log::info!("trunk link {link}: TLS 1.3 and WebSocket up to {}", config.aggregator);
 
     let (mut reader, mut writer) = tls.split();
@@ -255,7 +255,7 @@ async fn read_half<S: Read<Error = TlsError>>(
                     let complete = have >= HEADER_LEN
                         && have == HEADER_LEN + usize::from(u16::from_be_bytes([frame[1], frame[2]]));
                     if complete {
-                        hub.handle_message(link, &frame[..have], now_ms())
+                        hub.handle_message(link, &frame[..have], trunk_now())
                             .map_err(|_| LinkDown::Protocol("trunk protocol error"))?;
                         have = 0;
                     }
@@ -300,7 +300,7 @@ async fn write_half<S: Write, R: RngCore>(
     loop {
         let mut sent = false;
         while let Some(n) =
-            hub.poll_transmit(link, now_ms(), tx).map_err(|_| LinkDown::Protocol("link timed out"))?
+            hub.poll_transmit(link, trunk_now(), tx).map_err(|_| LinkDown::Protocol("link timed out"))?
         {
             let mask = rng.borrow_mut().next_u32();
             send(tls, FrameType::Binary(false), &mut tx[..n], mask).await?;
@@ -315,8 +315,9 @@ async fn write_half<S: Write, R: RngCore>(
         if sent {
             tls.flush().await.map_err(|_| LinkDown::Io)?;
         }
-        let deadline = hub.poll_timeout().unwrap_or_else(|| now_ms() + 1000);
-        select(hub.link_event(link), Timer::at(Instant::from_millis(deadline))).await;
+        let now = trunk_now();
+        let deadline = hub.poll_timeout().instant(now).unwrap_or(now + trunk::time::Duration::from_secs(1));
+        select(hub.link_event(link), Timer::at(Instant::from_millis(deadline.as_millis()))).await;
     }
 }
 

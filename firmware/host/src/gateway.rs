@@ -48,8 +48,10 @@ pub fn start(spawner: Spawner, settings: &Serve) -> Result<()> {
     if p.links == 0 || usize::from(p.links) > MAX_LINKS {
         bail!("--links must be 1..={MAX_LINKS}");
     }
-    let gateway_config =
-        GatewayConfig { flush_interval_ms: settings.flush_interval_ms, ..GatewayConfig::default() };
+    let gateway_config = GatewayConfig {
+        flush_interval: trunk::time::Duration::from_millis(settings.flush_interval_ms),
+        ..GatewayConfig::default()
+    };
     let slots = Box::leak(vec![SessionSlot::FREE; settings.capacity].into_boxed_slice());
     let wakers: &mut [PhoneWaker] = Box::leak((0..settings.capacity).map(|_| None).collect());
     let identity =

@@ -17,6 +17,7 @@ use trunk::gateway::{
     Gateway, GatewayConfig, Identity, LinkError, LinkPhase, SessionId, SessionSlot, MAX_LINKS,
     MIN_TRANSMIT_BUFFER,
 };
+use trunk::time::{Duration, Instant, PollAt};
 
 /// Whether to print every step of a gateway run to stderr (`TRUNK_FUZZ_TRACE=1`), for reading a
 /// crash: `TRUNK_FUZZ_TRACE=1 cargo +nightly fuzz run gateway fuzz/artifacts/gateway/crash-...`.
@@ -161,7 +162,7 @@ pub fn gateway(data: &[u8]) {
 /// What the harness knows, to check the gateway against.
 #[derive(Default)]
 struct Model {
-    now: u64,
+    now: Instant,
     /// Every session id handed out, live or not.
     ids: Vec<SessionId>,
     /// Bytes recorded per session (only successful `record`s).
@@ -182,10 +183,10 @@ struct Model {
 
 fn run_gateway(u: &mut Unstructured<'_>) -> Result<()> {
     let config = GatewayConfig {
-        flush_interval_ms: u.int_in_range(0..=2_000)?,
-        ping_interval_ms: u.int_in_range(1..=60_000)?,
-        link_timeout_ms: u.int_in_range(1..=120_000)?,
-        handshake_timeout_ms: u.int_in_range(1..=30_000)?,
+        flush_interval: Duration::from_millis(u.int_in_range(0..=2_000)?),
+        ping_interval: Duration::from_millis(u.int_in_range(1..=60_000)?),
+        link_timeout: Duration::from_millis(u.int_in_range(1..=120_000)?),
+        handshake_timeout: Duration::from_millis(u.int_in_range(1..=30_000)?),
         max_payload_len: match u.int_in_range(0..=4)? {
             0 => u.int_in_range(0..=MAX_PAYLOAD_LEN + 10)?,
             1 => 64,
@@ -207,7 +208,7 @@ fn run_gateway(u: &mut Unstructured<'_>) -> Result<()> {
     assert_eq!(gw.capacity(), capacity);
     assert_eq!(gw.link_count(), links);
 
-    let mut m = Model { now: u.int_in_range(0..=1 << 40)?, ..Model::default() };
+    let mut m = Model { now: Instant::from_millis(u.int_in_range(0..=1 << 40)?), ..Model::default() };
     let mut out = vec![0u8; 70_000];
     let mut steps = 0;
     while !u.is_empty() && steps < 2_000 {
@@ -310,7 +311,7 @@ fn run_gateway(u: &mut Unstructured<'_>) -> Result<()> {
                     2 => u.int_in_range(0..=20_000)?,
                     _ => u.int_in_range(0..=200_000)?,
                 };
-                m.now += step;
+                m.now += Duration::from_millis(step);
                 trace!("t={} (+{step})", m.now);
             }
             10 => {
@@ -364,7 +365,7 @@ fn check_liveness(
     let mut pong = [0u8; 16];
     let n = Frame::Pong(0).encode(&mut pong).expect("a pong encodes");
     for _ in 0..2 {
-        m.now += config.flush_interval_ms + 1;
+        m.now += config.flush_interval + Duration::from_millis(1);
         for link in 0..links {
             if matches!(gw.link_phase(link), LinkPhase::Up | LinkPhase::Draining) {
                 gw.handle_message(link, &pong[..n], m.now).expect("a pong is always welcome");
@@ -383,8 +384,14 @@ fn check_liveness(
         return;
     }
     let draining = (0..links).any(|l| gw.link_phase(l) == LinkPhase::Draining);
-    if let Some(t) = gw.poll_timeout().filter(|_| !draining) {
-        assert!(t >= m.now, "poll_timeout() is {t}, before now ({}), yet nothing is sent", m.now);
+    if !draining {
+        match gw.poll_timeout() {
+            PollAt::Now => panic!("poll_timeout() is now ({}), yet nothing is sent", m.now),
+            PollAt::At(t) => {
+                assert!(t >= m.now, "poll_timeout() is {t}, before now ({}), yet nothing is sent", m.now)
+            }
+            PollAt::Never => {}
+        }
     }
     if up.is_empty() {
         return;

@@ -7,6 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+// xorshift64*: enough to make varied inputs, and the same ones every run.
+use trunk::harness::Rng;
+
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
     let mut out = Vec::new();
@@ -27,18 +30,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// xorshift64*: enough to make varied inputs, and the same ones every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 /// Random inputs, half of them mutations of a seed (bytes flipped, cut, spliced) so that they
 /// get past the first checks.
 fn run(target: &str, body: fn(&[u8])) {
@@ -48,7 +39,7 @@ fn run(target: &str, body: fn(&[u8])) {
         body(bytes);
     }
     let cases = env_u64("FUZZ_REPLAY_CASES", 100_000);
-    let mut rng = Rng(env_u64("FUZZ_REPLAY_SEED", 0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(env_u64("FUZZ_REPLAY_SEED", 0x9e37_79b9_7f4a_7c15));
     let mut input = Vec::new();
     for case in 0..cases {
         input.clear();

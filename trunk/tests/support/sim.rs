@@ -18,39 +18,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use trunk::frame::{AckEntry, CloseReason};
 use trunk::gateway::{Gateway, GatewayConfig, Identity, LinkPhase, SessionId, SessionSlot};
+use trunk::harness::{Rng, GATEWAY_ID, GATEWAY_NUMBER, SECRET};
 use trunk::ledger::{Ledger, LedgerSlot, SessionKey};
 use trunk::server::{self, Handshake, ServerConfig, ServerLink};
+use trunk::time::{Duration, Instant};
 
-const GATEWAY_ID: &[u8] = b"site-7";
-const SECRET: &[u8] = b"correct horse battery staple";
-const GATEWAY_NUMBER: u32 = 7;
 const LINKS: usize = 3;
 const SESSIONS: usize = 48;
 const MESSAGE: usize = 256;
-
-/// xorshift64*: deterministic, so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn nonce(&mut self) -> [u8; 16] {
-        let mut n = [0u8; 16];
-        n[..8].copy_from_slice(&self.next().to_le_bytes());
-        n[8..].copy_from_slice(&self.next().to_le_bytes());
-        n
-    }
-}
 
 /// The aggregator's end of one transport connection.
 enum ServerEnd {
@@ -63,7 +38,7 @@ struct Connection {
     link: usize,
     route: u32,
     /// The aggregator asked the gateway to go away and will close at this time.
-    closing_at: Option<u64>,
+    closing_at: Option<Instant>,
     server: ServerEnd,
     to_server: VecDeque<Vec<u8>>,
     to_gateway: VecDeque<Vec<u8>>,
@@ -86,14 +61,14 @@ struct Phone {
 
 struct World {
     rng: Rng,
-    now: u64,
+    now: Instant,
     gateway: Gateway<Vec<SessionSlot>>,
     config: ServerConfig,
     ledger: Ledger<Vec<LedgerSlot>>,
     db: BTreeMap<SessionKey, DbRow>,
     connections: Vec<Connection>,
     next_route: u32,
-    reconnect_at: [u64; LINKS],
+    reconnect_at: [Instant; LINKS],
     phones: HashMap<SessionId, Phone>,
     open: Vec<SessionId>,
     acks_pending: HashMap<u32, Vec<AckEntry>>,
@@ -126,19 +101,20 @@ impl std::ops::AddAssign for Stats {
 impl World {
     fn new(seed: u64) -> Self {
         let identity = Identity { gateway_id: GATEWAY_ID, secret: SECRET, boot_epoch: seed ^ 0xb007 };
-        let gw_config = GatewayConfig { flush_interval_ms: 50, ..GatewayConfig::default() };
+        let gw_config =
+            GatewayConfig { flush_interval: Duration::from_millis(50), ..GatewayConfig::default() };
         let gateway = Gateway::new(gw_config, identity, LINKS, vec![SessionSlot::FREE; SESSIONS]).unwrap();
         let config = ServerConfig { max_message_len: MESSAGE, ..ServerConfig::default() };
         World {
             rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
-            now: 1_000,
+            now: Instant::from_secs(1),
             gateway,
             config,
             ledger: Ledger::new(vec![LedgerSlot::EMPTY; 512], seed),
             db: BTreeMap::new(),
             connections: Vec::new(),
             next_route: 1,
-            reconnect_at: [0; LINKS],
+            reconnect_at: [Instant::ZERO; LINKS],
             phones: HashMap::new(),
             open: Vec::new(),
             acks_pending: HashMap::new(),
@@ -345,8 +321,8 @@ impl World {
         let i = up[self.rng.below(up.len() as u64) as usize];
         let c = &mut self.connections[i];
         if let ServerEnd::Up(link) = &mut c.server {
-            link.go_away(300, trunk::frame::GoAwayReason::SHUTDOWN);
-            c.closing_at = Some(now + 200 + self.rng.below(800));
+            link.go_away(Duration::from_millis(300), trunk::frame::GoAwayReason::SHUTDOWN);
+            c.closing_at = Some(now + Duration::from_millis(200 + self.rng.below(800)));
             self.stats.go_aways += 1;
         }
     }
@@ -372,7 +348,7 @@ impl World {
     }
 
     fn step(&mut self, chaos: bool) {
-        self.now += 1 + self.rng.below(if chaos { 120 } else { 30 });
+        self.now += Duration::from_millis(1 + self.rng.below(if chaos { 120 } else { 30 }));
         if chaos {
             self.phones_act();
         }
