@@ -118,41 +118,30 @@ cl_rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0
 # --- certificates -----------------------------------------------------------------------------
 
 # A local CA and one server certificate (ECDSA P-256, what the gateways' TLS stack speaks) for
-# localhost, 127.0.0.1 and the aggregators' addresses (and CL_LAN_ADDRESS), made once in
-# DIR/pki; the server certificate is made again when it lacks CL_LAN_ADDRESS or is about to
-# expire, the CA is kept (a phone that installed it keeps trusting the cluster). nginx serves it
-# (terminate) or every aggregator does (passthrough): clients pin the CA either way. 825 days at
-# most: iOS refuses longer-lived server certificates even from a CA the user installed.
+# localhost, 127.0.0.1, ::1, the aggregators' addresses and CL_LAN_ADDRESS, in DIR/pki, made by
+# the aggregator's own self-made TLS (`aggregator certificate`: the one CA implementation): the CA
+# is kept between runs (a phone that installed it keeps trusting the cluster), the server
+# certificate is made again when it lacks a name or is about to expire (800 days at most: iOS
+# refuses longer-lived server certificates even from a CA the user installed). nginx serves it
+# (terminate) or every aggregator does (passthrough): clients pin the CA either way.
 cl_pki() {
   local sans i
-  if [ -s "$CL_PKI/ca.pem" ] && [ -s "$CL_PKI/server.pem" ] && [ -s "$CL_PKI/server.key" ] &&
-    openssl x509 -checkend 86400 -noout -in "$CL_PKI/server.pem" >/dev/null 2>&1 &&
-    { [ -z "$CL_LAN_ADDRESS" ] || openssl x509 -noout -ext subjectAltName -in "$CL_PKI/server.pem" 2>/dev/null |
-      grep -qE "IP Address:$CL_LAN_ADDRESS(,|\$)"; }; then
-    return 0
-  fi
+  sans="$(for i in $(seq 1 16); do printf '127.0.1.%s,' "$i"; done)${CL_LAN_ADDRESS}"
   mkdir -p "$CL_PKI"
-  (
-    umask 077
-    if [ ! -s "$CL_PKI/ca.pem" ] || [ ! -s "$CL_PKI/ca.key" ]; then
-      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-        -subj "/CN=holdfast local cluster CA" -keyout "$CL_PKI/ca.key" -out "$CL_PKI/ca.pem" \
-        -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
-        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  if ! "$CL_BIN/aggregator" --data-dir "$CL_PKI" --tls-san "${sans%,}" certificate >/dev/null 2>"$CL_PKI/certificate.log"; then
+    if grep -q 'made by holdfast' "$CL_PKI/certificate.log"; then
+      # A CA from before (scripts made it with openssl): the aggregator cannot sign with it, so
+      # it is put aside and a new one made (phones that installed the old one must install this).
+      local old
+      old="$CL_PKI/old-$(date +%Y%m%d%H%M%S)"
+      mkdir -p "$old" && mv "$CL_PKI"/ca.pem "$CL_PKI"/ca.key "$CL_PKI"/server.pem "$CL_PKI"/server.key "$old"/ 2>/dev/null
+      cl_log "the cluster's CA was made by an older version; a new one is made (the old one is in $old)"
+      "$CL_BIN/aggregator" --data-dir "$CL_PKI" --tls-san "${sans%,}" certificate >/dev/null 2>"$CL_PKI/certificate.log" ||
+        hf_die "the cluster's certificates could not be made in $CL_PKI: $(cat "$CL_PKI/certificate.log")"
+    else
+      hf_die "the cluster's certificates could not be made in $CL_PKI: $(cat "$CL_PKI/certificate.log")"
     fi
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=holdfast" \
-      -keyout "$CL_PKI/server.key" -out "$CL_PKI/server.csr" 2>/dev/null
-    sans="DNS:localhost,IP:127.0.0.1,IP:::1"
-    for i in $(seq 1 16); do sans="$sans,IP:127.0.1.$i"; done
-    [ -z "$CL_LAN_ADDRESS" ] || sans="$sans,IP:$CL_LAN_ADDRESS"
-    printf '%s\n' "subjectAltName=$sans" "basicConstraints=critical,CA:FALSE" \
-      "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$CL_PKI/server.ext"
-    openssl x509 -req -in "$CL_PKI/server.csr" -CA "$CL_PKI/ca.pem" -CAkey "$CL_PKI/ca.key" \
-      -set_serial "0x$(openssl rand -hex 16)" -days 825 -extfile "$CL_PKI/server.ext" \
-      -out "$CL_PKI/server.pem" 2>/dev/null
-  ) || hf_die "openssl could not make the cluster's certificates in $CL_PKI"
-  chmod 644 "$CL_PKI/ca.pem" "$CL_PKI/server.pem"
-  rm -f "$CL_PKI/server.csr" "$CL_PKI/server.ext"
+  fi
 }
 
 # --- PostgreSQL (private instance) -------------------------------------------------------------

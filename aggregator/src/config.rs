@@ -28,6 +28,12 @@ pub enum Command {
     /// Device tokens: what a phone shows to prove which device it is (see docs/SECURITY.md).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Make (or keep) the self-made TLS files in --data-dir, as `serve` would at its start: a
+    /// local CA (ca.pem, ca.key: kept once made) and a server certificate it signs (server.pem,
+    /// server.key) for localhost, 127.0.0.1, ::1 and --tls-san, made again when it lacks a name or
+    /// expires within 30 days. For a front (nginx) that terminates TLS with them, and clients that
+    /// pin ca.pem; prints the three paths.
+    Certificate,
     /// Print URL as a QR code in the terminal (what --lan prints for the phone page; for a
     /// phone's camera: black on white where the terminal takes colours).
     Qr {

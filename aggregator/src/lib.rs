@@ -62,6 +62,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Gateway(cmd)) => gateway_command(cmd, &cli.serve).await,
         Some(Command::Device(cmd)) => devices::command(cmd, &cli.serve),
+        Some(Command::Certificate) => {
+            let s = &cli.serve;
+            let files = tls::self_made_files(&s.data_dir, &s.tls_sans)?;
+            println!("ca {}", files.ca_cert.display());
+            println!("cert {}", files.cert.display());
+            println!("key {}", files.key.display());
+            Ok(())
+        }
         Some(Command::Qr { url }) => {
             use std::io::IsTerminal as _;
             print!("{}", qr::render(&url, std::io::stdout().is_terminal())?);

@@ -138,6 +138,13 @@ fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
         .with_context(|| format!("reading a private key from {}", path.display()))
 }
 
+/// The self-made CA and server certificate in `data_dir`, made or remade as [`server_config`]
+/// would (`aggregator certificate`: for a front that terminates TLS with them).
+pub fn self_made_files(data_dir: &Path, extra_sans: &[String]) -> anyhow::Result<TlsFiles> {
+    self_made(data_dir, extra_sans)?;
+    Ok(TlsFiles::in_dir(data_dir))
+}
+
 /// The self-made server certificate chain and key in `data_dir`, made or remade as needed.
 fn self_made(
     data_dir: &Path,
