@@ -41,7 +41,7 @@ command -v dpkg-query >/dev/null 2>&1 || hf_die "this script needs Debian (12, b
 # --- which packages -----------------------------------------------------------
 pkgs=(build-essential pkg-config rustc-web cargo-web rust-web-src rust-web-llvm lld-22)
 # scripts/run.sh's local cluster: nginx in front (the stream module for the TLS passthrough
-# variant), openssl for its local CA, curl for its probes. Run as the invoking user with its own
+# variant), openssl for its CA's fingerprint, curl for its probes. Run as the invoking user with its own
 # prefix; the system nginx service is not used.
 pkgs+=(nginx libnginx-mod-stream openssl curl)
 if hf_host_cargo_is_debian; then
