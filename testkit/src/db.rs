@@ -4,10 +4,11 @@
 //! What a Postgres database costs a test, and what is done about it: `CREATE DATABASE` (about half
 //! a second), the aggregator's migrations (most of a second) and `DROP DATABASE` (over a second,
 //! and one at a time: each forces a checkpoint of the whole server). [`PgDatabase::migrated`]
-//! copies a database this test process migrated once (with the aggregator's own `Store::open`),
-//! and a test's database, once the test is done with it, is emptied back to that template's rows
-//! (`TRUNCATE`, then the rows the migrations wrote) for the process's next test, on a thread of its
-//! own; what is left is dropped when the process exits.
+//! gives a test a database that an earlier test of this process is done with, emptied back to
+//! what the migrations left (`TRUNCATE`, then the rows the migrations wrote, on a thread of its
+//! own), or when none is left nor being emptied, a new one migrated by the aggregator's own
+//! `Store::open`. So a test process makes as many databases as it runs Postgres tests at once,
+//! and drops those at exit.
 
 use sqlx::Connection as _;
 
@@ -41,21 +42,23 @@ pub struct PgDatabase {
     pub name: String,
     pub url: String,
     kept: bool,
-    /// The template this is a copy of ([`PgDatabase::migrated`]): emptied back to its rows for the
-    /// next test rather than dropped.
+    /// What the migrations left in it ([`PgDatabase::migrated`]): it is emptied back to that for
+    /// the next test rather than dropped.
     template: Option<std::sync::Arc<Template>>,
 }
 
-/// The migrated template of this process: its name, and the rows the migrations wrote (table,
-/// `COPY` text), which a database gets back when it is emptied for the next test.
+/// The rows the migrations wrote (table, `COPY` text), read from this process's first migrated
+/// database: what a database gets back when it is emptied for the next test.
 struct Template {
-    name: String,
     rows: Vec<(String, Vec<u8>)>,
 }
 
-static TEMPLATE: tokio::sync::Mutex<Option<std::sync::Arc<Template>>> = tokio::sync::Mutex::const_new(None);
+static TEMPLATE: std::sync::OnceLock<std::sync::Arc<Template>> = std::sync::OnceLock::new();
 /// Databases emptied back to the template's rows, for the next test.
-static EMPTIED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static EMPTIED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+/// Databases being emptied; [`EMPTIED_ONE`] tells when one is done.
+static EMPTYING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static EMPTIED_ONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 impl PgDatabase {
     /// A fresh, empty database for a test; panics when the server cannot make one.
@@ -63,69 +66,58 @@ impl PgDatabase {
         Self::try_create(admin_url, "holdfast_test").await.unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A fresh database for a test with the aggregator's migrations applied, as the aggregator's
-    /// first start leaves it: a copy of a template this process migrated once (with
-    /// `aggregator::store::Store::open`, which the aggregator runs at every start), which is
-    /// dropped at exit. Panics when the server cannot make one.
+    /// A database for a test with the aggregator's migrations applied and nothing else, as the
+    /// aggregator's first start leaves it: one an earlier test of this process is done with,
+    /// emptied back to that (waiting for one being emptied), or a new one that
+    /// `aggregator::store::Store::open` migrated. Panics when the server cannot make one.
     pub async fn migrated(admin_url: &str) -> PgDatabase {
-        let template = Self::template(admin_url).await;
-        let emptied = EMPTIED.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut db = match emptied {
-            Some(name) => PgDatabase {
-                admin_url: admin_url.to_owned(),
-                url: with_database(admin_url, &name),
-                name,
-                kept: false,
-                template: None,
-            },
-            None => Self::try_create_from(admin_url, "holdfast_test", Some(&template.name))
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        };
-        db.template = Some(template);
-        db
-    }
-
-    /// This process's migrated template, made at the first call.
-    async fn template(admin_url: &str) -> std::sync::Arc<Template> {
-        let mut template = TEMPLATE.lock().await;
-        if template.is_none() {
-            let mut made = Self::create(admin_url).await;
-            let dir = tempfile::tempdir().unwrap();
-            let store = aggregator::store::Store::open(Some(&made.url), dir.path(), 1)
-                .await
-                .unwrap_or_else(|e| panic!("migrating the template database {}: {e:#}", made.name));
-            store.close().await;
-            let rows = template_rows(&made.url)
-                .await
-                .unwrap_or_else(|e| panic!("reading the template database {}: {e}", made.name));
-            // Dropped at exit, after every copy.
-            made.kept = true;
-            dropper().template(admin_url, &made.name);
-            *template = Some(std::sync::Arc::new(Template { name: made.name.clone(), rows }));
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            // Registered before looking, so that an emptying that ends meanwhile is not missed.
+            let emptied_one = EMPTIED_ONE.notified();
+            if let Some((_, name)) = EMPTIED.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                return PgDatabase {
+                    admin_url: admin_url.to_owned(),
+                    url: with_database(admin_url, &name),
+                    name,
+                    kept: false,
+                    template: TEMPLATE.get().cloned(),
+                };
+            }
+            if EMPTYING.load(SeqCst) == 0 {
+                break;
+            }
+            // Bounded: a database the dropping thread never gave back is not waited for.
+            if tokio::time::timeout(std::time::Duration::from_secs(30), emptied_one).await.is_err() {
+                break;
+            }
         }
-        template.clone().expect("made above")
+        let mut db = Self::create(admin_url).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = aggregator::store::Store::open(Some(&db.url), dir.path(), 1)
+            .await
+            .unwrap_or_else(|e| panic!("migrating the test database {}: {e:#}", db.name));
+        store.close().await;
+        if TEMPLATE.get().is_none() {
+            let rows = template_rows(&db.url)
+                .await
+                .unwrap_or_else(|e| panic!("reading the migrated database {}: {e}", db.name));
+            let _ = TEMPLATE.set(std::sync::Arc::new(Template { rows }));
+        }
+        db.template = TEMPLATE.get().cloned();
+        db
     }
 
     /// A fresh database named `PREFIX_` and 64 random bits, on the server of `admin_url`.
     pub async fn try_create(admin_url: &str, prefix: &str) -> Result<PgDatabase, String> {
-        Self::try_create_from(admin_url, prefix, None).await
-    }
-
-    /// [`PgDatabase::try_create`], as a copy of `template` if given.
-    async fn try_create_from(
-        admin_url: &str,
-        prefix: &str,
-        template: Option<&str>,
-    ) -> Result<PgDatabase, String> {
         let name = format!("{prefix}_{:016x}", rand::random::<u64>());
         let mut admin = sqlx::PgConnection::connect(admin_url)
             .await
             .map_err(|e| format!("connecting to the database server: {e}"))?;
-        let from = template.map(|t| format!(" TEMPLATE {t}")).unwrap_or_default();
-        sqlx::query(&format!("CREATE DATABASE {name}{from}")).execute(&mut admin).await.map_err(|e| {
-            format!("CREATE DATABASE {name}{from} failed (does the role have CREATEDB?): {e}")
-        })?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .map_err(|e| format!("CREATE DATABASE {name} failed (does the role have CREATEDB?): {e}"))?;
         let _ = admin.close().await;
         Ok(PgDatabase {
             admin_url: admin_url.to_owned(),
@@ -174,11 +166,11 @@ impl Drop for PgDatabase {
         if self.kept {
             return;
         }
-        dropper().later(Job {
-            admin_url: self.admin_url.clone(),
-            name: self.name.clone(),
-            empty: self.template.take(),
-        });
+        let empty = self.template.take();
+        if empty.is_some() {
+            EMPTYING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        dropper().later(Job { admin_url: self.admin_url.clone(), name: self.name.clone(), empty });
     }
 }
 
@@ -239,7 +231,6 @@ async fn empty_database(admin_url: &str, name: &str, template: &Template) -> Res
 struct Dropper {
     tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    template: std::sync::Mutex<Option<(String, String)>>,
 }
 
 static DROPPER: std::sync::OnceLock<Dropper> = std::sync::OnceLock::new();
@@ -252,20 +243,25 @@ fn dropper() -> &'static Dropper {
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 for job in rx {
-                    let exiting = EXITING.load(std::sync::atomic::Ordering::Relaxed);
-                    if let (Some(template), false) = (&job.empty, exiting) {
-                        match rt.block_on(empty_database(&job.admin_url, &job.name, template)) {
-                            Ok(()) => {
-                                // Unless the process began exiting meanwhile (see finish_drops).
-                                let mut emptied = EMPTIED.lock().unwrap_or_else(|e| e.into_inner());
-                                if !EXITING.load(std::sync::atomic::Ordering::Relaxed) {
-                                    emptied.push(job.name);
-                                    continue;
-                                }
-                            }
-                            Err(e) => {
-                                eprintln!("could not empty test database {} (dropping it): {e}", job.name)
-                            }
+                    if let Some(template) = &job.empty {
+                        let emptied = !EXITING.load(std::sync::atomic::Ordering::SeqCst)
+                            && rt
+                                .block_on(empty_database(&job.admin_url, &job.name, template))
+                                .map_err(|e| {
+                                    eprintln!("could not empty test database {} (dropping it): {e}", job.name)
+                                })
+                                .is_ok();
+                        // Unless the process began exiting meanwhile (see finish_drops).
+                        let mut list = EMPTIED.lock().unwrap_or_else(|e| e.into_inner());
+                        let kept = emptied && !EXITING.load(std::sync::atomic::Ordering::SeqCst);
+                        if kept {
+                            list.push((job.admin_url.clone(), job.name.clone()));
+                        }
+                        drop(list);
+                        EMPTYING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        EMPTIED_ONE.notify_waiters();
+                        if kept {
+                            continue;
                         }
                     }
                     if let Err(e) = rt.block_on(drop_database(&job.admin_url, &job.name)) {
@@ -276,15 +272,11 @@ fn dropper() -> &'static Dropper {
             .expect("a thread to drop the test databases");
         // SAFETY: registers a function without arguments that libc calls once, at exit.
         unsafe { libc::atexit(finish_drops) };
-        Dropper {
-            tx: std::sync::Mutex::new(Some(tx)),
-            thread: std::sync::Mutex::new(Some(thread)),
-            template: std::sync::Mutex::new(None),
-        }
+        Dropper { tx: std::sync::Mutex::new(Some(tx)), thread: std::sync::Mutex::new(Some(thread)) }
     })
 }
 
-/// A database a test is done with: to empty back to a template's rows for the next test, or to
+/// A database a test is done with: to empty back to the template's rows for the next test, or to
 /// drop.
 struct Job {
     admin_url: String,
@@ -304,27 +296,19 @@ impl Dropper {
             _ => eprintln!("test database {name} left behind: the process is exiting"),
         }
     }
-
-    fn template(&self, admin_url: &str, name: &str) {
-        *self.template.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((admin_url.to_owned(), name.to_owned()));
-    }
 }
 
-/// At exit: the emptied databases and the template join the end of the list (to drop), then the
-/// list is finished.
+/// At exit: the emptied databases join the end of the list (to drop; those still being emptied
+/// are dropped instead), then the list is finished.
 extern "C" fn finish_drops() {
     let Some(d) = DROPPER.get() else { return };
-    if let Some((admin_url, template)) = d.template.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        // Those still being emptied are dropped instead (the process is exiting: no next test).
-        let emptied = {
-            let mut emptied = EMPTIED.lock().unwrap_or_else(|e| e.into_inner());
-            EXITING.store(true, std::sync::atomic::Ordering::Relaxed);
-            std::mem::take(&mut *emptied)
-        };
-        for name in emptied.into_iter().chain([template]) {
-            d.later(Job { admin_url: admin_url.clone(), name, empty: None });
-        }
+    let emptied = {
+        let mut emptied = EMPTIED.lock().unwrap_or_else(|e| e.into_inner());
+        EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::mem::take(&mut *emptied)
+    };
+    for (admin_url, name) in emptied {
+        d.later(Job { admin_url, name, empty: None });
     }
     drop(d.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
     if let Some(thread) = d.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
