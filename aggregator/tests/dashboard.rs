@@ -67,7 +67,8 @@ async fn wait_snapshot(
 #[tokio::test]
 async fn pages_are_served_and_the_data_needs_the_token() {
     let Some(agg) =
-        Aggregator::start(Kind::Sqlite, &["--dashboard-token", "tok-123", "--dashboard-streams", "1"]).await
+        Aggregator::in_process(Kind::Sqlite, &["--dashboard-token", "tok-123", "--dashboard-streams", "1"])
+            .await
     else {
         return;
     };
@@ -124,7 +125,7 @@ async fn pages_are_served_and_the_data_needs_the_token() {
 #[tokio::test]
 async fn without_a_given_token_one_is_made_and_printed_and_required() {
     for extra in [&[][..], &["--plain"][..]] {
-        let Some(agg) = Aggregator::start(Kind::Sqlite, extra).await else { return };
+        let Some(agg) = Aggregator::in_process(Kind::Sqlite, extra).await else { return };
         assert_eq!(agg.token().len(), 32, "{extra:?}: a token made for the run, printed");
         let request = |path: &str, bearer: Option<String>| {
             let (addr, ca, plain, path) = (agg.addr, agg.ca(), !extra.is_empty(), path.to_owned());
@@ -149,7 +150,9 @@ async fn without_a_given_token_one_is_made_and_printed_and_required() {
 
 #[tokio::test]
 async fn a_browser_idle_connection_is_not_a_refusal() {
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--handshake-timeout-ms", "300"]).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &["--handshake-timeout-ms", "300"]).await else {
+        return;
+    };
     // A request on a kept-alive connection, then silence until the server closes it.
     let mut s = tls(agg.addr, &agg.ca()).await;
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
@@ -170,7 +173,9 @@ async fn a_browser_idle_connection_is_not_a_refusal() {
 #[tokio::test]
 async fn trunk_sessions_are_counted_once_through_replays_on_another_link() {
     // Commits once a second: the opens below are sent and their link cut long before one.
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--flush-interval-ms", "1000"]).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &["--flush-interval-ms", "1000"]).await else {
+        return;
+    };
     let secret = agg.add_gateway("site-a");
     let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-a", &secret, 200, 2);
     assert!(gw.connect(0).await);

@@ -1,6 +1,6 @@
-//! Direct phones against the real aggregator process, on the embedded SQLite store and on a real
-//! Postgres: bytes persisted exactly, the phone told what is durable, bad input refused clearly
-//! without disturbing anyone else.
+//! Direct phones against the real aggregator (in the test's process; the SIGTERM test starts the
+//! binary), on the embedded SQLite store and on a real Postgres: bytes persisted exactly, the
+//! phone told what is durable, bad input refused clearly without disturbing anyone else.
 
 mod support;
 
@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 async fn phone_bytes_are_persisted_and_confirmed(kind: Kind) {
-    let Some(agg) = Aggregator::start(kind, &[]).await else { return };
+    let Some(agg) = Aggregator::in_process(kind, &[]).await else { return };
     let mut ws = phone(agg.addr, agg.data_dir(), "phone-1").await;
     for _ in 0..50 {
         ws.send(Message::binary(vec![7u8])).await.unwrap();
@@ -43,7 +43,7 @@ async fn phone_bytes_are_persisted_and_confirmed_postgres() {
 /// device's total stays exact across the folds.
 async fn finished_sessions_are_folded(kind: Kind) {
     let args = ["--fold-after-s", "1", "--fold-interval-ms", "100"];
-    let Some(agg) = Aggregator::start(kind, &args).await else { return };
+    let Some(agg) = Aggregator::in_process(kind, &args).await else { return };
     for round in 0..3 {
         for i in 0..5u64 {
             let mut ws = phone(agg.addr, agg.data_dir(), &format!("fold-{i}")).await;
@@ -123,7 +123,7 @@ async fn with_no_configuration_it_runs_on_sqlite_and_a_self_made_certificate() {
 #[tokio::test]
 async fn bad_input_gets_a_clear_answer_and_harms_no_other_session() {
     let Some(agg) =
-        Aggregator::start(Kind::Sqlite, &["--handshake-timeout-ms", "500", "--max-phone-message", "64"])
+        Aggregator::in_process(Kind::Sqlite, &["--handshake-timeout-ms", "500", "--max-phone-message", "64"])
             .await
     else {
         return;
@@ -228,7 +228,7 @@ async fn sigterm_closes_phones_with_1001_flushes_and_exits_zero() {
 
 #[tokio::test]
 async fn beyond_the_admission_limit_a_phone_gets_503() {
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--max-phones", "1"]).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &["--max-phones", "1"]).await else { return };
     let mut first = phone(agg.addr, agg.data_dir(), "first").await;
     let second = format!("/ws?device=second&token={}", device_token(agg.data_dir(), "second"));
     let err = websocket(agg.addr, &agg.ca(), &second, None).await.unwrap_err();
@@ -243,7 +243,7 @@ async fn beyond_the_admission_limit_a_phone_gets_503() {
 /// counts. Tokens issued by `aggregator device token` work; `--phone-auth off` believes phones.
 #[tokio::test]
 async fn a_phone_needs_a_token_for_its_own_device() {
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &[]).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &[]).await else { return };
     let refused = |path: String| {
         let (addr, ca) = (agg.addr, agg.ca());
         async move {
@@ -292,7 +292,7 @@ async fn a_phone_needs_a_token_for_its_own_device() {
     assert!(metrics.contains("the device token is not valid for this device"), "refusals are counted");
     assert_eq!(agg.store().await.device_totals("mine").await.unwrap(), vec![("mine".to_owned(), 4)]);
 
-    let Some(open) = Aggregator::start(Kind::Sqlite, &["--phone-auth", "off"]).await else { return };
+    let Some(open) = Aggregator::in_process(Kind::Sqlite, &["--phone-auth", "off"]).await else { return };
     let mut ws = websocket(open.addr, &open.ca(), "/ws?device=anyone", None).await.expect("believed");
     ws.send(Message::binary(vec![1u8; 2])).await.unwrap();
     assert_eq!(wait_durable(&mut ws, 2).await, 2);
@@ -324,7 +324,7 @@ async fn https(
 #[tokio::test]
 async fn the_enrolment_code_gets_a_phone_a_new_device_of_its_own() {
     const CODE: &str = "enrol-0123456789abcdef";
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--enrolment-code", CODE]).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &["--enrolment-code", CODE]).await else { return };
     let (ca, addr) = (agg.ca(), agg.addr);
     assert_eq!(https(addr, &ca, "POST", "").await, (401, "wrong enrolment code\n".into()));
     let wrong = https(addr, &ca, "POST", "Authorization: Bearer enrol-0123456789abcdeX\r\n").await;
@@ -351,7 +351,7 @@ async fn the_enrolment_code_gets_a_phone_a_new_device_of_its_own() {
     // Paced: --enrolments-per-minute 3 answers three requests (right or wrong code) at once, then
     // 429 with the reason (and Retry-After), for the right code too.
     let args = ["--enrolment-code", CODE, "--enrolments-per-minute", "3"];
-    let Some(paced) = Aggregator::start(Kind::Sqlite, &args).await else { return };
+    let Some(paced) = Aggregator::in_process(Kind::Sqlite, &args).await else { return };
     let bearer = format!("Authorization: Bearer {CODE}\r\n");
     assert_eq!(https(paced.addr, &paced.ca(), "POST", "").await.0, 401);
     for _ in 0..2 {
@@ -363,7 +363,7 @@ async fn the_enrolment_code_gets_a_phone_a_new_device_of_its_own() {
     assert!(metrics.contains("enrolment rate"), "counted:\n{metrics}");
 
     // Off unless set; and a code too short to guard anything is refused at start.
-    let Some(off) = Aggregator::start(Kind::Sqlite, &[]).await else { return };
+    let Some(off) = Aggregator::in_process(Kind::Sqlite, &[]).await else { return };
     let (status, body) =
         https(off.addr, &off.ca(), "POST", &format!("Authorization: Bearer {CODE}\r\n")).await;
     assert_eq!((status, body.as_str()), (404, "enrolment is off (--enrolment-code)\n"));

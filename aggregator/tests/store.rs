@@ -37,7 +37,7 @@ async fn sqlite_db() -> Db {
 
 async fn postgres_db() -> Option<Db> {
     let admin_url = admin_url()?;
-    let pg = PgDatabase::create(&admin_url).await;
+    let pg = PgDatabase::migrated(&admin_url).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(Some(&pg.url), dir.path(), 4).await.unwrap();
     assert_eq!(store.kind(), "postgres");

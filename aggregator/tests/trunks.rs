@@ -1,6 +1,6 @@
-//! Gateway trunks against the real aggregator process and real databases: exact totals through a
-//! dropped link and through a SIGKILL of the aggregator, and refusals for gateways that cannot
-//! prove who they are.
+//! Gateway trunks against the real aggregator and real databases: exact totals through a dropped
+//! link and through a SIGKILL of the aggregator, and refusals for gateways that cannot prove who
+//! they are. The aggregator runs in the test's process, but for the SIGKILL and SIGTERM tests.
 
 mod support;
 
@@ -84,7 +84,7 @@ async fn writes_stalled(agg: &Aggregator) -> WritesStalled {
 }
 
 async fn ten_thousand_sessions_survive_a_dropped_link(kind: Kind) {
-    let Some(agg) = Aggregator::start(kind, &["--flush-interval-ms", "50"]).await else { return };
+    let Some(agg) = Aggregator::in_process(kind, &["--flush-interval-ms", "50"]).await else { return };
     let secret = agg.add_gateway("site-a");
     let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-a", &secret, SESSIONS, 2);
     assert!(gw.connect(0).await && gw.connect(1).await);
@@ -197,7 +197,7 @@ async fn a_full_ledger_does_not_close_busy_trunks_as_idle() {
         "--trunk-ping-ms",
         "600",
     ];
-    let Some(agg) = Aggregator::start(Kind::Postgres, &args).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Postgres, &args).await else { return };
     let secret = agg.add_gateway("site-slow");
     let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-slow", &secret, 3_000, 2);
     assert!(gw.connect(0).await && gw.connect(1).await);
@@ -245,7 +245,7 @@ async fn links_that_race_for_the_last_ledger_room_wait_instead_of_closing() {
     const RACING: usize = 4_000;
     // Room for 1,792 sessions (2,048 slots filled to 7/8); a link reads while 1,024 are free.
     let args = ["--flush-interval-ms", "50", "--ledger-capacity", "2048", "--max-trunk-message", "2048"];
-    let Some(agg) = Aggregator::start(Kind::Postgres, &args).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Postgres, &args).await else { return };
     let secret = agg.add_gateway("site-race");
     let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-race", &secret, RACING, LINKS);
     for link in 0..LINKS {
@@ -300,7 +300,7 @@ async fn metric(agg: &Aggregator, name: &str) -> u64 {
 
 #[tokio::test]
 async fn unknown_gateways_and_wrong_secrets_are_refused_and_write_nothing() {
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &[]).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &[]).await else { return };
     let secret = agg.add_gateway("site-real");
     for (name, secret) in [(&b"site-real"[..], b"not the secret".to_vec()), (b"site-ghost", secret)] {
         let mut gw = TestGateway::new(agg.addr, &agg.ca(), name, &secret, 10, 1);
@@ -351,7 +351,7 @@ async fn sigterm_sends_go_away_to_trunks_and_acknowledges_what_they_sent() {
 #[tokio::test]
 async fn unauthenticated_trunks_cannot_keep_real_gateways_out() {
     let args = ["--max-trunks", "1", "--max-pending-trunks", "4", "--handshake-timeout-ms", "30000"];
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &args).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &args).await else { return };
     let secret = agg.add_gateway("site-real");
     let other = agg.add_gateway("site-other");
     // Three silent trunks: upgraded, never a Hello.
@@ -392,7 +392,7 @@ async fn unauthenticated_trunks_cannot_keep_real_gateways_out() {
 #[tokio::test]
 async fn a_removed_gateway_loses_its_live_links() {
     let args = ["--gateway-check-interval-ms", "200"];
-    let Some(agg) = Aggregator::start(Kind::Sqlite, &args).await else { return };
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &args).await else { return };
     let secret = agg.add_gateway("site-leaving");
     let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-leaving", &secret, 10, 1);
     assert!(gw.connect(0).await);
@@ -432,7 +432,7 @@ async fn a_gateway_over_its_session_quota_is_refused_and_others_are_counted_exac
     let quota = QUOTA.to_string();
     let args =
         ["--flush-interval-ms", "50", "--max-sessions-per-gateway", &quota, "--shutdown-grace-ms", "1000"];
-    let Some(agg) = Aggregator::start(kind, &args).await else { return };
+    let Some(agg) = Aggregator::in_process(kind, &args).await else { return };
     let honest_secret = agg.add_gateway("site-honest");
     let greedy_secret = agg.add_gateway("site-greedy");
     // Within the quota (a closed session counts until its close is acknowledged, so a few more
@@ -503,7 +503,7 @@ async fn a_gateway_over_its_session_quota_is_refused_and_others_are_counted_exac
 /// database, and nothing it reports is counted.
 async fn a_gateway_that_reboots_too_often_is_refused_before_its_boot_is_written(kind: Kind) {
     let args = ["--flush-interval-ms", "50", "--max-gateway-boots-per-hour", "2"];
-    let Some(agg) = Aggregator::start(kind, &args).await else { return };
+    let Some(agg) = Aggregator::in_process(kind, &args).await else { return };
     let secret = agg.add_gateway("site-boots");
     let mut boots = Vec::new();
     for (i, device) in ["boot-a", "boot-b", "boot-c"].into_iter().enumerate() {

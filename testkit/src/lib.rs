@@ -1,7 +1,7 @@
 //! What holdfast's integration tests share, in one place instead of files included by path:
 //! real databases ([`db`]: a fresh Postgres database per test on the server of `DATABASE_URL`)
-//! and the real aggregator binary as a process a test can SIGKILL, SIGTERM and restart
-//! ([`process`]), a test CA ([`pki`]), what phones do ([`phones`]), and a real browser ([`browser`]: headless Chromium over
+//! and the real aggregator, as a process a test can SIGKILL, SIGTERM and restart or in the test's
+//! own process ([`process`]), a test CA ([`pki`]), what phones do ([`phones`]), and a real browser ([`browser`]: headless Chromium over
 //! WebDriver). Used by the aggregator's tests and the gateway's.
 
 pub mod browser;

@@ -1,4 +1,7 @@
-//! The real aggregator binary, run as a process the test can SIGKILL, SIGTERM and restart.
+//! The aggregator for a test: the real binary, run as a process the test can SIGKILL, SIGTERM
+//! and restart ([`Aggregator::start`]), or the same service in the test's own process
+//! ([`Aggregator::in_process`]: `aggregator::Service` on a thread and runtime of its own) for the
+//! tests that do not test the process itself.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -18,6 +21,8 @@ enum Printed {
 
 pub struct Aggregator {
     child: Option<Child>,
+    /// The service in this process, when started with [`Aggregator::in_process`].
+    service: Option<InProcess>,
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub database_url: Option<String>,
@@ -62,19 +67,49 @@ impl Aggregator {
     pub async fn start_at(kind: Kind, extra: &[&str], port: u16) -> Option<Aggregator> {
         let pg = match kind {
             Kind::Sqlite => None,
-            Kind::Postgres => Some(PgDatabase::create(&admin_url()?).await),
+            Kind::Postgres => Some(PgDatabase::migrated(&admin_url()?).await),
         };
-        let mut a = Aggregator {
+        let mut a = Aggregator::new(pg, extra, port);
+        a.spawn();
+        Some(a)
+    }
+
+    /// Like [`Aggregator::start`], but the service runs in this process: the same settings
+    /// (`extra` are the binary's flags), store, TLS and listener, without a process to start. For
+    /// the tests that do not test the process itself (its signals, SIGKILL, workers, the command
+    /// line's environment and start-up message): [`Aggregator::spawn`], [`Aggregator::kill`],
+    /// [`Aggregator::terminate`] and [`Aggregator::pid`] are for processes only. Dropped, it stops
+    /// at once (its runtime is shut down), as a killed process would; [`Aggregator::stop`] stops it
+    /// gracefully.
+    pub async fn in_process(kind: Kind, extra: &[&str]) -> Option<Aggregator> {
+        let pg = match kind {
+            Kind::Sqlite => None,
+            Kind::Postgres => Some(PgDatabase::migrated(&admin_url()?).await),
+        };
+        let mut a = Aggregator::new(pg, extra, 0);
+        let (service, addr, token) = InProcess::start(&a).await;
+        (a.service, a.addr, a.token) = (Some(service), addr, token);
+        Some(a)
+    }
+
+    fn new(pg: Option<PgDatabase>, extra: &[&str], port: u16) -> Aggregator {
+        Aggregator {
             child: None,
+            service: None,
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             dir: tempfile::tempdir().unwrap(),
             database_url: pg.as_ref().map(|p| p.url.clone()),
             pg,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             token: String::new(),
-        };
-        a.spawn();
-        Some(a)
+        }
+    }
+
+    /// Stops an in-process service as SIGTERM stops the binary (go-away to trunks, close 1001 to
+    /// phones, the grace period, a last flush) and waits for it; what its run returned.
+    pub async fn stop(&mut self) -> Result<(), String> {
+        let service = self.service.take().expect("an in-process aggregator (a process: terminate)");
+        service.stop(false).await
     }
 
     fn command(&self) -> Command {
@@ -91,6 +126,7 @@ impl Aggregator {
 
     /// Starts the process (again, on the same port, after a kill).
     pub fn spawn(&mut self) {
+        assert!(self.service.is_none(), "an in-process aggregator is not restarted: start a process");
         let mut c = self.command();
         c.arg("--listen")
             .arg(self.addr.to_string())
@@ -217,7 +253,102 @@ impl Aggregator {
 impl Drop for Aggregator {
     fn drop(&mut self) {
         self.kill();
+        if let Some(service) = self.service.take() {
+            service.abort();
+        }
         let _ = &self.pg;
+    }
+}
+
+/// `aggregator::Service` running in this process, on a thread with a runtime of its own (a test
+/// may block its own thread: a browser test waits on WebDriver, a gateway is added through the
+/// binary).
+struct InProcess {
+    /// `true`: stop at once (drop the runtime); `false`: stop gracefully.
+    stop: tokio::sync::oneshot::Sender<bool>,
+    done: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl InProcess {
+    /// Starts the service with `a`'s folder, database and flags on a free loopback port; where it
+    /// listens and the dashboard's token.
+    async fn start(a: &Aggregator) -> (InProcess, SocketAddr, String) {
+        use clap::Parser as _;
+        let mut args = vec!["aggregator".to_owned(), "--data-dir".to_owned()];
+        args.push(a.dir.path().display().to_string());
+        args.extend(["--listen".to_owned(), a.addr.to_string()]);
+        args.extend(a.extra.iter().cloned());
+        let cli = aggregator::config::Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let mut s = cli.serve;
+        // This store, whatever DATABASE_URL the test's environment has (flags read it).
+        s.database_url = a.database_url.clone();
+        // As the binary does: a token made for the run when none is given.
+        aggregator::web::make_token_if_unset(&mut s);
+        let token = s.dashboard_token.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<SocketAddr, String>>();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("aggregator".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the aggregator");
+                let result = rt.block_on(async move {
+                    let listen = s.listen;
+                    let prepared = async {
+                        let service = aggregator::Service::prepare(s).await?;
+                        let listener = aggregator::server::bind(listen, false)?;
+                        anyhow::Ok((service, listener))
+                    };
+                    let (service, listener) = match prepared.await {
+                        Ok(ready) => ready,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("{e:#}")));
+                            return None;
+                        }
+                    };
+                    let _ = ready_tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                    let (graceful_tx, graceful) = tokio::sync::oneshot::channel::<()>();
+                    let mut run = std::pin::pin!(service.run(listener, async {
+                        let _ = graceful.await;
+                    }));
+                    tokio::select! {
+                        result = &mut run => return Some(result.map_err(|e| format!("{e:#}"))),
+                        now = stop_rx => if now.unwrap_or(true) { return None },
+                    }
+                    let _ = graceful_tx.send(());
+                    Some(run.await.map_err(|e| format!("{e:#}")))
+                });
+                // Whatever the service left running (connections' tasks) ends with its runtime.
+                rt.shutdown_timeout(Duration::from_secs(1));
+                if let Some(result) = result {
+                    let _ = done_tx.send(result);
+                }
+            })
+            .expect("a thread for the aggregator");
+        match ready_rx.await {
+            Ok(Ok(addr)) => (InProcess { stop, done, thread }, addr, token),
+            Ok(Err(e)) => panic!("the in-process aggregator did not start: {e}"),
+            Err(_) => panic!("the in-process aggregator's thread ended before it listened"),
+        }
+    }
+
+    /// Stops the service: at once (`now`), or gracefully, waiting for what its run returned.
+    async fn stop(self, now: bool) -> Result<(), String> {
+        let _ = self.stop.send(now);
+        let result = self.done.await.unwrap_or_else(|_| Err("the service ended without a result".into()));
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+        result
+    }
+
+    /// Stops the service at once, from any context (Drop).
+    fn abort(self) {
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
     }
 }
 
