@@ -107,7 +107,7 @@ fn per_phone(before: &(isize, Vec<isize>), after: &(isize, Vec<isize>), n: usize
         .map(|size| (size, (after.1[size] - before.1[size]) as f64 / n as f64))
         .filter(|&(_, per)| per >= 0.5)
         .collect();
-    parts.sort_by(|a, b| b.0.cmp(&a.0));
+    parts.sort_by_key(|part| std::cmp::Reverse(part.0));
     let parts: Vec<String> = parts.iter().map(|(size, per)| format!("{size} B x {per:.2}")).collect();
     (bytes, parts.join(", "))
 }
