@@ -231,7 +231,7 @@ pub struct Service {
     writer: Store,
     phone_key: Option<device_token::PublicKey>,
     enrolment: Option<devices::Enrolment>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     ca: Option<lan::CaOffer>,
 }
 
@@ -252,7 +252,7 @@ impl Service {
             (None, None)
         } else {
             let (config, ca) = tls_config(&s)?;
-            (Some(tokio_rustls::TlsAcceptor::from(config)), ca)
+            (Some(config), ca)
         };
         let ca = match s.ca_cert.clone().or(self_made_ca) {
             Some(path) => Some(lan::CaOffer::load(&path)?),

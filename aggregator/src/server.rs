@@ -1,5 +1,12 @@
 //! The listener: accepts TCP, terminates TLS 1.3 (unless `--plain`), and serves HTTP/1.1 with
 //! upgrades on every connection, with a timeout on everything before the request head.
+//!
+//! TLS is the shared `lean-tls` crate's stream over rustls's unbuffered server connection, not
+//! tokio-rustls: rustls's buffered connection keeps a receive buffer of at least 4 KiB for the
+//! whole life of a connection, which was most of what an idle phone cost here
+//! (`docs/benchmarks.md`, "Memory per idle direct phone"). This one holds its buffers only while
+//! bytes are in flight. TLS is accepted before the request says what the connection is (a phone
+//! on `/ws`, a trunk on `/trunk`, a page), so trunks and pages ride on it too.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,9 +16,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use lean_tls::tokio_io::LeanTlsStream;
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::state::Shared;
@@ -37,7 +45,7 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
 pub async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
     limits: Arc<AddressLimits>,
 ) {
     let mut shutdown = shared.shutdown.clone();
@@ -89,12 +97,13 @@ async fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
     slot: Slot,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
 ) {
     match tls {
         None => serve_http(shared, tcp, peer, slot).await,
-        Some(acceptor) => {
-            match tokio::time::timeout(shared.settings.handshake_timeout(), acceptor.accept(tcp)).await {
+        Some(config) => {
+            let handshake = LeanTlsStream::accept(config, tcp);
+            match tokio::time::timeout(shared.settings.handshake_timeout(), handshake).await {
                 Ok(Ok(stream)) => serve_http(shared, stream, peer, slot).await,
                 Ok(Err(e)) => {
                     shared.metrics.refuse("tls handshake failed");

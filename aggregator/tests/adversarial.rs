@@ -19,7 +19,7 @@ use futures_util::SinkExt;
 use support::clients::{metrics_text, phone_from, tcp_from, wait_durable, websocket_from, TestGateway};
 use support::db::Kind;
 use support::process::Aggregator;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 fn ip(s: &str) -> Option<IpAddr> {
@@ -177,4 +177,93 @@ async fn a_phone_that_only_pings_is_closed_as_idle() {
     assert_eq!(wait_durable(&mut talker, sent).await, sent, "the talking phone is still served");
     let store = agg.store().await;
     assert_eq!(store.device_totals("talker").await.unwrap(), vec![("talker".to_owned(), sent)]);
+}
+
+/// What the server sends `tcp` until it closes it (EOF or reset), if it does within `within`.
+async fn answer_before_close(tcp: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut answer = Vec::new();
+    let mut b = [0u8; 512];
+    tokio::time::timeout(within, async {
+        loop {
+            match tcp.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&b[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| answer)
+}
+
+/// The first flight of a real TLS 1.3 client of this aggregator: its ClientHello record.
+fn client_hello(ca: &std::path::Path) -> Vec<u8> {
+    let config = aggregator::tls::client_config(ca).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(config, name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// The reason's count in `holdfast_refused_total` (0 if absent).
+fn refused(metrics: &str, reason: &str) -> u64 {
+    let label = format!("reason=\"{reason}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("holdfast_refused_total") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Broken TLS at the door, next to a phone in session: garbage, a ClientHello of the wrong
+/// type, a ClientHello cut short (the socket then ends), a record header announcing more than
+/// TLS 1.3 allows (the socket then stays open). Each is closed at once, long before the 30 s
+/// handshake timeout, with a TLS alert where TLS has one to give, and counted as a failed
+/// handshake; the phone goes on counting and a new phone still gets in. The oversized record is
+/// refused from its header (`lean_tls::MAX_RECORD`), before anything is buffered for it.
+#[tokio::test]
+async fn broken_client_hellos_are_closed_at_once_and_harm_no_session() {
+    let Some(agg) = Aggregator::start(Kind::Sqlite, &["--handshake-timeout-ms", "30000"]).await else {
+        return;
+    };
+    let mut healthy = phone_from(None, agg.addr, agg.data_dir(), "healthy").await.unwrap();
+    healthy.send(Message::binary(vec![1u8; 3])).await.unwrap();
+    assert_eq!(wait_durable(&mut healthy, 3).await, 3);
+
+    let hello = client_hello(&agg.ca());
+    assert_eq!(hello[..1], [0x16], "a handshake record");
+    let mut wrong_type = hello.clone();
+    wrong_type[5] = 2; // a ServerHello's type where the ClientHello's belongs
+    let cases: [(&str, &[u8], bool, bool); 4] = [
+        // (what, bytes sent, the socket's sending side ended after them, an alert expected)
+        ("not TLS", b"GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n", false, true),
+        ("a ClientHello of the wrong type", &wrong_type, false, true),
+        ("a ClientHello cut short", &hello[..hello.len() / 2], true, false),
+        ("a record header over TLS 1.3's bound", &[0x16, 0x03, 0x01, 0x42, 0x00, 1, 0, 0], false, false),
+    ];
+    for (what, bytes, end, alert) in cases {
+        let mut tcp = tokio::net::TcpStream::connect(agg.addr).await.unwrap();
+        tcp.write_all(bytes).await.unwrap();
+        if end {
+            tcp.shutdown().await.unwrap();
+        }
+        let answer = answer_before_close(&mut tcp, Duration::from_secs(5)).await;
+        let answer = answer.unwrap_or_else(|| panic!("{what}: not closed within 5 s"));
+        if alert {
+            assert_eq!(answer.first(), Some(&0x15), "{what}: answered with a TLS alert: {answer:x?}");
+            assert_eq!(answer.len(), 7, "{what}: the alert alone: {answer:x?}");
+        }
+    }
+
+    healthy.send(Message::binary(vec![1u8; 2])).await.unwrap();
+    assert_eq!(wait_durable(&mut healthy, 5).await, 5, "the phone in session was never disturbed");
+    let mut newcomer = phone_from(None, agg.addr, agg.data_dir(), "newcomer").await.unwrap();
+    newcomer.send(Message::binary(vec![1u8; 1])).await.unwrap();
+    assert_eq!(wait_durable(&mut newcomer, 1).await, 1);
+    let metrics = metrics_text(agg.addr, &agg.ca()).await;
+    assert_eq!(refused(&metrics, "tls handshake failed"), 4, "{metrics}");
+    assert_eq!(refused(&metrics, "handshake timeout"), 0, "{metrics}");
+    let store = agg.store().await;
+    assert_eq!(store.device_totals("healthy").await.unwrap(), vec![("healthy".to_owned(), 5)]);
 }

@@ -1,5 +1,6 @@
 //! TLS over rustls's unbuffered API that holds no buffers while a connection is idle, for both
-//! ends: mobile-sim's phones (client) and the host gateway's phone listener (server).
+//! ends: mobile-sim's phones (client), the host gateway's phone listener and the aggregator's
+//! listener (servers).
 //!
 //! rustls's buffered connections (`ClientConnection`, `ServerConnection`, and tokio-rustls over
 //! them) keep a receive buffer of at least 4 KiB for the whole life of a connection, plus their
@@ -12,8 +13,8 @@
 //!
 //! This crate does no I/O (sans-I/O): it says what to send ([`LeanTls::unsent`]), lends a buffer
 //! to read into ([`LeanTls::fill`]) and processes what was read ([`LeanTls::process`]). Each user
-//! drives it from its own I/O: tokio in mobile-sim, the gateway's epoll reactor in
-//! `firmware/host`.
+//! drives it from its own I/O: tokio in mobile-sim and the aggregator (the one adapter for both,
+//! [`tokio_io::LeanTlsStream`], feature `tokio`), the gateway's epoll reactor in `firmware/host`.
 //!
 //! Order is kept as TLS requires: bytes rustls encoded (handshake, alerts, tickets) and encrypted
 //! application data all go out through one queue, written before anything newer.
@@ -26,6 +27,9 @@
 
 use std::fmt;
 use std::io;
+
+#[cfg(feature = "tokio")]
+pub mod tokio_io;
 
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};

@@ -4,7 +4,6 @@
 mod cli;
 mod gateway_sim;
 mod html;
-mod lean_tls;
 mod net;
 mod phone;
 mod report;

@@ -22,8 +22,6 @@ use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
 use tokio_tungstenite::WebSocketStream;
 use ws_handshake::client::{self, Response, ResponseParser};
 
-use crate::lean_tls::LeanTlsStream;
-
 /// Bytes tungstenite's read buffer starts with: a phone only ever receives short `{"durable":N}`
 /// texts (longer messages still arrive: the buffer grows for them).
 pub const READ_BUFFER: usize = 128;
@@ -110,6 +108,9 @@ pub enum Stream {
     Plain(TcpStream),
     Tls(Box<LeanTlsStream>),
 }
+
+/// A phone's TLS: the shared `lean-tls` stream (no buffers held while idle), as a client.
+type LeanTlsStream = lean_tls::tokio_io::LeanTlsStream<TcpStream, rustls::client::UnbufferedClientConnection>;
 
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
