@@ -3,7 +3,7 @@
 //! In production the certificate and key come from PEM files. Without them the aggregator makes
 //! its own, once, in its data folder: a local CA (`ca.pem`, `ca.key`) and a server certificate it
 //! signs (`server.pem`, `server.key`), for `localhost`, `127.0.0.1`, `::1` and any extra names.
-//! Clients (mobile-sim, tests, gateways on a host) trust `ca.pem` through [`client_config`].
+//! Clients (mobile-sim, tests, gateways on a host) trust `ca.pem` through `lean_tls::pinned::client_config`.
 //!
 //! Everything is ECDSA P-256 with SHA-256, which the firmware's TLS stack (embedded-tls) speaks:
 //! the CA has `basicConstraints CA:TRUE` (path length 0) and `keyCertSign`, the server
@@ -25,7 +25,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig};
 
 /// Where the self-made certificates live in a data folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,17 +102,6 @@ pub fn server_config(
     // rustls counts the record's 5-byte header in its limit.
     config.max_fragment_size = Some(record_plaintext + 5);
     Ok((Arc::new(config), ca))
-}
-
-/// A TLS 1.3 client configuration trusting exactly the CA certificate(s) in `ca_pem` (no ALPN;
-/// to set it, clone the config out of the `Arc`).
-pub fn client_config(ca_pem: &Path) -> anyhow::Result<Arc<ClientConfig>> {
-    let roots = root_store(ca_pem)?;
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 fn root_store(ca_pem: &Path) -> anyhow::Result<RootCertStore> {

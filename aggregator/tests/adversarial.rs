@@ -198,7 +198,7 @@ async fn answer_before_close(tcp: &mut tokio::net::TcpStream, within: Duration) 
 
 /// The first flight of a real TLS 1.3 client of this aggregator: its ClientHello record.
 fn client_hello(ca: &std::path::Path) -> Vec<u8> {
-    let config = aggregator::tls::client_config(ca).unwrap();
+    let config = lean_tls::pinned::client_config(ca).unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut client = rustls::ClientConnection::new(config, name).unwrap();
     let mut hello = Vec::new();

@@ -34,7 +34,7 @@ pub struct Scraper {
 impl Scraper {
     /// For the aggregator at `addr`, whose certificate chains to `ca` and names `localhost`.
     pub fn new(addr: SocketAddr, ca: &Path) -> anyhow::Result<Scraper> {
-        let config = aggregator::tls::client_config(ca)?;
+        let config = lean_tls::pinned::client_config(ca)?;
         Ok(Scraper { addr, tls: tokio_rustls::TlsConnector::from(Arc::clone(&config)) })
     }
 

@@ -28,6 +28,7 @@
 use std::fmt;
 use std::io;
 
+pub mod pinned;
 #[cfg(feature = "tokio")]
 pub mod tokio_io;
 

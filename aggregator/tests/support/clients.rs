@@ -29,7 +29,7 @@ pub async fn tls_from(
     addr: SocketAddr,
     ca: &Path,
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let config = aggregator::tls::client_config(ca).unwrap();
+    let config = lean_tls::pinned::client_config(ca).unwrap();
     let tcp = tcp_from(from, addr).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     TlsConnector::from(config).connect(name, tcp).await
@@ -163,7 +163,7 @@ impl TestGateway {
             Ok(tcp) => tcp,
             Err(_) => return false,
         };
-        let config = aggregator::tls::client_config(&self.ca).unwrap();
+        let config = lean_tls::pinned::client_config(&self.ca).unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let Ok(stream) = TlsConnector::from(config).connect(name, tcp).await else { return false };
         let mut request =
