@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Read buffer of a phone's WebSocket: a phone message is a 7-byte frame.
-pub const PHONE_READ_BUFFER: usize = 256;
+pub const PHONE_READ_BUFFER: usize = 64;
 
 /// WebSocket settings for a direct phone.
 pub fn phone_config(max_message: usize) -> WebSocketConfig {
