@@ -12,6 +12,14 @@
 //! journal (one row, the reports as arrays) and [`Store::compact`] merges the journal into the
 //! session rows off the acknowledgement's path; every read of counts (`sessions_now`,
 //! `device_totals`) merges the journal in, so both dialects read the same at every instant.
+//!
+//! Where the code lives: a query that is the same in both dialects is written once, in the
+//! [`Store`] method here, and runs on either pool through `on_pool!` (sqlx binds SQLite's `$1`
+//! like PostgreSQL's). Where the dialects spell the same query differently, the text comes from
+//! `Dialect` (`postgres::SQL`, `sqlite::SQL`) and binding and decoding stay here.
+//! `postgres.rs` and `sqlite.rs` keep what really differs: opening, the write path (journal vs
+//! upsert), compaction, the statements of a fold, recording gateway boots, and looking gateways
+//! up by name (one array query vs one query per name).
 
 mod postgres;
 mod sqlite;
@@ -41,6 +49,58 @@ impl GiveWay for () {
 pub enum Store {
     Postgres(sqlx::PgPool),
     Sqlite(sqlx::SqlitePool),
+}
+
+/// Runs `$body` on the pool `$store` holds, named `$pool` there: one query written once for both
+/// databases (sqlx's query builders are generic over the database; each arm is compiled for its
+/// own). For the queries whose SQL, arguments and answer are the same in both dialects (or whose
+/// SQL differs only in text, taken from [`Store::sql`]). Numbered parameters (`$1`, `$2`, also
+/// repeated) mean the same in both: sqlx binds SQLite's `$N` to the N-th argument.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// The statements that the two dialects spell differently for the same question: the same
+/// parameters, the same answer. [`postgres::SQL`] and [`sqlite::SQL`] fill it in.
+pub(crate) struct Dialect {
+    /// The columns of a [`GatewayRow`], timestamps as ISO-8601 text in UTC with milliseconds.
+    gateway_columns: &'static str,
+    /// `device, bytes` from `device_totals`, for the devices whose id starts with `$1`
+    /// (case-sensitive, no wildcards), sorted by device byte by byte.
+    device_totals: &'static str,
+    /// Marks the fold of boot (`$1` gateway, `$2` boot epoch) finished now.
+    finish_boot: &'static str,
+}
+
+/// A gateway as both dialects answer it ([`Dialect::gateway_columns`]).
+#[derive(sqlx::FromRow)]
+pub(crate) struct GatewayRow {
+    /// PostgreSQL's int4. SQLite's INTEGER is decoded into i32 with a range check (sqlx 0.8:
+    /// an error, not a truncation; see the tests below).
+    id: i32,
+    name: String,
+    secret: Vec<u8>,
+    last_seen: Option<String>,
+    created: String,
+}
+
+impl TryFrom<GatewayRow> for GatewayRecord {
+    type Error = anyhow::Error;
+
+    fn try_from(row: GatewayRow) -> anyhow::Result<Self> {
+        Ok(GatewayRecord {
+            number: u32::try_from(row.id).context("negative gateway id")?,
+            name: row.name,
+            secret: row.secret,
+            last_seen: row.last_seen,
+            created: row.created,
+        })
+    }
 }
 
 /// What one flush writes for one session (an owned [`trunk::ledger::Row`]).
@@ -326,6 +386,14 @@ impl Store {
         }
     }
 
+    /// This database's spelling of the statements that differ only in text.
+    fn sql(&self) -> &'static Dialect {
+        match self {
+            Store::Postgres(_) => &postgres::SQL,
+            Store::Sqlite(_) => &sqlite::SQL,
+        }
+    }
+
     /// Writes one flush in one transaction; when it returns, the flush is durable. Per session,
     /// what is stored becomes: insert, or update keeping the larger count, the first device id
     /// and the first close (`closed_at` = now, `close_reason`); `last_byte_at` = now when the
@@ -414,48 +482,43 @@ impl Store {
     pub async fn fold_round(&self, policy: &FoldPolicy) -> anyhow::Result<Folded> {
         let limit = i64::try_from(policy.batch_rows.max(1)).unwrap_or(i64::MAX);
         let after_s = policy.after.as_secs_f64();
-        let mut done = Folded::default();
-        match self {
-            Store::Postgres(pool) => {
-                done.boots =
-                    postgres::mark_superseded(pool, after_s).await.context("marking superseded boots")?;
-                for (gateway, epoch) in postgres::unfinished_boots(pool).await? {
-                    // None: not now (reports of the boot wait in the journal, or another
-                    // aggregator is at it); a later round folds it.
-                    let Some(n) =
-                        postgres::fold_boot(pool, gateway, epoch, limit).await.context("folding a boot")?
-                    else {
-                        continue;
-                    };
-                    done.sessions += n;
-                    if n == 0 {
-                        postgres::finish_boot(pool, gateway, epoch).await?;
-                    } else if n >= limit as u64 {
-                        done.more = true;
-                    }
-                }
-                let n =
-                    postgres::fold_direct(pool, after_s, limit).await.context("folding direct sessions")?;
-                done.sessions += n;
-                done.more |= n >= limit as u64;
+        let boots = match self {
+            Store::Postgres(pool) => postgres::mark_superseded(pool, after_s).await,
+            Store::Sqlite(pool) => sqlite::mark_superseded(pool, after_s).await,
+        }
+        .context("marking superseded boots")?;
+        let mut done = Folded { boots, ..Folded::default() };
+        let unfinished: Vec<(i32, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as("SELECT gateway_id, boot_epoch FROM folded_epochs WHERE finished_at IS NULL")
+                .fetch_all(pool)
+                .await
+        })?;
+        for (gateway, epoch) in unfinished {
+            // None: not now (PostgreSQL: reports of the boot wait in the journal, or another
+            // aggregator is at it); a later round folds it.
+            let folded = match self {
+                Store::Postgres(pool) => postgres::fold_boot(pool, gateway, epoch, limit).await,
+                Store::Sqlite(pool) => sqlite::fold_boot(pool, gateway, epoch, limit).await.map(Some),
             }
-            Store::Sqlite(pool) => {
-                done.boots =
-                    sqlite::mark_superseded(pool, after_s).await.context("marking superseded boots")?;
-                for (gateway, epoch) in sqlite::unfinished_boots(pool).await? {
-                    let n = sqlite::fold_boot(pool, gateway, epoch, limit).await.context("folding a boot")?;
-                    done.sessions += n;
-                    if n == 0 {
-                        sqlite::finish_boot(pool, gateway, epoch).await?;
-                    } else if n >= limit as u64 {
-                        done.more = true;
-                    }
-                }
-                let n = sqlite::fold_direct(pool, after_s, limit).await.context("folding direct sessions")?;
-                done.sessions += n;
-                done.more |= n >= limit as u64;
+            .context("folding a boot")?;
+            let Some(n) = folded else { continue };
+            done.sessions += n;
+            if n == 0 {
+                let finish = self.sql().finish_boot;
+                on_pool!(self, |pool| {
+                    sqlx::query(finish).bind(gateway).bind(epoch).execute(pool).await.map(drop)
+                })?;
+            } else if n >= limit as u64 {
+                done.more = true;
             }
         }
+        let n = match self {
+            Store::Postgres(pool) => postgres::fold_direct(pool, after_s, limit).await,
+            Store::Sqlite(pool) => sqlite::fold_direct(pool, after_s, limit).await,
+        }
+        .context("folding direct sessions")?;
+        done.sessions += n;
+        done.more |= n >= limit as u64;
         Ok(done)
     }
 
@@ -464,9 +527,17 @@ impl Store {
     pub async fn gateway_add(&self, name: &str) -> anyhow::Result<GatewayRecord> {
         anyhow::ensure!(!name.is_empty(), "a gateway name must not be empty");
         let secret = new_secret();
-        match self {
-            Store::Postgres(pool) => postgres::gateway_add(pool, name, secret).await,
-            Store::Sqlite(pool) => sqlite::gateway_add(pool, name, secret).await,
+        let sql = format!(
+            "INSERT INTO gateways (name, secret) VALUES ($1, $2) RETURNING {}",
+            self.sql().gateway_columns
+        );
+        let added = on_pool!(self, |pool| {
+            sqlx::query_as::<_, GatewayRow>(&sql).bind(name).bind(secret).fetch_one(pool).await
+        });
+        match added {
+            Ok(row) => row.try_into(),
+            Err(e) if is_unique_violation(&e) => Err(GatewayExists(name.to_owned()).into()),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("adding gateway {name:?}"))),
         }
     }
 
@@ -482,70 +553,87 @@ impl Store {
             Store::Postgres(pool) => postgres::gateways_named(pool, names).await,
             Store::Sqlite(pool) => sqlite::gateways_named(pool, names).await,
         }?;
-        let by_name: HashMap<String, GatewayRecord> =
-            found.into_iter().map(|g| (g.name.clone(), g)).collect();
+        let mut by_name = HashMap::new();
+        for row in found {
+            let gateway = GatewayRecord::try_from(row)?;
+            by_name.insert(gateway.name.clone(), gateway);
+        }
         Ok(names.iter().map(|n| by_name.get(*n).cloned()).collect())
     }
 
     /// All provisioned gateways, by number.
     pub async fn gateway_list(&self) -> anyhow::Result<Vec<GatewayRecord>> {
-        match self {
-            Store::Postgres(pool) => postgres::gateway_list(pool).await,
-            Store::Sqlite(pool) => sqlite::gateway_list(pool).await,
-        }
+        let sql = format!("SELECT {} FROM gateways ORDER BY id", self.sql().gateway_columns);
+        let rows = on_pool!(self, |pool| sqlx::query_as::<_, GatewayRow>(&sql).fetch_all(pool).await)?;
+        rows.into_iter().map(GatewayRecord::try_from).collect()
     }
 
     /// Removes the gateway named `name`; whether it existed. Its sessions stay (and its number
     /// is never reused).
     pub async fn gateway_remove(&self, name: &str) -> anyhow::Result<bool> {
-        match self {
-            Store::Postgres(pool) => postgres::gateway_remove(pool, name).await,
-            Store::Sqlite(pool) => sqlite::gateway_remove(pool, name).await,
-        }
+        let sql = "DELETE FROM gateways WHERE name = $1";
+        let done = on_pool!(self, |pool| sqlx::query(sql).bind(name).execute(pool).await?.rows_affected());
+        Ok(done > 0)
     }
 
     /// Per-device totals (sum of bytes over the sessions of the device) for the devices whose id
     /// starts with `prefix` (case-sensitive, no wildcards; `""` = all), sorted by device.
     pub async fn device_totals(&self, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
-        match self {
-            Store::Postgres(pool) => postgres::device_totals(pool, prefix).await,
-            Store::Sqlite(pool) => sqlite::device_totals(pool, prefix).await,
-        }
+        let sql = self.sql().device_totals;
+        let rows: Vec<(String, i64)> =
+            on_pool!(self, |pool| sqlx::query_as(sql).bind(prefix).fetch_all(pool).await)?;
+        Ok(rows.into_iter().map(|(device, bytes)| (device, count_from_db(bytes))).collect())
     }
 
-    /// One stored session.
+    /// One stored session, as readers see it (`sessions_now`: in PostgreSQL its row merged with
+    /// its reports still in the journal; in SQLite the row). Closed when it has a close reason
+    /// (both dialects set the close and its reason together, once).
     pub async fn session(&self, key: SessionKey) -> anyhow::Result<Option<SessionRecord>> {
-        match self {
-            Store::Postgres(pool) => postgres::session(pool, key).await,
-            Store::Sqlite(pool) => sqlite::session(pool, key).await,
-        }
+        let sql = "SELECT device, bytes, close_reason FROM sessions_now \
+                   WHERE gateway_id = $1 AND boot_epoch = $2 AND session_id = $3";
+        // Gateway numbers stay < 2^31 (PostgreSQL stores them as int4): the same value in both.
+        let row: Option<(Option<String>, i64, Option<i16>)> = on_pool!(self, |pool| {
+            sqlx::query_as(sql)
+                .bind(i64::from(key.gateway))
+                .bind(key.boot_epoch as i64)
+                .bind(key.session as i64)
+                .fetch_optional(pool)
+                .await
+        })?;
+        let Some((device, bytes, reason)) = row else { return Ok(None) };
+        let close_reason = reason.map(u8::try_from).transpose().context("close reason out of range")?;
+        Ok(Some(SessionRecord {
+            key,
+            device,
+            bytes: count_from_db(bytes),
+            closed: close_reason.is_some(),
+            close_reason,
+        }))
     }
 
     /// (sessions stored, sum of their bytes), from the totals every flush keeps up to date in its
-    /// own transaction: a read of 16 rows, not of the sessions table.
+    /// own transaction: a read of 16 rows, not of the sessions table. Summed here, saturating
+    /// (SQLite's sum() fails on overflow and its total() rounds).
     pub async fn summary(&self) -> anyhow::Result<(u64, u64)> {
-        match self {
-            Store::Postgres(pool) => postgres::summary(pool).await,
-            Store::Sqlite(pool) => sqlite::summary(pool).await,
+        let sql = "SELECT sessions, bytes FROM totals";
+        let shards: Vec<(i64, i64)> = on_pool!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await)?;
+        let mut total = (0u64, 0u64);
+        for (sessions, bytes) in shards {
+            total.0 = total.0.saturating_add(count_from_db(sessions));
+            total.1 = total.1.saturating_add(count_from_db(bytes));
         }
+        Ok((total.0, total.1.min(i64::MAX as u64)))
     }
 
     /// A round trip to the database.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        match self {
-            Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-        }
-        .context("database ping")
+        on_pool!(self, |pool| sqlx::query("SELECT 1").execute(pool).await.map(drop)).context("database ping")
     }
 
     /// Closes the pool: waits for connections in use to be returned, then closes them all (for
     /// SQLite this checkpoints the WAL). Call once at shutdown, after the last flush.
     pub async fn close(&self) {
-        match self {
-            Store::Postgres(pool) => pool.close().await,
-            Store::Sqlite(pool) => pool.close().await,
-        }
+        on_pool!(self, |pool| pool.close().await)
     }
 }
 
@@ -590,6 +678,29 @@ mod tests {
             (out[2].bytes, out[2].device.as_deref(), out[2].close_reason),
             (9, Some("b\u{fffd}c"), Some(4))
         );
+    }
+
+    /// What the queries written once for both dialects ([`on_pool!`]) rely on in SQLite: `$N` is
+    /// the N-th argument, wherever and however often it stands, as in PostgreSQL; and an INTEGER
+    /// too large for the Rust type it is decoded into is an error, not a truncation.
+    #[tokio::test]
+    async fn sqlite_numbers_parameters_and_checks_integer_ranges() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let (b, a, again): (i64, i64, i64) =
+            sqlx::query_as("SELECT $2, $1, $1").bind(1_i64).bind(2_i64).fetch_one(&pool).await.unwrap();
+        assert_eq!((b, a, again), (2, 1, 1));
+        let fits: (i32, i16) = sqlx::query_as("SELECT 2147483647, -32768").fetch_one(&pool).await.unwrap();
+        assert_eq!(fits, (i32::MAX, i16::MIN));
+        assert!(sqlx::query_as::<_, (i32,)>("SELECT 2147483648").fetch_one(&pool).await.is_err());
+        assert!(sqlx::query_as::<_, (i16,)>("SELECT 32768").fetch_one(&pool).await.is_err());
+    }
+
+    #[test]
+    fn a_negative_gateway_id_is_an_error() {
+        let row =
+            |id| GatewayRow { id, name: "g".into(), secret: vec![], last_seen: None, created: "c".into() };
+        assert_eq!(GatewayRecord::try_from(row(7)).unwrap().number, 7);
+        assert!(GatewayRecord::try_from(row(-1)).is_err());
     }
 
     #[test]

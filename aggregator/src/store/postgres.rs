@@ -7,11 +7,10 @@ use futures_util::TryStreamExt as _;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::ConnectOptions as _;
 use sqlx::{PgPool, Row as _};
-use trunk::ledger::SessionKey;
 
 use super::{
-    boots_of, count_from_db, is_unique_violation, redact, split_refused, Compacted, DbRow, GatewayExists,
-    GatewayRecord, SessionRecord, Written, ADD_TOTALS,
+    boots_of, count_from_db, redact, split_refused, Compacted, DbRow, Dialect, GatewayRow, Written,
+    ADD_TOTALS,
 };
 
 pub(super) async fn open(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
@@ -433,91 +432,26 @@ macro_rules! iso {
     };
 }
 
-const GATEWAY_COLUMNS: &str =
-    concat!("id, name, secret, ", iso!("last_seen"), " AS last_seen, ", iso!("created_at"), " AS created");
-
-fn gateway_from_row(row: &sqlx::postgres::PgRow) -> anyhow::Result<GatewayRecord> {
-    let id: i32 = row.try_get("id")?;
-    Ok(GatewayRecord {
-        number: u32::try_from(id).context("negative gateway id")?,
-        name: row.try_get("name")?,
-        secret: row.try_get("secret")?,
-        last_seen: row.try_get("last_seen")?,
-        created: row.try_get("created")?,
-    })
-}
-
-pub(super) async fn gateway_add(pool: &PgPool, name: &str, secret: Vec<u8>) -> anyhow::Result<GatewayRecord> {
-    let sql = format!("INSERT INTO gateways (name, secret) VALUES ($1, $2) RETURNING {GATEWAY_COLUMNS}");
-    match sqlx::query(&sql).bind(name).bind(secret).fetch_one(pool).await {
-        Ok(row) => gateway_from_row(&row),
-        Err(e) if is_unique_violation(&e) => Err(GatewayExists(name.to_owned()).into()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("adding gateway {name:?}"))),
-    }
-}
+/// PostgreSQL's spelling of the statements the dialects share ([`super::Dialect`]).
+pub(super) const SQL: Dialect = Dialect {
+    gateway_columns: concat!(
+        "id, name, secret, ",
+        iso!("last_seen"),
+        " AS last_seen, ",
+        iso!("created_at"),
+        " AS created"
+    ),
+    // starts_with: no wildcards. Sorted by byte ("C"), as SQLite does, whatever the database's
+    // collation.
+    device_totals: "SELECT device, bytes FROM device_totals WHERE starts_with(device, $1) \
+                    ORDER BY device COLLATE \"C\"",
+    finish_boot: "UPDATE folded_epochs SET finished_at = now() WHERE gateway_id = $1 AND boot_epoch = $2",
+};
 
 /// The provisioned gateways among `names`, in one query, in no particular order.
-pub(super) async fn gateways_named(pool: &PgPool, names: &[&str]) -> anyhow::Result<Vec<GatewayRecord>> {
-    let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE name = ANY($1)");
-    let rows = sqlx::query(&sql).bind(names).fetch_all(pool).await?;
-    rows.iter().map(gateway_from_row).collect()
-}
-
-pub(super) async fn gateway_list(pool: &PgPool) -> anyhow::Result<Vec<GatewayRecord>> {
-    let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways ORDER BY id");
-    let rows = sqlx::query(&sql).fetch_all(pool).await?;
-    rows.iter().map(gateway_from_row).collect()
-}
-
-pub(super) async fn gateway_remove(pool: &PgPool, name: &str) -> anyhow::Result<bool> {
-    let done = sqlx::query("DELETE FROM gateways WHERE name = $1").bind(name).execute(pool).await?;
-    Ok(done.rows_affected() > 0)
-}
-
-pub(super) async fn device_totals(pool: &PgPool, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
-    let rows = sqlx::query(
-        "SELECT device, bytes FROM device_totals WHERE starts_with(device, $1) ORDER BY device COLLATE \"C\"",
-    )
-    .bind(prefix)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get::<String, _>("device")?, count_from_db(row.try_get("bytes")?))))
-        .collect()
-}
-
-/// One session as readers see it (`sessions_now`: its row merged with its reports still in the
-/// journal).
-pub(super) async fn session(pool: &PgPool, key: SessionKey) -> anyhow::Result<Option<SessionRecord>> {
-    let row = sqlx::query(
-        "SELECT device, bytes, close_reason FROM sessions_now \
-         WHERE gateway_id = $1 AND boot_epoch = $2 AND session_id = $3",
-    )
-    .bind(key.gateway as i32)
-    .bind(key.boot_epoch as i64)
-    .bind(key.session as i64)
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let reason: Option<i16> = row.try_get("close_reason")?;
-    Ok(Some(SessionRecord {
-        key,
-        device: row.try_get("device")?,
-        bytes: count_from_db(row.try_get("bytes")?),
-        closed: reason.is_some(),
-        close_reason: reason.map(|r| r as u8),
-    }))
-}
-
-/// The totals' shards, summed: 16 rows, however large `sessions` grows.
-pub(super) async fn summary(pool: &PgPool) -> anyhow::Result<(u64, u64)> {
-    let row = sqlx::query(
-        "SELECT COALESCE(sum(sessions), 0)::int8 AS n, \
-         LEAST(COALESCE(sum(bytes::numeric), 0), 9223372036854775807)::int8 AS bytes FROM totals",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok((count_from_db(row.try_get("n")?), count_from_db(row.try_get("bytes")?)))
+pub(super) async fn gateways_named(pool: &PgPool, names: &[&str]) -> anyhow::Result<Vec<GatewayRow>> {
+    let sql = format!("SELECT {} FROM gateways WHERE name = ANY($1)", SQL.gateway_columns);
+    Ok(sqlx::query_as(&sql).bind(names).fetch_all(pool).await?)
 }
 
 /// Records each (gateway, boot) as seen now (the gateway's `last_seen`, the boot's first
@@ -595,22 +529,6 @@ pub(super) async fn mark_superseded(pool: &PgPool, after_s: f64) -> anyhow::Resu
         marked += done.rows_affected();
     }
     Ok(marked)
-}
-
-pub(super) async fn unfinished_boots(pool: &PgPool) -> anyhow::Result<Vec<(i32, i64)>> {
-    let rows = sqlx::query("SELECT gateway_id, boot_epoch FROM folded_epochs WHERE finished_at IS NULL")
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(|r| Ok((r.try_get("gateway_id")?, r.try_get("boot_epoch")?))).collect()
-}
-
-pub(super) async fn finish_boot(pool: &PgPool, gateway: i32, epoch: i64) -> anyhow::Result<()> {
-    sqlx::query("UPDATE folded_epochs SET finished_at = now() WHERE gateway_id = $1 AND boot_epoch = $2")
-        .bind(gateway)
-        .bind(epoch)
-        .execute(pool)
-        .await?;
-    Ok(())
 }
 
 /// One statement that deletes the sessions `selection` names (up to `$1` of them, rows another

@@ -7,12 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row as _, SqlitePool};
-use trunk::ledger::SessionKey;
 
-use super::{
-    boots_of, count_from_db, is_unique_violation, key_from_db, split_refused, DbRow, GatewayExists,
-    GatewayRecord, SessionRecord, Written, ADD_TOTALS,
-};
+use super::{boots_of, count_from_db, split_refused, DbRow, Dialect, GatewayRow, Written, ADD_TOTALS};
 
 /// How long a writer waits for another's transaction before giving up (`SQLITE_BUSY`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -181,101 +177,33 @@ pub(super) async fn write_flush(
     Ok(written)
 }
 
-const GATEWAY_COLUMNS: &str = "id, name, secret, last_seen, created_at AS created";
-
-fn gateway_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<GatewayRecord> {
-    let id: i64 = row.try_get("id")?;
-    Ok(GatewayRecord {
-        number: u32::try_from(id).context("gateway id out of range")?,
-        name: row.try_get("name")?,
-        secret: row.try_get("secret")?,
-        last_seen: row.try_get("last_seen")?,
-        created: row.try_get("created")?,
-    })
-}
-
-pub(super) async fn gateway_add(
-    pool: &SqlitePool,
-    name: &str,
-    secret: Vec<u8>,
-) -> anyhow::Result<GatewayRecord> {
-    let sql = format!("INSERT INTO gateways (name, secret) VALUES (?1, ?2) RETURNING {GATEWAY_COLUMNS}");
-    match sqlx::query(&sql).bind(name).bind(secret).fetch_one(pool).await {
-        Ok(row) => gateway_from_row(&row),
-        Err(e) if is_unique_violation(&e) => Err(GatewayExists(name.to_owned()).into()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("adding gateway {name:?}"))),
-    }
-}
+/// SQLite's spelling of the statements the dialects share ([`super::Dialect`]).
+pub(super) const SQL: Dialect = Dialect {
+    // Timestamps are stored as ISO-8601 text already.
+    gateway_columns: "id, name, secret, last_seen, created_at AS created",
+    // Not LIKE: it is case-insensitive in SQLite and treats % and _ as wildcards. SQLite's
+    // default collation (BINARY) sorts by byte.
+    device_totals: "SELECT device, bytes FROM device_totals WHERE substr(device, 1, length($1)) = $1 \
+                    ORDER BY device",
+    finish_boot: concat!(
+        "UPDATE folded_epochs SET finished_at = ",
+        now!(),
+        " WHERE gateway_id = $1 AND boot_epoch = $2"
+    ),
+};
 
 /// The provisioned gateways among `names`, in no particular order (one query per name, on
 /// one connection: SQLite answers in microseconds).
-pub(super) async fn gateways_named(pool: &SqlitePool, names: &[&str]) -> anyhow::Result<Vec<GatewayRecord>> {
-    let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE name = ?1");
+pub(super) async fn gateways_named(pool: &SqlitePool, names: &[&str]) -> anyhow::Result<Vec<GatewayRow>> {
+    let sql = format!("SELECT {} FROM gateways WHERE name = $1", SQL.gateway_columns);
     let mut conn = pool.acquire().await?;
     let mut found = Vec::new();
     for name in names {
-        if let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(&mut *conn).await? {
-            found.push(gateway_from_row(&row)?);
+        if let Some(row) = sqlx::query_as(&sql).bind(name).fetch_optional(&mut *conn).await? {
+            found.push(row);
         }
     }
     Ok(found)
-}
-
-pub(super) async fn gateway_list(pool: &SqlitePool) -> anyhow::Result<Vec<GatewayRecord>> {
-    let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways ORDER BY id");
-    let rows = sqlx::query(&sql).fetch_all(pool).await?;
-    rows.iter().map(gateway_from_row).collect()
-}
-
-pub(super) async fn gateway_remove(pool: &SqlitePool, name: &str) -> anyhow::Result<bool> {
-    let done = sqlx::query("DELETE FROM gateways WHERE name = ?1").bind(name).execute(pool).await?;
-    Ok(done.rows_affected() > 0)
-}
-
-pub(super) async fn device_totals(pool: &SqlitePool, prefix: &str) -> anyhow::Result<Vec<(String, u64)>> {
-    // Not LIKE: it is case-insensitive in SQLite and treats % and _ as wildcards.
-    let rows = sqlx::query(
-        "SELECT device, bytes FROM device_totals WHERE substr(device, 1, length(?1)) = ?1 ORDER BY device",
-    )
-    .bind(prefix)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get::<String, _>("device")?, count_from_db(row.try_get("bytes")?))))
-        .collect()
-}
-
-pub(super) async fn session(pool: &SqlitePool, key: SessionKey) -> anyhow::Result<Option<SessionRecord>> {
-    let row = sqlx::query(
-        "SELECT gateway_id, boot_epoch, session_id, device, bytes, closed_at IS NOT NULL AS closed, \
-         close_reason FROM sessions WHERE gateway_id = ?1 AND boot_epoch = ?2 AND session_id = ?3",
-    )
-    .bind(i64::from(key.gateway))
-    .bind(key.boot_epoch as i64)
-    .bind(key.session as i64)
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let reason: Option<i64> = row.try_get("close_reason")?;
-    Ok(Some(SessionRecord {
-        key: key_from_db(row.try_get("gateway_id")?, row.try_get("boot_epoch")?, row.try_get("session_id")?),
-        device: row.try_get("device")?,
-        bytes: count_from_db(row.try_get("bytes")?),
-        closed: row.try_get("closed")?,
-        close_reason: reason.map(|r| r as u8),
-    }))
-}
-
-/// The totals' shards, summed (in Rust, saturating: SQLite's sum() fails on overflow and total()
-/// rounds): 16 rows, however large `sessions` grows.
-pub(super) async fn summary(pool: &SqlitePool) -> anyhow::Result<(u64, u64)> {
-    let rows = sqlx::query("SELECT sessions, bytes FROM totals").fetch_all(pool).await?;
-    let mut total = (0u64, 0u64);
-    for row in rows {
-        total.0 = total.0.saturating_add(count_from_db(row.try_get("sessions")?));
-        total.1 = total.1.saturating_add(count_from_db(row.try_get("bytes")?));
-    }
-    Ok((total.0, total.1.min(i64::MAX as u64)))
 }
 
 /// Records each (gateway, boot) as seen now and answers whether each boot was folded, in one
@@ -329,26 +257,6 @@ pub(super) async fn mark_superseded(pool: &SqlitePool, after_s: f64) -> anyhow::
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
-}
-
-pub(super) async fn unfinished_boots(pool: &SqlitePool) -> anyhow::Result<Vec<(i32, i64)>> {
-    let rows = sqlx::query("SELECT gateway_id, boot_epoch FROM folded_epochs WHERE finished_at IS NULL")
-        .fetch_all(pool)
-        .await?;
-    rows.iter().map(|r| Ok((r.try_get::<i64, _>("gateway_id")? as i32, r.try_get("boot_epoch")?))).collect()
-}
-
-pub(super) async fn finish_boot(pool: &SqlitePool, gateway: i32, epoch: i64) -> anyhow::Result<()> {
-    sqlx::query(concat!(
-        "UPDATE folded_epochs SET finished_at = ",
-        now!(),
-        " WHERE gateway_id = ?1 AND boot_epoch = ?2"
-    ))
-    .bind(i64::from(gateway))
-    .bind(epoch)
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Folds the sessions `selection` names (parameters ?2 and ?3; at most ?1 of them, in key order)
