@@ -42,15 +42,18 @@ async fn phone_bytes_are_persisted_and_confirmed_postgres() {
 /// the sessions table (the compactor, `--fold-after-s`), which ends up empty, while every
 /// device's total stays exact across the folds.
 async fn finished_sessions_are_folded(kind: Kind) {
-    let args = ["--fold-after-s", "1", "--fold-interval-ms", "100"];
+    let args = ["--fold-after-s", "1", "--fold-interval-ms", "100", "--flush-interval-ms", "50"];
     let Some(agg) = Aggregator::in_process(kind, &args).await else { return };
     for round in 0..3 {
-        for i in 0..5u64 {
-            let mut ws = phone(agg.addr, agg.data_dir(), &format!("fold-{i}")).await;
+        // The round's five phones at once: each its own session of its device.
+        let (addr, dir) = (agg.addr, agg.data_dir());
+        futures_util::future::join_all((0..5u64).map(|i| async move {
+            let mut ws = phone(addr, dir, &format!("fold-{i}")).await;
             ws.send(Message::binary(vec![1u8; i as usize + 1])).await.unwrap();
             assert_eq!(wait_durable(&mut ws, i + 1).await, i + 1);
             ws.close(None).await.unwrap();
-        }
+        }))
+        .await;
         let store = agg.store().await;
         let totals = store.device_totals("fold-").await.unwrap();
         let want: Vec<(String, u64)> = (0..5).map(|i| (format!("fold-{i}"), (round + 1) * (i + 1))).collect();
@@ -58,7 +61,9 @@ async fn finished_sessions_are_folded(kind: Kind) {
     }
     let store = agg.store().await;
     let rows = || async {
-        let sql = "SELECT count(*) FROM sessions";
+        // sessions_now: in PostgreSQL also the reports still in the journal (a session not yet
+        // merged into its row is not folded either: counting `sessions` alone passed at once).
+        let sql = "SELECT count(*) FROM sessions_now";
         match &store {
             aggregator::store::Store::Postgres(pool) => {
                 sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await
