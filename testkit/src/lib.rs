@@ -29,3 +29,27 @@ pub async fn tcp_from(
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// The environment variables a binary's settings read: every `env = "NAME"` in `source`, the
+/// source of its clap settings (`include_str!`), so that a setting added later is covered too.
+pub fn env_settings(source: &str) -> Vec<String> {
+    source.split("env = \"").skip(1).filter_map(|rest| rest.split('"').next()).map(str::to_owned).collect()
+}
+
+/// Runs `command` with each of `names` set to "" and panics unless it succeeded: an empty
+/// variable means unset (the `cli-env` crate), so the binary must behave as with none.
+pub fn run_with_empty_settings(
+    command: &mut std::process::Command,
+    names: &[String],
+) -> std::process::Output {
+    for name in names {
+        command.env(name, "");
+    }
+    let out = command.output().expect("the binary runs");
+    assert!(
+        out.status.success(),
+        "empty variables were taken as values: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

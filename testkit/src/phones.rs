@@ -8,6 +8,32 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+/// How long [`wait_durable`] waits: long enough for a flush on a CI machine busy with builds.
+pub const DURABLE_WITHIN: Duration = Duration::from_secs(60);
+
+/// Reads the phone's messages until the server says at least `want` bytes are durable, and
+/// answers that total (a test that expects exactly `want` compares it). Panics when the
+/// connection ends or after [`DURABLE_WITHIN`].
+pub async fn wait_durable<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, want: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + DURABLE_WITHIN;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no durable total of {want} within {DURABLE_WITHIN:?}"));
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("a JSON message");
+                let durable = v["durable"].as_u64().unwrap_or_else(|| panic!("no durable total in {t}"));
+                if durable >= want {
+                    return durable;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the phone's connection ended while waiting for {want} durable: {other:?}"),
+        }
+    }
+}
+
 /// How [`ping_and_talk`] ended for the pinging phone.
 #[derive(Debug)]
 pub struct Pinged {

@@ -17,6 +17,8 @@ use trunk::gateway::{Gateway, GatewayConfig, Identity, SessionSlot};
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
+#[allow(unused_imports)] // each test file uses its own part
+pub use testkit::phones::wait_durable;
 pub use testkit::tcp_from;
 
 pub async fn tls(addr: SocketAddr, ca: &Path) -> TlsStream<TcpStream> {
@@ -87,25 +89,6 @@ pub async fn phone_from(
     let token = testkit::process::device_token(data, device);
     websocket_from(from, addr, &data.join("ca.pem"), &format!("/ws?device={device}&token={token}"), None)
         .await
-}
-
-/// Reads the phone's messages until the server says at least `want` bytes are durable.
-pub async fn wait_durable(ws: &mut Ws, want: u64) -> u64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no durable total of {want} within 30 s"))
-            .expect("connection open")
-            .expect("no error");
-        if let Message::Text(t) = msg {
-            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-            let durable = v["durable"].as_u64().unwrap();
-            if durable >= want {
-                return durable;
-            }
-        }
-    }
 }
 
 /// A gateway on the trunk crate, its links driven by hand so a test can cut them.

@@ -6,11 +6,9 @@ mod support;
 
 use std::process::Command;
 
-/// Every environment variable the gateway's settings read, from the source of its settings.
+/// Every environment variable the gateway's settings read.
 fn setting_variables() -> Vec<String> {
-    let cli = include_str!("../src/cli.rs");
-    let names: Vec<String> =
-        cli.split("env = \"").skip(1).map(|rest| rest.split('"').next().unwrap().to_owned()).collect();
+    let names = testkit::env_settings(include_str!("../src/cli.rs"));
     assert!(names.len() >= 10 && names.iter().all(|n| n.starts_with("HOLDFAST_")), "{names:?}");
     names
 }
@@ -28,14 +26,6 @@ fn empty_settings_in_the_environment_mean_unset() {
         .arg(dir.path().join("ca.pem"))
         .arg("-o")
         .arg(&block);
-    for name in setting_variables() {
-        c.env(name, "");
-    }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "empty variables were taken as values: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testkit::run_with_empty_settings(&mut c, &setting_variables());
     assert!(block.exists());
 }

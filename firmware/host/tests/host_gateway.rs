@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::{python_phones, wait_totals, Aggregator, Gateway, Kind};
+use testkit::phones::wait_durable;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -46,26 +47,6 @@ async fn connect_from(
     tokio_tungstenite::client_async(url, stream).await.map(|(ws, _)| ws)
 }
 
-/// Reads until the phone is told `want` bytes are durable; panics if the connection ends.
-async fn wait_durable(ws: &mut Phone, want: u64) {
-    let result = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                    if v["durable"].as_u64() == Some(want) {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                other => panic!("the phone's connection ended: {other:?}"),
-            }
-        }
-    })
-    .await;
-    assert!(result.is_ok(), "never told {want} durable");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_aggregator_restart_disconnects_no_phone_and_loses_nothing() {
     let Some(mut agg) = Aggregator::start(Kind::Postgres, &[]).await else { return };
@@ -83,7 +64,7 @@ async fn an_aggregator_restart_disconnects_no_phone_and_loses_nothing() {
         sent.insert(format!("rs-{i}"), 5u64);
     }
     for ws in phones.iter_mut() {
-        wait_durable(ws, 5).await;
+        assert_eq!(wait_durable(ws, 5).await, 5);
     }
 
     // The aggregator dies; phones keep sending into the gateway while it is away.
@@ -103,12 +84,14 @@ async fn an_aggregator_restart_disconnects_no_phone_and_loses_nothing() {
     // Every phone is still connected: it is told all of its bytes are durable on the same
     // connection, and can go on sending.
     for (i, ws) in phones.iter_mut().enumerate() {
-        wait_durable(ws, sent[&format!("rs-{i}")]).await;
+        let want = sent[&format!("rs-{i}")];
+        assert_eq!(wait_durable(ws, want).await, want);
         ws.send(Message::binary(vec![2u8])).await.unwrap();
         *sent.get_mut(&format!("rs-{i}")).unwrap() += 1;
     }
     for (i, ws) in phones.iter_mut().enumerate() {
-        wait_durable(ws, sent[&format!("rs-{i}")]).await;
+        let want = sent[&format!("rs-{i}")];
+        assert_eq!(wait_durable(ws, want).await, want);
     }
     let persisted = wait_totals(&agg, "rs-", &sent).await;
     assert_eq!(persisted, sent);
@@ -155,7 +138,7 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
     gw.wait_links_up(2);
     let mut healthy = connect(&agg, &gw, "healthy").await;
     healthy.send(Message::binary(vec![1u8; 3])).await.unwrap();
-    wait_durable(&mut healthy, 3).await;
+    assert_eq!(wait_durable(&mut healthy, 3).await, 3);
 
     // Capacity 3: the healthy phone and two more fit, the fourth gets 503.
     let a = connect(&agg, &gw, "a").await;
@@ -204,7 +187,7 @@ async fn bad_input_gets_a_clear_answer_and_costs_no_other_phone() {
 
     // None of it cost the healthy phone anything.
     healthy.send(Message::binary(vec![1u8; 2])).await.unwrap();
-    wait_durable(&mut healthy, 5).await;
+    assert_eq!(wait_durable(&mut healthy, 5).await, 5);
     let persisted = wait_totals(&agg, "healthy", &BTreeMap::from([("healthy".to_owned(), 5)])).await;
     assert_eq!(persisted["healthy"], 5);
 }
@@ -224,7 +207,7 @@ async fn one_address_cannot_take_every_place_at_the_gateway() {
     assert!(third.is_err(), "a third connection from one address is refused");
     let mut other = connect_from("127.0.0.42", &agg, &gw, "addr-other").await.expect("another address");
     other.send(Message::binary(vec![1u8; 2])).await.unwrap();
-    wait_durable(&mut other, 2).await;
+    assert_eq!(wait_durable(&mut other, 2).await, 2);
     drop(first);
     let mut back = None;
     for _ in 0..50 {
@@ -236,7 +219,7 @@ async fn one_address_cannot_take_every_place_at_the_gateway() {
     }
     let mut back = back.expect("a closed connection's place is free again");
     back.send(Message::binary(vec![1u8; 3])).await.unwrap();
-    wait_durable(&mut back, 3).await;
+    assert_eq!(wait_durable(&mut back, 3).await, 3);
     let want = BTreeMap::from([("addr-other".to_owned(), 2)]);
     assert_eq!(wait_totals(&agg, "addr-other", &want).await, want);
 }
@@ -263,7 +246,7 @@ async fn a_phone_that_only_pings_is_closed_as_idle_at_the_gateway() {
     let idle = connected + pinged.after;
     assert!(idle >= Duration::from_millis(1400), "not before its idle timeout: {idle:?}");
     let sent = pinged.talked;
-    wait_durable(&mut talker, sent).await;
+    assert_eq!(wait_durable(&mut talker, sent).await, sent);
     let persisted = wait_totals(&agg, "talker", &BTreeMap::from([("talker".to_owned(), sent)])).await;
     assert_eq!(persisted["talker"], sent);
 }
@@ -312,7 +295,7 @@ async fn tls_phones_that_break_tls_or_stall_are_let_go_and_cost_no_other_phone()
     gw.wait_links_up(2);
     let mut healthy = connect_wss(&agg, &gw, &ca, "wss-healthy").await;
     healthy.send(Message::binary(vec![1u8; 3])).await.unwrap();
-    wait_durable(&mut healthy, 3).await;
+    assert_eq!(wait_durable(&mut healthy, 3).await, 3);
 
     let refused_at_once = [
         ("plain HTTP", b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
@@ -337,10 +320,10 @@ async fn tls_phones_that_break_tls_or_stall_are_let_go_and_cost_no_other_phone()
     }
 
     healthy.send(Message::binary(vec![1u8; 2])).await.unwrap();
-    wait_durable(&mut healthy, 5).await;
+    assert_eq!(wait_durable(&mut healthy, 5).await, 5);
     let mut late = connect_wss(&agg, &gw, &ca, "wss-late").await;
     late.send(Message::binary(vec![1u8; 4])).await.unwrap();
-    wait_durable(&mut late, 4).await;
+    assert_eq!(wait_durable(&mut late, 4).await, 4);
 }
 
 /// The pinned CA must have signed the aggregator's certificate itself, and on the host build the
@@ -451,7 +434,7 @@ async fn a_phone_needs_a_token_for_its_own_device_at_the_gateway() {
     // The control: the same bytes with the device's own token are counted.
     let mut ok = connect(&agg, &gw, "mine-ok").await;
     ok.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
-    wait_durable(&mut ok, 3).await;
+    assert_eq!(wait_durable(&mut ok, 3).await, 3);
     // Flushes ran since (the control's bytes are durable): nothing was counted for "mine".
     let store = agg.store().await;
     assert_eq!(store.device_totals("mine-ok").await.unwrap(), vec![("mine-ok".to_owned(), 3)]);
@@ -479,7 +462,7 @@ async fn a_phone_needs_a_token_for_its_own_device_at_the_gateway() {
     let (mut anyone, _) =
         tokio_tungstenite::connect_async(format!("{}/ws?device=anyone", open.base_url())).await.unwrap();
     anyone.send(Message::binary(vec![9u8])).await.unwrap();
-    wait_durable(&mut anyone, 1).await;
+    assert_eq!(wait_durable(&mut anyone, 1).await, 1);
 }
 
 /// Phones over TLS 1.3 to the host gateway (`--phone-tls-cert`, #12 item 2): mobile-sim phones
