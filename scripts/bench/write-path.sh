@@ -5,7 +5,8 @@
 # every MIN to MAX, for DURATION. Per run: phone bytes per second made durable, flush lag p50 and
 # p99 over the whole run (bucket bounds; per flush: the age of its oldest report at commit,
 # holdfast_flush_lag_seconds; per row: what each session's oldest report waited,
-# holdfast_flush_row_lag_seconds, "-" where the binary lacks it), rows per second, and
+# holdfast_flush_row_lag_seconds, "-" where the binary lacks it), rows per second, the
+# aggregator's CPU over its life (utime + stime; and per phone byte sent), and
 # mobile-sim's verdict on every session (a failed verdict fails the script; trunk links may drop
 # or fail, up to one per link, and are counted: an aggregator that drops busy trunks as idle
 # still has its throughput measured, and its drops shown). Then the median of each figure per
@@ -47,7 +48,8 @@ trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true
       if [ -n "$keep" ]; then mkdir -p "$keep" && cp -a "$work"/. "$keep"/ && echo "logs kept in $keep" >&2; fi
       rm -rf "$work"' EXIT
 
-# one_run BIN[:SIM] TAG: prints "bytes_per_s rows_per_s lag_p50 lag_p99 row_lag_p50 row_lag_p99 dropped"
+# one_run BIN[:SIM] TAG: prints "bytes_per_s rows_per_s lag_p50 lag_p99 row_lag_p50 row_lag_p99 dropped
+#   cpu_s cpu_us_per_byte" (the aggregator's CPU over its life, per byte mobile-sim sent)
 one_run() {
   local bin="${1%%:*}" sim="$default_sim" tag="$2" db="holdfast_writepath_$$_$2" port pid url
   [[ "$1" != *:* ]] || sim="${1#*:}"
@@ -104,12 +106,17 @@ one_run() {
       hf_die "run $tag: after the merge the sessions table holds $persisted bytes; mobile-sim sent $sent_bytes"
     echo "  run $tag: journal merged $((SECONDS - from)) s after mobile-sim's verdict; the sessions table holds exactly the $sent_bytes bytes sent" >&2
   fi
+  # The aggregator's CPU over its whole life (opening, the run, the drain, the verification's
+  # reads): utime + stime from /proc/PID/stat, in clock ticks (fields 14 and 15 after the name).
+  local ticks
+  ticks="$(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}')"
   kill -TERM "$pid"
   wait "$pid" || true
   if [[ "$DATABASE_URL" == sqlite:* ]]; then rm -f "$work/$db".sqlite*; else hf_drop_database "$DATABASE_URL" "$db"; fi
-  local sent run_s dropped
-  read -r sent run_s dropped < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["bytes"]["durable"], r["run_seconds"], r["connections"]["dropped"])' "$work/sim-$tag.json")
-  awk -v sent="$sent" -v secs="$run_s" -v dropped="$dropped" '
+  local sent run_s dropped total_sent
+  read -r sent run_s dropped total_sent < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["bytes"]["durable"], r["run_seconds"], r["connections"]["dropped"], r["bytes"]["sent"])' "$work/sim-$tag.json")
+  awk -v sent="$sent" -v secs="$run_s" -v dropped="$dropped" -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" \
+    -v total_sent="$total_sent" '
     function le_of(line) { match(line, /le="[^"]+"/); return substr(line, RSTART + 4, RLENGTH - 5) }
     # The q-quantile of histogram h, as the bound of the first bucket that holds it ("-": none).
     function at_most(h, q,   i) {
@@ -122,8 +129,8 @@ one_run() {
     /^holdfast_flush_row_lag_seconds_count/ { total["row"] = $2 }
     /^holdfast_flush_rows_total/ { rows = $2 }
     END {
-      printf "%.0f %.0f %s %s %s %s %d\n", sent / secs, rows / secs, at_most("flight", 0.5), at_most("flight", 0.99),
-        at_most("row", 0.5), at_most("row", 0.99), dropped
+      printf "%.0f %.0f %s %s %s %s %d %.1f %.1f\n", sent / secs, rows / secs, at_most("flight", 0.5), at_most("flight", 0.99),
+        at_most("row", 0.5), at_most("row", 0.99), dropped, ticks / hz, ticks / hz * 1e6 / (total_sent > 0 ? total_sent : 1)
     }' "$work/metrics-$tag.txt"
 }
 
@@ -133,13 +140,13 @@ for r in $(seq 1 "$runs"); do
   for i in "${!bins[@]}"; do
     line="$(one_run "${bins[$i]}" "$r$i")"
     echo "$line" >>"$work/results-$i"
-    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  links dropped %s\n' "$r" "${bins[$i]%%:*}" $line
+    printf '  run %d  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  links dropped %s  aggregator CPU %s s (%s us per byte sent)\n' "$r" "${bins[$i]%%:*}" $line
   done
 done
 for i in "${!bins[@]}"; do
   f="$work/results-$i"
   med() { cut -d' ' -f"$1" "$f" | grep -v '^-$' | hf_median; }
-  printf 'median  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  (verified)\n' \
-    "${bins[$i]%%:*}" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)"
+  printf 'median  %-50s  durable %s bytes/s  rows %s/s  flush lag p50 <= %s s  p99 <= %s s  per row p50 <= %s s  p99 <= %s s  aggregator CPU %s s (%s us per byte sent)  (verified)\n' \
+    "${bins[$i]%%:*}" "$(med 1)" "$(med 2)" "$(med 3)" "$(med 4)" "$(med 5)" "$(med 6)" "$(med 8)" "$(med 9)"
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
