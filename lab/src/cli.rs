@@ -115,6 +115,38 @@ pub enum Sysctl {
     Report,
 }
 
+/// `--ehash-entries`: see [`HoldArgs::ehash_entries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EhashEntries {
+    /// A namespace of the run's own, a bucket per socket (the machine's table when not root).
+    Auto,
+    /// The machine's namespace and table.
+    Shared,
+    /// A namespace of the run's own with this many buckets.
+    Buckets(u64),
+}
+
+impl std::str::FromStr for EhashEntries {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EhashEntries::Auto),
+            "shared" => Ok(EhashEntries::Shared),
+            n => n
+                .parse::<u64>()
+                .ok()
+                .filter(|&n| (1..=crate::netns::MAX_EHASH_ENTRIES).contains(&n))
+                .map(EhashEntries::Buckets)
+                .ok_or_else(|| {
+                    format!(
+                        "{s:?}: auto, shared or a number of buckets up to {}",
+                        crate::netns::MAX_EHASH_ENTRIES
+                    )
+                }),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct HoldArgs {
     /// Phones to hold, each one WebSocket to a gateway (and one TLS trunk session beyond it).
@@ -185,9 +217,18 @@ pub struct HoldArgs {
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
 
-    /// The kernel settings of deploy/sysctl/99-holdfast.conf: apply (as root) or report.
+    /// The kernel settings of deploy/sysctl/99-holdfast.conf: apply (as root) or report. The
+    /// run's own network namespace (`--ehash-entries`) always gets those it has: nothing else
+    /// lives there, and a new namespace starts from the kernel's defaults.
     #[arg(long, value_enum, default_value_t = Sysctl::Apply)]
     pub sysctl: Sysctl,
+
+    /// The run's table of established TCP connections: `auto` (as root on Linux 6.1 or later:
+    /// a network namespace of the run's own whose table has a bucket per socket the run holds;
+    /// lab/src/netns.rs says why), `shared` (the machine's own table and namespace, sized at
+    /// boot), or a number of buckets for the run's namespace.
+    #[arg(long, default_value = "auto", value_name = "auto|shared|N")]
+    pub ehash_entries: EhashEntries,
 
     /// The longest the ramp may take before the run fails, seconds.
     #[arg(long, default_value_t = 900, value_name = "SECONDS")]

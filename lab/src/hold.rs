@@ -2,8 +2,9 @@
 //!
 //! The run, in order:
 //! 1. plan the processes from N and the open-file limit; settle the kernel settings;
-//! 2. a fresh database on the given PostgreSQL server; the gateways provisioned in it; one
-//!    aggregator (its own TLS, its own device-token key) on 127.0.1.1;
+//! 2. a fresh database on the given PostgreSQL server, then the run's own network namespace
+//!    (its connection table sized for the run; PostgreSQL's port relayed into it); the gateways
+//!    provisioned in the database; one aggregator (its own TLS, its own device-token key) on 127.0.1.1;
 //! 3. the host gateways, each on its own loopback address, their trunks up;
 //! 4. mobile-sim's phones, spread round-robin over the gateways, each sending one byte at random
 //!    intervals; the ramp ends when the aggregator has heard of every phone's session;
@@ -21,9 +22,10 @@ use cli_env::Interrupts;
 use tokio::process::Command;
 
 use crate::children::{self, Proc};
-use crate::cli::{HoldArgs, Sysctl};
+use crate::cli::{EhashEntries, HoldArgs, Sysctl};
 use crate::kernel;
 use crate::metrics::{self, Scrape, Scraper, Window};
+use crate::netns;
 use crate::plan::Plan;
 use crate::procfs::{self, KernelSockets, Usage};
 use crate::report::{Goal, HoldReport, Sample, SimReport, Tier, TierFigures};
@@ -206,6 +208,25 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
     if args.keep_database {
         database.keep();
     }
+    // From here on the lab, and every process it starts, lives in the run's namespace (unless
+    // --ehash-entries shared); PostgreSQL's port is relayed into it.
+    let sockets = 2 * plan.phones + 2 * u64::from(args.links) * u64::from(plan.gateways) + 1_000;
+    let netns = match (args.ehash_entries, kernel::is_root()) {
+        (EhashEntries::Shared, _) | (EhashEntries::Auto, false) => None,
+        (EhashEntries::Auto, true) => Some(netns::buckets_for(sockets)),
+        (EhashEntries::Buckets(n), _) => Some(n),
+    }
+    .map(|buckets| -> anyhow::Result<_> {
+        let db = netns::database_addr(&args.database_url)?;
+        let entered = netns::enter(buckets, &kernel::parse(kernel::DEPLOY_SYSCTL))?;
+        netns::relay(db, entered.machine.clone())?;
+        eprintln!(
+            "lab: in a network namespace of its own, {} buckets in its connection table (the machine's: {})",
+            entered.ehash_entries, entered.machine_ehash_entries
+        );
+        Ok(entered)
+    })
+    .transpose()?;
     let data = out.join("aggregator");
     std::fs::create_dir_all(&data)?;
     let admin = |what: &[&str]| {
@@ -264,6 +285,7 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
     };
     report.files_limit = files_limit;
     report.kernel_settings = settings;
+    report.netns = netns;
     report.load_average_at_start = load_at_start;
     report.load_average_at_end = load_average();
     std::fs::write(out.join("report.txt"), report.text())?;
@@ -599,6 +621,7 @@ impl Setup<'_> {
             load_average_at_start: String::new(),
             load_average_at_end: String::new(),
             kernel_settings: Vec::new(),
+            netns: None,
             all_connected_after_s: Some(connected_after.as_secs_f64()),
             hold_seconds,
             durable_bytes_during_hold: durable,

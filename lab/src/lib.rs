@@ -3,7 +3,8 @@
 //! `lab hold` ([`hold`]) starts PostgreSQL's database, one aggregator, as many host gateways as
 //! the open-file limit needs ([`plan`]) and mobile-sim's phones ([`children`]); measures each
 //! tier's CPU and memory from /proc ([`procfs`]) and the aggregator's metrics ([`metrics`]);
-//! applies and reports the kernel settings of the deployment ([`kernel`]); and reports as text,
+//! applies and reports the kernel settings of the deployment ([`kernel`]), in a network namespace
+//! of the run's own whose connection table fits a million phones ([`netns`]); and reports as text,
 //! JSON and HTML ([`report`]).
 //!
 //! `lab compare` ([`compare`]) loads the host gateway, the aggregator and the seed's stack
@@ -16,6 +17,7 @@ pub mod compare;
 pub mod hold;
 pub mod kernel;
 pub mod metrics;
+pub mod netns;
 pub mod plan;
 pub mod procfs;
 pub mod report;

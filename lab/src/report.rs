@@ -161,6 +161,8 @@ pub struct HoldReport {
     pub load_average_at_start: String,
     pub load_average_at_end: String,
     pub kernel_settings: Vec<Setting>,
+    /// The run's own network namespace, when it had one (`--ehash-entries`).
+    pub netns: Option<crate::netns::Entered>,
     /// From the phones' start until the aggregator had heard of every phone's session.
     pub all_connected_after_s: Option<f64>,
     pub hold_seconds: f64,
@@ -184,6 +186,24 @@ pub struct HoldReport {
     /// Why the run failed (empty when ok).
     pub failures: Vec<String>,
     pub timeline: Vec<Sample>,
+}
+
+/// How many of `settings` were already as wanted, and a line for each that was not.
+fn settings_lines(s: &mut String, title: &str, settings: &[Setting]) {
+    let changed: Vec<&Setting> =
+        settings.iter().filter(|k| k.outcome != crate::kernel::Outcome::Kept).collect();
+    let _ =
+        writeln!(s, "{title}: {} of {} already as wanted", settings.len() - changed.len(), settings.len());
+    for k in changed {
+        let _ = writeln!(
+            s,
+            "  {:<34} {:<10} was {:<24} now {}",
+            k.key,
+            format!("{:?}", k.outcome).to_lowercase(),
+            k.was.as_deref().unwrap_or("-"),
+            k.now.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize, unit: &str) -> String {
@@ -219,23 +239,20 @@ impl HoldReport {
             "machine: {} cores, open files per process {}, load {} at start, {} at end; database {}",
             self.cores, self.files_limit, self.load_average_at_start, self.load_average_at_end, self.database
         );
-        let changed: Vec<&Setting> =
-            self.kernel_settings.iter().filter(|k| k.outcome != crate::kernel::Outcome::Kept).collect();
-        let _ = writeln!(
-            s,
-            "kernel settings (deploy/sysctl/99-holdfast.conf): {} of {} already as wanted",
-            self.kernel_settings.len() - changed.len(),
-            self.kernel_settings.len()
-        );
-        for k in changed {
-            let _ = writeln!(
-                s,
-                "  {:<34} {:<10} was {:<24} now {}",
-                k.key,
-                format!("{:?}", k.outcome).to_lowercase(),
-                k.was.as_deref().unwrap_or("-"),
-                k.now.as_deref().unwrap_or("-")
-            );
+        settings_lines(&mut s, "kernel settings (deploy/sysctl/99-holdfast.conf)", &self.kernel_settings);
+        match &self.netns {
+            Some(n) => {
+                let _ = writeln!(
+                    s,
+                    "network namespace: the run's own, {} buckets in its TCP connection table (the machine's: {})",
+                    n.ehash_entries, n.machine_ehash_entries
+                );
+                settings_lines(&mut s, "  the same settings in it", &n.settings);
+            }
+            None => {
+                let _ =
+                    writeln!(s, "network namespace: the machine's (its TCP connection table sized at boot)");
+            }
         }
         let _ = writeln!(s, "\nconnect: all connected after {}", opt(self.all_connected_after_s, 1, " s"));
         if let Some(m) = &self.mobile_sim {
