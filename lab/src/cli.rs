@@ -225,8 +225,8 @@ pub struct HoldArgs {
 
     /// The run's table of established TCP connections: `auto` (as root on Linux 6.1 or later:
     /// a network namespace of the run's own whose table has a bucket per socket the run holds;
-    /// lab/src/netns.rs says why), `shared` (the machine's own table and namespace, sized at
-    /// boot), or a number of buckets for the run's namespace.
+    /// lab/src/netns.rs says why; otherwise as `shared`), `shared` (the machine's own table and
+    /// namespace, sized at boot), or a number of buckets for the run's namespace.
     #[arg(long, default_value = "auto", value_name = "auto|shared|N")]
     pub ehash_entries: EhashEntries,
 

@@ -211,7 +211,7 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
     // From here on the lab, and every process it starts, lives in the run's namespace (unless
     // --ehash-entries shared); PostgreSQL's port is relayed into it.
     let sockets = 2 * plan.phones + 2 * u64::from(args.links) * u64::from(plan.gateways) + 1_000;
-    let netns = match (args.ehash_entries, kernel::is_root()) {
+    let netns = match (args.ehash_entries, kernel::is_root() && netns::supported()) {
         (EhashEntries::Shared, _) | (EhashEntries::Auto, false) => None,
         (EhashEntries::Auto, true) => Some(netns::buckets_for(sockets)),
         (EhashEntries::Buckets(n), _) => Some(n),

@@ -32,11 +32,18 @@ pub const MAX_EHASH_ENTRIES: u64 = 16 * 1024 * 1024;
 
 const CHILD_EHASH: &str = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
 const EHASH: &str = "/proc/sys/net/ipv4/tcp_ehash_entries";
+/// Held while the lab changes the machine's `tcp_child_ehash_entries` for a moment.
+const LOCK: &str = "/tmp/holdfast-lab-netns.lock";
 
 /// Buckets for a run that holds `sockets` TCP sockets: one per socket, rounded up to a power of
 /// two (the kernel rounds up anyway), within the kernel's bounds.
 pub fn buckets_for(sockets: u64) -> u64 {
     sockets.max(1024).next_power_of_two().min(MAX_EHASH_ENTRIES)
+}
+
+/// Whether this kernel gives new namespaces tables of their own (Linux 6.1 and later).
+pub fn supported() -> bool {
+    std::path::Path::new(CHILD_EHASH).exists()
 }
 
 /// The namespace a run entered.
@@ -80,7 +87,13 @@ pub fn enter(ehash_entries: u64, wanted: &[Wanted]) -> anyhow::Result<Entered> {
     let machine_ehash_entries: i64 = std::fs::read_to_string(EHASH)?.trim().parse()?;
     // The child table's size is read from the creator's namespace when the new one is made: set
     // it, make the namespace, and put the old value back through the same open file (a sysctl
-    // file stays bound to the namespace it was opened in).
+    // file stays bound to the namespace it was opened in). Under a lock, so that labs starting
+    // at once (the tests) neither make each other's namespaces nor restore each other's value.
+    let lock = File::create(LOCK).with_context(|| format!("creating {LOCK}"))?;
+    // SAFETY: flock(2) on a file we hold open; the lock ends when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("locking {LOCK}: {}", std::io::Error::last_os_error());
+    }
     let mut child = OpenOptions::new()
         .read(true)
         .write(true)
@@ -93,6 +106,7 @@ pub fn enter(ehash_entries: u64, wanted: &[Wanted]) -> anyhow::Result<Entered> {
     let unshare_error = std::io::Error::last_os_error();
     write_number(&mut child, u64::try_from(was).unwrap_or(0))
         .with_context(|| format!("restoring {CHILD_EHASH}"))?;
+    drop(lock);
     if unshared != 0 {
         bail!("unshare(CLONE_NEWNET): {unshare_error}");
     }

@@ -141,11 +141,20 @@ impl PgDatabase {
     }
 }
 
+/// How long a drop is retried: `WITH (FORCE)` cannot end another role's session, and an
+/// autovacuum worker (the server's) may be busy in a database that was just written a million
+/// rows; it ends or moves on within seconds.
+const DROP_RETRIES_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn drop_database(admin_url: &str, name: &str) -> Result<(), String> {
     let mut last = String::new();
-    for attempt in 0..5u64 {
+    let start = std::time::Instant::now();
+    for attempt in 0..u64::MAX {
         if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+            if start.elapsed() >= DROP_RETRIES_FOR {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis((200 * attempt).min(2_000))).await;
         }
         let result = async {
             let mut admin = sqlx::PgConnection::connect(admin_url).await?;
