@@ -184,6 +184,12 @@ pub struct HoldArgs {
     #[arg(long, default_value_t = 20_000, value_name = "MICROSECONDS")]
     pub gateway_io_batch_us: u64,
 
+    /// Sign each phone's device token as it connects (mobile-sim `--device-key`), inside the
+    /// ramp, instead of issuing every token before the phones start (`mobile-sim tokens`, as an
+    /// operator enrols phones; a real phone signs nothing when it connects).
+    #[arg(long)]
+    pub sign_tokens_at_connect: bool,
+
     /// The mean pause between two bytes of a phone, seconds: pauses are uniform in
     /// [mean/6, 11 mean/6] (the seed's traffic: one byte at random intervals; 10 to 110 s by
     /// default).

@@ -275,6 +275,8 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
         signal = signals.recv() => Err(anyhow::anyhow!("{signal}: the run was stopped")),
     };
     running.stop().await;
+    // A token per phone (98 MB at a million): of no use once the phones are gone.
+    let _ = std::fs::remove_file(out.join("tokens.txt"));
     let name = database.name.clone();
     let dropped = if args.keep_database { Ok(()) } else { database.drop_now().await };
     let mut report = result?;
@@ -381,6 +383,28 @@ impl Setup<'_> {
         let before_phones = running.usage();
         let kernel_before = KernelSockets::read();
 
+        // --- the phones' tokens, issued before they start, as an operator enrols phones ---------------
+        let device_prefix = format!("lab{stamp}-");
+        let device_key = out.join("aggregator/device-token.key");
+        let token_file = out.join("tokens.txt");
+        let tokens_issued_in = if args.sign_tokens_at_connect {
+            None
+        } else {
+            let started = Instant::now();
+            let mut c = Command::new(sim_bin);
+            c.arg("tokens")
+                .arg("--phones")
+                .arg(plan.phones.to_string())
+                .arg("--device-prefix")
+                .arg(&device_prefix)
+                .arg("--device-key")
+                .arg(&device_key)
+                .arg("--out")
+                .arg(&token_file);
+            children::output(c).await.context("issuing the phones' tokens")?;
+            Some(started.elapsed())
+        };
+
         // --- the phones ----------------------------------------------------------------------------
         let mean_ms = (args.mean_interval_s * 1000.0).max(6.0);
         let mut c = Command::new(sim_bin);
@@ -398,14 +422,12 @@ impl Setup<'_> {
             .arg(format!("{}ms", args.send_tick_ms))
             .arg("--per-process")
             .arg(plan.phones_per_sim_process.to_string())
-            .arg("--device-key")
-            .arg(out.join("aggregator/device-token.key"))
             .arg("--min-interval")
             .arg(format!("{}ms", (mean_ms / 6.0) as u64))
             .arg("--max-interval")
             .arg(format!("{}ms", (mean_ms * 11.0 / 6.0) as u64))
             .arg("--device-prefix")
-            .arg(format!("lab{stamp}-"))
+            .arg(&device_prefix)
             .arg("--drain-timeout")
             .arg(format!("{}s", args.drain_timeout_s))
             .arg("--verify")
@@ -414,6 +436,11 @@ impl Setup<'_> {
             .arg("--json")
             .arg("--quiet")
             .env("RUST_LOG", "warn");
+        if tokens_issued_in.is_some() {
+            c.arg("--token-file").arg(&token_file);
+        } else {
+            c.arg("--device-key").arg(&device_key);
+        }
         let sim_report = out.join("mobile-sim.json");
         running.phones = Some(Proc::spawn("mobile-sim", c, args.nice, out, Some(&sim_report))?);
         running.pids.replace(None);
@@ -614,6 +641,7 @@ impl Setup<'_> {
             nice: args.nice,
             concurrent_connects: args.concurrent_per_process.max(1) * plan.sim_processes,
             send_tick_ms: args.send_tick_ms,
+            tokens_issued_in_s: tokens_issued_in.map(|d| d.as_secs_f64()),
             gateway_io_batch_us: args.gateway_io_batch_us,
             database: String::new(),
             files_limit: 0,

@@ -153,6 +153,9 @@ pub struct HoldReport {
     pub concurrent_connects: u64,
     /// mobile-sim's send tick (its phones' send times rounded up to it), milliseconds.
     pub send_tick_ms: u64,
+    /// How long issuing every phone's token took before the phones started (`mobile-sim
+    /// tokens`); `None`: mobile-sim signed each token as its phone connected, inside the ramp.
+    pub tokens_issued_in_s: Option<f64>,
     /// The gateways' `--io-batch-us`.
     pub gateway_io_batch_us: u64,
     pub database: String,
@@ -254,7 +257,15 @@ impl HoldReport {
                     writeln!(s, "network namespace: the machine's (its TCP connection table sized at boot)");
             }
         }
-        let _ = writeln!(s, "\nconnect: all connected after {}", opt(self.all_connected_after_s, 1, " s"));
+        let _ = match self.tokens_issued_in_s {
+            Some(t) => writeln!(
+                s,
+                "\ntokens: every phone's issued before the phones started, in {t:.1} s (a phone presents the \
+                 token it was enrolled with)"
+            ),
+            None => writeln!(s, "\ntokens: signed by mobile-sim as each phone connected, inside the ramp"),
+        };
+        let _ = writeln!(s, "connect: all connected after {}", opt(self.all_connected_after_s, 1, " s"));
         if let Some(m) = &self.mobile_sim {
             let _ = writeln!(
                 s,

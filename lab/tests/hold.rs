@@ -80,6 +80,8 @@ fn a_small_hold_is_held_measured_and_verified() {
     assert_eq!(sim["verification"]["devices_checked"], 300);
     assert_eq!(sim["verification"]["lost_bytes"], 0);
     assert!(report["durable_bytes_during_hold"].as_f64().unwrap() > 0.0);
+    // The phones presented tokens issued before they started (the gateways require them).
+    assert!(report["tokens_issued_in_s"].as_f64().is_some(), "{}", report["tokens_issued_in_s"]);
     assert!(report["flush_lag_p99_at_most_s"].as_f64().is_some());
     // Every tier was found and measured.
     for tier in report["tiers"].as_array().unwrap() {

@@ -62,6 +62,32 @@ pub enum Command {
     Phones(Box<PhonesArgs>),
     /// Virtual gateways: G x P phone sessions carried over the trunk protocol to the aggregator.
     Gateways(Box<GatewaysArgs>),
+    /// Device tokens issued before a run, as an operator enrols its phones: a file with phone
+    /// i's token on line i, for `phones --token-file`.
+    Tokens(TokensArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokensArgs {
+    /// Phones to issue tokens for (the `phones --phones` of the run that uses them).
+    #[arg(long = "phones", default_value_t = 1000, value_name = "N")]
+    pub phones: u64,
+
+    /// The device id prefix of the run (its `--device-prefix`).
+    #[arg(long, default_value = "sim-", value_name = "PREFIX")]
+    pub device_prefix: String,
+
+    /// The aggregator's device-token key (its DATA_DIR/device-token.key).
+    #[arg(long, env = "HOLDFAST_DEVICE_KEY", value_name = "FILE")]
+    pub device_key: PathBuf,
+
+    /// How long the tokens stay valid.
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_duration)]
+    pub valid_for: Duration,
+
+    /// Where the tokens go: one line per phone, all of the same length.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -75,6 +101,13 @@ pub struct PhonesArgs {
     /// does. Needed against an aggregator that requires phone tokens (its default).
     #[arg(long, env = "HOLDFAST_DEVICE_KEY", value_name = "FILE")]
     pub device_key: Option<PathBuf>,
+
+    /// Tokens issued beforehand (`mobile-sim tokens`, with the same --phones and
+    /// --device-prefix): phone i presents line i instead of a token signed as it connects. A
+    /// real phone holds the token it was enrolled with, so this keeps the signing (about 24 us
+    /// per token) out of the ramp the load generator is timing.
+    #[arg(long, value_name = "FILE", conflicts_with = "device_key")]
+    pub token_file: Option<PathBuf>,
 
     /// New connections per second, the ramp (0: no limit but --concurrent). Reconnects are not
     /// limited by the rate, only by --concurrent.

@@ -10,6 +10,7 @@ mod report;
 mod run;
 mod stats;
 mod tls;
+mod tokens;
 mod verify;
 mod workers;
 
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
             b
         }
         cli::Command::Gateways(_) => tokio::runtime::Builder::new_multi_thread(),
+        cli::Command::Tokens(_) => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         match command {
             cli::Command::Phones(args) => workers::run_phones(*args, files_limit).await,
             cli::Command::Gateways(args) => gateway_sim::run_gateways(*args).await,
+            cli::Command::Tokens(args) => tokens::issue(&args).map(|()| ExitCode::SUCCESS),
         }
     });
     // Phones still closing must not hold the exit up.

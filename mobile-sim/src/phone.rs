@@ -62,6 +62,8 @@ pub struct Plan {
     pub connector: Connector,
     /// Signs each phone's device token (`--device-key`), if given.
     pub device_key: Option<Arc<device_token::SigningKey>>,
+    /// Or the tokens issued beforehand (`--token-file`).
+    pub tokens: Option<Arc<crate::tokens::TokenFile>>,
     pub protocol: Protocol,
     width: usize,
 }
@@ -84,19 +86,16 @@ impl Plan {
         };
         let connector = Connector::new(tls, common.connect_timeout, None, MAX_MESSAGE);
         let device_key = match &args.device_key {
-            Some(path) => {
-                use anyhow::Context as _;
-                let hex = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the device key {}", path.display()))?;
-                let key = device_token::SigningKey::from_hex(&hex).with_context(|| {
-                    format!("{} does not hold a device key (64 hex digits)", path.display())
-                })?;
-                Some(Arc::new(key))
-            }
+            Some(path) => Some(Arc::new(crate::tokens::load_key(path)?)),
+            None => None,
+        };
+        let tokens = match &args.token_file {
+            Some(path) => Some(Arc::new(crate::tokens::TokenFile::open(path, args.phones)?)),
             None => None,
         };
         Ok(Self {
             device_key,
+            tokens,
             protocol: args.protocol,
             total: args.phones,
             rate: args.rate,
@@ -108,26 +107,32 @@ impl Plan {
         })
     }
 
-    /// The URL phone `index` connects to: its device id, and its token with --device-key (valid
-    /// for a day from this attempt).
+    /// The URL phone `index` connects to: its device id, and its token: issued beforehand
+    /// (--token-file), or signed now with --device-key (valid for a day from this attempt).
     fn url(&self, index: u64) -> String {
         let device = self.device_id(index);
         let url = self.target(index).url_with_device(&device);
-        match &self.device_key {
-            Some(key) => {
+        let token = match (&self.tokens, &self.device_key) {
+            // Checked at open to hold a line per phone: a failed read leaves the phone without
+            // a token, and the gateway's refusal counts it as failed.
+            (Some(file), _) => file.token(index).ok(),
+            (None, Some(key)) => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs());
-                let token = key.token(device.as_bytes(), now + 24 * 3600).unwrap_or_default();
-                format!("{url}&token={token}")
+                key.token(device.as_bytes(), now + 24 * 3600)
             }
+            (None, None) => None,
+        };
+        match token {
+            Some(token) => format!("{url}&token={token}"),
             None => url,
         }
     }
 
     /// The device id of phone `index`: the prefix and the zero-padded index.
     pub fn device_id(&self, index: u64) -> String {
-        format!("{}{:0width$}", self.common.device_prefix, index, width = self.width)
+        device_id(&self.common.device_prefix, self.width, index)
     }
 
     fn target(&self, index: u64) -> &Target {
@@ -139,8 +144,13 @@ impl Plan {
     }
 }
 
+/// The device id of phone `index` of a run whose ids are `width` digits wide.
+pub fn device_id(prefix: &str, width: usize, index: u64) -> String {
+    format!("{prefix}{index:0width$}")
+}
+
 /// Digits of the largest index, at least 6 (sim-000042).
-fn device_width(total: u64) -> usize {
+pub fn device_width(total: u64) -> usize {
     total.saturating_sub(1).to_string().len().max(6)
 }
 
@@ -662,6 +672,7 @@ mod tests {
             sources: Vec::new(),
             connector: Connector::new(None, Duration::from_secs(1), None, MAX_MESSAGE),
             device_key: None,
+            tokens: None,
             width: 6,
         };
         let fleet = Fleet::new(plan, Arc::new(Stats::default()), 0, 1, Instant::now());
