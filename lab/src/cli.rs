@@ -184,6 +184,18 @@ pub struct HoldArgs {
     #[arg(long, default_value_t = 20_000, value_name = "MICROSECONDS")]
     pub gateway_io_batch_us: u64,
 
+    /// What runs mobile-sim's phones (its `--engine`): `host-runtime`, the gateway's own
+    /// one-thread runtime with a few-line WebSocket client (what `auto`, the default, picks for
+    /// the lab's ws:// gateways), or `tokio` with tokio-tungstenite (mobile-sim's engine before,
+    /// to compare).
+    #[arg(long, default_value = "auto", value_name = "ENGINE")]
+    pub phone_engine: String,
+
+    /// mobile-sim's `--io-batch-us` on the host runtime: as the gateways' window, on the phones'
+    /// side (the `{"durable":N}` answers of a flush are read in one wakeup).
+    #[arg(long, default_value_t = 20_000, value_name = "MICROSECONDS")]
+    pub phone_io_batch_us: u64,
+
     /// Sign each phone's device token as it connects (mobile-sim `--device-key`), inside the
     /// ramp, instead of issuing every token before the phones start (`mobile-sim tokens`, as an
     /// operator enrols phones; a real phone signs nothing when it connects).

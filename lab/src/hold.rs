@@ -420,6 +420,10 @@ impl Setup<'_> {
             .arg((args.concurrent_per_process.max(1) * plan.sim_processes).to_string())
             .arg("--send-tick")
             .arg(format!("{}ms", args.send_tick_ms))
+            .arg("--engine")
+            .arg(&args.phone_engine)
+            .arg("--io-batch-us")
+            .arg(args.phone_io_batch_us.to_string())
             .arg("--per-process")
             .arg(plan.phones_per_sim_process.to_string())
             .arg("--min-interval")
@@ -643,6 +647,12 @@ impl Setup<'_> {
             send_tick_ms: args.send_tick_ms,
             tokens_issued_in_s: tokens_issued_in.map(|d| d.as_secs_f64()),
             gateway_io_batch_us: args.gateway_io_batch_us,
+            // What mobile-sim says ran its phones ("auto" resolved).
+            phone_engine: sim
+                .as_ref()
+                .and_then(|r| r.engine.clone())
+                .unwrap_or_else(|| args.phone_engine.clone()),
+            phone_io_batch_us: args.phone_io_batch_us,
             database: String::new(),
             files_limit: 0,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

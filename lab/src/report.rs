@@ -85,6 +85,9 @@ pub struct SimReport {
     pub ok: bool,
     pub end: String,
     pub processes: u64,
+    /// What ran the phones ("host-runtime" or "tokio").
+    #[serde(default)]
+    pub engine: Option<String>,
     /// From the stop to every byte confirmed durable.
     pub drain_seconds: f64,
     /// Then to every connection closed.
@@ -158,6 +161,11 @@ pub struct HoldReport {
     pub tokens_issued_in_s: Option<f64>,
     /// The gateways' `--io-batch-us`.
     pub gateway_io_batch_us: u64,
+    /// mobile-sim's `--engine` and `--io-batch-us`.
+    #[serde(default)]
+    pub phone_engine: String,
+    #[serde(default)]
+    pub phone_io_batch_us: u64,
     pub database: String,
     pub files_limit: u64,
     pub cores: usize,
@@ -234,8 +242,12 @@ impl HoldReport {
         );
         let _ = writeln!(
             s,
-            "settings: {} connection attempts in flight, send tick {} ms, gateway io batch {} us",
-            self.concurrent_connects, self.send_tick_ms, self.gateway_io_batch_us
+            "settings: {} connection attempts in flight, send tick {} ms, gateway io batch {} us, phones' engine {} (io batch {} us)",
+            self.concurrent_connects,
+            self.send_tick_ms,
+            self.gateway_io_batch_us,
+            self.phone_engine,
+            self.phone_io_batch_us
         );
         let _ = writeln!(
             s,

@@ -82,6 +82,8 @@ fn a_small_hold_is_held_measured_and_verified() {
     assert!(report["durable_bytes_during_hold"].as_f64().unwrap() > 0.0);
     // The phones presented tokens issued before they started (the gateways require them).
     assert!(report["tokens_issued_in_s"].as_f64().is_some(), "{}", report["tokens_issued_in_s"]);
+    // On the gateway's own runtime, as mobile-sim itself reports ("auto" resolved).
+    assert_eq!(report["phone_engine"], "host-runtime");
     assert!(report["flush_lag_p99_at_most_s"].as_f64().is_some());
     // Every tier was found and measured.
     for tier in report["tiers"].as_array().unwrap() {

@@ -150,6 +150,22 @@ pub struct PhonesArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Holdfast)]
     pub protocol: Protocol,
 
+    /// What runs the phones of each process. `host-runtime`: the host gateway's one-thread
+    /// runtime (embassy's executor, a timing wheel, sockets registered once in edge-triggered
+    /// epoll) and a WebSocket client of a few lines that keeps nothing per phone beyond its
+    /// 128-byte read buffer; plain `ws://` and holdfast's protocol only. `tokio`: tokio with
+    /// tokio-tungstenite, for `wss://` and socket.io. `auto`, the default: host-runtime where it
+    /// can, tokio otherwise.
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
+    pub engine: Engine,
+
+    /// With the host runtime: while phones keep receiving, its thread wakes at most once per
+    /// this many microseconds and serves every phone whose answer came meanwhile (the gateway's
+    /// `--io-batch-us`; a phone's answer waits up to this long to be read, which its count
+    /// never notices). 0: wake for every readiness.
+    #[arg(long, default_value_t = 1_000, value_name = "MICROSECONDS")]
+    pub io_batch_us: u64,
+
     #[command(flatten)]
     pub common: CommonArgs,
 
@@ -327,6 +343,17 @@ pub enum Protocol {
     /// socket.io 4 (Engine.IO 4) over WebSocket, for the seed's stack as a yardstick.
     #[value(name = "socketio")]
     SocketIo,
+}
+
+/// What runs a process's phones (`--engine`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// host-runtime for plain ws:// targets and holdfast's protocol, tokio otherwise.
+    Auto,
+    /// tokio and tokio-tungstenite: every target and protocol.
+    Tokio,
+    /// The host gateway's one-thread runtime (ws:// and holdfast's protocol only).
+    HostRuntime,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -223,6 +223,7 @@ pub async fn run_gateways(args: GatewaysArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let parts = Parts {
         mode: "gateways",
+        engine: None,
         targets: shared.targets.iter().map(|t| t.url.clone()).collect(),
         devices: sessions,
         connections: links_total,

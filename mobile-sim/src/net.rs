@@ -221,28 +221,16 @@ async fn upgrade(
     config: WebSocketConfig,
 ) -> Result<Ws, Failure> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let uri: Uri = url.parse().map_err(|e| Failure::new(FailureKind::Protocol, format!("{url}: {e}")))?;
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let key = client::key(rand::random());
-    let mut request = vec![0u8; client::MAX_REQUEST_LEN + path.len() + authority.len()];
-    let n = client::write_request(path, authority, subprotocol, &key, &mut request)
-        .ok_or_else(|| Failure::new(FailureKind::Protocol, "upgrade request too long"))?;
-    stream.write_all(&request[..n]).await.map_err(Failure::io)?;
+    let (request, mut parser) = upgrade_request(url, subprotocol)?;
+    stream.write_all(&request).await.map_err(Failure::io)?;
     stream.flush().await.map_err(Failure::io)?;
     drop(request);
 
-    let mut parser = ResponseParser::new(&key, subprotocol);
     let mut chunk = [0u8; 512];
     let (n, consumed) = loop {
         let n = stream.read(&mut chunk).await.map_err(Failure::io)?;
-        if n == 0 {
-            return Err(Failure::new(FailureKind::Reset, "connection closed during the WebSocket upgrade"));
-        }
-        match parser.feed(&chunk[..n]) {
-            Response::More => {}
-            Response::Switched { consumed } => break (n, consumed),
-            Response::Failed(why) => return Err(answer_failure(&parser, why)),
+        if let Some(consumed) = upgrade_answer(&mut parser, &chunk[..n])? {
+            break (n, consumed);
         }
     };
     let ws = if consumed == n {
@@ -253,6 +241,37 @@ async fn upgrade(
         WebSocketStream::from_partially_read(stream, tail, Role::Client, Some(config)).await
     };
     Ok(ws)
+}
+
+/// The upgrade request for `url` (its path, query and authority), and the parser of its answer:
+/// both engines' phones send this and check the answer with [`upgrade_answer`].
+pub fn upgrade_request(
+    url: &str,
+    subprotocol: Option<&'static str>,
+) -> Result<(Vec<u8>, ResponseParser), Failure> {
+    let uri: Uri = url.parse().map_err(|e| Failure::new(FailureKind::Protocol, format!("{url}: {e}")))?;
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let key = client::key(rand::random());
+    let mut request = vec![0u8; client::MAX_REQUEST_LEN + path.len() + authority.len()];
+    let n = client::write_request(path, authority, subprotocol, &key, &mut request)
+        .ok_or_else(|| Failure::new(FailureKind::Protocol, "upgrade request too long"))?;
+    request.truncate(n);
+    Ok((request, ResponseParser::new(&key, subprotocol)))
+}
+
+/// Feeds what one read of the answer brought (`data`; empty: the server closed): `Some(n)` once
+/// the server switched protocols, whose first `n` bytes of `data` were the answer's end (the rest
+/// are frames); `None` while more is needed.
+pub fn upgrade_answer(parser: &mut ResponseParser, data: &[u8]) -> Result<Option<usize>, Failure> {
+    if data.is_empty() {
+        return Err(Failure::new(FailureKind::Reset, "connection closed during the WebSocket upgrade"));
+    }
+    match parser.feed(data) {
+        Response::More => Ok(None),
+        Response::Switched { consumed } => Ok(Some(consumed)),
+        Response::Failed(why) => Err(answer_failure(parser, why)),
+    }
 }
 
 /// What a refused upgrade counts as: an HTTP status other than 101 by its code (a busy server's
@@ -328,7 +347,7 @@ impl fmt::Display for FailureKind {
 }
 
 /// A failed or lost connection: its kind and the error text.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub kind: FailureKind,
     pub detail: String,

@@ -32,6 +32,9 @@ pub struct Report {
     pub links_per_gateway: Option<u64>,
     /// Processes that held connections (1 without workers).
     pub processes: u64,
+    /// What ran the phones (`--engine`): "host-runtime" or "tokio"; absent for gateways.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<&'static str>,
     pub end: End,
     pub run_seconds: f64,
     /// From the stop until every byte sent was confirmed durable (or the drain's deadline).
@@ -164,6 +167,7 @@ impl From<Cpu> for CpuReport {
 /// Everything a mode hands over to build its report.
 pub struct Parts {
     pub mode: &'static str,
+    pub engine: Option<&'static str>,
     pub targets: Vec<String>,
     pub devices: u64,
     /// Connections wanted at once: phones, or gateways x links.
@@ -210,6 +214,7 @@ impl Report {
         let s = &p.last;
         Self {
             mode: p.mode,
+            engine: p.engine,
             targets: p.targets,
             devices: p.devices,
             gateways: p.gateways,
@@ -299,10 +304,11 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            " -> {} ({} process{})",
+            " -> {} ({} process{}{})",
             self.targets.join(", "),
             self.processes,
-            if self.processes == 1 { "" } else { "es" }
+            if self.processes == 1 { "" } else { "es" },
+            self.engine.map(|e| format!(", on {e}")).unwrap_or_default()
         );
         let end = match self.end {
             End::Duration => "--duration reached",
@@ -544,6 +550,7 @@ mod tests {
         ));
         let parts = Parts {
             mode: "phones",
+            engine: Some("tokio"),
             targets: vec!["ws://127.0.0.1:1/ws".into()],
             devices: 2000,
             connections: 2000,

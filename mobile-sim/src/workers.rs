@@ -95,7 +95,7 @@ pub async fn run_phones(args: PhonesArgs, files_limit: u64) -> anyhow::Result<Ex
     let mut interrupts = Interrupts::catch()?;
 
     let outcome = if workers <= 1 {
-        run_local(&plan, &mut monitor, &mut interrupts).await
+        run_local(&plan, &mut monitor, &mut interrupts).await?
     } else {
         run_workers(&plan, workers, &mut monitor, &mut interrupts).await?
     };
@@ -106,6 +106,7 @@ pub async fn run_phones(args: PhonesArgs, files_limit: u64) -> anyhow::Result<Ex
     totals.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let parts = Parts {
         mode: "phones",
+        engine: Some(if plan.on_host_runtime { "host-runtime" } else { "tokio" }),
         targets: plan.targets.iter().map(|t| t.url.clone()).collect(),
         devices: plan.total,
         connections: plan.total,
@@ -162,13 +163,17 @@ struct Outcome {
     missing: Vec<usize>,
 }
 
-async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrupts) -> Outcome {
+async fn run_local(
+    plan: &Plan,
+    monitor: &mut Monitor,
+    interrupts: &mut Interrupts,
+) -> anyhow::Result<Outcome> {
     let common = &plan.common;
     let stats = Arc::new(Stats::default());
     let fleet = Fleet::new(plan.clone(), stats.clone(), 0, 1, monitor.start);
     let rss_before = rss_bytes();
     let mut cpu = CpuWindow::new();
-    fleet.spawn();
+    fleet.spawn()?;
     let phones = fleet.len();
     let snapshot = || {
         let snap = stats.snapshot();
@@ -210,7 +215,7 @@ async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrup
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    Outcome {
+    Ok(Outcome {
         end,
         run,
         drain,
@@ -222,7 +227,7 @@ async fn run_local(plan: &Plan, monitor: &mut Monitor, interrupts: &mut Interrup
         cpu,
         devices: fleet.totals(),
         missing: Vec::new(),
-    }
+    })
 }
 
 #[derive(Default)]
@@ -420,7 +425,7 @@ async fn worker_main(args: PhonesArgs) -> anyhow::Result<ExitCode> {
     let fleet = Fleet::new(plan, stats.clone(), index as u64, count as u64, Instant::now());
     let rss_before = rss_bytes().unwrap_or(0);
     let mut cpu_window = CpuWindow::new();
-    fleet.spawn();
+    fleet.spawn()?;
     let phones = fleet.len();
 
     let (tx, mut commands) = mpsc::unbounded_channel::<String>();

@@ -8,6 +8,17 @@ use common::{assert_exact, read_per_device, report, run_sim, CountServer};
 
 #[test]
 fn two_hundred_phones_match_the_servers_counts_exactly() {
+    two_hundred_phones_on("auto", "host-runtime");
+}
+
+/// The same phones on mobile-sim's other engine (tokio and tokio-tungstenite, which wss:// and
+/// socket.io need).
+#[test]
+fn two_hundred_phones_on_tokio_match_the_servers_counts_exactly() {
+    two_hundred_phones_on("tokio", "tokio");
+}
+
+fn two_hundred_phones_on(engine: &str, expected: &str) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("totals.db");
     let csv = dir.path().join("devices.csv");
@@ -37,10 +48,13 @@ fn two_hundred_phones_match_the_servers_counts_exactly() {
         "--verify",
         "--database-url",
         &database,
+        "--engine",
+        engine,
     ]);
     assert!(output.status.success(), "exit status {:?}", output.status);
     let r = report(&output);
     let peer = server.stop();
+    assert_eq!(r["engine"], expected);
 
     // The report, read as a machine would.
     assert_eq!(r["ok"], true, "failures: {}", r["failures"]);

@@ -1,12 +1,10 @@
-//! The gateway on the kernel's TCP (the host runtime's sockets, `runtime::net`): one task per
+//! The gateway on the kernel's TCP (the host runtime's sockets, `host_runtime::net`): one task per
 //! phone, for scale.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ::gateway::runtime::net::{Stack, TcpSocket};
-use ::gateway::runtime::tasks::TaskPool;
-use ::gateway::runtime::tls::TlsSocket;
+use ::gateway::tls::TlsSocket;
 use address_limits::{AddressLimits, Slot};
 use anyhow::{Context as _, Result};
 use edge_nal::{TcpAccept, TcpBind};
@@ -14,6 +12,8 @@ use embassy_executor::Spawner;
 use embassy_time::Timer;
 use gateway_core::link::LinkBuffers;
 use gateway_core::phone::Phones;
+use host_runtime::net::{Stack, TcpSocket};
+use host_runtime::tasks::TaskPool;
 
 use crate::cli::Serve;
 use crate::gateway::{link_buffers, Parts};
@@ -79,7 +79,7 @@ async fn acceptor(
             std::process::exit(1);
         }
     };
-    // Pools that find a free task without trying every busy one first (`runtime::tasks`); their
+    // Pools that find a free task without trying every busy one first (`host_runtime::tasks`); their
     // tasks are allocated as phones first need them.
     let plain = TaskPool::new(MAX_PHONE_TASKS);
     let secure = TaskPool::new(MAX_PHONE_TASKS);

@@ -1,4 +1,5 @@
-//! The host build's runtime for the firmware core (see `runtime`); the `gateway` binary is
-//! `main.rs`. A library so that tests can measure and drive the same sockets and timers.
+//! The host gateway's parts that tests drive directly; the `gateway` binary is `main.rs`. It runs
+//! on the `host-runtime` crate (one thread: embassy's executor, a timing wheel, edge-triggered
+//! epoll), shared with mobile-sim's phones.
 
-pub mod runtime;
+pub mod tls;

@@ -24,9 +24,9 @@ fn main() {
             Err(e) => fail(&e),
         }
     }
-    // One thread: the executor, its timers and every socket's readiness (src/runtime).
-    let runtime = ::gateway::runtime::RuntimeConfig { io_batch_us: cli.serve.io_batch_us };
-    let outcome = ::gateway::runtime::run(runtime, |spawner| {
+    // One thread: the executor, its timers and every socket's readiness (the host-runtime crate).
+    let runtime = host_runtime::RuntimeConfig { io_batch_us: cli.serve.io_batch_us };
+    let outcome = host_runtime::run(runtime, |spawner| {
         if let Err(e) = gateway::start(spawner, &cli.serve) {
             fail(&e);
         }

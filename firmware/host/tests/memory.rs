@@ -1,9 +1,9 @@
 //! What one phone session costs in the host build, by parts: printed for docs/benchmarks.md, and
 //! held to a budget so a change that makes phones heavier is noticed.
 
-use gateway::runtime::net::TcpSocket;
-use gateway::runtime::reactor::{Reactor, SLOT_BYTES};
 use gateway_core::hub::PhoneWaker;
+use host_runtime::net::TcpSocket;
+use host_runtime::reactor::{Reactor, SLOT_BYTES};
 use std::cell::RefCell;
 
 use gateway_core::phone::Phones;

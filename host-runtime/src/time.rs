@@ -41,6 +41,13 @@ pub fn now_us() -> u64 {
     u64::try_from(zero.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+/// `at` on the runtime's clock (what `embassy_time::Instant::from_micros` takes), for code
+/// that reckons in `std::time::Instant`; a moment before the clock started is its start.
+pub fn us_at(at: StdInstant) -> u64 {
+    let zero = *ZERO.get_or_init(StdInstant::now);
+    u64::try_from(at.saturating_duration_since(zero).as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Milliseconds on the wheel's clock.
 pub fn now_ms() -> u64 {
     now_us() / TICKS_PER_MS

@@ -1,4 +1,4 @@
-//! The host build's runtime for the firmware core: one thread that runs embassy's executor, its
+//! The host build's runtime: one thread that runs embassy's executor, its
 //! timers and its sockets' readiness.
 //!
 //! What it replaces, and why (issue #17, "the host gateway's cost per phone"): embassy's `std`
@@ -24,7 +24,6 @@ pub mod net;
 pub mod reactor;
 pub mod tasks;
 pub mod time;
-pub mod tls;
 pub mod wheel;
 
 use std::cell::Cell;

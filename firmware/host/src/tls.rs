@@ -28,8 +28,8 @@ use rustix::net::SendFlags;
 use rustls::server::UnbufferedServerConnection;
 use rustls::ServerConfig;
 
-use super::net::TcpSocket;
-use super::reactor::{Dir, Reactor};
+use host_runtime::net::TcpSocket;
+use host_runtime::reactor::{Dir, Reactor};
 
 /// A phone's connection: TCP, and TLS over it.
 #[derive(Debug)]

@@ -3,7 +3,7 @@
 //! phone's task); its readiness and wakers live in the reactor's table.
 
 use core::future::{poll_fn, Future};
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::io;
@@ -82,7 +82,7 @@ impl Listener {
 
 impl TcpSocket {
     /// The socket's file descriptor (registered with the reactor), for the TLS layer above it.
-    pub(super) fn fd(&self) -> &OwnedFd {
+    pub fn fd(&self) -> &OwnedFd {
         &self.fd
     }
 
@@ -298,8 +298,22 @@ impl TcpConnect for Stack {
     type Socket<'a> = TcpSocket;
 
     async fn connect(&self, remote: SocketAddr) -> io::Result<TcpSocket> {
+        self.connect_from(None, remote).await
+    }
+}
+
+impl Stack {
+    /// Connects to `remote` from the address `source` (any port), or from the kernel's choice.
+    /// With a source, the port is chosen at connect (`IP_BIND_ADDRESS_NO_PORT`), so one source
+    /// address serves ~28,000 connections per destination rather than ~28,000 in all (mobile-sim's
+    /// phones spread over 127.0.0.2 and up).
+    pub async fn connect_from(&self, source: Option<IpAddr>, remote: SocketAddr) -> io::Result<TcpSocket> {
         let reactor = Reactor::current()?;
         let fd = rustix::net::socket_with(family(&remote), SocketType::STREAM, FLAGS, None)?;
+        if let Some(source) = source {
+            bind_address_no_port(&fd);
+            rustix::net::bind(&fd, &SocketAddr::new(source, 0))?;
+        }
         let connected = match rustix::net::connect(&fd, &remote) {
             Ok(()) => true,
             Err(Errno::INPROGRESS) | Err(Errno::INTR) => false,
@@ -316,5 +330,22 @@ impl TcpConnect for Stack {
         poll_fn(|cx| reactor.poll_ready(socket.fd.as_raw_fd(), Dir::Write, cx)).await?;
         rustix::net::sockopt::socket_error(&socket.fd)??;
         Ok(socket)
+    }
+}
+
+/// Asks Linux to choose the source port at connect rather than at bind. Failure (an old kernel)
+/// only means the port is chosen at bind. (rustix has no call for this option.)
+fn bind_address_no_port(fd: &OwnedFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int that lives across the call
+    // with its size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The host runtime (`gateway::runtime`), driven by its real loop on a thread of its own: timers
+//! The host runtime (`host-runtime`), driven by its real loop on a thread of its own: timers
 //! among 20,000 idle ones, a socket whose peer's bytes and FIN arrive together while its task
 //! waits, and a wake from another thread while the executor sleeps with nothing due for minutes.
 //! Only orderings and outcomes are asserted (never how fast): each check reports through a
@@ -16,8 +16,8 @@ use edge_nal::{Close, TcpAccept, TcpBind, TcpShutdown};
 use embassy_executor::Spawner;
 use embassy_time::{Duration, Instant, Timer};
 use embedded_io_async::{Read, Write};
-use gateway::runtime::net::Stack;
-use gateway::runtime::{self, RuntimeConfig};
+use host_runtime::net::Stack;
+use host_runtime::{self as runtime, RuntimeConfig};
 
 /// Idle timers queued while the checks run (one task each, as phones have).
 const IDLE_TIMERS: usize = 20_000;

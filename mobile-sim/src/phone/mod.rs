@@ -22,9 +22,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use trunk::backoff::Backoff;
 
-use crate::cli::{CommonArgs, PhonesArgs, Protocol};
+use crate::cli::{CommonArgs, Engine, PhonesArgs, Protocol};
 use crate::net::{Connector, Failure, FailureKind, Target, Ws};
 use crate::stats::{DeviceCounters, DeviceTotals, Stats};
+
+mod hosted;
 
 /// One source address per this many phones by default. A source address has ~28k ephemeral
 /// ports towards one destination, but the kernel's search for a free one grows costly as they
@@ -65,6 +67,10 @@ pub struct Plan {
     /// Or the tokens issued beforehand (`--token-file`).
     pub tokens: Option<Arc<crate::tokens::TokenFile>>,
     pub protocol: Protocol,
+    /// The phones run on the host runtime ([`hosted`]), not on tokio.
+    pub on_host_runtime: bool,
+    /// The host runtime's `--io-batch-us`.
+    pub io_batch_us: u64,
     width: usize,
 }
 
@@ -93,7 +99,21 @@ impl Plan {
             Some(path) => Some(Arc::new(crate::tokens::TokenFile::open(path, args.phones)?)),
             None => None,
         };
+        let host_runtime_can = targets.iter().all(|t| !t.tls) && args.protocol == Protocol::Holdfast;
+        let on_host_runtime = match args.engine {
+            Engine::Tokio => false,
+            Engine::Auto => host_runtime_can,
+            Engine::HostRuntime => {
+                anyhow::ensure!(
+                    host_runtime_can,
+                    "--engine host-runtime speaks holdfast's protocol over ws:// only (use tokio for wss:// or socket.io)"
+                );
+                true
+            }
+        };
         Ok(Self {
+            on_host_runtime,
+            io_batch_us: args.io_batch_us,
             device_key,
             tokens,
             protocol: args.protocol,
@@ -220,10 +240,104 @@ struct Shared {
     phase: PhaseCell,
 }
 
+/// The bookkeeping of a phone's life, the same whichever engine runs it.
 impl Shared {
     fn index(&self, k: usize) -> u64 {
         self.first + k as u64 * self.step
     }
+
+    /// A phone begins: what it carries from one connection to the next.
+    fn starting(&self) -> Progress {
+        if self.plan.common.messages == Some(0) {
+            self.stats.finished_sending.fetch_add(1, Relaxed);
+        }
+        Progress { sent: 0, durable_before: 0 }
+    }
+
+    /// A phone's life is over (`failing`: its last attempts failed).
+    fn finished(&self, failing: bool) {
+        if failing {
+            self.stats.failing.fetch_sub(1, Relaxed);
+        }
+        self.stats.done.fetch_add(1, Relaxed);
+    }
+
+    /// Counts an attempt's outcome (connected, with its latency, or failed).
+    fn attempted<C>(&self, index: u64, outcome: Result<(C, Duration), Failure>) -> Option<C> {
+        match outcome {
+            Ok((conn, latency)) => {
+                self.stats.established.fetch_add(1, Relaxed);
+                self.stats.handshake(latency);
+                Some(conn)
+            }
+            Err(failure) => {
+                tracing::debug!(device = %self.plan.device_id(index), %failure, "connection attempt failed");
+                self.stats.failed.fetch_add(1, Relaxed);
+                self.stats.error(&failure);
+                None
+            }
+        }
+    }
+
+    /// An attempt failed: the phone is failing; returns its failures in a row.
+    fn attempt_failed(&self, failing: &mut bool, failures: u32) -> u32 {
+        if !*failing {
+            *failing = true;
+            self.stats.failing.fetch_add(1, Relaxed);
+        }
+        failures.saturating_add(1)
+    }
+
+    /// A connection is up and about to be held.
+    fn connection_up(&self, failing: &mut bool) {
+        if *failing {
+            *failing = false;
+            self.stats.failing.fetch_sub(1, Relaxed);
+        }
+        self.stats.connected.fetch_add(1, Relaxed);
+    }
+
+    /// A held connection ended: `None` when we closed it (the phone's life is over), else the
+    /// failures to back off for before it comes back.
+    fn connection_down(&self, index: u64, ended: Ended) -> Option<u32> {
+        self.stats.connected.fetch_sub(1, Relaxed);
+        match ended {
+            Ended::Closed => None,
+            Ended::Lost(failure) => {
+                tracing::debug!(device = %self.plan.device_id(index), %failure, "connection lost");
+                self.stats.dropped.fetch_add(1, Relaxed);
+                self.stats.error(&failure);
+                // Come back after a jittered pause, as a crowd of real phones would.
+                Some(1)
+            }
+        }
+    }
+
+    /// Phone `k` is about to send a byte: counted as sent before the write, so a byte that may
+    /// have left is never missed.
+    fn sending(&self, k: usize, progress: &mut Progress, session: &mut Session) {
+        progress.sent += 1;
+        session.sent += 1;
+        self.devices[k].sent.fetch_add(1, Relaxed);
+        self.stats.bytes_sent.fetch_add(1, Relaxed);
+        if self.plan.common.messages == Some(progress.sent) {
+            self.stats.finished_sending.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The server said phone `k`'s connection has `durable` bytes durable.
+    fn durable(&self, k: usize, progress: &Progress, session: &mut Session, durable: u64) {
+        self.stats.add_durable(session.durable, durable);
+        session.durable = durable;
+        self.devices[k].durable.store(progress.durable_before + durable, Relaxed);
+    }
+}
+
+/// What one connection of a phone sent, and what the server confirmed of it.
+#[derive(Debug, Default)]
+struct Session {
+    sent: u64,
+    durable: u64,
 }
 
 impl Fleet {
@@ -238,11 +352,15 @@ impl Fleet {
         Self { shared: Arc::new(shared) }
     }
 
-    /// Starts every phone's task.
-    pub fn spawn(&self) {
+    /// Starts every phone's task: on this tokio runtime, or on a thread of the host runtime.
+    pub fn spawn(&self) -> anyhow::Result<()> {
+        if self.shared.plan.on_host_runtime {
+            return hosted::spawn(self.shared.clone());
+        }
         for k in 0..self.shared.devices.len() {
             tokio::spawn(phone(self.shared.clone(), k));
         }
+        Ok(())
     }
 
     /// Phones in this process.
@@ -303,19 +421,12 @@ enum Ended {
 async fn phone(shared: Arc<Shared>, k: usize) {
     let mut failing = false;
     live(&shared, k, &mut failing).await;
-    if failing {
-        shared.stats.failing.fetch_sub(1, Relaxed);
-    }
-    shared.stats.done.fetch_add(1, Relaxed);
+    shared.finished(failing);
 }
 
 async fn live(shared: &Shared, k: usize, failing: &mut bool) {
-    let stats = &shared.stats;
     let index = shared.index(k);
-    let mut progress = Progress { sent: 0, durable_before: 0 };
-    if shared.plan.common.messages == Some(0) {
-        stats.finished_sending.fetch_add(1, Relaxed);
-    }
+    let mut progress = shared.starting();
     if shared.plan.rate > 0.0 {
         let at = shared.start + Duration::from_secs_f64(index as f64 / shared.plan.rate);
         if !sleep_while_running(shared, at).await {
@@ -340,30 +451,13 @@ async fn live(shared: &Shared, k: usize, failing: &mut bool) {
             }
         };
         match ws {
-            None => {
-                if !*failing {
-                    *failing = true;
-                    stats.failing.fetch_add(1, Relaxed);
-                }
-                failures = failures.saturating_add(1);
-            }
+            None => failures = shared.attempt_failed(failing, failures),
             Some(ws) => {
-                if *failing {
-                    *failing = false;
-                    stats.failing.fetch_sub(1, Relaxed);
-                }
-                stats.connected.fetch_add(1, Relaxed);
+                shared.connection_up(failing);
                 let ended = hold(shared, k, ws, &mut progress).await;
-                stats.connected.fetch_sub(1, Relaxed);
-                match ended {
-                    Ended::Closed => return,
-                    Ended::Lost(failure) => {
-                        tracing::debug!(device = %shared.plan.device_id(index), %failure, "connection lost");
-                        stats.dropped.fetch_add(1, Relaxed);
-                        stats.error(&failure);
-                        // Come back after a jittered pause, as a crowd of real phones would.
-                        failures = 1;
-                    }
+                match shared.connection_down(index, ended) {
+                    None => return,
+                    Some(after_loss) => failures = after_loss,
                 }
             }
         }
@@ -377,8 +471,7 @@ async fn live(shared: &Shared, k: usize, failing: &mut bool) {
 /// One connection attempt, counted. The WebSocket comes boxed: moving it around costs a
 /// pointer, not its few hundred bytes in every future that holds it.
 async fn attempt(shared: &Shared, index: u64, _permit: tokio::sync::SemaphorePermit<'_>) -> Option<Box<Ws>> {
-    let stats = &shared.stats;
-    stats.attempts.fetch_add(1, Relaxed);
+    shared.stats.attempts.fetch_add(1, Relaxed);
     let plan = &shared.plan;
     let target = plan.target(index);
     let url = plan.url(index);
@@ -390,19 +483,7 @@ async fn attempt(shared: &Shared, index: u64, _permit: tokio::sync::SemaphorePer
         },
         Err(failure) => Err(failure),
     };
-    match connected {
-        Ok((ws, latency)) => {
-            stats.established.fetch_add(1, Relaxed);
-            stats.handshake(latency);
-            Some(Box::new(ws))
-        }
-        Err(failure) => {
-            tracing::debug!(device = %plan.device_id(index), %failure, "connection attempt failed");
-            stats.failed.fetch_add(1, Relaxed);
-            stats.error(&failure);
-            None
-        }
-    }
+    shared.attempted(index, connected.map(|(ws, latency)| (Box::new(ws), latency)))
 }
 
 /// What a phone carries from one connection to the next.
@@ -495,8 +576,7 @@ impl Protocol {
 /// This future is most of what a held phone costs, so it keeps little across its one await:
 /// the connection (boxed), one timer, one phase wakeup, and a few counters.
 async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progress) -> Ended {
-    let mut session_sent = 0u64;
-    let mut session_durable = 0u64;
+    let mut session = Session::default();
     // The next byte's time while running; the drain deadline while draining.
     let mut wake_at =
         wants_more(shared, progress.sent).then(|| shared.plan.common.next_send(Instant::now(), shared.start));
@@ -518,7 +598,7 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
                     draining = true;
                     wake_at = Some(deadline);
                 }
-                if matches!(shared.phase.get(), Phase::Close { .. }) && session_durable >= session_sent {
+                if matches!(shared.phase.get(), Phase::Close { .. }) && session.durable >= session.sent {
                     break Ended::Closed;
                 }
             }
@@ -542,25 +622,14 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
                 if draining {
                     break Ended::Closed; // the drain deadline
                 }
-                progress.sent += 1;
-                session_sent += 1;
-                shared.devices[k].sent.fetch_add(1, Relaxed);
-                shared.stats.bytes_sent.fetch_add(1, Relaxed);
-                if shared.plan.common.messages == Some(progress.sent) {
-                    shared.stats.finished_sending.fetch_add(1, Relaxed);
-                }
-                // Counted as sent before the write: a byte that may have left is never missed.
+                shared.sending(k, progress, &mut session);
                 if let Err(e) = ws.send(protocol.byte()).await {
                     break Ended::Lost(Failure::ws(e));
                 }
                 wake_at = wants_more(shared, progress.sent)
                     .then(|| shared.plan.common.next_send(Instant::now(), shared.start));
             }
-            Event::Durable(durable) => {
-                shared.stats.add_durable(session_durable, durable);
-                session_durable = durable;
-                shared.devices[k].durable.store(progress.durable_before + durable, Relaxed);
-            }
+            Event::Durable(durable) => shared.durable(k, progress, &mut session, durable),
             Event::Lost(failure) => break Ended::Lost(*failure),
             Event::Ping => {
                 if let Err(e) = ws.send(Message::Text("3".into())).await {
@@ -574,7 +643,7 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
             Event::Other => {}
         }
     };
-    progress.durable_before += session_durable;
+    progress.durable_before += session.durable;
     if let Ended::Closed = ended {
         // Boxed: the closing handshake's state is needed once, not kept in every held phone.
         Box::pin(close(ws)).await;
@@ -660,6 +729,14 @@ mod tests {
     /// its awaits (`RUSTC_BOOTSTRAP=1 cargo rustc -p mobile-sim -- -Zprint-type-sizes`).
     #[test]
     fn a_held_phone_stays_small() {
+        let fleet = fleet_of_one();
+        let task = phone(fleet.shared.clone(), 0);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 536, "a phone's task state grew to {size} bytes");
+    }
+
+    /// A fleet of one phone with the default settings, not started.
+    pub(super) fn fleet_of_one() -> Fleet {
         use clap::Parser;
         let cli = crate::cli::Cli::try_parse_from(["mobile-sim", "--target", "ws://127.0.0.1:1/"]).unwrap();
         let crate::cli::Command::Phones(args) = cli.into_command() else { unreachable!() };
@@ -673,12 +750,11 @@ mod tests {
             connector: Connector::new(None, Duration::from_secs(1), None, MAX_MESSAGE),
             device_key: None,
             tokens: None,
+            on_host_runtime: false,
+            io_batch_us: 0,
             width: 6,
         };
-        let fleet = Fleet::new(plan, Arc::new(Stats::default()), 0, 1, Instant::now());
-        let task = phone(fleet.shared.clone(), 0);
-        let size = std::mem::size_of_val(&task);
-        assert!(size <= 536, "a phone's task state grew to {size} bytes");
+        Fleet::new(plan, Arc::new(Stats::default()), 0, 1, Instant::now())
     }
 
     #[test]
