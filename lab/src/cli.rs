@@ -171,8 +171,12 @@ pub struct HoldArgs {
 
     /// mobile-sim rounds each phone's send times up to a multiple of this (`--send-tick`), so
     /// that one wakeup of a worker sends every byte due in the tick: the pauses stay random (at
-    /// this resolution) and the load generator's CPU per byte goes down. 0: exact times.
-    #[arg(long, default_value_t = 20, value_name = "MS")]
+    /// this resolution: 10 to 110 s in steps of 0.1 s) and the load generator's CPU per byte
+    /// goes down, and the gateway's too (its bytes come in fewer, larger bursts). 0: exact
+    /// times. 100 ms against 20 ms, with `--phone-io-batch-us` 100,000 against 20,000: 22.2
+    /// against 25.5 us of mobile-sim's CPU per phone byte, 21.5 against 23.8 us of the
+    /// gateways' (docs/benchmarks.md).
+    #[arg(long, default_value_t = 100, value_name = "MS")]
     pub send_tick_ms: u64,
 
     /// The gateways' `--io-batch-us`: while phones keep sending, a gateway's thread wakes at
@@ -192,8 +196,9 @@ pub struct HoldArgs {
     pub phone_engine: String,
 
     /// mobile-sim's `--io-batch-us` on the host runtime: as the gateways' window, on the phones'
-    /// side (the `{"durable":N}` answers of a flush are read in one wakeup).
-    #[arg(long, default_value_t = 20_000, value_name = "MICROSECONDS")]
+    /// side (the `{"durable":N}` answers of a flush are read in one wakeup; a phone learns its
+    /// count at most this much later).
+    #[arg(long, default_value_t = 100_000, value_name = "MICROSECONDS")]
     pub phone_io_batch_us: u64,
 
     /// Sign each phone's device token as it connects (mobile-sim `--device-key`), inside the
