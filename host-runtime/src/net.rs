@@ -333,9 +333,12 @@ impl Stack {
     }
 }
 
-/// Asks Linux to choose the source port at connect rather than at bind. Failure (an old kernel)
-/// only means the port is chosen at bind. (rustix has no call for this option.)
-fn bind_address_no_port(fd: &OwnedFd) {
+/// Asks Linux to choose the source port at connect rather than at bind, so that one source
+/// address serves ~28,000 connections per destination instead of ~28,000 in all. Failure (an
+/// old kernel) only means the port is chosen at bind. (rustix has no call for this option;
+/// mobile-sim's tokio phones use this one too.)
+pub fn bind_address_no_port(fd: impl AsFd) {
+    let fd = fd.as_fd();
     let one: libc::c_int = 1;
     // SAFETY: a valid socket descriptor, and a pointer to a c_int that lives across the call
     // with its size.

@@ -191,7 +191,7 @@ impl Connector {
         let socket = if target.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
             .map_err(Failure::io)?;
         if let Some(source) = source {
-            bind_address_no_port(&socket);
+            host_runtime::net::bind_address_no_port(&socket);
             socket.bind(SocketAddr::new(source, 0)).map_err(Failure::io)?;
         }
         let tcp = socket.connect(target.addr).await.map_err(Failure::io)?;
@@ -283,29 +283,6 @@ fn answer_failure(parser: &ResponseParser, why: &str) -> Failure {
         }
         _ => Failure::new(FailureKind::Protocol, why.to_string()),
     }
-}
-
-/// Asks Linux to choose the source port at connect() rather than bind(), so one source address
-/// serves ~28k connections per destination instead of ~28k in all.
-fn bind_address_no_port(socket: &TcpSocket) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: a valid socket descriptor, and a pointer to a c_int that lives across the call
-        // with its size. Failure (an old kernel) only means ports are chosen at bind().
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = socket;
 }
 
 /// What kind of thing went wrong with a connection: the report counts errors by kind.

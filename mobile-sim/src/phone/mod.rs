@@ -333,6 +333,45 @@ impl Shared {
     }
 }
 
+/// A held connection between wakeups, the same for both engines.
+struct Held {
+    session: Session,
+    /// The next byte's time while running; the drain deadline while draining.
+    wake_at: Option<Instant>,
+    draining: bool,
+}
+
+impl Held {
+    fn new(shared: &Shared, progress: &Progress) -> Self {
+        let mut held = Self { session: Session::default(), wake_at: None, draining: false };
+        held.sent(shared, progress);
+        held
+    }
+
+    /// A byte went (or the connection is new): when the next one is due, if one is.
+    fn sent(&mut self, shared: &Shared, progress: &Progress) {
+        self.wake_at = wants_more(shared, progress.sent)
+            .then(|| shared.plan.common.next_send(Instant::now(), shared.start));
+    }
+
+    /// Follows the run's phase: from the drain on, no more bytes and the drain's deadline to
+    /// wake at. `true` when the connection is to close now (closing, and every byte of it
+    /// confirmed; or stopping).
+    fn phase_says_close(&mut self, shared: &Shared) -> bool {
+        match shared.phase.get() {
+            Phase::Run => false,
+            Phase::Drain { deadline } | Phase::Close { deadline } => {
+                if !self.draining {
+                    self.draining = true;
+                    self.wake_at = Some(deadline);
+                }
+                matches!(shared.phase.get(), Phase::Close { .. }) && self.session.durable >= self.session.sent
+            }
+            Phase::Stop => true,
+        }
+    }
+}
+
 /// What one connection of a phone sent, and what the server confirmed of it.
 #[derive(Debug, Default)]
 struct Session {
@@ -576,11 +615,7 @@ impl Protocol {
 /// This future is most of what a held phone costs, so it keeps little across its one await:
 /// the connection (boxed), one timer, one phase wakeup, and a few counters.
 async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progress) -> Ended {
-    let mut session = Session::default();
-    // The next byte's time while running; the drain deadline while draining.
-    let mut wake_at =
-        wants_more(shared, progress.sent).then(|| shared.plan.common.next_send(Instant::now(), shared.start));
-    let mut draining = false;
+    let mut held = Held::new(shared, progress);
     let timer = tokio::time::sleep_until(far_future().into());
     tokio::pin!(timer);
     let protocol = shared.plan.protocol;
@@ -591,21 +626,11 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
     tokio::pin!(phase_changed);
     phase_changed.as_mut().enable();
     let ended = loop {
-        match shared.phase.get() {
-            Phase::Run => {}
-            Phase::Drain { deadline } | Phase::Close { deadline } => {
-                if !draining {
-                    draining = true;
-                    wake_at = Some(deadline);
-                }
-                if matches!(shared.phase.get(), Phase::Close { .. }) && session.durable >= session.sent {
-                    break Ended::Closed;
-                }
-            }
-            Phase::Stop => break Ended::Closed,
+        if held.phase_says_close(shared) {
+            break Ended::Closed;
         }
         {
-            let wake = tokio::time::Instant::from(wake_at.unwrap_or_else(far_future));
+            let wake = tokio::time::Instant::from(held.wake_at.unwrap_or_else(far_future));
             if wake != timer.deadline() {
                 timer.as_mut().reset(wake);
             }
@@ -619,17 +644,16 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
         };
         match event {
             Event::Timer => {
-                if draining {
+                if held.draining {
                     break Ended::Closed; // the drain deadline
                 }
-                shared.sending(k, progress, &mut session);
+                shared.sending(k, progress, &mut held.session);
                 if let Err(e) = ws.send(protocol.byte()).await {
                     break Ended::Lost(Failure::ws(e));
                 }
-                wake_at = wants_more(shared, progress.sent)
-                    .then(|| shared.plan.common.next_send(Instant::now(), shared.start));
+                held.sent(shared, progress);
             }
-            Event::Durable(durable) => shared.durable(k, progress, &mut session, durable),
+            Event::Durable(durable) => shared.durable(k, progress, &mut held.session, durable),
             Event::Lost(failure) => break Ended::Lost(*failure),
             Event::Ping => {
                 if let Err(e) = ws.send(Message::Text("3".into())).await {
@@ -643,7 +667,7 @@ async fn hold(shared: &Shared, k: usize, mut ws: Box<Ws>, progress: &mut Progres
             Event::Other => {}
         }
     };
-    progress.durable_before += session.durable;
+    progress.durable_before += held.session.durable;
     if let Ended::Closed = ended {
         // Boxed: the closing handshake's state is needed once, not kept in every held phone.
         Box::pin(close(ws)).await;
