@@ -304,11 +304,11 @@ impl Report {
         }
         let _ = writeln!(
             o,
-            " -> {} ({} process{}{})",
+            " -> {} ({} process{}){}",
             self.targets.join(", "),
             self.processes,
             if self.processes == 1 { "" } else { "es" },
-            self.engine.map(|e| format!(", on {e}")).unwrap_or_default()
+            self.engine.map(|e| format!(", phones on {e}")).unwrap_or_default()
         );
         let end = match self.end {
             End::Duration => "--duration reached",
