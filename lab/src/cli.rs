@@ -79,6 +79,14 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub runs: u32,
 
+    /// What runs mobile-sim's phones against the plain-WebSocket servers (its `--engine`):
+    /// `auto` (the host runtime), `host-runtime` or `tokio`. The socket.io phones run on tokio
+    /// whatever this says (the host runtime's client speaks plain WebSocket only). The CPU a
+    /// server spends per byte depends on the phones too: on loopback a server's answer pays for
+    /// waking the phone that reads it (docs/benchmarks.md, "lab compare").
+    #[arg(long, default_value = "auto", value_name = "ENGINE")]
+    pub phone_engine: String,
+
     /// The servers, in the order they take turns within a run.
     #[arg(long, value_enum, value_delimiter = ',',
           default_values_t = [Server::Gateway, Server::Aggregator, Server::NodeWs, Server::NodeSocketio])]
@@ -179,12 +187,12 @@ pub struct HoldArgs {
     #[arg(long, default_value_t = 100, value_name = "MS")]
     pub send_tick_ms: u64,
 
-    /// The gateways' `--io-batch-us`: while phones keep sending, a gateway's thread wakes at
-    /// most once per this many microseconds and serves every phone that sent meanwhile. At a
-    /// million phones a gateway hears about 300 bytes a second, one every 3 ms: with the
-    /// gateway's default window (1 ms) nearly every byte is a wakeup of its own; 20 ms serves
+    /// The gateways' `--io-batch-us` (the gateway's default): while phones keep sending, a
+    /// gateway's thread wakes at most once per this many microseconds and serves every phone
+    /// that sent meanwhile. At a million phones a gateway hears about 300 bytes a second, one
+    /// every 3 ms: with a 1 ms window nearly every byte is a wakeup of its own; 20 ms serves
     /// about six per wakeup and delays a count by at most 20 ms (it waits for the trunk's 250 ms
-    /// flush anyway).
+    /// flush anyway); 100 ms measured the same as 20 at 200,000 phones.
     #[arg(long, default_value_t = 20_000, value_name = "MICROSECONDS")]
     pub gateway_io_batch_us: u64,
 

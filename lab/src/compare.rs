@@ -63,6 +63,8 @@ pub struct Measurement {
     pub us_per_byte: f64,
     /// Bytes the busy phones saw confirmed.
     pub bytes: u64,
+    /// What ran the busy phones (mobile-sim's report: `host-runtime` or `tokio`).
+    pub phone_engine: String,
 }
 
 /// One server's medians over the runs, and their ratio to each Node.js server's.
@@ -84,6 +86,8 @@ pub struct CompareReport {
     pub interval_ms: u64,
     pub busy_seconds: u64,
     pub runs: u32,
+    /// mobile-sim's `--engine` for the plain-WebSocket servers (socket.io's phones: tokio).
+    pub phone_engine: String,
     pub load_average_at_start: String,
     pub load_average_at_end: String,
     pub measurements: Vec<Measurement>,
@@ -99,6 +103,8 @@ impl CompareReport {
             "lab compare: {} idle phones, then {} phones at one byte per {} ms each for {} s; medians of {} runs",
             self.idle_phones, self.busy_phones, self.interval_ms, self.busy_seconds, self.runs
         );
+        let _ =
+            writeln!(s, "phones' engine (mobile-sim --engine): {}, socket.io's on tokio", self.phone_engine);
         let _ = writeln!(
             s,
             "load average {} at start, {} at end\n",
@@ -126,13 +132,14 @@ impl CompareReport {
         for m in &self.measurements {
             let _ = writeln!(
                 s,
-                "  run {} {:<14} {:>8.0} B/idle phone  {:.4} idle cores  {:>7.2} us/byte  ({} bytes)",
+                "  run {} {:<14} {:>8.0} B/idle phone  {:.4} idle cores  {:>7.2} us/byte  ({} bytes, phones on {})",
                 m.run,
                 m.server.name(),
                 m.rss_per_idle_phone_bytes,
                 m.idle_cores,
                 m.us_per_byte,
-                m.bytes
+                m.bytes,
+                m.phone_engine
             );
         }
         s
@@ -179,6 +186,8 @@ struct Setup {
     gateway_bin: PathBuf,
     sim_bin: PathBuf,
     node_modules: PathBuf,
+    /// mobile-sim's `--engine` for the plain-WebSocket servers.
+    phone_engine: String,
 }
 
 /// A server, started, and what phones need to reach it.
@@ -239,6 +248,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
         sim_bin: binary(&bin_dir, "mobile-sim")?,
         node_modules,
         out,
+        phone_engine: args.phone_engine.clone(),
     };
     let load_at_start = load_average();
     let mut measurements = Vec::new();
@@ -258,7 +268,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
                 signal = signals.recv() => Err(anyhow::anyhow!("{signal}: the comparison was stopped")),
             };
             served.stop().await;
-            let (rss, idle_cores, us_per_byte, bytes) = measured
+            let Measured { rss, idle_cores, us_per_byte, bytes, phone_engine } = measured
                 .with_context(|| format!("{} in run {run} (files in {})", server.name(), dir.display()))?;
             eprintln!(
                 "lab compare:   {rss:.0} B per idle phone, {idle_cores:.4} idle cores, {us_per_byte:.2} us per byte"
@@ -270,6 +280,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
                 idle_cores,
                 us_per_byte,
                 bytes,
+                phone_engine,
             });
         }
     }
@@ -279,6 +290,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
         interval_ms: args.interval_ms,
         busy_seconds: args.busy_s,
         runs: args.runs,
+        phone_engine: args.phone_engine.clone(),
         load_average_at_start: load_at_start,
         load_average_at_end: load_average(),
         summary: summarize(&args.servers, &measurements),
@@ -493,6 +505,8 @@ fn phones(
         .env("RUST_LOG", "warn");
     if served.socketio {
         c.arg("--protocol").arg("socketio");
+    } else {
+        c.arg("--engine").arg(&cx.phone_engine);
     }
     if let Some(key) = &served.device_key {
         c.arg("--device-key").arg(key);
@@ -523,13 +537,24 @@ async fn open_files(
     }
 }
 
-/// One server's figures: RSS per idle phone, idle cores, µs per byte, bytes.
+/// One server's figures in one run.
+struct Measured {
+    /// RSS per idle phone, bytes.
+    rss: f64,
+    idle_cores: f64,
+    us_per_byte: f64,
+    /// Bytes the busy phones saw confirmed.
+    bytes: u64,
+    /// What ran the busy phones, as their mobile-sim reported it.
+    phone_engine: String,
+}
+
 async fn measure(
     args: &CompareArgs,
     cx: &Setup,
     dir: &Path,
     served: &mut Served,
-) -> anyhow::Result<(f64, f64, f64, u64)> {
+) -> anyhow::Result<Measured> {
     let pid = served.pid;
     let usage = |what: &str| procfs::usage(pid).with_context(|| format!("the server is gone ({what})"));
     // --- idle -------------------------------------------------------------------------------------
@@ -576,7 +601,8 @@ async fn measure(
         bail!("busy phones: no byte was confirmed");
     }
     let us_per_byte = (end.cpu_seconds - start.cpu_seconds) / bytes as f64 * 1e6;
-    Ok((rss_per_phone, idle_cores, us_per_byte, bytes))
+    let phone_engine = busy_report.engine.unwrap_or_else(|| "unknown".to_owned());
+    Ok(Measured { rss: rss_per_phone, idle_cores, us_per_byte, bytes, phone_engine })
 }
 
 fn sim_report(path: &Path) -> anyhow::Result<SimReport> {
@@ -589,7 +615,15 @@ mod tests {
     use super::*;
 
     fn m(server: Server, run: u32, us_per_byte: f64) -> Measurement {
-        Measurement { server, run, rss_per_idle_phone_bytes: 500.0, idle_cores: 0.0, us_per_byte, bytes: 1 }
+        Measurement {
+            server,
+            run,
+            rss_per_idle_phone_bytes: 500.0,
+            idle_cores: 0.0,
+            us_per_byte,
+            bytes: 1,
+            phone_engine: "host-runtime".into(),
+        }
     }
 
     #[test]

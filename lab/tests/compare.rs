@@ -15,6 +15,8 @@ fn the_gateway_and_the_aggregator_are_measured_with_the_same_phones() {
     let result = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(["compare", "--servers", "gateway,aggregator", "--idle", "200", "--busy", "50"])
         .args(["--interval-ms", "100", "--busy-s", "3", "--runs", "1", "--json"])
+        // Not the default engine: the report must say the phones ran on the one asked for.
+        .args(["--phone-engine", "tokio"])
         .arg("--bin-dir")
         .arg(&bin_dir)
         .arg("--out")
@@ -38,6 +40,7 @@ fn the_gateway_and_the_aggregator_are_measured_with_the_same_phones() {
     for m in report["measurements"].as_array().unwrap() {
         // 50 phones at ~10 bytes/s each for 3 s: every one of them was confirmed.
         assert!(m["bytes"].as_u64().unwrap() > 500, "{m}: bytes confirmed\n{context}");
+        assert_eq!(m["phone_engine"], "tokio", "{m}: the phones' engine asked for\n{context}");
     }
     assert!(out.path().join("compare.txt").is_file() && out.path().join("compare.json").is_file());
 }

@@ -130,8 +130,11 @@ pub struct Serve {
     pub flush_interval_ms: u64,
     /// While phones keep sending, the gateway's thread wakes at most once per this many
     /// microseconds and serves every phone that sent meanwhile in one go (fewer context
-    /// switches); a byte's count is delayed by at most this much. 0: wake for every readiness.
-    #[arg(long, env = "HOLDFAST_IO_BATCH_US", default_value_t = 1_000,
+    /// switches); a byte's count is delayed by at most this much, which nobody sees: it waits
+    /// for the trunk's flush (250 ms) anyway. 0: wake for every readiness. 20 ms against 1 ms:
+    /// 8.1-8.3 against 9.1-9.4 us of CPU per phone byte at 15,000 bytes/s (`lab compare`,
+    /// docs/benchmarks.md).
+    #[arg(long, env = "HOLDFAST_IO_BATCH_US", default_value_t = 20_000,
           value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub io_batch_us: u64,
     /// Whether phones must prove their device with a token (`required` needs
