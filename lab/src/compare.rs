@@ -264,24 +264,17 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
             std::fs::create_dir_all(&dir)?;
             let mut served = serve(server, &cx, &dir, args.idle.max(args.busy) + 100).await?;
             let measured = tokio::select! {
-                m = measure(&args, &cx, &dir, &mut served) => m,
+                m = measure(&args, &cx, &dir, &mut served, server, run) => m,
                 signal = signals.recv() => Err(anyhow::anyhow!("{signal}: the comparison was stopped")),
             };
             served.stop().await;
-            let Measured { rss, idle_cores, us_per_byte, bytes, phone_engine } = measured
+            let m = measured
                 .with_context(|| format!("{} in run {run} (files in {})", server.name(), dir.display()))?;
             eprintln!(
-                "lab compare:   {rss:.0} B per idle phone, {idle_cores:.4} idle cores, {us_per_byte:.2} us per byte"
+                "lab compare:   {:.0} B per idle phone, {:.4} idle cores, {:.2} us per byte",
+                m.rss_per_idle_phone_bytes, m.idle_cores, m.us_per_byte
             );
-            measurements.push(Measurement {
-                server,
-                run,
-                rss_per_idle_phone_bytes: rss,
-                idle_cores,
-                us_per_byte,
-                bytes,
-                phone_engine,
-            });
+            measurements.push(m);
         }
     }
     let report = CompareReport {
@@ -537,24 +530,15 @@ async fn open_files(
     }
 }
 
-/// One server's figures in one run.
-struct Measured {
-    /// RSS per idle phone, bytes.
-    rss: f64,
-    idle_cores: f64,
-    us_per_byte: f64,
-    /// Bytes the busy phones saw confirmed.
-    bytes: u64,
-    /// What ran the busy phones, as their mobile-sim reported it.
-    phone_engine: String,
-}
-
+/// `server`'s figures in run `run`.
 async fn measure(
     args: &CompareArgs,
     cx: &Setup,
     dir: &Path,
     served: &mut Served,
-) -> anyhow::Result<Measured> {
+    server: Server,
+    run: u32,
+) -> anyhow::Result<Measurement> {
     let pid = served.pid;
     let usage = |what: &str| procfs::usage(pid).with_context(|| format!("the server is gone ({what})"));
     // --- idle -------------------------------------------------------------------------------------
@@ -601,8 +585,15 @@ async fn measure(
         bail!("busy phones: no byte was confirmed");
     }
     let us_per_byte = (end.cpu_seconds - start.cpu_seconds) / bytes as f64 * 1e6;
-    let phone_engine = busy_report.engine.unwrap_or_else(|| "unknown".to_owned());
-    Ok(Measured { rss: rss_per_phone, idle_cores, us_per_byte, bytes, phone_engine })
+    Ok(Measurement {
+        server,
+        run,
+        rss_per_idle_phone_bytes: rss_per_phone,
+        idle_cores,
+        us_per_byte,
+        bytes,
+        phone_engine: busy_report.engine.unwrap_or_else(|| "unknown".to_owned()),
+    })
 }
 
 fn sim_report(path: &Path) -> anyhow::Result<SimReport> {
