@@ -95,24 +95,22 @@ check "k8s: schemas (kubernetes-validate --strict)" k8s_schemas
 check "k8s: names, selectors, ports and mounts agree" k8s_references
 
 # --- nginx --------------------------------------------------------------------------------------
-# shellcheck source=scripts/cluster-lib.sh
-. scripts/cluster-lib.sh
+# The local cluster's configuration (`lab nginx-config`: the same rendering `lab cluster` and the
+# drills run), for 3 aggregators on port 8443.
+hf_setup_path
+cargo build --release -q -p lab -p aggregator
 nginx_test() {
-  local variant="$1" out
-  CL_TLS="$variant" CL_STORE=sqlite CL_AGGREGATORS=3
-  cl_init "$work/nginx-$variant" 8443
-  cl_pki
-  mkdir -p "$CL_DIR/nginx/logs" "$CL_DIR/nginx/tmp"
-  local template=deploy/nginx/holdfast-tls.conf.in
-  [ "$variant" = passthrough ] && template=deploy/nginx/holdfast-passthrough.conf.in
-  (cl_render_nginx "$template" "$CL_DIR/nginx/nginx.conf" "$CL_DIR/nginx") || return 1
-  out="$(nginx -t -p "$CL_DIR/nginx" -e "$CL_DIR/nginx/logs/error.log" -c "$CL_DIR/nginx/nginx.conf" 2>&1)" ||
+  local variant="$1" out conf prefix
+  conf="$("${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}/release/lab" nginx-config --tls "$variant" \
+    --aggregators 3 --port 8443 --dir "$work/nginx-$variant")" || return 1
+  prefix="$(dirname "$conf")"
+  out="$(nginx -t -p "$prefix" -e "$prefix/logs/error.log" -c "$conf" 2>&1)" ||
     { echo "$out" >&2; return 1; }
   # Three aggregators in, three upstream servers out.
-  [ "$(grep -c 'server 127.0.1.[0-9]*:8443 max_fails' "$CL_DIR/nginx/nginx.conf")" -eq 3 ] || return 1
+  [ "$(grep -c 'server 127.0.1.[0-9]*:8443 max_fails' "$conf")" -eq 3 ] || return 1
   # Terminating TLS, nginx sends the gateways' records: at most 4 KiB of plaintext each, the
   # trunk protocol's contract (docs/trunk-protocol.md, section 1).
-  if [ "$variant" = terminate ] && ! grep -Eq '^\s*ssl_buffer_size 4k;' "$CL_DIR/nginx/nginx.conf"; then
+  if [ "$variant" = terminate ] && ! grep -Eq '^\s*ssl_buffer_size 4k;' "$conf"; then
     echo "nginx.conf does not cap TLS records at 4 KiB (ssl_buffer_size 4k)" >&2
     return 1
   fi

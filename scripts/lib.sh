@@ -66,7 +66,7 @@ hf_nightly_available() {
 
 # Fault injection for the checks that must be able to fail (scripts/fault-checks.sh): with
 # HOLDFAST_FAULT set, `hf_inject_fault URL` breaks the PostgreSQL database at URL after the
-# aggregator's migrations have run and before any load:
+# aggregator's migrations have run and before any load (the SQL: scripts/faults/*.sql):
 #   drop-writes  every write to `sessions` is silently dropped (a BEFORE trigger returns NULL):
 #                commits succeed, phones are told their bytes are durable, nothing is persisted
 #   fail-reads   the `device_totals` view is renamed away: every reader of the totals (mobile-sim's
@@ -76,23 +76,13 @@ hf_inject_fault() {
   local url="$1"
   case "${HOLDFAST_FAULT:-}" in
     "") return 0 ;;
-    drop-writes)
-      case "$url" in postgres://* | postgresql://*) ;; *) hf_die "HOLDFAST_FAULT=drop-writes needs PostgreSQL, not $url" ;; esac
-      psql -X -q -v ON_ERROR_STOP=1 "$url" >/dev/null <<'SQL' || hf_die "could not inject the fault drop-writes"
-CREATE OR REPLACE FUNCTION holdfast_fault_drop_row() RETURNS trigger LANGUAGE plpgsql AS
-  $$ BEGIN RETURN NULL; END $$;
-DROP TRIGGER IF EXISTS holdfast_fault_drop_writes ON sessions;
-CREATE TRIGGER holdfast_fault_drop_writes BEFORE INSERT OR UPDATE ON sessions
-  FOR EACH ROW EXECUTE FUNCTION holdfast_fault_drop_row();
-SQL
-      ;;
-    fail-reads)
-      case "$url" in postgres://* | postgresql://*) ;; *) hf_die "HOLDFAST_FAULT=fail-reads needs PostgreSQL, not $url" ;; esac
-      psql -X -q -v ON_ERROR_STOP=1 "$url" -c "ALTER VIEW device_totals RENAME TO device_totals_hidden_by_fault" \
-        >/dev/null || hf_die "could not inject the fault fail-reads"
-      ;;
+    drop-writes | fail-reads) ;;
     *) hf_die "unknown HOLDFAST_FAULT '$HOLDFAST_FAULT' (drop-writes, fail-reads)" ;;
   esac
+  case "$url" in postgres://* | postgresql://*) ;; *) hf_die "HOLDFAST_FAULT=$HOLDFAST_FAULT needs PostgreSQL, not $url" ;; esac
+  # The same SQL as the lab's cluster injects (lab/src/cluster/load.rs, inject_fault).
+  psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$HOLDFAST_ROOT/scripts/faults/$HOLDFAST_FAULT.sql" >/dev/null ||
+    hf_die "could not inject the fault $HOLDFAST_FAULT"
   hf_warn "FAULT INJECTED into the database: $HOLDFAST_FAULT (a check of the checks; this run must fail)"
 }
 

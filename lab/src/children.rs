@@ -19,7 +19,8 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `command` at niceness `nice` (inherited by the processes it starts); stdout to
-    /// `stdout` (or to the log), stderr to `dir/NAME.log`.
+    /// `stdout` (or to the log), stderr to `dir/NAME.log` (appended: a process started again
+    /// under the same name keeps its earlier lines).
     pub fn spawn(
         name: &str,
         mut command: Command,
@@ -41,7 +42,11 @@ impl Proc {
             }
         }
         let log = dir.join(format!("{name}.log"));
-        let err = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
         let out = match stdout {
             Some(path) => {
                 std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?
@@ -49,6 +54,14 @@ impl Proc {
             None => err.try_clone()?,
         };
         command.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0).kill_on_drop(true);
+        let child = command.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Proc { name: name.to_owned(), child, log })
+    }
+
+    /// Starts `command` with the lab's own stdout and stderr (a load whose progress people
+    /// watch), in its own process group like every other.
+    pub fn spawn_foreground(name: &str, mut command: Command, log: PathBuf) -> anyhow::Result<Proc> {
+        command.stdin(Stdio::null()).process_group(0).kill_on_drop(true);
         let child = command.spawn().with_context(|| format!("starting {name}"))?;
         Ok(Proc { name: name.to_owned(), child, log })
     }

@@ -28,6 +28,15 @@ pub enum Command {
     /// The host gateway and the aggregator side by side with Node.js (ws, socket.io): memory per
     /// idle phone and CPU per byte, the same phones and bytes for each, medians of runs.
     Compare(CompareArgs),
+    /// A local cluster that shows phones being counted (README's run command, scripts/run.sh):
+    /// the store, aggregators behind nginx, gateways and phones, every phone verified.
+    Cluster(crate::cluster::run::ClusterArgs),
+    /// The local cluster's nginx.conf for a TLS mode, rendered from deploy/nginx with its
+    /// certificates, nothing started (scripts/check-deploy.sh runs nginx -t on it).
+    NginxConfig(crate::cluster::run::NginxConfigArgs),
+    /// Failure drills on local clusters (scripts/drills.sh): each breaks one thing mid-run and
+    /// ends with mobile-sim's verdict on every phone.
+    Drills(crate::drills::DrillsArgs),
 }
 
 /// A server `lab compare` loads.

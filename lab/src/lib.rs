@@ -10,10 +10,16 @@
 //! `lab compare` ([`compare`]) loads the host gateway, the aggregator and the seed's stack
 //! (Node.js with `ws`, Node.js with socket.io) in turn with the same phones and the same bytes,
 //! and reports each one's memory per idle phone and CPU per byte, medians of runs.
+//!
+//! `lab cluster` ([`cluster::run`]) is README's local cluster: a private PostgreSQL (or SQLite),
+//! aggregators behind nginx, gateways and phones, every phone verified; `lab drills` ([`drills`])
+//! breaks one part of such a cluster at a time. Both start their parts through [`cluster`].
 
 pub mod children;
 pub mod cli;
+pub mod cluster;
 pub mod compare;
+pub mod drills;
 pub mod hold;
 pub mod kernel;
 pub mod metrics;

@@ -19,6 +19,9 @@ fn main() -> ExitCode {
             let json = args.json;
             finish(runtime.block_on(lab::compare::run(args)), json, |r| (r.text(), true))
         }
+        Command::Cluster(args) => finish_ok(runtime.block_on(lab::cluster::run::run(args))),
+        Command::NginxConfig(args) => finish_ok(runtime.block_on(lab::cluster::run::nginx_config(args))),
+        Command::Drills(args) => finish_ok(runtime.block_on(lab::drills::run(args))),
         Command::Hold(args) => {
             let json = args.json;
             finish(runtime.block_on(lab::hold::run(args)), json, |r| (r.text(), r.ok))
@@ -47,6 +50,18 @@ fn finish<R: serde::Serialize>(
                 ExitCode::FAILURE
             }
         }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Exit 0 when the command says ok, 1 when not (it printed why), 2 when it could not run.
+fn finish_ok(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

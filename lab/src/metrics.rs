@@ -1,6 +1,7 @@
-//! The aggregator's Prometheus metrics, read over its TLS listener: counters at the edges of the
-//! hold, and the flush-lag histogram's buckets, whose difference gives the lag of the flushes
-//! committed during the hold alone.
+//! The aggregator's Prometheus metrics, read over its listener (TLS, or plain behind a proxy):
+//! counters at the edges of the hold, and the flush-lag histogram's buckets, whose difference
+//! gives the lag of the flushes committed during the hold alone. The same small HTTP/1.0 client
+//! asks nginx's `/healthz` in the local cluster.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,45 +26,68 @@ pub const LEDGER_ENTRIES: &str = "holdfast_ledger_entries";
 /// Authenticated trunk links.
 pub const TRUNKS: &str = "holdfast_trunks";
 
-/// Reads the metrics of one aggregator.
+/// Reads the metrics of one aggregator (or another page of a server of ours).
 pub struct Scraper {
     addr: SocketAddr,
-    tls: tokio_rustls::TlsConnector,
+    /// `None`: plain HTTP (an aggregator `--plain` behind nginx).
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Scraper {
-    /// For the aggregator at `addr`, whose certificate chains to `ca` and names `localhost`.
+    /// For the server at `addr`, whose certificate chains to `ca` and names `localhost`.
     pub fn new(addr: SocketAddr, ca: &Path) -> anyhow::Result<Scraper> {
         let config = lean_tls::pinned::client_config(ca)?;
-        Ok(Scraper { addr, tls: tokio_rustls::TlsConnector::from(Arc::clone(&config)) })
+        Ok(Scraper { addr, tls: Some(tokio_rustls::TlsConnector::from(Arc::clone(&config))) })
+    }
+
+    /// For a server at `addr` that speaks plain HTTP.
+    pub fn plain(addr: SocketAddr) -> Scraper {
+        Scraper { addr, tls: None }
     }
 
     /// One scrape. An error is an error (never a page of zeros).
     pub async fn scrape(&self) -> anyhow::Result<Scrape> {
-        tokio::time::timeout(SCRAPE_TIMEOUT, self.fetch())
-            .await
-            .with_context(|| format!("metrics of {}: no answer in {SCRAPE_TIMEOUT:?}", self.addr))?
+        Ok(Scrape::parse(&self.get("/metrics").await?))
     }
 
-    async fn fetch(&self) -> anyhow::Result<Scrape> {
+    /// The body of `path` when the answer is 200; any other answer, or none within
+    /// [`SCRAPE_TIMEOUT`], is an error.
+    pub async fn get(&self, path: &str) -> anyhow::Result<String> {
+        tokio::time::timeout(SCRAPE_TIMEOUT, self.fetch(path))
+            .await
+            .with_context(|| format!("{path} of {}: no answer in {SCRAPE_TIMEOUT:?}", self.addr))?
+            .with_context(|| format!("{path} of {}", self.addr))
+    }
+
+    async fn fetch(&self, path: &str) -> anyhow::Result<String> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-        let name = rustls_pki_types::ServerName::try_from("localhost")?;
-        let mut tls = self.tls.connect(name, tcp).await?;
         // HTTP/1.0: the answer is the body up to the close, never chunked.
-        tls.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
         let mut answer = Vec::new();
-        // A TLS peer that closes without close_notify still gave us the whole page.
-        if let Err(e) = tls.read_to_end(&mut answer).await {
-            if answer.is_empty() {
-                return Err(e.into());
+        match &self.tls {
+            Some(tls) => {
+                let name = rustls_pki_types::ServerName::try_from("localhost")?;
+                let mut tls = tls.connect(name, tcp).await?;
+                tls.write_all(request.as_bytes()).await?;
+                // A TLS peer that closes without close_notify still gave us the whole page.
+                if let Err(e) = tls.read_to_end(&mut answer).await {
+                    if answer.is_empty() {
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => {
+                let mut tcp = tcp;
+                tcp.write_all(request.as_bytes()).await?;
+                tcp.read_to_end(&mut answer).await?;
             }
         }
         let text = String::from_utf8_lossy(&answer);
-        let (head, body) = text.split_once("\r\n\r\n").context("metrics: no end of head")?;
+        let (head, body) = text.split_once("\r\n\r\n").context("no end of head")?;
         if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            bail!("metrics: {}", head.lines().next().unwrap_or_default());
+            bail!("{}", head.lines().next().unwrap_or_default());
         }
-        Ok(Scrape::parse(body))
+        Ok(body.to_owned())
     }
 }
 

@@ -100,6 +100,32 @@ pub struct SimReport {
     pub verification: Option<SimVerification>,
     #[serde(default)]
     pub failures: Vec<serde_json::Value>,
+    /// Once a second from the start (the drills read what was sent and confirmed while they
+    /// broke something).
+    #[serde(default, skip_serializing)]
+    pub timeline: Vec<SimSample>,
+}
+
+impl SimReport {
+    /// Its failed rules, `rule: detail`, one per line item.
+    pub fn failure_lines(&self) -> Vec<String> {
+        self.failures
+            .iter()
+            .map(|f| {
+                let field = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
+                format!("{}: {}", field("rule"), field("detail"))
+            })
+            .collect()
+    }
+}
+
+/// One second of a mobile-sim run.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct SimSample {
+    /// Seconds since mobile-sim started.
+    pub t: f64,
+    pub bytes_sent: u64,
+    pub bytes_durable: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
