@@ -90,6 +90,11 @@ impl Proc {
         tokio::time::timeout(limit, self.child.wait()).await.ok().and_then(Result::ok)
     }
 
+    /// Waits for the exit, however long it takes.
+    pub async fn wait_all(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.wait().await.ok()
+    }
+
     /// SIGTERM, then up to `grace` for a clean exit, then SIGKILL.
     pub async fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         if let Some(status) = self.exited() {

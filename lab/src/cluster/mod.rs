@@ -521,17 +521,18 @@ impl Cluster {
         Some(self.procs.remove(at))
     }
 
-    /// Waits for `name` to end (at most `limit`); its exit status (`None`: not started here, or
-    /// still running at the limit, when it is killed).
-    pub async fn wait(&mut self, name: &str, limit: Duration) -> Option<ExitStatus> {
+    /// Waits for `name` to end, for at most `limit` (`None`: however long it takes); its exit
+    /// status (`None`: not started here, or still running at the limit, when it is stopped).
+    pub async fn wait(&mut self, name: &str, limit: Option<Duration>) -> Option<ExitStatus> {
         let mut p = self.take(name)?;
-        match p.wait(limit).await {
-            Some(s) => Some(s),
-            None => {
-                p.stop(STOP_GRACE).await;
-                None
-            }
+        let status = match limit {
+            Some(limit) => p.wait(limit).await,
+            None => p.wait_all().await,
+        };
+        if status.is_none() {
+            p.stop(STOP_GRACE).await;
         }
+        status
     }
 
     /// Whether every aggregator and nginx this cluster started still runs.

@@ -16,9 +16,6 @@ use crate::cluster::load::{Load, LoadSpec};
 use crate::cluster::{spelled, Cluster, GatewayKind, Settings, StoreKind, TlsMode};
 use crate::report::SimReport;
 
-/// How long a load may outlive its duration (its drain, verification and report).
-const LOAD_MARGIN: Duration = Duration::from_secs(600);
-
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {
     /// Stop right after the verification, instead of keeping the cluster up until Ctrl-C.
@@ -223,9 +220,10 @@ async fn demo(cluster: &mut Cluster, args: &ClusterArgs) -> anyhow::Result<bool>
     }
 }
 
-/// Waits for a load's process; whether it exited 0.
+/// Waits for a load's process, however long its --duration; whether it exited 0. (Ctrl-C stops
+/// the wait and the cluster.)
 async fn wait_ok(cluster: &mut Cluster, load: &Load) -> bool {
-    cluster.wait(&load.name, LOAD_MARGIN + Duration::from_secs(3600)).await.is_some_and(|s| s.success())
+    cluster.wait(&load.name, None).await.is_some_and(|s| s.success())
 }
 
 /// A load's report in a few lines: connections, bytes, verification, verdict.

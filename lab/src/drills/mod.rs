@@ -13,7 +13,7 @@ mod relay;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use sqlx::Connection;
 
 use crate::cluster::load::{Load, LoadSpec};
@@ -39,6 +39,8 @@ const LINKS_TOTAL: f64 = (GATEWAYS * LINKS) as f64;
 const OUTAGE_RSS_BOUND: u64 = 64 << 20;
 /// How long a load may outlive its duration (drain, verification, report).
 const LOAD_MARGIN: Duration = Duration::from_secs(180);
+/// The longest load of any drill (postgres-restart's 45 s), with room to spare.
+const LOAD_DURATION_MAX: Duration = Duration::from_secs(60);
 
 /// The aggregators' metrics the drills read.
 const TRUNKS: &str = "holdfast_trunks";
@@ -148,6 +150,18 @@ macro_rules! wait_for {
     }};
 }
 
+/// The drills were stopped by a signal: the run ends after this drill's cluster is stopped.
+#[derive(Debug)]
+struct Stopped(cli_env::Interrupt);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: the drills were stopped", self.0)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 /// A drill that cannot run here.
 #[derive(Debug)]
 struct Skip(String);
@@ -180,10 +194,9 @@ pub async fn run(args: DrillsArgs) -> anyhow::Result<bool> {
         let mut cx = Cx { work: work.clone(), bin: bin.clone(), cut: args.cut, cluster: None };
         let outcome = tokio::select! {
             r = cx.run(drill) => r,
-            signal = signals.recv() => Err(anyhow!("{signal}: the drills were stopped")),
+            signal = signals.recv() => Err(Stopped(signal).into()),
         };
-        let interrupted =
-            outcome.as_ref().err().is_some_and(|e| e.to_string().contains("the drills were stopped"));
+        let interrupted = outcome.as_ref().err().is_some_and(|e| e.downcast_ref::<Stopped>().is_some());
         if let Some(mut c) = cx.cluster.take() {
             c.stop_all().await;
         }
@@ -377,7 +390,7 @@ impl Cx {
         let mut reports = Vec::new();
         let mut bad = Vec::new();
         for load in loads.gateways.iter().chain([&loads.phones]) {
-            if !c.wait(&load.name, LOAD_MARGIN + Duration::from_secs(60)).await.is_some_and(|s| s.success()) {
+            if !c.wait(&load.name, Some(LOAD_MARGIN + LOAD_DURATION_MAX)).await.is_some_and(|s| s.success()) {
                 // The report says why (its failures are listed below).
                 bad.push(format!("{} did not end well", load.name));
             }
