@@ -116,6 +116,21 @@ impl Proc {
     }
 }
 
+/// A command for one of holdfast's binaries with none of the caller's `DATABASE_URL` or
+/// `HOLDFAST_*` settings: what the lab runs is what its arguments say. (CI exports
+/// `DATABASE_URL`; with it, `gateway add` once wrote into a shared PostgreSQL database where
+/// another run's gateway already had the name.)
+pub fn clean_command(bin: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.env_remove("DATABASE_URL");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("HOLDFAST_") {
+            c.env_remove(name);
+        }
+    }
+    c
+}
+
 /// Runs a short command (the aggregator's admin subcommands) to its end; its stdout.
 pub async fn output(mut command: Command) -> anyhow::Result<String> {
     let out = command.stdin(Stdio::null()).output().await.context("starting a command")?;

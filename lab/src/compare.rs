@@ -317,18 +317,10 @@ async fn node_packages(dir: &Path, servers: &[Server]) -> anyhow::Result<PathBuf
     Ok(modules)
 }
 
-/// The aggregator binary with its files (SQLite database, keys, CA) in `data`. The comparison
-/// measures the embedded store, so a `DATABASE_URL` or `HOLDFAST_*` setting in the caller's
-/// environment (CI exports `DATABASE_URL`) must not reach it: with one, `gateway add` wrote into
-/// a shared Postgres database where another run's gateway already had the name.
+/// The aggregator binary with its files (SQLite database, keys, CA) in `data`, none of the
+/// caller's settings: the comparison measures the embedded store.
 fn aggregator_command(bin: &Path, data: &Path) -> Command {
-    let mut c = Command::new(bin);
-    c.env_remove("DATABASE_URL");
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("HOLDFAST_") {
-            c.env_remove(name);
-        }
-    }
+    let mut c = children::clean_command(bin);
     c.arg("--data-dir").arg(data);
     c
 }

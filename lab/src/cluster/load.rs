@@ -94,9 +94,7 @@ impl LoadSpec {
 
 impl Cluster {
     fn sim(&self) -> Command {
-        let mut c = Command::new(self.settings.bin.join("mobile-sim"));
-        c.env_remove("DATABASE_URL");
-        c
+        crate::children::clean_command(&self.settings.bin.join("mobile-sim"))
     }
 
     /// Starts gateway `i` (gw-i, 1-based) with its phones, each sending a byte every
@@ -179,7 +177,7 @@ impl Cluster {
         k.arg("--device-key").arg(self.device_key()).args(["device", "public-key"]);
         let device_public_key = crate::children::output(k).await?.trim().to_owned();
         let listen = self.host_gateway_addr(i);
-        let mut c = Command::new(bin);
+        let mut c = crate::children::clean_command(&bin);
         c.args(["--listen", &listen.to_string(), "--aggregator", &self.front().to_string()])
             .args(["--server-name", "localhost"])
             .arg("--ca")

@@ -263,10 +263,11 @@ impl Cluster {
     }
 
     /// The aggregator binary with the cluster's own settings only: a DATABASE_URL meant for
-    /// something else (scripts/test.sh's shared Postgres) must not reach it.
+    /// something else (scripts/test.sh's shared Postgres) or a HOLDFAST_* setting must not reach
+    /// it ([`Settings::aggregator_env`] is how a caller passes one on).
     pub fn aggregator(&self) -> Command {
-        let mut c = Command::new(self.bin("aggregator"));
-        c.env_remove("DATABASE_URL").env("NO_COLOR", "1");
+        let mut c = children::clean_command(&self.bin("aggregator"));
+        c.env("NO_COLOR", "1");
         c
     }
 
