@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks of the checks: the end-to-end run, README's run command and the drills must FAIL when
 # the system does not do its job. Each is run against a database broken on purpose
-# (HOLDFAST_FAULT, scripts/lib.sh) and must exit non-zero with the reason named in its output:
+# (HOLDFAST_FAULT: scripts/faults/NAME.sql, which the lab runs after the migrations) and must exit
+# non-zero with the reason named in its output:
 #
 #   e2e.sh (small)              drop-writes  commits succeed, nothing is persisted: "none-lost"
 #   run.sh --once (PostgreSQL)  drop-writes  the same, through nginx and host gateways

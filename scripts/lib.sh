@@ -64,28 +64,6 @@ hf_nightly_available() {
   return 1
 }
 
-# Fault injection for the checks that must be able to fail (scripts/fault-checks.sh): with
-# HOLDFAST_FAULT set, `hf_inject_fault URL` breaks the PostgreSQL database at URL after the
-# aggregator's migrations have run and before any load (the SQL: scripts/faults/*.sql):
-#   drop-writes  every write to `sessions` is silently dropped (a BEFORE trigger returns NULL):
-#                commits succeed, phones are told their bytes are durable, nothing is persisted
-#   fail-reads   the `device_totals` view is renamed away: every reader of the totals (mobile-sim's
-#                verification, /api/devices, the drills' queries) gets an error
-# Without HOLDFAST_FAULT it does nothing. Never set it outside those checks.
-hf_inject_fault() {
-  local url="$1"
-  case "${HOLDFAST_FAULT:-}" in
-    "") return 0 ;;
-    drop-writes | fail-reads) ;;
-    *) hf_die "unknown HOLDFAST_FAULT '$HOLDFAST_FAULT' (drop-writes, fail-reads)" ;;
-  esac
-  case "$url" in postgres://* | postgresql://*) ;; *) hf_die "HOLDFAST_FAULT=$HOLDFAST_FAULT needs PostgreSQL, not $url" ;; esac
-  # The same SQL as the lab's cluster injects (lab/src/cluster/load.rs, inject_fault).
-  psql -X -q -v ON_ERROR_STOP=1 "$url" -f "$HOLDFAST_ROOT/scripts/faults/$HOLDFAST_FAULT.sql" >/dev/null ||
-    hf_die "could not inject the fault $HOLDFAST_FAULT"
-  hf_warn "FAULT INJECTED into the database: $HOLDFAST_FAULT (a check of the checks; this run must fail)"
-}
-
 # hf_int VALUE WHAT: dies naming WHAT unless VALUE is a whole number. Call it as a statement on
 # figures read from a database or a metric before comparing them, so that an empty or garbled
 # read stops the script instead of making a comparison that reads as false.

@@ -34,6 +34,9 @@ pub enum Command {
     /// The local cluster's nginx.conf for a TLS mode, rendered from deploy/nginx with its
     /// certificates, nothing started (scripts/check-deploy.sh runs nginx -t on it).
     NginxConfig(crate::cluster::run::NginxConfigArgs),
+    /// End to end with PostgreSQL (scripts/e2e.sh): 21,000 phones over wss into an aggregator
+    /// with 2 workers, then 100 virtual gateways x 1,000 sessions; every device verified.
+    E2e(crate::e2e::E2eArgs),
     /// Failure drills on local clusters (scripts/drills.sh): each breaks one thing mid-run and
     /// ends with mobile-sim's verdict on every phone.
     Drills(crate::drills::DrillsArgs),

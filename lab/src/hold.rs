@@ -147,13 +147,22 @@ pub(crate) fn binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
 
 /// Whether something listens on `addr` (from /proc/net/tcp, without connecting to it).
 fn listening(addr: SocketAddr) -> bool {
-    let SocketAddr::V4(v4) = addr else { return false };
+    listeners(addr) > 0
+}
+
+/// How many sockets listen on `addr` (several with SO_REUSEPORT: the aggregator's workers).
+pub(crate) fn listeners(addr: SocketAddr) -> usize {
+    let SocketAddr::V4(v4) = addr else { return 0 };
     let want = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
-    std::fs::read_to_string("/proc/net/tcp").is_ok_and(|table| {
-        table.lines().skip(1).any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
-        })
+    std::fs::read_to_string("/proc/net/tcp").map_or(0, |table| {
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")
+            })
+            .count()
     })
 }
 

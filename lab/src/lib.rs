@@ -14,12 +14,14 @@
 //! `lab cluster` ([`cluster::run`]) is README's local cluster: a private PostgreSQL (or SQLite),
 //! aggregators behind nginx, gateways and phones, every phone verified; `lab drills` ([`drills`])
 //! breaks one part of such a cluster at a time. Both start their parts through [`cluster`].
+//! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
 
 pub mod children;
 pub mod cli;
 pub mod cluster;
 pub mod compare;
 pub mod drills;
+pub mod e2e;
 pub mod hold;
 pub mod kernel;
 pub mod metrics;

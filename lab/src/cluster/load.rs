@@ -221,7 +221,7 @@ impl Cluster {
 
 /// The fault of a check of the checks (scripts/fault-checks.sh), when `HOLDFAST_FAULT` asks for
 /// one: it breaks the PostgreSQL database at `url` after the migrations, before any load, with
-/// scripts/faults/NAME.sql (the same SQL scripts/lib.sh's `hf_inject_fault` runs for e2e.sh).
+/// scripts/faults/NAME.sql (compiled in). `lab cluster`, `lab drills` and `lab e2e` call it.
 /// Without `HOLDFAST_FAULT` it does nothing. Never set it outside those checks.
 pub async fn inject_fault(url: &str) -> anyhow::Result<()> {
     let fault = std::env::var("HOLDFAST_FAULT").unwrap_or_default();
@@ -240,8 +240,6 @@ pub async fn inject_fault(url: &str) -> anyhow::Result<()> {
         .execute(&mut db)
         .await
         .with_context(|| format!("could not inject the fault {fault}"))?;
-    eprintln!(
-        "[cluster] FAULT INJECTED into the database: {fault} (a check of the checks; this run must fail)"
-    );
+    eprintln!("lab: FAULT INJECTED into the database: {fault} (a check of the checks; this run must fail)");
     Ok(())
 }
