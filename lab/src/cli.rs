@@ -40,6 +40,10 @@ pub enum Command {
     /// Failure drills on local clusters (scripts/drills.sh): each breaks one thing mid-run and
     /// ends with mobile-sim's verdict on every phone.
     Drills(crate::drills::DrillsArgs),
+    /// Benchmarks on a local cluster (scripts/bench/cluster-trunks.sh, nginx-memory.sh): many
+    /// trunks through nginx into several aggregators, and memory per idle phone in nginx.
+    #[command(subcommand)]
+    Bench(crate::bench::Bench),
 }
 
 /// A server `lab compare` loads.

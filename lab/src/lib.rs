@@ -15,7 +15,10 @@
 //! aggregators behind nginx, gateways and phones, every phone verified; `lab drills` ([`drills`])
 //! breaks one part of such a cluster at a time. Both start their parts through [`cluster`].
 //! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
+//!
+//! `lab bench` ([`bench`]) measures such clusters: trunks into aggregators, nginx's memory.
 
+pub mod bench;
 pub mod children;
 pub mod cli;
 pub mod cluster;

@@ -88,6 +88,9 @@ pub struct SimReport {
     /// What ran the phones ("host-runtime" or "tokio").
     #[serde(default)]
     pub engine: Option<String>,
+    /// The run phase, from the start (the ramp included) to the stop.
+    #[serde(default)]
+    pub run_seconds: f64,
     /// From the stop to every byte confirmed durable.
     pub drain_seconds: f64,
     /// Then to every connection closed.
@@ -98,6 +101,10 @@ pub struct SimReport {
     pub handshake_ms: SimLatency,
     pub bytes: SimBytes,
     pub verification: Option<SimVerification>,
+    /// mobile-sim's own CPU while it held its connections (absent when it could not read it):
+    /// the load generator's cost next to the servers' (`lab bench trunks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<SimCpu>,
     #[serde(default)]
     pub failures: Vec<serde_json::Value>,
     /// Once a second from the start (the drills read what was sent and confirmed while they
@@ -154,6 +161,15 @@ pub struct SimBytes {
     pub sent: u64,
     pub durable: u64,
     pub unconfirmed: u64,
+}
+
+/// The fields of mobile-sim's `cpu` that the lab reads: its hold window, from the moment it
+/// had all its connections up to the end of the run phase.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct SimCpu {
+    pub window_seconds: f64,
+    pub cpu_seconds: f64,
+    pub cores: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -535,6 +551,17 @@ mod tests {
         assert!(r.ok);
         assert_eq!(r.verification.unwrap().devices_checked, 3);
         assert_eq!(r.connections.established, 3);
+        assert_eq!(r.run_seconds, 70.0);
+        assert!(r.cpu.is_none());
+        // Its own CPU, when it could read it (more fields than the lab reads).
+        let with_cpu = json.replace(
+            r#""failures":[]"#,
+            r#""cpu":{"processes":1,"window_seconds":60.0,"cpu_seconds":3.0,"user_seconds":2.0,
+                "system_seconds":1.0,"cores":0.05,"bytes_sent":10},"failures":[]"#,
+        );
+        let r: SimReport = serde_json::from_str(&with_cpu).unwrap();
+        let cpu = r.cpu.unwrap();
+        assert_eq!((cpu.cores, cpu.cpu_seconds, cpu.window_seconds), (0.05, 3.0, 60.0));
     }
 
     #[test]

@@ -157,6 +157,34 @@ impl Cluster {
         }
     }
 
+    /// Starts every provisioned gateway as one mobile-sim process of virtual gateways (`lab
+    /// bench trunks`: many trunks from one load generator, not one process per gateway), each
+    /// with the cluster's sessions and links, its trunks through nginx. Named `gateways`.
+    pub fn start_virtual_gateways(&mut self, spec: &LoadSpec) -> anyhow::Result<Load> {
+        let n = self.settings.gateways as usize;
+        if n == 0 || self.gateways.len() < n {
+            bail!("{n} gateways wanted, {} provisioned", self.gateways.len());
+        }
+        let file = self.dir.join("gateways.txt");
+        let lines: String = self.gateways[..n].iter().map(|g| format!("{} {}\n", g.name, g.secret)).collect();
+        std::fs::write(&file, lines).with_context(|| format!("writing {}", file.display()))?;
+        let report = self.dir.join("gateways.report");
+        let mut c = self.sim();
+        c.args(["gateways", "--target", &format!("wss://localhost:{}/trunk", self.port)])
+            .arg("--ca")
+            .arg(self.ca())
+            .arg("--gateways-file")
+            .arg(&file)
+            .args(["--gateways", &n.to_string()])
+            .args(["--sessions-per-gateway", &self.settings.sessions.to_string()])
+            .args(["--links", &self.settings.links.to_string()])
+            .args(spec.args(self, &spec.prefix));
+        let p = Proc::spawn("gateways", c, 0, &self.dir, Some(&report))?;
+        self.remember(p);
+        let phones = n as u64 * u64::from(self.settings.sessions);
+        Ok(Load { name: "gateways".into(), report, phones })
+    }
+
     fn provisioned(&self, i: u32) -> anyhow::Result<&super::Provisioned> {
         self.gateways.get(i as usize - 1).with_context(|| {
             format!("gateway {i} is not provisioned (the cluster has {})", self.gateways.len())
