@@ -15,8 +15,10 @@ use std::ffi::{OsStr, OsString};
 
 #[cfg(all(unix, feature = "signals"))]
 mod signals;
+
 #[cfg(all(unix, feature = "signals"))]
 pub use signals::{Interrupt, Interrupts};
+use std::time::Duration;
 
 /// How every holdfast binary starts, first thing in `main`: the empty settings removed
 /// ([`unset_empty_settings`]), then logging to stderr at `RUST_LOG`'s levels, or at
@@ -59,9 +61,41 @@ pub fn unset_empty_settings() -> Vec<OsString> {
     names
 }
 
+/// A duration as every binary's options take it: `250ms`, `10s`, `1.5s`, `5m`, `2h`, or a bare
+/// number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{s:?}: expected a duration like 10s, 500ms, 5m"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h)")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
 
     fn vars(list: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
         list.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()

@@ -25,6 +25,18 @@ pub const SESSIONS_OPENED: &str = "holdfast_trunk_sessions_opened_total";
 pub const LEDGER_ENTRIES: &str = "holdfast_ledger_entries";
 /// Authenticated trunk links.
 pub const TRUNKS: &str = "holdfast_trunks";
+/// Phones connected straight to the aggregator.
+pub const DIRECT_SESSIONS: &str = "holdfast_direct_sessions";
+/// Committed flushes.
+pub const FLUSHES: &str = "holdfast_flushes_total";
+/// Rows committed flushes wrote.
+pub const FLUSH_ROWS: &str = "holdfast_flush_rows_total";
+/// Flushes that failed (the database down or refusing).
+pub const DB_ERRORS: &str = "holdfast_db_errors_total";
+/// Gateway boots superseded by a newer boot and marked for folding.
+pub const FOLDED_BOOTS: &str = "holdfast_folded_boots_total";
+/// Sessions folded into per-device totals.
+pub const FOLDED_SESSIONS: &str = "holdfast_folded_sessions_total";
 
 /// Reads the metrics of one aggregator (or another page of a server of ours).
 pub struct Scraper {

@@ -29,7 +29,7 @@ use anyhow::{bail, Context};
 use tokio::process::Command;
 
 use crate::children::{self, Proc};
-use crate::metrics::Scraper;
+use crate::metrics::{Scrape, Scraper};
 use postgres::PrivatePostgres;
 
 /// How long a process gets to stop cleanly (an aggregator's graceful shutdown takes about 4 s).
@@ -563,14 +563,20 @@ impl Cluster {
 
     // --- probes ----------------------------------------------------------------------------------
 
-    /// The value of an unlabelled metric of aggregator `i`. An aggregator that does not answer,
-    /// or has no such metric, is an error: a probe that errs must never read as 0.
-    pub async fn metric(&self, i: u32, name: &str) -> anyhow::Result<f64> {
+    /// One scrape of aggregator `i`'s metrics (TLS in passthrough, plain behind a terminating
+    /// nginx). No answer is an error, never a page of zeros.
+    pub async fn scrape(&self, i: u32) -> anyhow::Result<Scrape> {
         let scraper = match self.settings.tls {
             TlsMode::Passthrough => Scraper::new(self.aggregator_addr(i), &self.ca())?,
             TlsMode::Terminate => Scraper::plain(self.aggregator_addr(i)),
         };
-        let page = scraper.scrape().await.with_context(|| format!("metrics of aggregator {i}"))?;
+        scraper.scrape().await.with_context(|| format!("metrics of aggregator {i}"))
+    }
+
+    /// The value of an unlabelled metric of aggregator `i`. An aggregator that does not answer,
+    /// or has no such metric, is an error: a probe that errs must never read as 0.
+    pub async fn metric(&self, i: u32, name: &str) -> anyhow::Result<f64> {
+        let page = self.scrape(i).await?;
         page.value(name).with_context(|| format!("metrics of aggregator {i}: no metric {name}"))
     }
 

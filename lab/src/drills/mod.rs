@@ -18,6 +18,7 @@ use sqlx::Connection;
 
 use crate::cluster::load::{Load, LoadSpec};
 use crate::cluster::{postgres, spelled, Cluster, GatewayKind, Settings, StoreKind, TlsMode};
+use crate::metrics::{DB_ERRORS, DIRECT_SESSIONS, FLUSHES, FOLDED_BOOTS, FOLDED_SESSIONS, TRUNKS};
 use crate::procfs;
 use crate::report::SimReport;
 
@@ -41,14 +42,6 @@ const OUTAGE_RSS_BOUND: u64 = 64 << 20;
 const LOAD_MARGIN: Duration = Duration::from_secs(180);
 /// The longest load of any drill (postgres-restart's 45 s), with room to spare.
 const LOAD_DURATION_MAX: Duration = Duration::from_secs(60);
-
-/// The aggregators' metrics the drills read.
-const TRUNKS: &str = "holdfast_trunks";
-const DIRECT_SESSIONS: &str = "holdfast_direct_sessions";
-const FLUSHES: &str = "holdfast_flushes_total";
-const DB_ERRORS: &str = "holdfast_db_errors_total";
-const FOLDED_BOOTS: &str = "holdfast_folded_boots_total";
-const FOLDED_SESSIONS: &str = "holdfast_folded_sessions_total";
 
 /// A drill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
