@@ -25,7 +25,7 @@ use cli_env::Interrupts;
 
 use crate::children::Proc;
 use crate::cluster::load::LoadSpec;
-use crate::cluster::{spelled, Cluster, GatewayKind, Settings, StoreKind, TlsMode};
+use crate::cluster::{spelled, Cluster, GatewayKind, Settings, StoreKind, TlsMode, MAX_AGGREGATORS};
 use crate::metrics::{Scrape, Window, DIRECT_SESSIONS, FLUSHES, FLUSH_LAG, FLUSH_ROWS, TRUNKS};
 use crate::procfs;
 use crate::report::SimReport;
@@ -35,8 +35,6 @@ const LINKS: u32 = 2;
 /// A session's pause between bytes.
 const MIN_INTERVAL: &str = "1s";
 const MAX_INTERVAL: &str = "5s";
-/// Most aggregators: the cluster's certificate names 127.0.1.1 to 127.0.1.16.
-const MAX_AGGREGATORS: u32 = 16;
 /// The shortest run worth a halfway look, and the longest a bench may ask for.
 const MIN_DURATION: Duration = Duration::from_secs(2);
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);

@@ -186,7 +186,7 @@ impl Cluster {
     }
 
     fn provisioned(&self, i: u32) -> anyhow::Result<&super::Provisioned> {
-        self.gateways.get(i as usize - 1).with_context(|| {
+        (i as usize).checked_sub(1).and_then(|k| self.gateways.get(k)).with_context(|| {
             format!("gateway {i} is not provisioned (the cluster has {})", self.gateways.len())
         })
     }

@@ -32,6 +32,11 @@ use crate::children::{self, Proc};
 use crate::metrics::{Scrape, Scraper};
 use postgres::PrivatePostgres;
 
+/// Most aggregators in a cluster: the certificate names 127.0.1.1 ..= 127.0.1.16.
+pub const MAX_AGGREGATORS: u32 = 16;
+/// Most host gateways: one loopback address each, 127.0.2.1 ..= 127.0.2.250.
+pub const MAX_HOST_GATEWAYS: u32 = 250;
+
 /// How long a process gets to stop cleanly (an aggregator's graceful shutdown takes about 4 s).
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long nginx may take to answer /healthz after its start.
@@ -181,6 +186,12 @@ impl Cluster {
     /// A cluster in `dir` (created; kept between runs) on `port`. Resolves the store: PostgreSQL
     /// when asked, or when auto and installed.
     pub async fn init(dir: &Path, port: u16, settings: Settings) -> anyhow::Result<Cluster> {
+        if !(1..=MAX_AGGREGATORS).contains(&settings.aggregators) {
+            bail!("a cluster has 1 to {MAX_AGGREGATORS} aggregators, not {}", settings.aggregators);
+        }
+        if settings.gateway == GatewayKind::Host && settings.gateways > MAX_HOST_GATEWAYS {
+            bail!("a cluster has at most {MAX_HOST_GATEWAYS} host gateways, not {}", settings.gateways);
+        }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
         // The dashboard's token, kept with the cluster so its address stays the same between
