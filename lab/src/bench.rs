@@ -50,7 +50,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const IDLE_RATE: &str = "1000";
 const IDLE_CONCURRENT: &str = "256";
 const IDLE_INTERVAL: &str = "1h";
-/// After nginx and the aggregator start, before their memory is read with no phone.
+/// After nginx and the aggregators start, before their memory is read with no load.
 const IDLE_SETTLE_EMPTY: Duration = Duration::from_secs(1);
 /// The longest the phones may take to be all held, and how often that is asked.
 const IDLE_HELD_WAIT: Duration = Duration::from_secs(120);
@@ -315,6 +315,9 @@ async fn measure_trunks(cluster: &mut Cluster, args: &TrunksArgs) -> anyhow::Res
         args.sessions,
         args.duration
     );
+    // The aggregators fill their fixed tables (the ledger) in their first second: the memory
+    // "before" is read once that is done, not while the last one started is still at it.
+    tokio::time::sleep(IDLE_SETTLE_EMPTY).await;
     let worker = nginx_worker(cluster)?;
     let mut watched = vec![Watched {
         name: "nginx".into(),

@@ -138,7 +138,8 @@ pub struct PhonesArgs {
     /// a quarter of mobile-sim's CPU went to the kernel's thread switches and wakeups, and one
     /// thread costs 16 to 29 % less CPU per byte. Past one core's worth of phones, use more
     /// processes (--workers or --per-process); more threads here only help a ramp bound by TLS
-    /// handshakes (about 1 ms of CPU each).
+    /// handshakes (about 1 ms of CPU each). With `--engine host-runtime` the phones run on that
+    /// runtime's one thread whatever this says (the tokio runtime then only coordinates).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
 
