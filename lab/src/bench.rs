@@ -147,7 +147,7 @@ fn sim_duration(d: Duration) -> String {
 
 /// A folder of the bench's own under the temporary folder. As root the private PostgreSQL runs
 /// as the postgres account, which must traverse it (not list it).
-fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
     let work = std::env::temp_dir().join(format!("holdfast-bench-{name}.{}", crate::cluster::random_hex(4)));
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     use std::os::unix::fs::PermissionsExt;
@@ -157,7 +157,7 @@ fn work_dir(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Removes the run's folder when it went well; keeps it, for its logs, when not.
-fn leave(work: &Path, result: &anyhow::Result<bool>) {
+pub(crate) fn leave(work: &Path, result: &anyhow::Result<bool>) {
     if matches!(result, Ok(true)) {
         let _ = std::fs::remove_dir_all(work);
     } else {
@@ -167,7 +167,7 @@ fn leave(work: &Path, result: &anyhow::Result<bool>) {
 
 /// The open-file limit, raised to its hard limit (children inherit it); an error when `needed`
 /// files do not fit.
-fn files_for(needed: u64, what: &str) -> anyhow::Result<()> {
+pub(crate) fn files_for(needed: u64, what: &str) -> anyhow::Result<()> {
     let limit = procfs::raise_files_limit();
     if needed > limit {
         bail!("{what} need {needed} open files, the limit is {limit}: raise the hard limit (ulimit -Hn) or ask for less");
@@ -183,7 +183,7 @@ fn nginx_worker(cluster: &Cluster) -> anyhow::Result<u32> {
 }
 
 /// A watched process's CPU and memory now; an error when it is gone.
-fn usage(name: &str, pid: u32) -> anyhow::Result<procfs::Usage> {
+pub(crate) fn usage(name: &str, pid: u32) -> anyhow::Result<procfs::Usage> {
     procfs::usage(pid).with_context(|| format!("{name} (pid {pid}) is gone"))
 }
 

@@ -44,6 +44,9 @@ pub enum Command {
     /// trunks through nginx into several aggregators, and memory per idle phone in nginx.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
+    /// The host gateway's cost per phone (scripts/bench/gateway-cost.sh): memory and CPU per idle
+    /// phone, and CPU per phone byte next to a Node.js `ws` server in the same run.
+    GatewayCost(crate::gateway_cost::GatewayCostArgs),
 }
 
 /// A server `lab compare` loads.
@@ -126,7 +129,7 @@ pub struct CompareArgs {
     pub json: bool,
 }
 
-fn default_node_dir() -> PathBuf {
+pub(crate) fn default_node_dir() -> PathBuf {
     std::env::var_os("HOME")
         .map_or_else(|| PathBuf::from(".bench-node"), |h| PathBuf::from(h).join(".cache/holdfast/bench-node"))
 }

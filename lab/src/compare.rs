@@ -179,36 +179,44 @@ pub fn summarize(servers: &[Server], measurements: &[Measurement]) -> Vec<Summar
         .collect()
 }
 
-/// What every server's turn needs.
-struct Setup {
-    out: PathBuf,
-    aggregator_bin: PathBuf,
-    gateway_bin: PathBuf,
-    sim_bin: PathBuf,
-    node_modules: PathBuf,
+/// What every server's turn needs (`lab gateway-cost` starts its servers with it too).
+pub(crate) struct Setup {
+    pub(crate) out: PathBuf,
+    pub(crate) aggregator_bin: PathBuf,
+    pub(crate) gateway_bin: PathBuf,
+    pub(crate) sim_bin: PathBuf,
+    pub(crate) node_modules: PathBuf,
     /// mobile-sim's `--engine` for the plain-WebSocket servers.
-    phone_engine: String,
+    pub(crate) phone_engine: String,
+    /// The gateway's seconds between status lines (`live=N ... bytes=N`, logged at info), for
+    /// a caller that reads them; `None`: the gateway logs warnings only.
+    pub(crate) gateway_status_s: Option<u64>,
 }
 
 /// A server, started, and what phones need to reach it.
-struct Served {
+pub(crate) struct Served {
     /// Stopped newest first.
     procs: Vec<Proc>,
     /// The process whose CPU and memory are measured.
-    pid: u32,
+    pub(crate) pid: u32,
     target: String,
     socketio: bool,
     device_key: Option<PathBuf>,
 }
 
 impl Served {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         while let Some(mut p) = self.procs.pop() {
             p.stop(STOP_GRACE).await;
         }
     }
 
-    fn check_alive(&mut self) -> anyhow::Result<()> {
+    /// The log (stderr and stdout) of the measured process, which is started last.
+    pub(crate) fn log(&self) -> Option<&Path> {
+        self.procs.last().map(|p| p.log.as_path())
+    }
+
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         for p in &mut self.procs {
             if let Some(status) = p.exited() {
                 bail!("{} exited ({status}): {}", p.name, p.log_tail(10));
@@ -249,6 +257,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
         node_modules,
         out,
         phone_engine: args.phone_engine.clone(),
+        gateway_status_s: None,
     };
     let load_at_start = load_average();
     let mut measurements = Vec::new();
@@ -297,7 +306,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
 
 /// The Node.js packages the chosen servers need, installed into `dir` unless there already; the
 /// `node_modules` folder to put in NODE_PATH.
-async fn node_packages(dir: &Path, servers: &[Server]) -> anyhow::Result<PathBuf> {
+pub(crate) async fn node_packages(dir: &Path, servers: &[Server]) -> anyhow::Result<PathBuf> {
     let modules = dir.join("node_modules");
     let mut wanted = Vec::new();
     if servers.contains(&Server::NodeWs) && !modules.join("ws/package.json").is_file() {
@@ -327,7 +336,7 @@ fn aggregator_command(bin: &Path, data: &Path) -> Command {
 
 /// Starts `server` with its files in `dir`; returns once it listens (and, for the gateway, once
 /// its trunks are up).
-async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyhow::Result<Served> {
+pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyhow::Result<Served> {
     let port = testkit::free_port();
     let node = |script: &str, body: &str| -> anyhow::Result<Command> {
         let path = dir.join(script);
@@ -432,6 +441,9 @@ async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyho
                 .arg(max_phones.to_string())
                 .env("RUST_LOG", "warn")
                 .env("NO_COLOR", "1");
+            if let Some(every_s) = cx.gateway_status_s {
+                c.arg("--status-interval-s").arg(every_s.to_string()).env("RUST_LOG", "info");
+            }
             let mut gw = Proc::spawn("gateway", c, 0, dir, None)?;
             wait_listening(&mut gw, listen).await?;
             let scraper = Scraper::new(agg_addr, &data.join("ca.pem"))?;
@@ -460,10 +472,12 @@ async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u64) -> anyho
     }
 }
 
-/// mobile-sim with `phones` phones against `served`, pausing `min_ms..max_ms` between bytes.
-fn phones(
+/// mobile-sim with `phones` phones against `served` (spread round-robin over them when more
+/// than one; the first one's protocol, the first device key among them), pausing `min_ms..max_ms`
+/// between bytes.
+pub(crate) fn phones(
     cx: &Setup,
-    served: &Served,
+    served: &[&Served],
     name: &str,
     phones: u64,
     min_ms: u64,
@@ -471,9 +485,10 @@ fn phones(
     duration_s: u64,
 ) -> Command {
     let mut c = Command::new(&cx.sim_bin);
-    c.arg("--target")
-        .arg(&served.target)
-        .arg("--phones")
+    for s in served {
+        c.arg("--target").arg(&s.target);
+    }
+    c.arg("--phones")
         .arg(phones.to_string())
         .arg("--rate")
         .arg(RAMP_RATE.to_string())
@@ -488,12 +503,12 @@ fn phones(
         .arg("--json")
         .arg("--quiet")
         .env("RUST_LOG", "warn");
-    if served.socketio {
+    if served.first().is_some_and(|s| s.socketio) {
         c.arg("--protocol").arg("socketio");
     } else {
         c.arg("--engine").arg(&cx.phone_engine);
     }
-    if let Some(key) = &served.device_key {
+    if let Some(key) = served.iter().find_map(|s| s.device_key.as_ref()) {
         c.arg("--device-key").arg(key);
     }
     c
@@ -536,7 +551,7 @@ async fn measure(
     // --- idle -------------------------------------------------------------------------------------
     let files = procfs::open_files(pid).context("the server's open files")?;
     let before = usage("before the idle phones")?;
-    let idle = phones(cx, served, "idle", args.idle, 3_600_000, 7_200_000, 3_600);
+    let idle = phones(cx, &[&*served], "idle", args.idle, 3_600_000, 7_200_000, 3_600);
     let mut sim = Proc::spawn("mobile-sim-idle", idle, 0, dir, Some(&dir.join("idle.json")))?;
     open_files(served, files, args.idle as usize, true, "the idle phones").await?;
     tokio::time::sleep(SETTLE).await;
@@ -558,7 +573,7 @@ async fn measure(
     // --- busy -------------------------------------------------------------------------------------
     let start = usage("before the busy phones")?;
     let (min, max) = (args.interval_ms / 2, args.interval_ms * 3 / 2);
-    let busy = phones(cx, served, "busy", args.busy, min.max(1), max.max(1), args.busy_s);
+    let busy = phones(cx, &[&*served], "busy", args.busy, min.max(1), max.max(1), args.busy_s);
     let mut sim = Proc::spawn("mobile-sim-busy", busy, 0, dir, Some(&dir.join("busy.json")))?;
     let limit = Duration::from_secs(args.busy_s) + PHASE_TIMEOUT;
     let Some(status) = sim.wait(limit).await else { bail!("the busy phones did not end within {limit:?}") };
@@ -588,7 +603,7 @@ async fn measure(
     })
 }
 
-fn sim_report(path: &Path) -> anyhow::Result<SimReport> {
+pub(crate) fn sim_report(path: &Path) -> anyhow::Result<SimReport> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not mobile-sim's report", path.display()))
 }

@@ -17,6 +17,8 @@
 //! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
 //!
 //! `lab bench` ([`bench`]) measures such clusters: trunks into aggregators, nginx's memory.
+//! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
+//! phone byte, next to a Node.js `ws` server.
 
 pub mod bench;
 pub mod children;
@@ -25,6 +27,7 @@ pub mod cluster;
 pub mod compare;
 pub mod drills;
 pub mod e2e;
+pub mod gateway_cost;
 pub mod hold;
 pub mod kernel;
 pub mod metrics;

@@ -24,7 +24,7 @@ impl std::ops::Add for Usage {
     }
 }
 
-fn ticks_per_second() -> f64 {
+pub(crate) fn ticks_per_second() -> f64 {
     // SAFETY: sysconf reads a constant of the system; no memory is shared.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 {

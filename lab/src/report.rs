@@ -85,6 +85,9 @@ pub struct SimReport {
     pub ok: bool,
     pub end: String,
     pub processes: u64,
+    /// The devices it played (phones, or virtual gateways' sessions).
+    #[serde(default)]
+    pub devices: u64,
     /// What ran the phones ("host-runtime" or "tokio").
     #[serde(default)]
     pub engine: Option<String>,

@@ -437,18 +437,8 @@ fn cpu_line(c: &CpuReport, unit: &str) -> String {
     o
 }
 
-/// 1234567 -> "1,234,567".
-pub fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+/// 1234567 -> "1,234,567" (one implementation for every binary's reports, in cli-env).
+pub use cli_env::group;
 
 pub fn human_bytes(b: f64) -> String {
     if b < 1024.0 {
@@ -513,14 +503,6 @@ fn write_per_device(path: &std::path::Path, totals: &[(String, DeviceTotals)]) -
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grouping() {
-        assert_eq!(group(0), "0");
-        assert_eq!(group(999), "999");
-        assert_eq!(group(1000), "1,000");
-        assert_eq!(group(1_234_567), "1,234,567");
-    }
 
     /// mobile-sim's own CPU reaches the report as data (typed JSON fields) and as text (and so
     /// the HTML page, which shows the text summary).
