@@ -116,6 +116,18 @@ impl Proc {
     }
 }
 
+/// Every `KEY=N` field in `text` (our processes' status lines: a host gateway's `live=N` and
+/// `bytes=N`), in order. A field is the key at the start of a word (`trunk_bytes=` is not
+/// `bytes=`), followed by digits.
+pub fn log_counters(text: &str, key: &str) -> Vec<u64> {
+    text.split_whitespace()
+        .filter_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+        .filter_map(|value| {
+            value[..value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len())].parse().ok()
+        })
+        .collect()
+}
+
 /// A command for one of holdfast's binaries with none of the caller's `DATABASE_URL` or
 /// `HOLDFAST_*` settings: what the lab runs is what its arguments say. (CI exports
 /// `DATABASE_URL`; with it, `gateway add` once wrote into a shared PostgreSQL database where

@@ -328,22 +328,10 @@ fn read_log(path: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// How many `KEY=N` fields `text` holds, and the last one's N. A field is the key at the start
-/// of a line or after a space (`trunk_bytes=` is not `bytes=`), followed by digits.
+/// How many `KEY=N` fields `text` holds, and the last one's N ([`children::log_counters`]).
 fn last_counter(text: &str, key: &str) -> (usize, Option<u64>) {
-    let mut count = 0;
-    let mut last = None;
-    for line in text.lines() {
-        for word in line.split_whitespace() {
-            let Some(value) = word.strip_prefix(key).and_then(|w| w.strip_prefix('=')) else { continue };
-            let digits: &str = &value[..value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len())];
-            if let Ok(n) = digits.parse() {
-                count += 1;
-                last = Some(n);
-            }
-        }
-    }
-    (count, last)
+    let all = children::log_counters(text, key);
+    (all.len(), all.last().copied())
 }
 
 /// One process's CPU seconds as the next `bytes=` line appears in its log, and that line's count.

@@ -769,12 +769,7 @@ impl Cx {
 
 /// The `live=N` counts a host gateway's status lines report, in order.
 fn live_counts(out: &Path) -> Vec<u64> {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("live="))
-        .filter_map(|n| n.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
-        .collect()
+    crate::children::log_counters(&std::fs::read_to_string(out).unwrap_or_default(), "live")
 }
 
 #[cfg(test)]
