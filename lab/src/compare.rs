@@ -88,6 +88,8 @@ pub struct CompareReport {
     pub runs: u32,
     /// mobile-sim's `--engine` for the plain-WebSocket servers (socket.io's phones: tokio).
     pub phone_engine: String,
+    /// The processor, its Spectre v2 mitigation and the kernel ([`crate::procfs::machine`]).
+    pub machine: String,
     pub load_average_at_start: String,
     pub load_average_at_end: String,
     pub measurements: Vec<Measurement>,
@@ -107,8 +109,8 @@ impl CompareReport {
             writeln!(s, "phones' engine (mobile-sim --engine): {}, socket.io's on tokio", self.phone_engine);
         let _ = writeln!(
             s,
-            "load average {} at start, {} at end\n",
-            self.load_average_at_start, self.load_average_at_end
+            "machine: {}; load average {} at start, {} at end\n",
+            self.machine, self.load_average_at_start, self.load_average_at_end
         );
         let _ = writeln!(
             s,
@@ -293,6 +295,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
         busy_seconds: args.busy_s,
         runs: args.runs,
         phone_engine: args.phone_engine.clone(),
+        machine: crate::procfs::machine(),
         load_average_at_start: load_at_start,
         load_average_at_end: load_average(),
         summary: summarize(&args.servers, &measurements),

@@ -159,7 +159,7 @@ pub async fn run(args: GatewayCostArgs) -> anyhow::Result<bool> {
         phone_engine: "auto".to_owned(),
         gateway_status_s: Some(STATUS_EVERY_S),
     };
-    println!("load average at start: {}  ({} cores)", load_average(), cores());
+    println!("load average at start: {}  ({} cores; {})", load_average(), cores(), procfs::machine());
     println!("gateway: {}", cx.gateway_bin.display());
     let mut signals = Interrupts::catch()?;
     let result = tokio::select! {

@@ -665,6 +665,7 @@ impl Setup<'_> {
             database: String::new(),
             files_limit: 0,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            machine: crate::procfs::machine(),
             load_average_at_start: String::new(),
             load_average_at_end: String::new(),
             kernel_settings: Vec::new(),

@@ -149,6 +149,30 @@ impl KernelSockets {
     }
 }
 
+/// What a figure of CPU time depends on beyond the code: the processor, the kernel and its
+/// Spectre v2 mitigation (retpolines make every indirect call in the network stack dearer). The
+/// same VM has moved between hosts: on 2026-12-06 one `lab hold` at 200,000 phones measured 0.117
+/// cores on an AMD EPYC host and 0.258 on an Intel Xeon one with retpolines, same binaries
+/// (docs/benchmarks.md), so every report names the machine it ran on.
+pub fn machine() -> String {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let spectre = fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spectre_v2").unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    describe_machine(&cpuinfo, &spectre, &kernel)
+}
+
+fn describe_machine(cpuinfo: &str, spectre_v2: &str, kernel: &str) -> String {
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim()))
+        .unwrap_or("unknown processor");
+    // "Mitigation: Retpolines; STIBP: disabled; ..." -> "Retpolines": the first clause says it.
+    let spectre = spectre_v2.trim();
+    let spectre = spectre.strip_prefix("Mitigation: ").unwrap_or(spectre).split(';').next().unwrap_or("").trim();
+    let spectre = if spectre.is_empty() { "unknown" } else { spectre };
+    format!("{model}, spectre_v2 {spectre}, Linux {}", kernel.trim())
+}
+
 /// The soft limit on open files of this process (children inherit it).
 pub fn files_limit() -> u64 {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -203,6 +227,18 @@ mod tests {
         assert_eq!(f[0], "S");
         assert_eq!(f[1], "1");
         assert_eq!((f[11], f[12], f[21]), ("7", "3", "250"));
+    }
+
+    #[test]
+    fn machine_description() {
+        let cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n";
+        let spectre = "Mitigation: Retpolines; STIBP: disabled; RSB filling\n";
+        assert_eq!(
+            describe_machine(cpuinfo, spectre, "6.18.44\n"),
+            "Intel(R) Xeon(R) Processor, spectre_v2 Retpolines, Linux 6.18.44"
+        );
+        assert_eq!(describe_machine("", "Not affected\n", ""), "unknown processor, spectre_v2 Not affected, Linux ");
+        assert!(!machine().is_empty());
     }
 
     #[test]

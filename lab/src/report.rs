@@ -214,6 +214,8 @@ pub struct HoldReport {
     pub database: String,
     pub files_limit: u64,
     pub cores: usize,
+    /// The processor, its Spectre v2 mitigation and the kernel ([`crate::procfs::machine`]).
+    pub machine: String,
     pub load_average_at_start: String,
     pub load_average_at_end: String,
     pub kernel_settings: Vec<Setting>,
@@ -296,8 +298,13 @@ impl HoldReport {
         );
         let _ = writeln!(
             s,
-            "machine: {} cores, open files per process {}, load {} at start, {} at end; database {}",
-            self.cores, self.files_limit, self.load_average_at_start, self.load_average_at_end, self.database
+            "machine: {} cores ({}), open files per process {}, load {} at start, {} at end; database {}",
+            self.cores,
+            self.machine,
+            self.files_limit,
+            self.load_average_at_start,
+            self.load_average_at_end,
+            self.database
         );
         settings_lines(&mut s, "kernel settings (deploy/sysctl/99-holdfast.conf)", &self.kernel_settings);
         match &self.netns {
