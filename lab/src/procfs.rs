@@ -151,9 +151,9 @@ impl KernelSockets {
 
 /// What a figure of CPU time depends on beyond the code: the processor, the kernel and its
 /// Spectre v2 mitigation (retpolines make every indirect call in the network stack dearer). The
-/// same VM has moved between hosts: on 2026-12-06 one `lab hold` at 200,000 phones measured 0.117
-/// cores on an AMD EPYC host and 0.258 on an Intel Xeon one with retpolines, same binaries
-/// (docs/benchmarks.md), so every report names the machine it ran on.
+/// same VM has moved between hosts: on 2026-12-06 `lab hold` at 200,000 phones measured 0.117
+/// cores on an AMD EPYC host and 0.169 to 0.308 on an Intel Xeon one with retpolines, same
+/// binaries (docs/benchmarks.md), so every report names the machine it ran on.
 pub fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let spectre = fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spectre_v2").unwrap_or_default();
