@@ -70,6 +70,10 @@ pub enum Bench {
     /// Memory per idle phone in the nginx worker and in the aggregator behind it, per TLS variant
     /// (scripts/bench/nginx-memory.sh).
     NginxMemory(NginxMemoryArgs),
+    /// mobile-sim and Thor (the Node WebSocket load tool) holding the same idle connections
+    /// against the same aggregator: memory per connection, time to all held, CPU
+    /// (scripts/bench/thor-compare.sh).
+    Thor(crate::thor::ThorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +131,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
     match bench {
         Bench::Trunks(args) => trunks(args).await,
         Bench::NginxMemory(args) => nginx_memory(args).await,
+        Bench::Thor(args) => crate::thor::run(args).await,
     }
 }
 

@@ -331,7 +331,7 @@ pub(crate) async fn node_packages(dir: &Path, servers: &[Server]) -> anyhow::Res
 
 /// The aggregator binary with its files (SQLite database, keys, CA) in `data`, none of the
 /// caller's settings: the comparison measures the embedded store.
-fn aggregator_command(bin: &Path, data: &Path) -> Command {
+pub(crate) fn aggregator_command(bin: &Path, data: &Path) -> Command {
     let mut c = children::clean_command(bin);
     c.arg("--data-dir").arg(data);
     c

@@ -66,6 +66,56 @@ pub fn usage(pid: u32) -> Option<Usage> {
     })
 }
 
+/// One process's user and system CPU seconds (utime, stime); `None` when it is gone.
+pub fn cpu_split(pid: u32) -> Option<(f64, f64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f = stat_fields(&stat)?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime as f64 / ticks_per_second(), stime as f64 / ticks_per_second()))
+}
+
+/// A `kB` field of /proc/PID/status (`VmRSS`, `RssAnon`), KiB; `None` when it is gone. RssAnon is
+/// the anonymous part of the resident memory (heap, stacks): unlike VmRSS it does not move when
+/// the kernel drops a file's pages (this machine runs DAMON with a pageout scheme).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    status_field(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?, field)
+}
+
+fn status_field(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        if key != field {
+            return None;
+        }
+        value.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// TCP connections in TIME_WAIT with `ports` at either end (/proc/net/tcp and tcp6).
+pub fn time_wait_on(ports: &[u16]) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .map(|t| count_time_wait(&t, ports))
+        .sum()
+}
+
+fn count_time_wait(table: &str, ports: &[u16]) -> usize {
+    // "sl local_address rem_address st ...": addresses as HEX_IP:HEX_PORT, state 06 = TIME_WAIT.
+    let port = |a: &str| a.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "06"
+                && [f[1], f[2]].iter().any(|a| port(a).is_some_and(|p| ports.contains(&p)))
+        })
+        .count()
+}
+
 /// The sum over `pids` (those that are gone count nothing).
 pub fn usage_of(pids: &[u32]) -> Usage {
     pids.iter().filter_map(|&p| usage(p)).fold(Usage::default(), |a, b| a + b)
@@ -156,7 +206,8 @@ impl KernelSockets {
 /// binaries (docs/benchmarks.md), so every report names the machine it ran on.
 pub fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let spectre = fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spectre_v2").unwrap_or_default();
+    let spectre =
+        fs::read_to_string("/sys/devices/system/cpu/vulnerabilities/spectre_v2").unwrap_or_default();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     describe_machine(&cpuinfo, &spectre, &kernel)
 }
@@ -168,7 +219,8 @@ fn describe_machine(cpuinfo: &str, spectre_v2: &str, kernel: &str) -> String {
         .unwrap_or("unknown processor");
     // "Mitigation: Retpolines; STIBP: disabled; ..." -> "Retpolines": the first clause says it.
     let spectre = spectre_v2.trim();
-    let spectre = spectre.strip_prefix("Mitigation: ").unwrap_or(spectre).split(';').next().unwrap_or("").trim();
+    let spectre =
+        spectre.strip_prefix("Mitigation: ").unwrap_or(spectre).split(';').next().unwrap_or("").trim();
     let spectre = if spectre.is_empty() { "unknown" } else { spectre };
     format!("{model}, spectre_v2 {spectre}, Linux {}", kernel.trim())
 }
@@ -230,6 +282,25 @@ mod tests {
     }
 
     #[test]
+    fn status_and_time_wait() {
+        let status = "Name:\tnode\nVmRSS:\t   51200 kB\nRssAnon:\t   20480 kB\n";
+        assert_eq!(status_field(status, "RssAnon"), Some(20480));
+        assert_eq!(status_field(status, "VmRSS"), Some(51200));
+        assert_eq!(status_field(status, "Rss"), None);
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 0100007F:4E20 0100007F:9C40 06 00000000:00000000\n\
+   1: 0100007F:9C41 0100007F:4E20 06 00000000:00000000\n\
+   2: 0100007F:4E20 0100007F:9C42 01 00000000:00000000\n\
+   3: 0100007F:1F90 0100007F:9C43 06 00000000:00000000\n";
+        // Port 0x4E20 = 20000: two in TIME_WAIT (either end), one established.
+        assert_eq!(count_time_wait(tcp, &[20000]), 2);
+        assert_eq!(count_time_wait(tcp, &[20000, 8080]), 3);
+        assert_eq!(count_time_wait(tcp, &[]), 0);
+        assert!(cpu_split(std::process::id()).is_some());
+        assert!(status_kib(std::process::id(), "VmRSS").is_some_and(|k| k > 0));
+    }
+
+    #[test]
     fn machine_description() {
         let cpuinfo = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n";
         let spectre = "Mitigation: Retpolines; STIBP: disabled; RSB filling\n";
@@ -237,7 +308,10 @@ mod tests {
             describe_machine(cpuinfo, spectre, "6.18.44\n"),
             "Intel(R) Xeon(R) Processor, spectre_v2 Retpolines, Linux 6.18.44"
         );
-        assert_eq!(describe_machine("", "Not affected\n", ""), "unknown processor, spectre_v2 Not affected, Linux ");
+        assert_eq!(
+            describe_machine("", "Not affected\n", ""),
+            "unknown processor, spectre_v2 Not affected, Linux "
+        );
         assert!(!machine().is_empty());
     }
 
