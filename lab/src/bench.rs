@@ -1,7 +1,8 @@
-//! `lab bench` (scripts/bench/cluster-trunks.sh, scripts/bench/nginx-memory.sh): benchmarks on a
-//! local cluster ([`crate::cluster`]) whose figures docs/benchmarks.md records, each in a folder
-//! and on a port of its own, measured from /proc ([`procfs`]) and the aggregators' metrics
-//! ([`crate::metrics`]).
+//! `lab bench` (scripts/bench/cluster-trunks.sh, nginx-memory.sh, mobile-sim-cost.sh,
+//! gateway-tls-cost.sh): benchmarks whose figures docs/benchmarks.md records, on a local cluster
+//! ([`crate::cluster`]) or around one host gateway, each in a folder and on a port of its own,
+//! measured from /proc ([`procfs`]), the aggregators' metrics ([`crate::metrics`]) and the
+//! gateway's status line.
 //!
 //! - `trunks`: many trunks through nginx into several aggregators. A private PostgreSQL, A
 //!   aggregators behind nginx (one worker), G virtual gateways (one mobile-sim process) of P
@@ -14,8 +15,20 @@
 //!   aggregator behind it. Per TLS variant, one aggregator on the embedded store, one nginx worker
 //!   and N idle wss:// phones through nginx: the RSS of the nginx worker and of the aggregator
 //!   before and while holding them, divided by N.
+//! - `mobile-sim-cost` ([`mobile_sim_cost`], scripts/bench/mobile-sim-cost.sh): mobile-sim's own
+//!   CPU per held idle phone and per byte sent, one process on one host gateway.
+//! - `gateway-tls-cost` ([`gateway_tls_cost`], scripts/bench/gateway-tls-cost.sh): the host
+//!   gateway's RSS and CPU to accept per phone, ws against wss phones.
+//!
+//! The last two, and `lab gateway-cost`, share [`cost`]: their frame, the gateway's count of held
+//! phones, and CPU windows aligned to its once-a-second counter line.
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
+
+pub(crate) mod cost;
+pub mod gateway_tls_cost;
+pub mod mobile_sim_cost;
+pub mod thor;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,10 +83,16 @@ pub enum Bench {
     /// Memory per idle phone in the nginx worker and in the aggregator behind it, per TLS variant
     /// (scripts/bench/nginx-memory.sh).
     NginxMemory(NginxMemoryArgs),
+    /// mobile-sim's own CPU per held idle phone and per byte sent (scripts/bench/mobile-sim-cost.sh):
+    /// one mobile-sim process holding N phones on one host gateway, idle and then sending.
+    MobileSimCost(mobile_sim_cost::MobileSimCostArgs),
+    /// What TLS for phones costs the host gateway (scripts/bench/gateway-tls-cost.sh): its RSS
+    /// and CPU to accept per idle phone, ws against wss.
+    GatewayTlsCost(gateway_tls_cost::GatewayTlsCostArgs),
     /// mobile-sim and Thor (the Node WebSocket load tool) holding the same idle connections
     /// against the same aggregator: memory per connection, time to all held, CPU
     /// (scripts/bench/thor-compare.sh).
-    Thor(crate::thor::ThorArgs),
+    Thor(thor::ThorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,7 +150,9 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
     match bench {
         Bench::Trunks(args) => trunks(args).await,
         Bench::NginxMemory(args) => nginx_memory(args).await,
-        Bench::Thor(args) => crate::thor::run(args).await,
+        Bench::MobileSimCost(args) => mobile_sim_cost::run(args).await,
+        Bench::GatewayTlsCost(args) => gateway_tls_cost::run(args).await,
+        Bench::Thor(args) => thor::run(args).await,
     }
 }
 

@@ -31,6 +31,7 @@ use tokio::process::Command;
 
 use crate::children::{self, Proc};
 use crate::cli::{CompareArgs, Server};
+use crate::cluster::self_made_tls;
 use crate::hold::{binary, load_average, wait_listening};
 use crate::metrics::{self, Scraper};
 use crate::procfs;
@@ -44,7 +45,10 @@ const SETTLE: Duration = Duration::from_secs(5);
 const PHASE_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// New connections per second while phones connect.
-const RAMP_RATE: u32 = 5_000;
+pub(crate) const RAMP_RATE: u32 = 5_000;
+/// mobile-sim's own default `--engine`: not passed on its command line, so that a build from
+/// before the flag (a bench's `--msim-bin`, to measure before and after) runs the same phones.
+pub(crate) const DEFAULT_ENGINE: &str = "auto";
 
 /// The yardsticks, carried in the lab so that it runs from any folder.
 const WS_SERVER_JS: &str = include_str!("../../scripts/bench/peers/ws-count-server.js");
@@ -193,6 +197,11 @@ pub(crate) struct Setup {
     /// The gateway's seconds between status lines (`live=N ... bytes=N`, logged at info), for
     /// a caller that reads them; `None`: the gateway logs warnings only.
     pub(crate) gateway_status_s: Option<u64>,
+    /// New phone connections per second while phones connect (mobile-sim's `--rate`).
+    pub(crate) ramp_rate: u32,
+    /// The gateway serves its phones over TLS (wss://, `--phone-tls-cert`) with a certificate
+    /// of the aggregator's making for its address; the phones pin that CA.
+    pub(crate) phone_tls: bool,
 }
 
 /// A server, started, and what phones need to reach it.
@@ -204,6 +213,8 @@ pub(crate) struct Served {
     target: String,
     socketio: bool,
     device_key: Option<PathBuf>,
+    /// The CA a wss:// target's certificate chains to.
+    ca: Option<PathBuf>,
 }
 
 impl Served {
@@ -260,6 +271,8 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
         out,
         phone_engine: args.phone_engine.clone(),
         gateway_status_s: None,
+        ramp_rate: RAMP_RATE,
+        phone_tls: false,
     };
     let load_at_start = load_average();
     let mut measurements = Vec::new();
@@ -369,6 +382,7 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 target: format!("ws://{local}/ws"),
                 socketio: false,
                 device_key: None,
+                ca: None,
             })
         }
         Server::NodeSocketio => {
@@ -387,6 +401,7 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 target: format!("ws://{local}/socket.io/?EIO=4&transport=websocket"),
                 socketio: true,
                 device_key: None,
+                ca: None,
             })
         }
         Server::Aggregator => {
@@ -406,6 +421,7 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 target: format!("ws://{listen}/ws"),
                 socketio: false,
                 device_key: Some(dir.join("aggregator/device-token.key")),
+                ca: None,
             })
         }
         Server::Gateway => {
@@ -447,6 +463,17 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
             if let Some(every_s) = cx.gateway_status_s {
                 c.arg("--status-interval-s").arg(every_s.to_string()).env("RUST_LOG", "info");
             }
+            // The phones' certificate names the address they connect to; made in a folder of
+            // its own (the aggregator's data folder has its own CA, for the trunks).
+            let phone_tls = if cx.phone_tls {
+                let sans = [listen.ip().to_string()];
+                Some(self_made_tls(&cx.aggregator_bin, &dir.join("phones"), &sans).await?)
+            } else {
+                None
+            };
+            if let Some(tls) = &phone_tls {
+                c.arg("--phone-tls-cert").arg(&tls.cert).arg("--phone-tls-key").arg(&tls.key);
+            }
             let mut gw = Proc::spawn("gateway", c, 0, dir, None)?;
             wait_listening(&mut gw, listen).await?;
             let scraper = Scraper::new(agg_addr, &data.join("ca.pem"))?;
@@ -467,17 +494,18 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
             Ok(Served {
                 procs: vec![agg, gw],
                 pid,
-                target: format!("ws://{listen}/ws"),
+                target: format!("{}://{listen}/ws", if phone_tls.is_some() { "wss" } else { "ws" }),
                 socketio: false,
                 device_key: Some(data.join("device-token.key")),
+                ca: phone_tls.map(|tls| tls.ca),
             })
         }
     }
 }
 
 /// mobile-sim with `phones` phones against `served` (spread round-robin over them when more
-/// than one; the first one's protocol, the first device key among them), pausing `min_ms..max_ms`
-/// between bytes.
+/// than one; the first one's protocol, the first device key and CA among them), pausing
+/// `min_ms..max_ms` between bytes.
 pub(crate) fn phones(
     cx: &Setup,
     served: &[&Served],
@@ -494,7 +522,7 @@ pub(crate) fn phones(
     c.arg("--phones")
         .arg(phones.to_string())
         .arg("--rate")
-        .arg(RAMP_RATE.to_string())
+        .arg(cx.ramp_rate.to_string())
         .arg("--min-interval")
         .arg(format!("{min_ms}ms"))
         .arg("--max-interval")
@@ -508,11 +536,14 @@ pub(crate) fn phones(
         .env("RUST_LOG", "warn");
     if served.first().is_some_and(|s| s.socketio) {
         c.arg("--protocol").arg("socketio");
-    } else {
+    } else if cx.phone_engine != DEFAULT_ENGINE {
         c.arg("--engine").arg(&cx.phone_engine);
     }
     if let Some(key) = served.iter().find_map(|s| s.device_key.as_ref()) {
         c.arg("--device-key").arg(key);
+    }
+    if let Some(ca) = served.iter().find_map(|s| s.ca.as_ref()) {
+        c.arg("--ca").arg(ca);
     }
     c
 }

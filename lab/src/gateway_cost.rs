@@ -17,66 +17,35 @@
 //! The servers are started as `lab compare` starts them ([`compare::serve`]): the gateway's
 //! trunks go to an aggregator on SQLite whose cost is not counted, and phones prove their device
 //! with a token per phone, as in a real deployment. The machine is shared: CPU time per unit is
-//! what is compared, never wall time; the load average is printed at the start and the end.
+//! what is compared, never wall time; the load average is printed at the start and the end. The
+//! run's frame, the held phones and the counter windows are [`crate::bench::cost`]'s, which
+//! `lab bench mobile-sim-cost` and `lab bench gateway-tls-cost` share.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
-use cli_env::Interrupts;
+use anyhow::{bail, Context as _};
 
-use crate::bench::{files_for, leave, usage, work_dir};
+use crate::bench::cost::{
+    self, counter_windows, idle_phones, joined, live, stop_idle, thousands, until_held, us_per_byte, verdict,
+    CounterWindow, DRAIN, FILES_SPARE, SETTLE_EMPTY, SETTLE_HELD, SIM_MARGIN,
+};
+use crate::bench::{files_for, usage};
 use crate::children::{self, Proc};
 use crate::cli::Server;
 use crate::compare::{self, median, phones, serve, Served, Setup};
-use crate::hold::{binary, load_average};
 use crate::procfs;
 
-/// One gateway process holds every idle phone: under the 20,000 open files a process may have,
-/// and enough of them that the per-phone figures rise above the noise.
-const MIN_IDLE: u64 = 100;
-const MAX_IDLE: u64 = 19_500;
 /// Phones beyond those asked for in the gateway's `--capacity`.
 const CAPACITY_SPARE: u64 = 100;
-/// Open files the gateway and the Node.js server need beyond their phones.
-const FILES_SPARE: u64 = 500;
-/// The servers' counter lines: once a second (the gateway's `--status-interval-s`; the Node.js
-/// server's is fixed), and the longest to wait for the next one before the server is deemed
-/// stuck.
-const STATUS_EVERY_S: u64 = 1;
-const COUNTER_WAIT: Duration = Duration::from_secs(5);
-const COUNTER_POLL: Duration = Duration::from_millis(10);
-/// The counter the CPU per byte is divided by, and the gateway's count of phones it holds.
-const BYTES_KEY: &str = "bytes";
-const LIVE_KEY: &str = "live";
-/// A busy window is `--window-s` less this (reading the next counter line at each end adds up to
-/// a second each), and never shorter than [`MIN_BUSY_SLEEP`].
-const BUSY_WINDOW_SLACK: Duration = Duration::from_millis(1500);
-const MIN_BUSY_SLEEP: Duration = Duration::from_millis(500);
-/// Once the gateway's trunks are up, before its memory and idle CPU are read.
-const SETTLE_EMPTY: Duration = Duration::from_secs(2);
-/// The longest the idle phones may take to be all held, and how often that is asked.
+/// The longest the idle phones may take to be all held.
 const HELD_WAIT: Duration = Duration::from_secs(60);
-const HELD_POLL: Duration = Duration::from_millis(100);
-/// Once all are held, before their memory is read (the last handshakes' buffers settle).
-const SETTLE_HELD: Duration = Duration::from_secs(5);
-/// The idle phones' pause between bytes: longer than they are held (they are stopped once
-/// measured), so nothing is sent.
-const IDLE_INTERVAL_MS: u64 = 3_600_000;
-const IDLE_DURATION_S: u64 = 3_600;
 /// After the idle phones stop, before the busy phones start (their connections close).
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// The busy phones: this long to connect and start sending before the first window, and this
 /// long after the last; then up to [`DRAIN`] for every byte to be confirmed.
 const BUSY_WARMUP: Duration = Duration::from_secs(20);
 const BUSY_TAIL: Duration = Duration::from_secs(10);
-const DRAIN: Duration = Duration::from_secs(30);
-/// The longest a mobile-sim run may outlive its duration and drain (its report, its exit).
-const SIM_MARGIN: Duration = Duration::from_secs(120);
-/// The smallest and largest window the figures are worth taking over, and most windows.
-const MIN_WINDOW_S: u64 = 2;
-const MAX_WINDOW_S: u64 = 600;
-const MAX_WINDOWS: u32 = 100;
 /// The per-idle-phone CPU is also given per this many idle phones.
 const PHONES_PER_FIGURE: f64 = 100_000.0;
 
@@ -126,57 +95,22 @@ pub struct GatewayCostArgs {
 /// Runs `lab gateway-cost`: Ok(true) when it measured a run that went well, Ok(false) when
 /// mobile-sim failed (it printed why), an error when it could not measure.
 pub async fn run(args: GatewayCostArgs) -> anyhow::Result<bool> {
-    if !(MIN_IDLE..=MAX_IDLE).contains(&args.idle) {
-        bail!("--idle must be {MIN_IDLE}..{MAX_IDLE}, got {}", args.idle);
-    }
-    if !(MIN_WINDOW_S..=MAX_WINDOW_S).contains(&args.window_s) {
-        bail!("--window-s must be {MIN_WINDOW_S}..{MAX_WINDOW_S}, got {}", args.window_s);
-    }
-    if !(1..=MAX_WINDOWS).contains(&args.windows) {
-        bail!("--windows must be 1..{MAX_WINDOWS}, got {}", args.windows);
-    }
+    cost::check_sizes("--idle", args.idle, args.window_s, args.windows)?;
     files_for(
         args.idle.max(args.busy) + FILES_SPARE,
         &format!("{} phones in one process", args.idle.max(args.busy)),
     )?;
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?.parent().context("the lab's folder")?.to_owned(),
-    };
-    let gateway_bin = match &args.gateway_bin {
-        Some(path) if path.is_file() => path.clone(),
-        Some(path) => bail!("--gateway-bin {} is not a file", path.display()),
-        None => binary(&bin_dir, "gateway")?,
-    };
     let node_modules = compare::node_packages(&args.node_dir, &[Server::NodeWs]).await?;
-    let work = work_dir("gateway-cost")?;
-    let cx = Setup {
-        out: work.clone(),
-        aggregator_bin: binary(&bin_dir, "aggregator")?,
-        gateway_bin,
-        sim_bin: binary(&bin_dir, "mobile-sim")?,
-        node_modules,
-        phone_engine: "auto".to_owned(),
-        gateway_status_s: Some(STATUS_EVERY_S),
-    };
-    println!("load average at start: {}  ({} cores; {})", load_average(), cores(), procfs::machine());
-    println!("gateway: {}", cx.gateway_bin.display());
-    let mut signals = Interrupts::catch()?;
-    let result = tokio::select! {
-        r = measure(&args, &cx) => r,
-        signal = signals.recv() => Err(anyhow!("{signal}: the measurement was stopped")),
-    };
-    println!("load average at end: {}", load_average());
-    if args.keep {
-        eprintln!("kept {}", work.display());
-    } else {
-        leave(&work, &result);
-    }
-    result
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    let mut cx = cost::setup(
+        "gateway-cost",
+        args.bin_dir.clone(),
+        args.gateway_bin.as_deref(),
+        None,
+        compare::RAMP_RATE,
+    )?;
+    cx.node_modules = node_modules;
+    let about = format!("gateway: {}", cx.gateway_bin.display());
+    cost::framed(&cx.out, args.keep, &about, measure(&args, &cx)).await
 }
 
 /// Starts the gateway, measures, and stops whatever it started whether or not that went well.
@@ -204,44 +138,18 @@ async fn measure_with(
     // --- 1 and 2: idle phones ---------------------------------------------------------------------
     let rss_before = usage("the gateway", gateway.pid)?.rss_bytes;
     let empty = idle_cores(gateway.pid, window, args.windows).await?;
-    let idle =
-        phones(cx, &[&*gateway], "idle", args.idle, IDLE_INTERVAL_MS, IDLE_INTERVAL_MS, IDLE_DURATION_S);
-    let mut sim = Proc::spawn("mobile-sim-idle", idle, 0, &cx.out, Some(&cx.out.join("idle.json")))?;
-    let deadline = Instant::now() + HELD_WAIT;
-    loop {
-        gateway.check_alive()?;
-        let held = last_counter(&read_log(&gw_log)?, LIVE_KEY).1.unwrap_or(0);
-        if held >= args.idle {
-            break;
-        }
-        if let Some(status) = sim.exited() {
-            bail!(
-                "the idle phones' mobile-sim ended ({status}) with {held} of {} held: {}",
-                args.idle,
-                sim.log_tail(10)
-            );
-        }
-        if Instant::now() >= deadline {
-            bail!("the gateway held only {held} of {} idle phones after {HELD_WAIT:?}", args.idle);
-        }
-        tokio::time::sleep(HELD_POLL).await;
-    }
+    let idle = idle_phones(cx, gateway, "idle", args.idle);
+    let idle_json = cx.out.join("idle.json");
+    let mut sim = Proc::spawn("mobile-sim-idle", idle, 0, &cx.out, Some(&idle_json))?;
+    until_held(gateway, &gw_log, &mut sim, args.idle, HELD_WAIT, "idle phones").await?;
     tokio::time::sleep(SETTLE_HELD).await;
     let rss_held = usage("the gateway", gateway.pid)?.rss_bytes;
     let full = idle_cores(gateway.pid, window, args.windows).await?;
-    let still = last_counter(&read_log(&gw_log)?, LIVE_KEY).1.unwrap_or(0);
+    let still = live(&gw_log)?;
     if still < args.idle {
         bail!("idle phones left during the measurement ({still} of {})", args.idle);
     }
-    sim.signal(libc::SIGINT);
-    let limit = DRAIN + SIM_MARGIN;
-    if sim.wait(limit).await.is_none() {
-        bail!("the idle phones did not end within {limit:?}");
-    }
-    let idle_report = compare::sim_report(&cx.out.join("idle.json"))?;
-    if idle_report.connections.established < args.idle || idle_report.connections.dropped > 0 {
-        bail!("idle phones: {:?}", idle_report.connections);
-    }
+    stop_idle(&mut sim, &idle_json, args.idle, DRAIN + SIM_MARGIN).await?;
     let span_s = args.window_s * u64::from(args.windows);
     let figures = IdleFigures {
         phones: args.idle,
@@ -266,11 +174,11 @@ async fn measure_with(
     let mut sim = Proc::spawn("mobile-sim-busy", busy, 0, &cx.out, Some(&cx.out.join("busy.json")))?;
     tokio::time::sleep(BUSY_WARMUP).await;
     let (gw_windows, node_windows) = tokio::join!(
-        per_byte(gateway.pid, &gw_log, window, args.windows),
-        per_byte(node.pid, &node_log, window, args.windows)
+        counter_windows(gateway.pid, &gw_log, window, args.windows),
+        counter_windows(node.pid, &node_log, window, args.windows)
     );
     let mut medians = Vec::new();
-    for (name, windows) in [("gateway", gw_windows?), ("node", node_windows?)] {
+    for (name, windows) in [("gateway", per_byte(&gw_windows?)), ("node", per_byte(&node_windows?))] {
         let us = median(windows.us.clone()).with_context(|| format!("{name}: no bytes counted"))?;
         let rate = median(windows.rates.clone()).unwrap_or(0.0);
         println!(
@@ -282,15 +190,9 @@ async fn measure_with(
     }
     println!("ratio gateway / node: {:.3}", medians[0] / medians[1]);
     let limit = Duration::from_secs(run_s).saturating_sub(BUSY_WARMUP) + DRAIN + SIM_MARGIN;
-    let Some(status) = sim.wait(limit).await else { bail!("the busy phones did not end within {limit:?}") };
-    let report = compare::sim_report(&cx.out.join("busy.json"));
-    let ok = status.success() && report.as_ref().is_ok_and(|r| r.ok);
-    if !ok {
-        println!("FAILED: mobile-sim reported a failure (a phone lost, or bytes never confirmed) ({status})");
-        println!("{}", sim.log_tail(20));
+    let Some(report) = verdict(&mut sim, &cx.out.join("busy.json"), limit, "mobile-sim").await? else {
         return Ok(false);
-    }
-    let report = report?;
+    };
     println!(
         "mobile-sim: {} phones, bytes {}, ok={}",
         report.devices,
@@ -323,33 +225,6 @@ fn ws_version(node_modules: &Path) -> anyhow::Result<String> {
         .context("ws's package.json has no version")
 }
 
-fn read_log(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// How many `KEY=N` fields `text` holds, and the last one's N ([`children::log_counters`]).
-fn last_counter(text: &str, key: &str) -> (usize, Option<u64>) {
-    let all = children::log_counters(text, key);
-    (all.len(), all.last().copied())
-}
-
-/// One process's CPU seconds as the next `bytes=` line appears in its log, and that line's count.
-async fn aligned(pid: u32, log: &Path) -> anyhow::Result<(f64, u64)> {
-    let before = last_counter(&read_log(log)?, BYTES_KEY).0;
-    let deadline = Instant::now() + COUNTER_WAIT;
-    loop {
-        let (count, last) = last_counter(&read_log(log)?, BYTES_KEY);
-        if let (true, Some(bytes)) = (count > before, last) {
-            return Ok((usage("the server", pid)?.cpu_seconds, bytes));
-        }
-        if Instant::now() >= deadline {
-            bail!("no new counter line in {} for {COUNTER_WAIT:?}", log.display());
-        }
-        tokio::time::sleep(COUNTER_POLL).await;
-    }
-}
-
 /// A server's µs of CPU per byte and bytes per second, one of each per window that counted bytes.
 #[derive(Debug, Default)]
 struct ByteWindows {
@@ -357,25 +232,15 @@ struct ByteWindows {
     rates: Vec<f64>,
 }
 
-async fn per_byte(pid: u32, log: &Path, window: Duration, windows: u32) -> anyhow::Result<ByteWindows> {
+fn per_byte(windows: &[CounterWindow]) -> ByteWindows {
     let mut out = ByteWindows::default();
-    let sleep = window.saturating_sub(BUSY_WINDOW_SLACK).max(MIN_BUSY_SLEEP);
-    for _ in 0..windows {
-        let (cpu0, bytes0) = aligned(pid, log).await?;
-        let started = Instant::now();
-        tokio::time::sleep(sleep).await;
-        let (cpu1, bytes1) = aligned(pid, log).await?;
-        if let Some(us) = us_per_byte(cpu1 - cpu0, bytes1.saturating_sub(bytes0)) {
+    for w in windows {
+        if let Some(us) = us_per_byte(w.cpu_seconds, w.bytes) {
             out.us.push(us);
-            out.rates.push(bytes1.saturating_sub(bytes0) as f64 / started.elapsed().as_secs_f64());
+            out.rates.push(w.bytes as f64 / w.wall_seconds);
         }
     }
-    Ok(out)
-}
-
-/// µs of CPU per byte; `None` when no byte was counted (never a zero figure).
-fn us_per_byte(cpu_seconds: f64, bytes: u64) -> Option<f64> {
-    (bytes > 0).then(|| cpu_seconds * 1e6 / bytes as f64)
+    out
 }
 
 /// A process's cores in each window, and over all of them (finer: a window sees whole clock
@@ -477,40 +342,16 @@ impl IdleFigures {
     }
 }
 
-/// `values` with `decimals` each, comma-separated.
-fn joined(values: &[f64], decimals: usize) -> String {
-    values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(", ")
-}
-
-/// `value` rounded to a whole number, with commas between thousands (12,345; -1,500).
-fn thousands(value: f64) -> String {
-    let rounded = value.round();
-    let sign = if rounded < 0.0 { "-" } else { "" };
-    // `as` saturates: a figure beyond u64 (none is) prints as u64::MAX instead of panicking.
-    format!("{sign}{}", cli_env::group(rounded.abs() as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_last_counter_of_a_log() {
-        let log = "listening 4000\n\
-                   2026 INFO status live=0 capacity=19600 bytes=0 links_up=2\n\
-                   bytes=17 live=3\n\
-                   2026 INFO status live=3 trunk_bytes=999 bytes=42 links=[Up, Up]\n\
-                   a half-written line bytes=";
-        assert_eq!(last_counter(log, "bytes"), (3, Some(42)));
-        assert_eq!(last_counter(log, "live"), (3, Some(3)));
-        assert_eq!(last_counter("", "bytes"), (0, None));
-        assert_eq!(last_counter("bytes=12, live=1", "bytes"), (1, Some(12)));
-    }
-
-    #[test]
-    fn per_byte_is_never_zero_for_no_bytes() {
-        assert_eq!(us_per_byte(0.5, 0), None);
-        assert_eq!(us_per_byte(0.02, 1_000), Some(20.0));
+    fn per_byte_windows_skip_those_without_bytes() {
+        let w = |cpu_seconds, bytes| CounterWindow { cpu_seconds, wall_seconds: 2.0, bytes };
+        let b = per_byte(&[w(0.02, 1_000), w(0.5, 0), w(0.03, 3_000)]);
+        assert_eq!(b.us, vec![20.0, 10.0]);
+        assert_eq!(b.rates, vec![500.0, 1_500.0]);
     }
 
     fn figures() -> IdleFigures {
@@ -545,14 +386,5 @@ mod tests {
         assert!(t.contains("CPU holding none: median 0.00100 cores, 0.00100 over 30 s"), "{t}");
         assert!(t.contains("per idle phone (medians): 10.0000 us of CPU per second"), "{t}");
         assert!(t.contains("per idle phone (all 30 s): 11.0000 us"), "{t}");
-    }
-
-    #[test]
-    fn numbers_with_thousands() {
-        assert_eq!(thousands(0.0), "0");
-        assert_eq!(thousands(999.4), "999");
-        assert_eq!(thousands(1_234_567.0), "1,234,567");
-        assert_eq!(thousands(-1_500.0), "-1,500");
-        assert_eq!(joined(&[1.0, 2.3456], 2), "1.00, 2.35");
     }
 }

@@ -173,6 +173,17 @@ pub struct SimCpu {
     pub window_seconds: f64,
     pub cpu_seconds: f64,
     pub cores: f64,
+    /// Bytes sent within the window, and µs of CPU per byte sent (`None`: none was sent).
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub us_per_byte_sent: Option<f64>,
+    /// µs of CPU per held connection per second (`None`: none was held).
+    #[serde(default)]
+    pub us_per_held_per_s: Option<f64>,
+    /// CPU seconds before the window: connecting (the ramp).
+    #[serde(default)]
+    pub connect_cpu_seconds: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -2,7 +2,7 @@
 # mobile-sim and Thor (the Node WebSocket load tool, npm package `thor` 1.0.0) holding the same
 # idle connections against the same aggregator, side by side: resident memory per held
 # connection (RssAnon, minus a run holding 1), time until all N are held, CPU time. A benchmark,
-# not a test: it prints figures. The comparison is `lab bench thor` (lab/src/thor.rs, whose top
+# not a test: it prints figures. The comparison is `lab bench thor` (lab/src/bench/thor.rs, whose top
 # says how it is made fair; Thor is installed once into ~/.cache/holdfast/thor with the fixes it
 # needs to run on ws 8).
 #

@@ -338,12 +338,9 @@ impl Cluster {
     pub async fn make_pki(&self) -> anyhow::Result<()> {
         let mut sans: Vec<String> = (1..=16).map(|i| format!("127.0.1.{i}")).collect();
         sans.extend(self.settings.lan_address.map(|a| a.to_string()));
-        std::fs::create_dir_all(&self.pki)?;
-        let mut c = self.aggregator();
-        c.arg("--data-dir").arg(&self.pki).args(["--tls-san", &sans.join(","), "certificate"]);
-        children::output(c).await.with_context(|| {
-            format!("the cluster's certificates could not be made in {}", self.pki.display())
-        })?;
+        self_made_tls(&self.bin("aggregator"), &self.pki, &sans)
+            .await
+            .context("the cluster's certificates")?;
         Ok(())
     }
 
@@ -604,9 +601,70 @@ impl Cluster {
     }
 }
 
+/// The TLS files the aggregator's `certificate` subcommand makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// The local CA's certificate, for clients to pin.
+    pub(crate) ca: PathBuf,
+    /// The server's certificate chain and its key.
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+impl TlsFiles {
+    /// From what `certificate` prints: `ca PATH`, `cert PATH` and `key PATH`, a line each.
+    fn parse(printed: &str) -> anyhow::Result<TlsFiles> {
+        let path = |name: &str| {
+            printed
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .map(PathBuf::from)
+                .with_context(|| format!("`certificate` printed no {name} path: {printed:?}"))
+        };
+        Ok(TlsFiles { ca: path("ca")?, cert: path("cert")?, key: path("key")? })
+    }
+}
+
+/// A local CA (kept once made) and an ECDSA P-256 server certificate it signs for localhost,
+/// 127.0.0.1, ::1 and `sans`, in `dir`: made by the aggregator's `certificate` subcommand (the
+/// one CA implementation), again when a name is missing or it is about to expire.
+pub(crate) async fn self_made_tls(
+    aggregator: &Path,
+    dir: &Path,
+    sans: &[String],
+) -> anyhow::Result<TlsFiles> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut c = children::clean_command(aggregator);
+    c.env("NO_COLOR", "1").arg("--data-dir").arg(dir);
+    if !sans.is_empty() {
+        c.args(["--tls-san", &sans.join(",")]);
+    }
+    c.arg("certificate");
+    let printed = children::output(c)
+        .await
+        .with_context(|| format!("the certificates could not be made in {}", dir.display()))?;
+    TlsFiles::parse(&printed)
+}
+
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paths_certificate_prints() {
+        let printed = "ca /w/phones/ca.pem\ncert /w/phones/server.pem\nkey /w/phones/server.key\n";
+        let files = TlsFiles::parse(printed).unwrap();
+        assert_eq!(files.ca, PathBuf::from("/w/phones/ca.pem"));
+        assert_eq!(files.cert, PathBuf::from("/w/phones/server.pem"));
+        assert_eq!(files.key, PathBuf::from("/w/phones/server.key"));
+        assert!(TlsFiles::parse("ca /a\ncert /b\n").is_err(), "no key line");
+        assert!(TlsFiles::parse("cacert /a\ncert /b\nkey /c\n").is_err(), "a word, not the key");
+    }
 }

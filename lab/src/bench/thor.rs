@@ -38,7 +38,7 @@ use anyhow::{bail, Context as _};
 use cli_env::Interrupts;
 use tokio::process::Command;
 
-use crate::bench::{leave, work_dir};
+use super::{leave, work_dir};
 use crate::children::{self, Proc};
 use crate::compare::{aggregator_command, median};
 use crate::hold::{binary, load_average, wait_listening};
