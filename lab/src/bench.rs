@@ -1,7 +1,8 @@
-//! `lab bench` (scripts/bench/cluster-trunks.sh, scripts/bench/nginx-memory.sh): benchmarks on a
-//! local cluster ([`crate::cluster`]) whose figures docs/benchmarks.md records, each in a folder
-//! and on a port of its own, measured from /proc ([`procfs`]) and the aggregators' metrics
-//! ([`crate::metrics`]).
+//! `lab bench` (scripts/bench/cluster-trunks.sh, scripts/bench/nginx-memory.sh, and the benches
+//! in modules of their own below): benchmarks on a local cluster ([`crate::cluster`]) or on
+//! single servers started as `lab compare` starts them, whose figures docs/benchmarks.md records,
+//! each in a folder and on a port of its own, measured from /proc ([`procfs`]) and the
+//! aggregators' metrics ([`crate::metrics`]).
 //!
 //! - `trunks`: many trunks through nginx into several aggregators. A private PostgreSQL, A
 //!   aggregators behind nginx (one worker), G virtual gateways (one mobile-sim process) of P
@@ -14,6 +15,8 @@
 //!   aggregator behind it. Per TLS variant, one aggregator on the embedded store, one nginx worker
 //!   and N idle wss:// phones through nginx: the RSS of the nginx worker and of the aggregator
 //!   before and while holding them, divided by N.
+//! - `gateway` ([`gateway`]): the host gateway's memory per idle phone session, and phone bytes
+//!   per second through it, verified per device.
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
 
@@ -29,6 +32,8 @@ use crate::cluster::{spelled, Cluster, GatewayKind, Settings, StoreKind, TlsMode
 use crate::metrics::{Scrape, Window, DIRECT_SESSIONS, FLUSHES, FLUSH_LAG, FLUSH_ROWS, TRUNKS};
 use crate::procfs;
 use crate::report::SimReport;
+
+mod gateway;
 
 /// Trunk links per virtual gateway (the gateways' own default).
 const LINKS: u32 = 2;
@@ -70,6 +75,9 @@ pub enum Bench {
     /// Memory per idle phone in the nginx worker and in the aggregator behind it, per TLS variant
     /// (scripts/bench/nginx-memory.sh).
     NginxMemory(NginxMemoryArgs),
+    /// The host gateway (scripts/bench/gateway.sh): its memory per idle phone session, and phone
+    /// bytes per second through it into an aggregator on SQLite, verified per device.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +135,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
     match bench {
         Bench::Trunks(args) => trunks(args).await,
         Bench::NginxMemory(args) => nginx_memory(args).await,
+        Bench::Gateway(args) => gateway::run(args).await,
     }
 }
 

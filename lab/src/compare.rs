@@ -193,6 +193,23 @@ pub(crate) struct Setup {
     pub(crate) gateway_status_s: Option<u64>,
 }
 
+impl Setup {
+    /// The aggregator, gateway and mobile-sim binaries in `bin_dir`, the files of the run in
+    /// `out`; the Node.js servers' packages where `lab compare` installs them (not installed
+    /// here), phones on mobile-sim's engine `auto`, the gateway quiet.
+    pub(crate) fn new(out: PathBuf, bin_dir: &Path) -> anyhow::Result<Setup> {
+        Ok(Setup {
+            out,
+            aggregator_bin: binary(bin_dir, "aggregator")?,
+            gateway_bin: binary(bin_dir, "gateway")?,
+            sim_bin: binary(bin_dir, "mobile-sim")?,
+            node_modules: crate::cli::default_node_dir().join("node_modules"),
+            phone_engine: "auto".to_owned(),
+            gateway_status_s: None,
+        })
+    }
+}
+
 /// A server, started, and what phones need to reach it.
 pub(crate) struct Served {
     /// Stopped newest first.

@@ -70,9 +70,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// long after the last; then up to [`DRAIN`] for every byte to be confirmed.
 const BUSY_WARMUP: Duration = Duration::from_secs(20);
 const BUSY_TAIL: Duration = Duration::from_secs(10);
-const DRAIN: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN: Duration = Duration::from_secs(30);
 /// The longest a mobile-sim run may outlive its duration and drain (its report, its exit).
-const SIM_MARGIN: Duration = Duration::from_secs(120);
+pub(crate) const SIM_MARGIN: Duration = Duration::from_secs(120);
 /// The smallest and largest window the figures are worth taking over, and most windows.
 const MIN_WINDOW_S: u64 = 2;
 const MAX_WINDOW_S: u64 = 600;
@@ -204,28 +204,7 @@ async fn measure_with(
     // --- 1 and 2: idle phones ---------------------------------------------------------------------
     let rss_before = usage("the gateway", gateway.pid)?.rss_bytes;
     let empty = idle_cores(gateway.pid, window, args.windows).await?;
-    let idle =
-        phones(cx, &[&*gateway], "idle", args.idle, IDLE_INTERVAL_MS, IDLE_INTERVAL_MS, IDLE_DURATION_S);
-    let mut sim = Proc::spawn("mobile-sim-idle", idle, 0, &cx.out, Some(&cx.out.join("idle.json")))?;
-    let deadline = Instant::now() + HELD_WAIT;
-    loop {
-        gateway.check_alive()?;
-        let held = last_counter(&read_log(&gw_log)?, LIVE_KEY).1.unwrap_or(0);
-        if held >= args.idle {
-            break;
-        }
-        if let Some(status) = sim.exited() {
-            bail!(
-                "the idle phones' mobile-sim ended ({status}) with {held} of {} held: {}",
-                args.idle,
-                sim.log_tail(10)
-            );
-        }
-        if Instant::now() >= deadline {
-            bail!("the gateway held only {held} of {} idle phones after {HELD_WAIT:?}", args.idle);
-        }
-        tokio::time::sleep(HELD_POLL).await;
-    }
+    let (sim, _) = hold_idle(cx, gateway, args.idle).await?;
     tokio::time::sleep(SETTLE_HELD).await;
     let rss_held = usage("the gateway", gateway.pid)?.rss_bytes;
     let full = idle_cores(gateway.pid, window, args.windows).await?;
@@ -233,15 +212,7 @@ async fn measure_with(
     if still < args.idle {
         bail!("idle phones left during the measurement ({still} of {})", args.idle);
     }
-    sim.signal(libc::SIGINT);
-    let limit = DRAIN + SIM_MARGIN;
-    if sim.wait(limit).await.is_none() {
-        bail!("the idle phones did not end within {limit:?}");
-    }
-    let idle_report = compare::sim_report(&cx.out.join("idle.json"))?;
-    if idle_report.connections.established < args.idle || idle_report.connections.dropped > 0 {
-        bail!("idle phones: {:?}", idle_report.connections);
-    }
+    release_idle(cx, sim, args.idle).await?;
     let span_s = args.window_s * u64::from(args.windows);
     let figures = IdleFigures {
         phones: args.idle,
@@ -298,6 +269,55 @@ async fn measure_with(
         report.ok
     );
     Ok(true)
+}
+
+/// Starts `n` idle phones (nothing sent while they are held) against the gateway, and waits
+/// until its status lines (`live=N`, the gateway started with [`Setup::gateway_status_s`]) say
+/// it holds them all: their mobile-sim, running, and the count the gateway last gave. An error
+/// when the gateway or the phones end first, or not all are held within [`HELD_WAIT`].
+pub(crate) async fn hold_idle(cx: &Setup, gateway: &mut Served, n: u64) -> anyhow::Result<(Proc, u64)> {
+    let log = gateway.log().context("the gateway's log")?.to_owned();
+    let mut sim = idle_phones(cx, gateway, n)?;
+    let deadline = Instant::now() + HELD_WAIT;
+    loop {
+        gateway.check_alive()?;
+        let held = last_counter(&read_log(&log)?, LIVE_KEY).1.unwrap_or(0);
+        if held >= n {
+            return Ok((sim, held));
+        }
+        if let Some(status) = sim.exited() {
+            bail!(
+                "the idle phones' mobile-sim ended ({status}) with {held} of {n} held: {}",
+                sim.log_tail(10)
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!("the gateway held only {held} of {n} idle phones after {HELD_WAIT:?}");
+        }
+        tokio::time::sleep(HELD_POLL).await;
+    }
+}
+
+/// Starts `n` phones against `served` that send nothing while they are held (their report in
+/// `idle.json` of the run's folder).
+pub(crate) fn idle_phones(cx: &Setup, served: &Served, n: u64) -> anyhow::Result<Proc> {
+    let idle = phones(cx, &[served], "idle", n, IDLE_INTERVAL_MS, IDLE_INTERVAL_MS, IDLE_DURATION_S);
+    Proc::spawn("mobile-sim-idle", idle, 0, &cx.out, Some(&cx.out.join("idle.json")))
+}
+
+/// Stops the idle phones of [`idle_phones`]; an error unless all `n` had connected and none
+/// dropped.
+pub(crate) async fn release_idle(cx: &Setup, mut sim: Proc, n: u64) -> anyhow::Result<()> {
+    sim.signal(libc::SIGINT);
+    let limit = DRAIN + SIM_MARGIN;
+    if sim.wait(limit).await.is_none() {
+        bail!("the idle phones did not end within {limit:?}");
+    }
+    let report = compare::sim_report(&cx.out.join("idle.json"))?;
+    if report.connections.established < n || report.connections.dropped > 0 {
+        bail!("idle phones: {:?}", report.connections);
+    }
+    Ok(())
 }
 
 /// The phones the gateway and the Node.js server may hold at once.
@@ -483,7 +503,7 @@ fn joined(values: &[f64], decimals: usize) -> String {
 }
 
 /// `value` rounded to a whole number, with commas between thousands (12,345; -1,500).
-fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let rounded = value.round();
     let sign = if rounded < 0.0 { "-" } else { "" };
     // `as` saturates: a figure beyond u64 (none is) prints as u64::MAX instead of panicking.
