@@ -17,6 +17,8 @@
 //!   before and while holding them, divided by N.
 //! - `gateway` ([`gateway`]): the host gateway's memory per idle phone session, and phone bytes
 //!   per second through it, verified per device.
+//! - `aggregator-memory` ([`aggregator_memory`]): memory per idle direct phone in one aggregator,
+//!   over TLS and plain.
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
 
@@ -33,6 +35,7 @@ use crate::metrics::{Scrape, Window, DIRECT_SESSIONS, FLUSHES, FLUSH_LAG, FLUSH_
 use crate::procfs;
 use crate::report::SimReport;
 
+mod aggregator_memory;
 mod gateway;
 
 /// Trunk links per virtual gateway (the gateways' own default).
@@ -78,6 +81,9 @@ pub enum Bench {
     /// The host gateway (scripts/bench/gateway.sh): its memory per idle phone session, and phone
     /// bytes per second through it into an aggregator on SQLite, verified per device.
     Gateway(gateway::GatewayArgs),
+    /// Memory per idle direct phone in one aggregator, over TLS and plain
+    /// (scripts/bench/aggregator-memory.sh).
+    AggregatorMemory(aggregator_memory::AggregatorMemoryArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +142,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
         Bench::Trunks(args) => trunks(args).await,
         Bench::NginxMemory(args) => nginx_memory(args).await,
         Bench::Gateway(args) => gateway::run(args).await,
+        Bench::AggregatorMemory(args) => aggregator_memory::run(args).await,
     }
 }
 
@@ -261,6 +268,82 @@ fn problems(exited_ok: bool, r: &SimReport, devices: u64) -> Vec<String> {
         }
     }
     bad
+}
+
+/// Adds one part's outcome (a variant, a mode) to the bench's `result`: a part that failed
+/// (Ok(false), it printed why) fails the bench, which goes on with the next part; an error ends
+/// the bench (false: stop), with `part` for context.
+fn tally(
+    result: &mut anyhow::Result<bool>,
+    outcome: anyhow::Result<bool>,
+    part: impl FnOnce() -> String,
+) -> bool {
+    match outcome {
+        Ok(true) => true,
+        Ok(false) => {
+            *result = Ok(false);
+            true
+        }
+        Err(e) => {
+            *result = Err(e.context(part()));
+            false
+        }
+    }
+}
+
+/// How many phones a server held when [`wait_held`] stopped asking, and why it stopped.
+struct Held {
+    count: u64,
+    /// mobile-sim ended before they were all held (how).
+    ended: Option<std::process::ExitStatus>,
+    /// The last read of the count that failed, if any (one may fail while the server is busy).
+    last_error: Option<anyhow::Error>,
+}
+
+impl Held {
+    /// Why not all `want` phones were held, for a FAILED line; `None` when they were.
+    fn shortfall(&self, want: u64, sim: &Proc) -> Option<String> {
+        if let Some(status) = self.ended {
+            return Some(format!(
+                "mobile-sim ended ({status}) with {} of {want} phones held: {}",
+                self.count,
+                sim.log_tail(10)
+            ));
+        }
+        (self.count < want).then(|| {
+            let why =
+                self.last_error.as_ref().map_or(String::new(), |e| format!(" (last metrics read: {e:#})"));
+            format!("only {} of {want} phones held after {IDLE_HELD_WAIT:?}{why}", self.count)
+        })
+    }
+}
+
+/// Asks `count` (a server's own count of the phones it holds) every [`IDLE_POLL`] until it
+/// reaches `want`, `sim` (the phones' mobile-sim) ends, or [`IDLE_HELD_WAIT`] passes.
+async fn wait_held<F, Fut>(want: u64, sim: &mut Proc, mut count: F) -> Held
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let deadline = Instant::now() + IDLE_HELD_WAIT;
+    let mut held = Held { count: 0, ended: None, last_error: None };
+    loop {
+        match count().await {
+            Ok(n) => held.count = n as u64,
+            Err(e) => held.last_error = Some(e),
+        }
+        if held.count >= want {
+            return held;
+        }
+        if let Some(status) = sim.exited() {
+            held.ended = Some(status);
+            return held;
+        }
+        if Instant::now() >= deadline {
+            return held;
+        }
+        tokio::time::sleep(IDLE_POLL).await;
+    }
 }
 
 // --- trunks ----------------------------------------------------------------------------------------
@@ -462,13 +545,8 @@ pub async fn nginx_memory(args: NginxMemoryArgs) -> anyhow::Result<bool> {
             }
             Err(e) => Err(e),
         };
-        match outcome {
-            Ok(true) => {}
-            Ok(false) => result = Ok(false),
-            Err(e) => {
-                result = Err(e.context(format!("variant {}", spelled(variant))));
-                break;
-            }
+        if !tally(&mut result, outcome, || format!("variant {}", spelled(variant))) {
+            break;
         }
     }
     leave(&work, &result);
@@ -499,38 +577,21 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
     // killed, when dropped on an error) before the cluster is.
     let mut sim = Proc::spawn("phones", c, 0, &cluster.dir, Some(&report))?;
 
-    let deadline = Instant::now() + IDLE_HELD_WAIT;
-    let mut held = 0u64;
-    let mut last_error = None;
-    loop {
-        match cluster.metric(1, DIRECT_SESSIONS).await {
-            Ok(n) => held = n as u64,
-            Err(e) => last_error = Some(e),
-        }
-        if held >= phones {
-            break;
-        }
-        if let Some(status) = sim.exited() {
-            println!(
-                "{:<11} FAILED: mobile-sim ended ({status}) with {held} of {phones} phones held: {}",
-                spelled(variant),
-                sim.log_tail(10)
-            );
-            return Ok(false);
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(IDLE_POLL).await;
+    let shared: &Cluster = cluster;
+    let held = wait_held(phones, &mut sim, move || shared.metric(1, DIRECT_SESSIONS)).await;
+    if held.ended.is_some() {
+        println!("{:<11} FAILED: {}", spelled(variant), held.shortfall(phones, &sim).unwrap_or_default());
+        return Ok(false);
     }
     tokio::time::sleep(IDLE_SETTLE_HELD).await;
     let nginx_during = usage("the nginx worker", worker)?.rss_bytes;
     let agg_during = usage("aggregator-1", aggregator)?.rss_bytes;
     sim.stop(STOP_GRACE).await;
     println!(
-        "{:<11} phones held {held:>6}  nginx worker RSS {:>7} -> {:>7} KiB: {:>5} bytes per phone;  \
+        "{:<11} phones held {:>6}  nginx worker RSS {:>7} -> {:>7} KiB: {:>5} bytes per phone;  \
          aggregator RSS {:>7} -> {:>7} KiB: {:>5} bytes per phone",
         spelled(variant),
+        held.count,
         kib(nginx_before),
         kib(nginx_during),
         per_phone(nginx_before, nginx_during, phones).unwrap_or_default(),
@@ -538,12 +599,8 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
         kib(agg_during),
         per_phone(agg_before, agg_during, phones).unwrap_or_default()
     );
-    if held < phones {
-        let why = last_error.map_or(String::new(), |e| format!(" (last metrics read: {e:#})"));
-        println!(
-            "{:<11} FAILED: only {held} of {phones} phones held after {IDLE_HELD_WAIT:?}{why}: the figures above are not per held phone",
-            spelled(variant)
-        );
+    if let Some(why) = held.shortfall(phones, &sim) {
+        println!("{:<11} FAILED: {why}: the figures above are not per held phone", spelled(variant));
         return Ok(false);
     }
     Ok(true)
@@ -593,6 +650,51 @@ mod tests {
         assert_eq!(bound(w.quantile_at_most(0.5)), "0.32s");
         assert_eq!(bound(w.quantile_at_most(0.99)), "1.28s");
         assert_eq!(bound(w.quantile_at_most(1.0)), "+Inf");
+    }
+
+    /// A mobile-sim stand-in: `sleep SECONDS` (0: ends at once).
+    fn stand_in(dir: &Path, seconds: &str) -> Proc {
+        let mut c = tokio::process::Command::new("sleep");
+        c.arg(seconds);
+        Proc::spawn("stand-in", c, 0, dir, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn held_phones_are_counted_until_all_are_there_or_mobile_sim_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sim = stand_in(dir.path(), "30");
+        let mut counts = [Err(anyhow!("busy")), Ok(5.0), Ok(10.0)].into_iter();
+        let held = wait_held(10, &mut sim, || {
+            let next = counts.next().unwrap_or(Ok(0.0));
+            async move { next }
+        })
+        .await;
+        assert_eq!(held.count, 10);
+        assert!(held.shortfall(10, &sim).is_none());
+
+        let mut ended = stand_in(dir.path(), "0");
+        let _ = ended.wait(Duration::from_secs(10)).await;
+        let held = wait_held(10, &mut ended, || async { Ok(3.0) }).await;
+        assert_eq!(held.count, 3);
+        let why = held.shortfall(10, &ended).unwrap();
+        assert!(why.starts_with("mobile-sim ended (exit status: 0) with 3 of 10 phones held"), "{why}");
+
+        let short = Held { count: 4, ended: None, last_error: Some(anyhow!("refused")) };
+        assert_eq!(
+            short.shortfall(10, &sim).unwrap(),
+            format!("only 4 of 10 phones held after {IDLE_HELD_WAIT:?} (last metrics read: refused)")
+        );
+    }
+
+    #[test]
+    fn a_failed_part_fails_the_bench_and_an_error_ends_it() {
+        let mut result = Ok(true);
+        assert!(tally(&mut result, Ok(true), || "a".into()));
+        assert!(matches!(result, Ok(true)));
+        assert!(tally(&mut result, Ok(false), || "b".into()));
+        assert!(matches!(result, Ok(false)));
+        assert!(!tally(&mut result, Err(anyhow!("gone")), || "variant c".into()));
+        assert_eq!(format!("{:#}", result.unwrap_err()), "variant c: gone");
     }
 
     #[test]

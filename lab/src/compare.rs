@@ -191,12 +191,15 @@ pub(crate) struct Setup {
     /// The gateway's seconds between status lines (`live=N ... bytes=N`, logged at info), for
     /// a caller that reads them; `None`: the gateway logs warnings only.
     pub(crate) gateway_status_s: Option<u64>,
+    /// The aggregator serves its phones over TLS (wss://, its own certificate), not plain: `lab
+    /// bench aggregator-memory` measures both.
+    pub(crate) aggregator_tls: bool,
 }
 
 impl Setup {
     /// The aggregator, gateway and mobile-sim binaries in `bin_dir`, the files of the run in
     /// `out`; the Node.js servers' packages where `lab compare` installs them (not installed
-    /// here), phones on mobile-sim's engine `auto`, the gateway quiet.
+    /// here), phones on mobile-sim's engine `auto`, the gateway quiet, the aggregator plain.
     pub(crate) fn new(out: PathBuf, bin_dir: &Path) -> anyhow::Result<Setup> {
         Ok(Setup {
             out,
@@ -206,6 +209,7 @@ impl Setup {
             node_modules: crate::cli::default_node_dir().join("node_modules"),
             phone_engine: "auto".to_owned(),
             gateway_status_s: None,
+            aggregator_tls: false,
         })
     }
 }
@@ -219,6 +223,10 @@ pub(crate) struct Served {
     target: String,
     socketio: bool,
     device_key: Option<PathBuf>,
+    /// The CA the phones check the server's certificate with (a wss:// target).
+    ca: Option<PathBuf>,
+    /// The aggregator's metrics, when the aggregator is the server.
+    pub(crate) metrics: Option<Scraper>,
 }
 
 impl Served {
@@ -275,6 +283,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
         out,
         phone_engine: args.phone_engine.clone(),
         gateway_status_s: None,
+        aggregator_tls: false,
     };
     let load_at_start = load_average();
     let mut measurements = Vec::new();
@@ -383,6 +392,8 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 target: format!("ws://{local}/ws"),
                 socketio: false,
                 device_key: None,
+                ca: None,
+                metrics: None,
             })
         }
         Server::NodeSocketio => {
@@ -401,6 +412,8 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 target: format!("ws://{local}/socket.io/?EIO=4&transport=websocket"),
                 socketio: true,
                 device_key: None,
+                ca: None,
+                metrics: None,
             })
         }
         Server::Aggregator => {
@@ -409,17 +422,29 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
             let mut key = aggregator_command(&cx.aggregator_bin, &dir.join("aggregator"));
             key.args(["device", "public-key"]);
             children::output(key).await?;
-            let mut c = aggregator(listen, true);
+            let mut c = aggregator(listen, !cx.aggregator_tls);
             c.arg("--max-phones").arg(max_phones.to_string());
+            if cx.aggregator_tls {
+                // Its self-made certificate names localhost; the phones connect to this address.
+                c.arg("--tls-san").arg(listen.ip().to_string());
+            }
             let mut p = Proc::spawn("aggregator", c, 0, dir, None)?;
             wait_listening(&mut p, listen).await?;
             let pid = p.pid().context("the aggregator's pid")?;
+            let ca = dir.join("aggregator/ca.pem");
+            let (target, metrics, ca) = if cx.aggregator_tls {
+                (format!("wss://{listen}/ws"), Scraper::new(listen, &ca)?, Some(ca))
+            } else {
+                (format!("ws://{listen}/ws"), Scraper::plain(listen), None)
+            };
             Ok(Served {
                 procs: vec![p],
                 pid,
-                target: format!("ws://{listen}/ws"),
+                target,
                 socketio: false,
                 device_key: Some(dir.join("aggregator/device-token.key")),
+                ca,
+                metrics: Some(metrics),
             })
         }
         Server::Gateway => {
@@ -484,6 +509,8 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 target: format!("ws://{listen}/ws"),
                 socketio: false,
                 device_key: Some(data.join("device-token.key")),
+                ca: None,
+                metrics: None,
             })
         }
     }
@@ -527,6 +554,9 @@ pub(crate) fn phones(
     }
     if let Some(key) = served.iter().find_map(|s| s.device_key.as_ref()) {
         c.arg("--device-key").arg(key);
+    }
+    if let Some(ca) = served.iter().find_map(|s| s.ca.as_ref()) {
+        c.arg("--ca").arg(ca);
     }
     c
 }

@@ -158,6 +158,7 @@ pub async fn run(args: GatewayCostArgs) -> anyhow::Result<bool> {
         node_modules,
         phone_engine: "auto".to_owned(),
         gateway_status_s: Some(STATUS_EVERY_S),
+        aggregator_tls: false,
     };
     println!("load average at start: {}  ({} cores)", load_average(), cores());
     println!("gateway: {}", cx.gateway_bin.display());

@@ -17,7 +17,8 @@
 //! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
 //!
 //! `lab bench` ([`bench`]) measures such clusters (trunks into aggregators, nginx's memory) and
-//! single servers: the host gateway's memory per idle phone and bytes per second.
+//! single servers: the host gateway's memory per idle phone and bytes per second, the
+//! aggregator's memory per idle phone.
 //! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
 //! phone byte, next to a Node.js `ws` server.
 
