@@ -19,17 +19,21 @@
 //!   per second through it, verified per device.
 //! - `aggregator-memory` ([`aggregator_memory`]): memory per idle direct phone in one aggregator,
 //!   over TLS and plain.
+//! - `trunk-throughput` ([`trunk_throughput`]): virtual gateways' trunks straight into one
+//!   aggregator on PostgreSQL: bytes and rows per second, flush lag.
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use cli_env::Interrupts;
 
 use crate::children::Proc;
-use crate::cluster::load::LoadSpec;
+use crate::cluster::load::{Load, LoadSpec};
 use crate::cluster::{spelled, Cluster, GatewayKind, Settings, StoreKind, TlsMode, MAX_AGGREGATORS};
 use crate::metrics::{Scrape, Window, DIRECT_SESSIONS, FLUSHES, FLUSH_LAG, FLUSH_ROWS, TRUNKS};
 use crate::procfs;
@@ -37,6 +41,7 @@ use crate::report::SimReport;
 
 mod aggregator_memory;
 mod gateway;
+mod trunk_throughput;
 
 /// Trunk links per virtual gateway (the gateways' own default).
 const LINKS: u32 = 2;
@@ -84,6 +89,9 @@ pub enum Bench {
     /// Memory per idle direct phone in one aggregator, over TLS and plain
     /// (scripts/bench/aggregator-memory.sh).
     AggregatorMemory(aggregator_memory::AggregatorMemoryArgs),
+    /// Phone bytes per second through virtual gateways' trunks straight into one aggregator on
+    /// PostgreSQL, with its flush lag and rows per second (scripts/bench/trunk-throughput.sh).
+    TrunkThroughput(trunk_throughput::TrunkThroughputArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +151,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
         Bench::NginxMemory(args) => nginx_memory(args).await,
         Bench::Gateway(args) => gateway::run(args).await,
         Bench::AggregatorMemory(args) => aggregator_memory::run(args).await,
+        Bench::TrunkThroughput(args) => trunk_throughput::run(args).await,
     }
 }
 
@@ -357,6 +366,76 @@ struct Watched {
     before: procfs::Usage,
 }
 
+/// A cluster of `aggregators` on PostgreSQL and `gateways` virtual gateways of `sessions` on
+/// [`LINKS`] trunks each, every session sending a byte every [`MIN_INTERVAL`]-[`MAX_INTERVAL`];
+/// the aggregators log warnings only.
+fn trunk_settings(
+    bin_dir: Option<PathBuf>,
+    gateways: u32,
+    sessions: u32,
+    aggregators: u32,
+    tls: TlsMode,
+) -> anyhow::Result<Settings> {
+    let mut s = Settings::new(crate::cluster::run::bin_dir(bin_dir)?);
+    s.store = StoreKind::Postgres;
+    s.tls = tls;
+    s.aggregators = aggregators;
+    s.gateways = gateways;
+    s.gateway = GatewayKind::Virtual;
+    s.sessions = sessions;
+    s.links = LINKS;
+    s.min_interval = MIN_INTERVAL.into();
+    s.max_interval = MAX_INTERVAL.into();
+    s.aggregator_log = "warn".into();
+    Ok(s)
+}
+
+/// mobile-sim's report of a load of virtual gateways on `trunks` trunks that ended with
+/// `status`, printed with its verdict and the bytes per second; `None` when the run failed (it
+/// printed why, and the bench prints no figures).
+fn trunk_verdict(
+    cluster: &Cluster,
+    load: &Load,
+    status: Option<std::process::ExitStatus>,
+    trunks: u64,
+) -> Option<SimReport> {
+    let exited_ok = status.is_some_and(|s| s.success());
+    let report = match load.read() {
+        Ok(r) => r,
+        Err(e) => {
+            println!(
+                "FAILED: mobile-sim ({}): {e:#}",
+                status.map_or("still running, killed".into(), |s| s.to_string())
+            );
+            println!("{}", crate::cluster::tail(&cluster.dir.join("gateways.log"), 20));
+            return None;
+        }
+    };
+    // Its report's path is printed only when the run fails: the folder of a good run is removed.
+    println!("mobile-sim:");
+    match report.connect_rate.all_connected_after_s {
+        Some(t) => println!("  trunks       all {trunks} up after {t:.1} s"),
+        None => println!("  trunks       never all {trunks} up at once"),
+    }
+    print!("{}", crate::cluster::run::summary(&report));
+    let bad = problems(exited_ok, &report, load.phones);
+    if !bad.is_empty() {
+        for b in &bad {
+            println!("FAILED: {b}");
+        }
+        return None;
+    }
+    let sim_cpu = report.cpu.as_ref().map_or("not measured".into(), |c| {
+        format!("{:.3} cores over its {:.1} s hold window", c.cores, c.window_seconds)
+    });
+    println!(
+        "  rate         {:.0} bytes per second sent over the {:.1} s run; mobile-sim's CPU {sim_cpu}",
+        per_second(report.bytes.sent as f64, report.run_seconds),
+        report.run_seconds
+    );
+    Some(report)
+}
+
 /// Runs `lab bench trunks`.
 pub async fn trunks(args: TrunksArgs) -> anyhow::Result<bool> {
     let trunks = u64::from(args.gateways) * u64::from(LINKS);
@@ -365,31 +444,32 @@ pub async fn trunks(args: TrunksArgs) -> anyhow::Result<bool> {
         trunks.saturating_mul(2).saturating_add(FILES_SPARE),
         &format!("{trunks} trunks through nginx"),
     )?;
-    let mut s = Settings::new(crate::cluster::run::bin_dir(args.bin_dir.clone())?);
-    s.store = StoreKind::Postgres;
-    s.tls = args.tls;
-    s.aggregators = args.aggregators;
-    s.gateways = args.gateways;
-    s.gateway = GatewayKind::Virtual;
-    s.sessions = args.sessions;
-    s.links = LINKS;
-    s.min_interval = MIN_INTERVAL.into();
-    s.max_interval = MAX_INTERVAL.into();
-    s.aggregator_log = "warn".into();
+    let s = trunk_settings(args.bin_dir.clone(), args.gateways, args.sessions, args.aggregators, args.tls)?;
     let work = work_dir("trunks")?;
-    let mut signals = Interrupts::catch()?;
-    let result = match Cluster::init(&work.join("cluster"), crate::cluster::free_port()?, s).await {
-        Ok(mut cluster) => {
-            let result = tokio::select! {
-                r = measure_trunks(&mut cluster, &args) => r,
-                signal = signals.recv() => Err(anyhow!("{signal}: the bench was stopped")),
-            };
-            cluster.stop_all().await;
-            result
-        }
-        Err(e) => Err(e),
-    };
+    let result = on_cluster(&work, s, &args, |cluster, args| Box::pin(measure_trunks(cluster, args))).await;
     leave(&work, &result);
+    result
+}
+
+/// A bench's measurement on a cluster, under way (see [`on_cluster`]).
+type Measuring<'c> = Pin<Box<dyn Future<Output = anyhow::Result<bool>> + 'c>>;
+
+/// Makes a cluster of `settings` in `work` (on a port of its own) and runs `measure` on it; then
+/// stops everything started on it, whether the measurement went well, failed, or was stopped by
+/// a signal (an error). `measure` borrows the cluster and the bench's arguments.
+async fn on_cluster<A>(
+    work: &Path,
+    settings: Settings,
+    args: &A,
+    measure: for<'c> fn(&'c mut Cluster, &'c A) -> Measuring<'c>,
+) -> anyhow::Result<bool> {
+    let mut signals = Interrupts::catch()?;
+    let mut cluster = Cluster::init(&work.join("cluster"), crate::cluster::free_port()?, settings).await?;
+    let result = tokio::select! {
+        r = measure(&mut cluster, args) => r,
+        signal = signals.recv() => Err(anyhow!("{signal}: the bench was stopped")),
+    };
+    cluster.stop_all().await;
     result
 }
 
@@ -453,40 +533,9 @@ async fn measure_trunks(cluster: &mut Cluster, args: &TrunksArgs) -> anyhow::Res
 
     let status = cluster.wait(&load.name, Some(args.duration + LOAD_MARGIN)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let exited_ok = status.is_some_and(|s| s.success());
-    let report = match load.read() {
-        Ok(r) => r,
-        Err(e) => {
-            println!(
-                "FAILED: mobile-sim ({}): {e:#}",
-                status.map_or("still running, killed".into(), |s| s.to_string())
-            );
-            println!("{}", crate::cluster::tail(&cluster.dir.join("gateways.log"), 20));
-            return Ok(false);
-        }
-    };
-    // Its report's path is printed only when the run fails: the folder of a good run is removed.
-    println!("mobile-sim:");
-    match report.connect_rate.all_connected_after_s {
-        Some(t) => println!("  trunks       all {trunks} up after {t:.1} s"),
-        None => println!("  trunks       never all {trunks} up at once"),
-    }
-    print!("{}", crate::cluster::run::summary(&report));
-    let bad = problems(exited_ok, &report, load.phones);
-    if !bad.is_empty() {
-        for b in &bad {
-            println!("FAILED: {b}");
-        }
+    if trunk_verdict(cluster, &load, status, trunks).is_none() {
         return Ok(false);
     }
-    let sim_cpu = report.cpu.as_ref().map_or("not measured".into(), |c| {
-        format!("{:.3} cores over its {:.1} s hold window", c.cores, c.window_seconds)
-    });
-    println!(
-        "  rate         {:.0} bytes per second sent over the {:.1} s run; mobile-sim's CPU {sim_cpu}",
-        per_second(report.bytes.sent as f64, report.run_seconds),
-        report.run_seconds
-    );
 
     println!("CPU over the {elapsed:.1} s of the run (run and drain), in cores:");
     for w in &watched {
@@ -634,19 +683,20 @@ mod tests {
         assert_eq!(per_second(3.0, 0.0), 0.0);
     }
 
+    /// The flush-lag histogram's window from nothing to these cumulative buckets (bound, count).
+    pub(super) fn lag_window(buckets: &[(&str, u64)]) -> Window {
+        let page: String =
+            buckets.iter().map(|(le, n)| format!("{FLUSH_LAG}_bucket{{le=\"{le}\"}} {n}\n")).collect();
+        Window::between(&Scrape::parse(""), &Scrape::parse(&page), FLUSH_LAG)
+    }
+
     #[test]
     fn bucket_bounds_as_the_page_spells_them() {
         assert_eq!(bound(None), "-");
         assert_eq!(bound(Some(f64::INFINITY)), "+Inf");
         assert_eq!(bound(Some(2.56)), "2.56s");
         // From the histogram's window: 100 flushes, 50 at most 0.32 s and 99 at most 1.28 s.
-        let before = Scrape::parse("");
-        let after = Scrape::parse(
-            "holdfast_flush_lag_seconds_bucket{le=\"0.32\"} 50\n\
-             holdfast_flush_lag_seconds_bucket{le=\"1.28\"} 99\n\
-             holdfast_flush_lag_seconds_bucket{le=\"+Inf\"} 100\n",
-        );
-        let w = Window::between(&before, &after, FLUSH_LAG);
+        let w = lag_window(&[("0.32", 50), ("1.28", 99), ("+Inf", 100)]);
         assert_eq!(bound(w.quantile_at_most(0.5)), "0.32s");
         assert_eq!(bound(w.quantile_at_most(0.99)), "1.28s");
         assert_eq!(bound(w.quantile_at_most(1.0)), "+Inf");

@@ -41,9 +41,9 @@ pub enum Command {
     /// ends with mobile-sim's verdict on every phone.
     Drills(crate::drills::DrillsArgs),
     /// Benchmarks (scripts/bench/cluster-trunks.sh, nginx-memory.sh, gateway.sh,
-    /// aggregator-memory.sh): many trunks through nginx into several aggregators, memory per idle
-    /// phone in nginx and in the aggregator, and the host gateway's memory per idle phone and
-    /// bytes per second.
+    /// aggregator-memory.sh, trunk-throughput.sh): many trunks through nginx into several
+    /// aggregators or straight into one, memory per idle phone in nginx and in the aggregator,
+    /// and the host gateway's memory per idle phone and bytes per second.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
     /// The host gateway's cost per phone (scripts/bench/gateway-cost.sh): memory and CPU per idle

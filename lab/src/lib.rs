@@ -18,7 +18,7 @@
 //!
 //! `lab bench` ([`bench`]) measures such clusters (trunks into aggregators, nginx's memory) and
 //! single servers: the host gateway's memory per idle phone and bytes per second, the
-//! aggregator's memory per idle phone.
+//! aggregator's memory per idle phone, trunks straight into one aggregator.
 //! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
 //! phone byte, next to a Node.js `ws` server.
 
