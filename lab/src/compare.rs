@@ -180,6 +180,7 @@ pub fn summarize(servers: &[Server], measurements: &[Measurement]) -> Vec<Summar
 }
 
 /// What every server's turn needs (`lab gateway-cost` starts its servers with it too).
+#[derive(Clone)]
 pub(crate) struct Setup {
     pub(crate) out: PathBuf,
     pub(crate) aggregator_bin: PathBuf,

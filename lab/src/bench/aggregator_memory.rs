@@ -56,13 +56,13 @@ pub struct AggregatorMemoryArgs {
 pub async fn run(args: AggregatorMemoryArgs) -> anyhow::Result<bool> {
     files_for(args.phones + FILES_SPARE, &format!("{} phones in one process", args.phones))?;
     let bin = crate::cluster::run::bin_dir(args.bin_dir.clone())?;
+    // The binaries are looked for before the run's folder is made (none is left for a wrong one).
+    let setup = Setup::new(PathBuf::new(), &bin)?;
     let work = work_dir("aggregator-memory")?;
     let mut signals = Interrupts::catch()?;
     let mut result = Ok(true);
     for &mode in &args.modes {
-        let dir = work.join(spelled(mode));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let cx = Setup { aggregator_tls: mode == Mode::Tls, ..Setup::new(dir, &bin)? };
+        let cx = Setup { out: work.join(spelled(mode)), aggregator_tls: mode == Mode::Tls, ..setup.clone() };
         let outcome = tokio::select! {
             r = measure(&cx, mode, args.phones) => r,
             signal = signals.recv() => Err(anyhow!("{signal}: the bench was stopped")),
@@ -77,6 +77,7 @@ pub async fn run(args: AggregatorMemoryArgs) -> anyhow::Result<bool> {
 
 /// Starts the aggregator, measures one mode, and stops it whether or not that went well.
 async fn measure(cx: &Setup, mode: Mode, phones: u64) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(&cx.out).with_context(|| format!("creating {}", cx.out.display()))?;
     let served = serve(Server::Aggregator, cx, &cx.out, phones + MAX_PHONES_SPARE).await?;
     let result = measure_with(cx, mode, phones, &served).await;
     served.stop().await;

@@ -78,8 +78,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<bool> {
         &format!("{} phones in one process", args.idle.max(args.busy)),
     )?;
     let bin = crate::cluster::run::bin_dir(args.bin_dir.clone())?;
+    // The binaries are looked for before the run's folder is made (none is left for a wrong one).
+    let setup = Setup::new(PathBuf::new(), &bin)?;
     let work = work_dir("gateway")?;
-    let cx = Setup { gateway_status_s: Some(STATUS_EVERY_S), ..Setup::new(work.clone(), &bin)? };
+    let cx = Setup { out: work.clone(), gateway_status_s: Some(STATUS_EVERY_S), ..setup };
     let mut signals = Interrupts::catch()?;
     let result = tokio::select! {
         r = measure(&args, &cx) => r,
