@@ -1,8 +1,7 @@
-//! `lab bench` (scripts/bench/cluster-trunks.sh, nginx-memory.sh, mobile-sim-cost.sh,
-//! gateway-tls-cost.sh): benchmarks whose figures docs/benchmarks.md records, on a local cluster
-//! ([`crate::cluster`]) or around one host gateway, each in a folder and on a port of its own,
-//! measured from /proc ([`procfs`]), the aggregators' metrics ([`crate::metrics`]) and the
-//! gateway's status line.
+//! `lab bench`: benchmarks whose figures docs/benchmarks.md records (the scripts of
+//! scripts/bench/ call them), on a local cluster ([`crate::cluster`]) or on single servers started
+//! as `lab compare` starts them, each in a folder and on a port of its own, measured from /proc
+//! ([`procfs`]), the aggregators' metrics ([`crate::metrics`]) and the gateway's status line.
 //!
 //! - `trunks`: many trunks through nginx into several aggregators. A private PostgreSQL, A
 //!   aggregators behind nginx (one worker), G virtual gateways (one mobile-sim process) of P
@@ -15,29 +14,43 @@
 //!   aggregator behind it. Per TLS variant, one aggregator on the embedded store, one nginx worker
 //!   and N idle wss:// phones through nginx: the RSS of the nginx worker and of the aggregator
 //!   before and while holding them, divided by N.
+//! - `gateway` ([`gateway`]): the host gateway's memory per idle phone session, and phone bytes
+//!   per second through it, verified per device.
+//! - `aggregator-memory` ([`aggregator_memory`]): memory per idle direct phone in one aggregator,
+//!   over TLS and plain.
+//! - `trunk-throughput` ([`trunk_throughput`]): virtual gateways' trunks straight into one
+//!   aggregator on PostgreSQL: bytes and rows per second, flush lag.
 //! - `mobile-sim-cost` ([`mobile_sim_cost`], scripts/bench/mobile-sim-cost.sh): mobile-sim's own
 //!   CPU per held idle phone and per byte sent, one process on one host gateway.
 //! - `gateway-tls-cost` ([`gateway_tls_cost`], scripts/bench/gateway-tls-cost.sh): the host
 //!   gateway's RSS and CPU to accept per phone, ws against wss phones.
+//! - `thor` ([`thor`], scripts/bench/thor-compare.sh): mobile-sim next to Thor, the Node load
+//!   tool, holding the same idle connections.
 //!
-//! The last two, and `lab gateway-cost`, share [`cost`]: their frame, the gateway's count of held
+//! `gateway`, `aggregator-memory`, `mobile-sim-cost`, `gateway-tls-cost` and `lab gateway-cost`
+//! share [`cost`]: their frame, idle phones held and released, the gateway's count of held
 //! phones, and CPU windows aligned to its once-a-second counter line.
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
 
+mod aggregator_memory;
 pub(crate) mod cost;
+mod gateway;
 pub mod gateway_tls_cost;
 pub mod mobile_sim_cost;
 pub mod thor;
+mod trunk_throughput;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use cli_env::Interrupts;
 
 use crate::children::Proc;
-use crate::cluster::load::LoadSpec;
+use crate::cluster::load::{Load, LoadSpec};
 use crate::cluster::{spelled, Cluster, GatewayKind, Settings, StoreKind, TlsMode, MAX_AGGREGATORS};
 use crate::metrics::{Scrape, Window, DIRECT_SESSIONS, FLUSHES, FLUSH_LAG, FLUSH_ROWS, TRUNKS};
 use crate::procfs;
@@ -93,6 +106,15 @@ pub enum Bench {
     /// against the same aggregator: memory per connection, time to all held, CPU
     /// (scripts/bench/thor-compare.sh).
     Thor(thor::ThorArgs),
+    /// The host gateway (scripts/bench/gateway.sh): its memory per idle phone session, and phone
+    /// bytes per second through it into an aggregator on SQLite, verified per device.
+    Gateway(gateway::GatewayArgs),
+    /// Memory per idle direct phone in one aggregator, over TLS and plain
+    /// (scripts/bench/aggregator-memory.sh).
+    AggregatorMemory(aggregator_memory::AggregatorMemoryArgs),
+    /// Phone bytes per second through virtual gateways' trunks straight into one aggregator on
+    /// PostgreSQL, with its flush lag and rows per second (scripts/bench/trunk-throughput.sh).
+    TrunkThroughput(trunk_throughput::TrunkThroughputArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +175,9 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
         Bench::MobileSimCost(args) => mobile_sim_cost::run(args).await,
         Bench::GatewayTlsCost(args) => gateway_tls_cost::run(args).await,
         Bench::Thor(args) => thor::run(args).await,
+        Bench::Gateway(args) => gateway::run(args).await,
+        Bench::AggregatorMemory(args) => aggregator_memory::run(args).await,
+        Bench::TrunkThroughput(args) => trunk_throughput::run(args).await,
     }
 }
 
@@ -280,6 +305,82 @@ fn problems(exited_ok: bool, r: &SimReport, devices: u64) -> Vec<String> {
     bad
 }
 
+/// Adds one part's outcome (a variant, a mode) to the bench's `result`: a part that failed
+/// (Ok(false), it printed why) fails the bench, which goes on with the next part; an error ends
+/// the bench (false: stop), with `part` for context.
+fn tally(
+    result: &mut anyhow::Result<bool>,
+    outcome: anyhow::Result<bool>,
+    part: impl FnOnce() -> String,
+) -> bool {
+    match outcome {
+        Ok(true) => true,
+        Ok(false) => {
+            *result = Ok(false);
+            true
+        }
+        Err(e) => {
+            *result = Err(e.context(part()));
+            false
+        }
+    }
+}
+
+/// How many phones a server held when [`wait_held`] stopped asking, and why it stopped.
+struct Held {
+    count: u64,
+    /// mobile-sim ended before they were all held (how).
+    ended: Option<std::process::ExitStatus>,
+    /// The last read of the count that failed, if any (one may fail while the server is busy).
+    last_error: Option<anyhow::Error>,
+}
+
+impl Held {
+    /// Why not all `want` phones were held, for a FAILED line; `None` when they were.
+    fn shortfall(&self, want: u64, sim: &Proc) -> Option<String> {
+        if let Some(status) = self.ended {
+            return Some(format!(
+                "mobile-sim ended ({status}) with {} of {want} phones held: {}",
+                self.count,
+                sim.log_tail(10)
+            ));
+        }
+        (self.count < want).then(|| {
+            let why =
+                self.last_error.as_ref().map_or(String::new(), |e| format!(" (last metrics read: {e:#})"));
+            format!("only {} of {want} phones held after {IDLE_HELD_WAIT:?}{why}", self.count)
+        })
+    }
+}
+
+/// Asks `count` (a server's own count of the phones it holds) every [`IDLE_POLL`] until it
+/// reaches `want`, `sim` (the phones' mobile-sim) ends, or [`IDLE_HELD_WAIT`] passes.
+async fn wait_held<F, Fut>(want: u64, sim: &mut Proc, mut count: F) -> Held
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+{
+    let deadline = Instant::now() + IDLE_HELD_WAIT;
+    let mut held = Held { count: 0, ended: None, last_error: None };
+    loop {
+        match count().await {
+            Ok(n) => held.count = n as u64,
+            Err(e) => held.last_error = Some(e),
+        }
+        if held.count >= want {
+            return held;
+        }
+        if let Some(status) = sim.exited() {
+            held.ended = Some(status);
+            return held;
+        }
+        if Instant::now() >= deadline {
+            return held;
+        }
+        tokio::time::sleep(IDLE_POLL).await;
+    }
+}
+
 // --- trunks ----------------------------------------------------------------------------------------
 
 /// A process whose CPU and memory the trunks bench follows.
@@ -291,6 +392,76 @@ struct Watched {
     before: procfs::Usage,
 }
 
+/// A cluster of `aggregators` on PostgreSQL and `gateways` virtual gateways of `sessions` on
+/// [`LINKS`] trunks each, every session sending a byte every [`MIN_INTERVAL`]-[`MAX_INTERVAL`];
+/// the aggregators log warnings only.
+fn trunk_settings(
+    bin_dir: Option<PathBuf>,
+    gateways: u32,
+    sessions: u32,
+    aggregators: u32,
+    tls: TlsMode,
+) -> anyhow::Result<Settings> {
+    let mut s = Settings::new(crate::cluster::run::bin_dir(bin_dir)?);
+    s.store = StoreKind::Postgres;
+    s.tls = tls;
+    s.aggregators = aggregators;
+    s.gateways = gateways;
+    s.gateway = GatewayKind::Virtual;
+    s.sessions = sessions;
+    s.links = LINKS;
+    s.min_interval = MIN_INTERVAL.into();
+    s.max_interval = MAX_INTERVAL.into();
+    s.aggregator_log = "warn".into();
+    Ok(s)
+}
+
+/// mobile-sim's report of a load of virtual gateways on `trunks` trunks that ended with
+/// `status`, printed with its verdict and the bytes per second; `None` when the run failed (it
+/// printed why, and the bench prints no figures).
+fn trunk_verdict(
+    cluster: &Cluster,
+    load: &Load,
+    status: Option<std::process::ExitStatus>,
+    trunks: u64,
+) -> Option<SimReport> {
+    let exited_ok = status.is_some_and(|s| s.success());
+    let report = match load.read() {
+        Ok(r) => r,
+        Err(e) => {
+            println!(
+                "FAILED: mobile-sim ({}): {e:#}",
+                status.map_or("still running, killed".into(), |s| s.to_string())
+            );
+            println!("{}", crate::cluster::tail(&cluster.dir.join("gateways.log"), 20));
+            return None;
+        }
+    };
+    // Its report's path is printed only when the run fails: the folder of a good run is removed.
+    println!("mobile-sim:");
+    match report.connect_rate.all_connected_after_s {
+        Some(t) => println!("  trunks       all {trunks} up after {t:.1} s"),
+        None => println!("  trunks       never all {trunks} up at once"),
+    }
+    print!("{}", crate::cluster::run::summary(&report));
+    let bad = problems(exited_ok, &report, load.phones);
+    if !bad.is_empty() {
+        for b in &bad {
+            println!("FAILED: {b}");
+        }
+        return None;
+    }
+    let sim_cpu = report.cpu.as_ref().map_or("not measured".into(), |c| {
+        format!("{:.3} cores over its {:.1} s hold window", c.cores, c.window_seconds)
+    });
+    println!(
+        "  rate         {:.0} bytes per second sent over the {:.1} s run; mobile-sim's CPU {sim_cpu}",
+        per_second(report.bytes.sent as f64, report.run_seconds),
+        report.run_seconds
+    );
+    Some(report)
+}
+
 /// Runs `lab bench trunks`.
 pub async fn trunks(args: TrunksArgs) -> anyhow::Result<bool> {
     let trunks = u64::from(args.gateways) * u64::from(LINKS);
@@ -299,31 +470,32 @@ pub async fn trunks(args: TrunksArgs) -> anyhow::Result<bool> {
         trunks.saturating_mul(2).saturating_add(FILES_SPARE),
         &format!("{trunks} trunks through nginx"),
     )?;
-    let mut s = Settings::new(crate::cluster::run::bin_dir(args.bin_dir.clone())?);
-    s.store = StoreKind::Postgres;
-    s.tls = args.tls;
-    s.aggregators = args.aggregators;
-    s.gateways = args.gateways;
-    s.gateway = GatewayKind::Virtual;
-    s.sessions = args.sessions;
-    s.links = LINKS;
-    s.min_interval = MIN_INTERVAL.into();
-    s.max_interval = MAX_INTERVAL.into();
-    s.aggregator_log = "warn".into();
+    let s = trunk_settings(args.bin_dir.clone(), args.gateways, args.sessions, args.aggregators, args.tls)?;
     let work = work_dir("trunks")?;
-    let mut signals = Interrupts::catch()?;
-    let result = match Cluster::init(&work.join("cluster"), crate::cluster::free_port()?, s).await {
-        Ok(mut cluster) => {
-            let result = tokio::select! {
-                r = measure_trunks(&mut cluster, &args) => r,
-                signal = signals.recv() => Err(anyhow!("{signal}: the bench was stopped")),
-            };
-            cluster.stop_all().await;
-            result
-        }
-        Err(e) => Err(e),
-    };
+    let result = on_cluster(&work, s, &args, |cluster, args| Box::pin(measure_trunks(cluster, args))).await;
     leave(&work, &result);
+    result
+}
+
+/// A bench's measurement on a cluster, under way (see [`on_cluster`]).
+type Measuring<'c> = Pin<Box<dyn Future<Output = anyhow::Result<bool>> + 'c>>;
+
+/// Makes a cluster of `settings` in `work` (on a port of its own) and runs `measure` on it; then
+/// stops everything started on it, whether the measurement went well, failed, or was stopped by
+/// a signal (an error). `measure` borrows the cluster and the bench's arguments.
+async fn on_cluster<A>(
+    work: &Path,
+    settings: Settings,
+    args: &A,
+    measure: for<'c> fn(&'c mut Cluster, &'c A) -> Measuring<'c>,
+) -> anyhow::Result<bool> {
+    let mut signals = Interrupts::catch()?;
+    let mut cluster = Cluster::init(&work.join("cluster"), crate::cluster::free_port()?, settings).await?;
+    let result = tokio::select! {
+        r = measure(&mut cluster, args) => r,
+        signal = signals.recv() => Err(anyhow!("{signal}: the bench was stopped")),
+    };
+    cluster.stop_all().await;
     result
 }
 
@@ -387,40 +559,9 @@ async fn measure_trunks(cluster: &mut Cluster, args: &TrunksArgs) -> anyhow::Res
 
     let status = cluster.wait(&load.name, Some(args.duration + LOAD_MARGIN)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let exited_ok = status.is_some_and(|s| s.success());
-    let report = match load.read() {
-        Ok(r) => r,
-        Err(e) => {
-            println!(
-                "FAILED: mobile-sim ({}): {e:#}",
-                status.map_or("still running, killed".into(), |s| s.to_string())
-            );
-            println!("{}", crate::cluster::tail(&cluster.dir.join("gateways.log"), 20));
-            return Ok(false);
-        }
-    };
-    // Its report's path is printed only when the run fails: the folder of a good run is removed.
-    println!("mobile-sim:");
-    match report.connect_rate.all_connected_after_s {
-        Some(t) => println!("  trunks       all {trunks} up after {t:.1} s"),
-        None => println!("  trunks       never all {trunks} up at once"),
-    }
-    print!("{}", crate::cluster::run::summary(&report));
-    let bad = problems(exited_ok, &report, load.phones);
-    if !bad.is_empty() {
-        for b in &bad {
-            println!("FAILED: {b}");
-        }
+    if trunk_verdict(cluster, &load, status, trunks).is_none() {
         return Ok(false);
     }
-    let sim_cpu = report.cpu.as_ref().map_or("not measured".into(), |c| {
-        format!("{:.3} cores over its {:.1} s hold window", c.cores, c.window_seconds)
-    });
-    println!(
-        "  rate         {:.0} bytes per second sent over the {:.1} s run; mobile-sim's CPU {sim_cpu}",
-        per_second(report.bytes.sent as f64, report.run_seconds),
-        report.run_seconds
-    );
 
     println!("CPU over the {elapsed:.1} s of the run (run and drain), in cores:");
     for w in &watched {
@@ -479,13 +620,8 @@ pub async fn nginx_memory(args: NginxMemoryArgs) -> anyhow::Result<bool> {
             }
             Err(e) => Err(e),
         };
-        match outcome {
-            Ok(true) => {}
-            Ok(false) => result = Ok(false),
-            Err(e) => {
-                result = Err(e.context(format!("variant {}", spelled(variant))));
-                break;
-            }
+        if !tally(&mut result, outcome, || format!("variant {}", spelled(variant))) {
+            break;
         }
     }
     leave(&work, &result);
@@ -516,38 +652,21 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
     // killed, when dropped on an error) before the cluster is.
     let mut sim = Proc::spawn("phones", c, 0, &cluster.dir, Some(&report))?;
 
-    let deadline = Instant::now() + IDLE_HELD_WAIT;
-    let mut held = 0u64;
-    let mut last_error = None;
-    loop {
-        match cluster.metric(1, DIRECT_SESSIONS).await {
-            Ok(n) => held = n as u64,
-            Err(e) => last_error = Some(e),
-        }
-        if held >= phones {
-            break;
-        }
-        if let Some(status) = sim.exited() {
-            println!(
-                "{:<11} FAILED: mobile-sim ended ({status}) with {held} of {phones} phones held: {}",
-                spelled(variant),
-                sim.log_tail(10)
-            );
-            return Ok(false);
-        }
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(IDLE_POLL).await;
+    let shared: &Cluster = cluster;
+    let held = wait_held(phones, &mut sim, move || shared.metric(1, DIRECT_SESSIONS)).await;
+    if held.ended.is_some() {
+        println!("{:<11} FAILED: {}", spelled(variant), held.shortfall(phones, &sim).unwrap_or_default());
+        return Ok(false);
     }
     tokio::time::sleep(IDLE_SETTLE_HELD).await;
     let nginx_during = usage("the nginx worker", worker)?.rss_bytes;
     let agg_during = usage("aggregator-1", aggregator)?.rss_bytes;
     sim.stop(STOP_GRACE).await;
     println!(
-        "{:<11} phones held {held:>6}  nginx worker RSS {:>7} -> {:>7} KiB: {:>5} bytes per phone;  \
+        "{:<11} phones held {:>6}  nginx worker RSS {:>7} -> {:>7} KiB: {:>5} bytes per phone;  \
          aggregator RSS {:>7} -> {:>7} KiB: {:>5} bytes per phone",
         spelled(variant),
+        held.count,
         kib(nginx_before),
         kib(nginx_during),
         per_phone(nginx_before, nginx_during, phones).unwrap_or_default(),
@@ -555,12 +674,8 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
         kib(agg_during),
         per_phone(agg_before, agg_during, phones).unwrap_or_default()
     );
-    if held < phones {
-        let why = last_error.map_or(String::new(), |e| format!(" (last metrics read: {e:#})"));
-        println!(
-            "{:<11} FAILED: only {held} of {phones} phones held after {IDLE_HELD_WAIT:?}{why}: the figures above are not per held phone",
-            spelled(variant)
-        );
+    if let Some(why) = held.shortfall(phones, &sim) {
+        println!("{:<11} FAILED: {why}: the figures above are not per held phone", spelled(variant));
         return Ok(false);
     }
     Ok(true)
@@ -594,22 +709,68 @@ mod tests {
         assert_eq!(per_second(3.0, 0.0), 0.0);
     }
 
+    /// The flush-lag histogram's window from nothing to these cumulative buckets (bound, count).
+    pub(super) fn lag_window(buckets: &[(&str, u64)]) -> Window {
+        let page: String =
+            buckets.iter().map(|(le, n)| format!("{FLUSH_LAG}_bucket{{le=\"{le}\"}} {n}\n")).collect();
+        Window::between(&Scrape::parse(""), &Scrape::parse(&page), FLUSH_LAG)
+    }
+
     #[test]
     fn bucket_bounds_as_the_page_spells_them() {
         assert_eq!(bound(None), "-");
         assert_eq!(bound(Some(f64::INFINITY)), "+Inf");
         assert_eq!(bound(Some(2.56)), "2.56s");
         // From the histogram's window: 100 flushes, 50 at most 0.32 s and 99 at most 1.28 s.
-        let before = Scrape::parse("");
-        let after = Scrape::parse(
-            "holdfast_flush_lag_seconds_bucket{le=\"0.32\"} 50\n\
-             holdfast_flush_lag_seconds_bucket{le=\"1.28\"} 99\n\
-             holdfast_flush_lag_seconds_bucket{le=\"+Inf\"} 100\n",
-        );
-        let w = Window::between(&before, &after, FLUSH_LAG);
+        let w = lag_window(&[("0.32", 50), ("1.28", 99), ("+Inf", 100)]);
         assert_eq!(bound(w.quantile_at_most(0.5)), "0.32s");
         assert_eq!(bound(w.quantile_at_most(0.99)), "1.28s");
         assert_eq!(bound(w.quantile_at_most(1.0)), "+Inf");
+    }
+
+    /// A mobile-sim stand-in: `sleep SECONDS` (0: ends at once).
+    fn stand_in(dir: &Path, seconds: &str) -> Proc {
+        let mut c = tokio::process::Command::new("sleep");
+        c.arg(seconds);
+        Proc::spawn("stand-in", c, 0, dir, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn held_phones_are_counted_until_all_are_there_or_mobile_sim_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sim = stand_in(dir.path(), "30");
+        let mut counts = [Err(anyhow!("busy")), Ok(5.0), Ok(10.0)].into_iter();
+        let held = wait_held(10, &mut sim, || {
+            let next = counts.next().unwrap_or(Ok(0.0));
+            async move { next }
+        })
+        .await;
+        assert_eq!(held.count, 10);
+        assert!(held.shortfall(10, &sim).is_none());
+
+        let mut ended = stand_in(dir.path(), "0");
+        let _ = ended.wait(Duration::from_secs(10)).await;
+        let held = wait_held(10, &mut ended, || async { Ok(3.0) }).await;
+        assert_eq!(held.count, 3);
+        let why = held.shortfall(10, &ended).unwrap();
+        assert!(why.starts_with("mobile-sim ended (exit status: 0) with 3 of 10 phones held"), "{why}");
+
+        let short = Held { count: 4, ended: None, last_error: Some(anyhow!("refused")) };
+        assert_eq!(
+            short.shortfall(10, &sim).unwrap(),
+            format!("only 4 of 10 phones held after {IDLE_HELD_WAIT:?} (last metrics read: refused)")
+        );
+    }
+
+    #[test]
+    fn a_failed_part_fails_the_bench_and_an_error_ends_it() {
+        let mut result = Ok(true);
+        assert!(tally(&mut result, Ok(true), || "a".into()));
+        assert!(matches!(result, Ok(true)));
+        assert!(tally(&mut result, Ok(false), || "b".into()));
+        assert!(matches!(result, Ok(false)));
+        assert!(!tally(&mut result, Err(anyhow!("gone")), || "variant c".into()));
+        assert_eq!(format!("{:#}", result.unwrap_err()), "variant c: gone");
     }
 
     #[test]

@@ -40,9 +40,9 @@ pub enum Command {
     /// Failure drills on local clusters (scripts/drills.sh): each breaks one thing mid-run and
     /// ends with mobile-sim's verdict on every phone.
     Drills(crate::drills::DrillsArgs),
-    /// Benchmarks (scripts/bench/cluster-trunks.sh, nginx-memory.sh, mobile-sim-cost.sh,
-    /// gateway-tls-cost.sh): many trunks through nginx into several aggregators, memory per idle
-    /// phone in nginx, mobile-sim's own CPU, and what TLS phones cost the host gateway.
+    /// Benchmarks (the scripts of scripts/bench/ call them): trunks through nginx into several
+    /// aggregators, memory per idle phone in nginx, the aggregator and the host gateway, bytes per
+    /// second through gateways, mobile-sim's own CPU, TLS phones' cost, mobile-sim next to Thor.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
     /// The host gateway's cost per phone (scripts/bench/gateway-cost.sh): memory and CPU per idle

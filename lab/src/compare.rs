@@ -186,6 +186,7 @@ pub fn summarize(servers: &[Server], measurements: &[Measurement]) -> Vec<Summar
 }
 
 /// What every server's turn needs (`lab gateway-cost` starts its servers with it too).
+#[derive(Clone)]
 pub(crate) struct Setup {
     pub(crate) out: PathBuf,
     pub(crate) aggregator_bin: PathBuf,
@@ -202,6 +203,29 @@ pub(crate) struct Setup {
     /// The gateway serves its phones over TLS (wss://, `--phone-tls-cert`) with a certificate
     /// of the aggregator's making for its address; the phones pin that CA.
     pub(crate) phone_tls: bool,
+    /// The aggregator serves its phones over TLS (wss://, its own certificate), not plain: `lab
+    /// bench aggregator-memory` measures both.
+    pub(crate) aggregator_tls: bool,
+}
+
+impl Setup {
+    /// The aggregator, gateway and mobile-sim binaries in `bin_dir`, the files of the run in
+    /// `out`; the Node.js servers' packages where `lab compare` installs them (not installed
+    /// here), phones on mobile-sim's engine `auto`, the gateway quiet, the aggregator plain.
+    pub(crate) fn new(out: PathBuf, bin_dir: &Path) -> anyhow::Result<Setup> {
+        Ok(Setup {
+            out,
+            aggregator_bin: binary(bin_dir, "aggregator")?,
+            gateway_bin: binary(bin_dir, "gateway")?,
+            sim_bin: binary(bin_dir, "mobile-sim")?,
+            node_modules: crate::cli::default_node_dir().join("node_modules"),
+            phone_engine: "auto".to_owned(),
+            gateway_status_s: None,
+            aggregator_tls: false,
+            ramp_rate: RAMP_RATE,
+            phone_tls: false,
+        })
+    }
 }
 
 /// A server, started, and what phones need to reach it.
@@ -213,8 +237,10 @@ pub(crate) struct Served {
     target: String,
     socketio: bool,
     device_key: Option<PathBuf>,
-    /// The CA a wss:// target's certificate chains to.
+    /// The CA the phones check the server's certificate with (a wss:// target).
     ca: Option<PathBuf>,
+    /// The aggregator's metrics, when the aggregator is the server.
+    pub(crate) metrics: Option<Scraper>,
 }
 
 impl Served {
@@ -273,6 +299,7 @@ pub async fn run(args: CompareArgs) -> anyhow::Result<CompareReport> {
         gateway_status_s: None,
         ramp_rate: RAMP_RATE,
         phone_tls: false,
+        aggregator_tls: false,
     };
     let load_at_start = load_average();
     let mut measurements = Vec::new();
@@ -383,6 +410,7 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 socketio: false,
                 device_key: None,
                 ca: None,
+                metrics: None,
             })
         }
         Server::NodeSocketio => {
@@ -402,6 +430,7 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 socketio: true,
                 device_key: None,
                 ca: None,
+                metrics: None,
             })
         }
         Server::Aggregator => {
@@ -410,18 +439,29 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
             let mut key = aggregator_command(&cx.aggregator_bin, &dir.join("aggregator"));
             key.args(["device", "public-key"]);
             children::output(key).await?;
-            let mut c = aggregator(listen, true);
+            let mut c = aggregator(listen, !cx.aggregator_tls);
             c.arg("--max-phones").arg(max_phones.to_string());
+            if cx.aggregator_tls {
+                // Its self-made certificate names localhost; the phones connect to this address.
+                c.arg("--tls-san").arg(listen.ip().to_string());
+            }
             let mut p = Proc::spawn("aggregator", c, 0, dir, None)?;
             wait_listening(&mut p, listen).await?;
             let pid = p.pid().context("the aggregator's pid")?;
+            let ca = dir.join("aggregator/ca.pem");
+            let (target, metrics, ca) = if cx.aggregator_tls {
+                (format!("wss://{listen}/ws"), Scraper::new(listen, &ca)?, Some(ca))
+            } else {
+                (format!("ws://{listen}/ws"), Scraper::plain(listen), None)
+            };
             Ok(Served {
                 procs: vec![p],
                 pid,
-                target: format!("ws://{listen}/ws"),
+                target,
                 socketio: false,
                 device_key: Some(dir.join("aggregator/device-token.key")),
-                ca: None,
+                ca,
+                metrics: Some(metrics),
             })
         }
         Server::Gateway => {
@@ -498,6 +538,7 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
                 socketio: false,
                 device_key: Some(data.join("device-token.key")),
                 ca: phone_tls.map(|tls| tls.ca),
+                metrics: None,
             })
         }
     }

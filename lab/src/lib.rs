@@ -16,9 +16,9 @@
 //! breaks one part of such a cluster at a time. Both start their parts through [`cluster`].
 //! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
 //!
-//! `lab bench` ([`bench`]) measures such clusters (trunks into aggregators, nginx's memory),
-//! mobile-sim's own CPU, what TLS phones cost the host gateway, and mobile-sim next to Thor, the
-//! Node load tool.
+//! `lab bench` ([`bench`]) measures such clusters (trunks into aggregators, nginx's memory) and
+//! single servers (the host gateway's and the aggregator's memory per idle phone, mobile-sim's
+//! own CPU, what TLS phones cost the host gateway, mobile-sim next to Thor).
 //! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
 //! phone byte, next to a Node.js `ws` server.
 

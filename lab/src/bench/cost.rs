@@ -111,6 +111,7 @@ pub(crate) fn setup(
         gateway_status_s: Some(STATUS_EVERY_S),
         ramp_rate,
         phone_tls: false,
+        aggregator_tls: false,
         out: work_dir(name)?,
     })
 }

@@ -50,6 +50,9 @@ pub struct LoadSpec {
     /// More mobile-sim arguments (a drill's bounds: --max-dropped, --max-failed,
     /// --allow-unconfirmed).
     pub extra: Vec<String>,
+    /// Where virtual gateways' trunks go instead of nginx (`wss://ADDRESS/trunk` of an aggregator
+    /// that serves TLS itself: `lab bench trunk-throughput`); `None`: through nginx.
+    pub trunk_target: Option<String>,
 }
 
 impl LoadSpec {
@@ -60,6 +63,7 @@ impl LoadSpec {
             text: false,
             quiet: true,
             extra: Vec::new(),
+            trunk_target: None,
         }
     }
 
@@ -169,8 +173,10 @@ impl Cluster {
         let lines: String = self.gateways[..n].iter().map(|g| format!("{} {}\n", g.name, g.secret)).collect();
         std::fs::write(&file, lines).with_context(|| format!("writing {}", file.display()))?;
         let report = self.dir.join("gateways.report");
+        let target =
+            spec.trunk_target.clone().unwrap_or_else(|| format!("wss://localhost:{}/trunk", self.port));
         let mut c = self.sim();
-        c.args(["gateways", "--target", &format!("wss://localhost:{}/trunk", self.port)])
+        c.args(["gateways", "--target", &target])
             .arg("--ca")
             .arg(self.ca())
             .arg("--gateways-file")

@@ -102,6 +102,9 @@ pub struct Settings {
     pub aggregator_env: Vec<(String, String)>,
     /// Where aggregator, gateway and mobile-sim are.
     pub bin: PathBuf,
+    /// A PostgreSQL database of the caller's to use instead of the private server (`lab bench
+    /// trunk-throughput` on a server it was given); `None`: as [`Settings::store`] says.
+    pub database_url: Option<String>,
 }
 
 impl Settings {
@@ -123,6 +126,7 @@ impl Settings {
             aggregator_log: "info".into(),
             aggregator_env: Vec::new(),
             bin,
+            database_url: None,
         }
     }
 }
@@ -313,6 +317,13 @@ impl Cluster {
 
     /// The certificates, the store, the aggregators and nginx, ready for load.
     pub async fn start_servers(&mut self) -> anyhow::Result<()> {
+        self.start_aggregators().await?;
+        self.start_nginx().await
+    }
+
+    /// The certificates, the store and the aggregators, nothing in front of them (load straight
+    /// to an aggregator: `lab bench trunk-throughput`).
+    pub async fn start_aggregators(&mut self) -> anyhow::Result<()> {
         for b in ["aggregator", "mobile-sim"] {
             if !self.bin(b).is_file() {
                 bail!(
@@ -326,7 +337,7 @@ impl Cluster {
         for i in 1..=self.settings.aggregators {
             self.start_aggregator(i).await?;
         }
-        self.start_nginx().await
+        Ok(())
     }
 
     /// A local CA and one server certificate (ECDSA P-256, what the gateways' TLS speaks) for
@@ -347,8 +358,9 @@ impl Cluster {
     /// The store, migrated, with the cluster's gateways provisioned; then the fault of a check
     /// of the checks, if one is asked for ([`crate::cluster::load::inject_fault`]).
     async fn start_store(&mut self) -> anyhow::Result<()> {
-        self.db_url = match self.store {
-            StoreKind::Postgres => {
+        self.db_url = match (self.store, self.settings.database_url.clone()) {
+            (StoreKind::Postgres, Some(url)) => url,
+            (StoreKind::Postgres, None) => {
                 let pg = PrivatePostgres::start_in(&self.dir, self.port).await?;
                 let url = pg.database_url();
                 self.postgres = Some(pg);
