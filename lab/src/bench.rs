@@ -14,6 +14,8 @@
 //!   aggregator behind it. Per TLS variant, one aggregator on the embedded store, one nginx worker
 //!   and N idle wss:// phones through nginx: the RSS of the nginx worker and of the aggregator
 //!   before and while holding them, divided by N.
+//! - `write-path` ([`crate::write_path`]): aggregator builds' write paths side by side, one
+//!   aggregator at a time on a fresh database of its own ([`crate::solo`]), no cluster.
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
 
@@ -70,6 +72,10 @@ pub enum Bench {
     /// Memory per idle phone in the nginx worker and in the aggregator behind it, per TLS variant
     /// (scripts/bench/nginx-memory.sh).
     NginxMemory(NginxMemoryArgs),
+    /// The write path side by side (scripts/bench/write-path.sh): the same trunk load into each
+    /// given aggregator binary in turn, each run on a fresh database; throughput, flush lag and
+    /// CPU per run, and their medians per binary.
+    WritePath(crate::write_path::WritePathArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -127,6 +133,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
     match bench {
         Bench::Trunks(args) => trunks(args).await,
         Bench::NginxMemory(args) => nginx_memory(args).await,
+        Bench::WritePath(args) => crate::write_path::run(args).await,
     }
 }
 
@@ -141,7 +148,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `d` as mobile-sim takes it.
-fn sim_duration(d: Duration) -> String {
+pub(crate) fn sim_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
@@ -477,13 +484,15 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
     let agg_before = usage("aggregator-1", aggregator)?.rss_bytes;
 
     let report = cluster.dir.join("phones.report");
-    let mut c = crate::children::clean_command(&cluster.settings.bin.join("mobile-sim"));
-    c.args(["phones", "--target", &format!("wss://localhost:{}/ws", cluster.port)])
-        .arg("--ca")
-        .arg(cluster.ca())
-        .arg("--device-key")
-        .arg(cluster.device_key())
-        .args(["--phones", &phones.to_string(), "--rate", IDLE_RATE, "-C", IDLE_CONCURRENT])
+    let mut c = crate::cluster::load::direct_phones(
+        &cluster.settings.bin.join("mobile-sim"),
+        &format!("wss://localhost:{}/ws", cluster.port),
+        &cluster.ca(),
+        &cluster.device_key(),
+        phones,
+        IDLE_RATE,
+    );
+    c.args(["-C", IDLE_CONCURRENT])
         .args(["--min-interval", IDLE_INTERVAL, "--max-interval", IDLE_INTERVAL])
         .args(["--duration", &sim_duration(IDLE_DURATION), "--quiet", "--json"]);
     // Kept here, not in the cluster's list: it is watched for an early end, and stopped (or

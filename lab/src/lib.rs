@@ -16,7 +16,8 @@
 //! breaks one part of such a cluster at a time. Both start their parts through [`cluster`].
 //! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
 //!
-//! `lab bench` ([`bench`]) measures such clusters: trunks into aggregators, nginx's memory.
+//! `lab bench` ([`bench`]) measures such clusters: trunks into aggregators, nginx's memory; and
+//! one aggregator on a fresh database of its own ([`solo`]): its write path ([`write_path`]).
 //! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
 //! phone byte, next to a Node.js `ws` server.
 
@@ -35,3 +36,5 @@ pub mod netns;
 pub mod plan;
 pub mod procfs;
 pub mod report;
+pub mod solo;
+pub mod write_path;
