@@ -14,8 +14,9 @@
 //!   aggregator behind it. Per TLS variant, one aggregator on the embedded store, one nginx worker
 //!   and N idle wss:// phones through nginx: the RSS of the nginx worker and of the aggregator
 //!   before and while holding them, divided by N.
-//! - `write-path` ([`crate::write_path`]): aggregator builds' write paths side by side, one
-//!   aggregator at a time on a fresh database of its own ([`crate::solo`]), no cluster.
+//! - `write-path` ([`crate::write_path`]) and `flush-cpu` ([`crate::flush_cpu`]): aggregator
+//!   builds' write paths side by side, one aggregator at a time on a fresh database of its own
+//!   ([`crate::solo`]), no cluster.
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
 
@@ -76,6 +77,10 @@ pub enum Bench {
     /// given aggregator binary in turn, each run on a fresh database; throughput, flush lag and
     /// CPU per run, and their medians per binary.
     WritePath(crate::write_path::WritePathArgs),
+    /// The aggregator's CPU per phone byte with direct phones, few sessions changing per flush
+    /// (scripts/bench/flush-cpu.sh): per given aggregator binary, each run on a fresh database;
+    /// the medians and their ratio to the first.
+    FlushCpu(crate::flush_cpu::FlushCpuArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,6 +139,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
         Bench::Trunks(args) => trunks(args).await,
         Bench::NginxMemory(args) => nginx_memory(args).await,
         Bench::WritePath(args) => crate::write_path::run(args).await,
+        Bench::FlushCpu(args) => crate::flush_cpu::run(args).await,
     }
 }
 

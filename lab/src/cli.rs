@@ -40,9 +40,9 @@ pub enum Command {
     /// Failure drills on local clusters (scripts/drills.sh): each breaks one thing mid-run and
     /// ends with mobile-sim's verdict on every phone.
     Drills(crate::drills::DrillsArgs),
-    /// Benchmarks (scripts/bench/cluster-trunks.sh, nginx-memory.sh, write-path.sh): many trunks
-    /// through nginx into several aggregators, memory per idle phone in nginx, and aggregator
-    /// builds' write paths side by side.
+    /// Benchmarks (scripts/bench/cluster-trunks.sh, nginx-memory.sh, write-path.sh,
+    /// flush-cpu.sh): many trunks through nginx into several aggregators, memory per idle phone
+    /// in nginx, and aggregator builds' write paths and CPU per byte side by side.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
     /// The host gateway's cost per phone (scripts/bench/gateway-cost.sh): memory and CPU per idle

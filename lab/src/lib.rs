@@ -17,7 +17,8 @@
 //! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
 //!
 //! `lab bench` ([`bench`]) measures such clusters: trunks into aggregators, nginx's memory; and
-//! one aggregator on a fresh database of its own ([`solo`]): its write path ([`write_path`]).
+//! one aggregator on a fresh database of its own ([`solo`]): its write path ([`write_path`]), its
+//! CPU per phone byte ([`flush_cpu`]).
 //! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
 //! phone byte, next to a Node.js `ws` server.
 
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod compare;
 pub mod drills;
 pub mod e2e;
+pub mod flush_cpu;
 pub mod gateway_cost;
 pub mod hold;
 pub mod kernel;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use cli_env::Interrupts;
 use sqlx::Connection as _;
 
 use crate::children::{self, Proc};
@@ -183,21 +184,59 @@ pub enum Outcome<T> {
     Failed(String),
 }
 
-/// Runs of a bench that compares aggregator binaries: each run of each binary on a fresh store.
-pub struct Turns<'a> {
-    pub runs: u32,
-    pub subjects: &'a [Subject],
-    /// The columns a subject's name takes in a run line.
+/// How a bench that compares aggregator binaries names things.
+#[derive(Debug, Clone, Copy)]
+pub struct Naming {
+    /// The columns a subject's name takes in a result line.
     pub width: usize,
-    /// The PostgreSQL server the stores are made on ([`FreshStore::create`]), or `sqlite:`.
-    pub database_url: &'a str,
-    /// The stores' names start with this.
-    pub store_prefix: &'a str,
-    /// Where SQLite stores go.
-    pub work: &'a Path,
+    /// Its stores' names start with this.
+    pub store_prefix: &'static str,
 }
 
-impl Turns<'_> {
+/// Runs of a bench that compares aggregator binaries: each run of each binary on a fresh store.
+pub struct Turns<'a> {
+    naming: Naming,
+    runs: u32,
+    subjects: &'a [Subject],
+    /// The PostgreSQL server the stores are made on ([`FreshStore::create`]), or `sqlite:`.
+    database_url: &'a str,
+    /// Where SQLite stores go.
+    work: &'a Path,
+}
+
+impl<'a> Turns<'a> {
+    pub fn new(
+        naming: Naming,
+        runs: u32,
+        subjects: &'a [Subject],
+        database_url: &'a str,
+        work: &'a Path,
+    ) -> Self {
+        Turns { naming, runs, subjects, database_url, work }
+    }
+
+    /// [`Turns::take`], stopped by a signal (an error); then the lines `medians` makes of each
+    /// subject's figures, and the load at the end. Ok(false) when a run did not verify (it
+    /// printed why, and no medians).
+    pub async fn compare<T>(
+        &self,
+        line: impl Fn(&T) -> String,
+        one: impl AsyncFnMut(&str, &Subject, &FreshStore) -> anyhow::Result<Outcome<T>>,
+        medians: impl Fn(&[Vec<T>]) -> Vec<String>,
+    ) -> anyhow::Result<bool> {
+        let mut signals = Interrupts::catch()?;
+        let taken = tokio::select! {
+            r = self.take(line, one) => r?,
+            signal = signals.recv() => bail!("{signal}: the bench was stopped"),
+        };
+        let Some(results) = taken else { return Ok(false) };
+        for m in medians(&results) {
+            println!("{m}");
+        }
+        println!("load at the end: {}", crate::hold::load_average());
+        Ok(true)
+    }
+
     /// `one` for each subject in turn, `runs` times (the subjects alternate, so that a change in
     /// the machine's load touches them alike), each time on a fresh store, removed after it
     /// whatever happened, and with a tag of its own (run and subject: `10` is run 1 of the
@@ -212,16 +251,16 @@ impl Turns<'_> {
         for r in 1..=self.runs {
             for (i, (s, figures)) in self.subjects.iter().zip(results.iter_mut()).enumerate() {
                 let tag = format!("{r}{i}");
-                let name = format!("{}-{tag}", self.store_prefix);
-                let store =
-                    FreshStore::create(self.database_url, self.store_prefix, self.work, &name).await?;
+                let prefix = self.naming.store_prefix;
+                let name = format!("{prefix}-{tag}");
+                let store = FreshStore::create(self.database_url, prefix, self.work, &name).await?;
                 let outcome = one(&tag, s, &store).await;
                 if let Err(e) = store.remove().await {
                     eprintln!("lab bench: {e:#}");
                 }
                 match outcome.with_context(|| format!("run {tag}, {}", s.name))? {
                     Outcome::Measured(f) => {
-                        println!("  run {r}  {:<width$}  {}", s.name, line(&f), width = self.width);
+                        println!("  run {r}  {:<width$}  {}", s.name, line(&f), width = self.naming.width);
                         figures.push(f);
                     }
                     Outcome::Failed(why) => {

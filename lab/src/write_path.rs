@@ -22,8 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
-use cli_env::Interrupts;
+use anyhow::Context;
 
 use crate::bench::{files_for, leave, sim_duration, usage, work_dir};
 use crate::children::{self, Proc};
@@ -32,7 +31,7 @@ use crate::compare::lower_median;
 use crate::hold::load_average;
 use crate::metrics::{Scrape, Window, FLUSH_LAG, FLUSH_ROWS, FLUSH_ROW_LAG};
 use crate::report::SimReport;
-use crate::solo::{self, subjects, FreshStore, Outcome, Solo, Subject, Turns};
+use crate::solo::{self, subjects, FreshStore, Naming, Outcome, Solo, Subject, Turns};
 
 /// Trunk links per virtual gateway: mobile-sim's default, not passed (as the script did not:
 /// an older mobile-sim may not take `--links`).
@@ -52,9 +51,8 @@ const SIM_MARGIN: Duration = Duration::from_secs(1800);
 const MERGE_LIMIT: Duration = Duration::from_secs(1800);
 /// The gateways' names: this and a number of four digits or more.
 const GATEWAY_PREFIX: &str = "wp-gw-";
-/// The run stores' names start with this.
-const STORE_PREFIX: &str = "holdfast_writepath";
-/// The width of a binary's name in the result lines.
+/// The width of a binary's name in the result lines, and the run stores' names.
+const NAMING: Naming = Naming { width: NAME_WIDTH, store_prefix: "holdfast_writepath" };
 const NAME_WIDTH: usize = 50;
 
 #[derive(Debug, clap::Args)]
@@ -218,7 +216,6 @@ pub async fn run(args: WritePathArgs) -> anyhow::Result<bool> {
         }
         None => work_dir("write-path")?,
     };
-    let mut signals = Interrupts::catch()?;
     println!(
         "write-path: {} gateways x {} sessions, a byte every {}-{}, {:?}, {} runs per binary; load {}",
         args.gateways,
@@ -229,36 +226,23 @@ pub async fn run(args: WritePathArgs) -> anyhow::Result<bool> {
         args.runs,
         load_average()
     );
-    let result = tokio::select! {
-        r = runs(&args, &subjects, &work) => r,
-        signal = signals.recv() => Err(anyhow!("{signal}: the bench was stopped")),
+    let turns = Turns::new(NAMING, args.runs, &subjects, &args.database_url, &work);
+    let line = |f: &Figures| f.text(Some(f.dropped));
+    let one = async |tag: &str, s: &Subject, store: &FreshStore| measure(&args, s, tag, &work, store).await;
+    let medians = |results: &[Vec<Figures>]| -> Vec<String> {
+        let lines = subjects.iter().zip(results);
+        lines
+            .map(|(s, runs)| {
+                format!("median  {:<NAME_WIDTH$}  {}  (verified)", s.name, Figures::medians(runs).text(None))
+            })
+            .collect()
     };
+    let result = turns.compare(line, one, medians).await;
     match &args.keep {
         Some(dir) => eprintln!("logs kept in {}", dir.display()),
         None => leave(&work, &result),
     }
     result
-}
-
-async fn runs(args: &WritePathArgs, subjects: &[Subject], work: &Path) -> anyhow::Result<bool> {
-    let turns = Turns {
-        runs: args.runs,
-        subjects,
-        width: NAME_WIDTH,
-        database_url: &args.database_url,
-        store_prefix: STORE_PREFIX,
-        work,
-    };
-    let line = |f: &Figures| f.text(Some(f.dropped));
-    let one = async |tag: &str, s: &Subject, store: &FreshStore| measure(args, s, tag, work, store).await;
-    let Some(results) = turns.take(line, one).await? else {
-        return Ok(false);
-    };
-    for (s, runs) in subjects.iter().zip(&results) {
-        println!("median  {:<NAME_WIDTH$}  {}  (verified)", s.name, Figures::medians(runs).text(None));
-    }
-    println!("load at the end: {}", load_average());
-    Ok(true)
 }
 
 /// Links that may drop or fail, up to one per link, for a mobile-sim that takes such bounds (one
