@@ -16,7 +16,8 @@
 //!   before and while holding them, divided by N.
 //! - `write-path` ([`crate::write_path`]) and `flush-cpu` ([`crate::flush_cpu`]): aggregator
 //!   builds' write paths side by side, one aggregator at a time on a fresh database of its own
-//!   ([`crate::solo`]), no cluster.
+//!   ([`crate::solo`]), no cluster; `fold` ([`crate::fold`]): the sessions table's bounded
+//!   growth over runs into one such aggregator.
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
 
@@ -81,6 +82,10 @@ pub enum Bench {
     /// (scripts/bench/flush-cpu.sh): per given aggregator binary, each run on a fresh database;
     /// the medians and their ratio to the first.
     FlushCpu(crate::flush_cpu::FlushCpuArgs),
+    /// Bounded growth of the sessions table (scripts/bench/fold.sh): runs one after the other
+    /// into one aggregator, the table's rows after each, every device verified again in SQL at
+    /// the end.
+    Fold(crate::fold::FoldArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +145,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
         Bench::NginxMemory(args) => nginx_memory(args).await,
         Bench::WritePath(args) => crate::write_path::run(args).await,
         Bench::FlushCpu(args) => crate::flush_cpu::run(args).await,
+        Bench::Fold(args) => crate::fold::run(args).await,
     }
 }
 

@@ -41,8 +41,9 @@ pub enum Command {
     /// ends with mobile-sim's verdict on every phone.
     Drills(crate::drills::DrillsArgs),
     /// Benchmarks (scripts/bench/cluster-trunks.sh, nginx-memory.sh, write-path.sh,
-    /// flush-cpu.sh): many trunks through nginx into several aggregators, memory per idle phone
-    /// in nginx, and aggregator builds' write paths and CPU per byte side by side.
+    /// flush-cpu.sh, fold.sh): many trunks through nginx into several aggregators, memory per
+    /// idle phone in nginx, aggregator builds' write paths and CPU per byte side by side, and
+    /// the sessions table's bounded growth.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
     /// The host gateway's cost per phone (scripts/bench/gateway-cost.sh): memory and CPU per idle

@@ -18,7 +18,7 @@
 //!
 //! `lab bench` ([`bench`]) measures such clusters: trunks into aggregators, nginx's memory; and
 //! one aggregator on a fresh database of its own ([`solo`]): its write path ([`write_path`]), its
-//! CPU per phone byte ([`flush_cpu`]).
+//! CPU per phone byte ([`flush_cpu`]), the sessions table's bounded growth ([`fold`]).
 //! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
 //! phone byte, next to a Node.js `ws` server.
 
@@ -30,6 +30,7 @@ pub mod compare;
 pub mod drills;
 pub mod e2e;
 pub mod flush_cpu;
+pub mod fold;
 pub mod gateway_cost;
 pub mod hold;
 pub mod kernel;
