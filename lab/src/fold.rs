@@ -54,6 +54,8 @@ const MERGE_LIMIT: Duration = Duration::from_secs(1800);
 const FOLD_SETTLE: Duration = Duration::from_secs(3);
 const FOLD_POLLS: u32 = 60;
 const FOLD_POLL: Duration = Duration::from_secs(2);
+/// The longest `--fold-after-s` the bench waits out.
+const MAX_FOLD_AFTER_S: u64 = 3600;
 /// Most runs (each a boot of every gateway: the aggregator is told to allow one more per hour).
 const MAX_RUNS: u32 = 1000;
 /// The gateways' names: this and a number of four digits or more.
@@ -88,8 +90,10 @@ pub struct FoldArgs {
     #[arg(long, value_parser = crate::bench::parse_duration)]
     pub duration: Duration,
 
-    /// The aggregator's `--fold-after-s`: how long a finished session stays unfolded.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    /// The aggregator's `--fold-after-s`: how long a finished session stays unfolded (at most
+    /// an hour: the bench waits that long for folding after the last run).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_FOLD_AFTER_S))]
     pub fold_after_s: u64,
 
     /// The PostgreSQL server (a role that may CREATE DATABASE): the bench gets a fresh database,
