@@ -26,6 +26,10 @@
 //!   gateway's RSS and CPU to accept per phone, ws against wss phones.
 //! - `thor` ([`thor`], scripts/bench/thor-compare.sh): mobile-sim next to Thor, the Node load
 //!   tool, holding the same idle connections.
+//! - `write-path` ([`crate::bench::write_path`]) and `flush-cpu` ([`crate::bench::flush_cpu`]): aggregator
+//!   builds' write paths side by side, one aggregator at a time on a fresh database of its own
+//!   ([`crate::bench::solo`]), no cluster; `fold` ([`crate::bench::fold`]): the sessions table's bounded
+//!   growth over runs into one such aggregator.
 //!
 //! `gateway`, `aggregator-memory`, `mobile-sim-cost`, `gateway-tls-cost` and `lab gateway-cost`
 //! share [`cost`]: their frame, idle phones held and released, the gateway's count of held
@@ -33,13 +37,17 @@
 //!
 //! The run's folder is removed when it went well, and kept (its path printed) when it did not.
 
-mod aggregator_memory;
-pub(crate) mod cost;
-mod gateway;
+pub mod aggregator_memory;
+pub mod cost;
+pub mod flush_cpu;
+pub mod fold;
+pub mod gateway;
 pub mod gateway_tls_cost;
 pub mod mobile_sim_cost;
+pub mod solo;
 pub mod thor;
-mod trunk_throughput;
+pub mod trunk_throughput;
+pub mod write_path;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -115,6 +123,18 @@ pub enum Bench {
     /// Phone bytes per second through virtual gateways' trunks straight into one aggregator on
     /// PostgreSQL, with its flush lag and rows per second (scripts/bench/trunk-throughput.sh).
     TrunkThroughput(trunk_throughput::TrunkThroughputArgs),
+    /// The write path side by side (scripts/bench/write-path.sh): the same trunk load into each
+    /// given aggregator binary in turn, each run on a fresh database; throughput, flush lag and
+    /// CPU per run, and their medians per binary.
+    WritePath(crate::bench::write_path::WritePathArgs),
+    /// The aggregator's CPU per phone byte with direct phones, few sessions changing per flush
+    /// (scripts/bench/flush-cpu.sh): per given aggregator binary, each run on a fresh database;
+    /// the medians and their ratio to the first.
+    FlushCpu(crate::bench::flush_cpu::FlushCpuArgs),
+    /// Bounded growth of the sessions table (scripts/bench/fold.sh): runs one after the other
+    /// into one aggregator, the table's rows after each, every device verified again in SQL at
+    /// the end.
+    Fold(crate::bench::fold::FoldArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -178,6 +198,9 @@ pub async fn run(bench: Bench) -> anyhow::Result<bool> {
         Bench::Gateway(args) => gateway::run(args).await,
         Bench::AggregatorMemory(args) => aggregator_memory::run(args).await,
         Bench::TrunkThroughput(args) => trunk_throughput::run(args).await,
+        Bench::WritePath(args) => crate::bench::write_path::run(args).await,
+        Bench::FlushCpu(args) => crate::bench::flush_cpu::run(args).await,
+        Bench::Fold(args) => crate::bench::fold::run(args).await,
     }
 }
 
@@ -192,7 +215,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `d` as mobile-sim takes it.
-fn sim_duration(d: Duration) -> String {
+pub(crate) fn sim_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
@@ -639,13 +662,15 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
     let agg_before = usage("aggregator-1", aggregator)?.rss_bytes;
 
     let report = cluster.dir.join("phones.report");
-    let mut c = crate::children::clean_command(&cluster.settings.bin.join("mobile-sim"));
-    c.args(["phones", "--target", &format!("wss://localhost:{}/ws", cluster.port)])
-        .arg("--ca")
-        .arg(cluster.ca())
-        .arg("--device-key")
-        .arg(cluster.device_key())
-        .args(["--phones", &phones.to_string(), "--rate", IDLE_RATE, "-C", IDLE_CONCURRENT])
+    let mut c = crate::cluster::load::direct_phones(
+        &cluster.settings.bin.join("mobile-sim"),
+        &format!("wss://localhost:{}/ws", cluster.port),
+        &cluster.ca(),
+        &cluster.device_key(),
+        phones,
+        IDLE_RATE,
+    );
+    c.args(["-C", IDLE_CONCURRENT])
         .args(["--min-interval", IDLE_INTERVAL, "--max-interval", IDLE_INTERVAL])
         .args(["--duration", &sim_duration(IDLE_DURATION), "--quiet", "--json"]);
     // Kept here, not in the cluster's list: it is watched for an early end, and stopped (or

@@ -42,7 +42,8 @@ pub enum Command {
     Drills(crate::drills::DrillsArgs),
     /// Benchmarks (the scripts of scripts/bench/ call them): trunks through nginx into several
     /// aggregators, memory per idle phone in nginx, the aggregator and the host gateway, bytes per
-    /// second through gateways, mobile-sim's own CPU, TLS phones' cost, mobile-sim next to Thor.
+    /// second through gateways, mobile-sim's own CPU, TLS phones' cost, mobile-sim next to Thor,
+    /// aggregator builds' write paths and CPU per byte side by side, the sessions table's bounds.
     #[command(subcommand)]
     Bench(crate::bench::Bench),
     /// The host gateway's cost per phone (scripts/bench/gateway-cost.sh): memory and CPU per idle

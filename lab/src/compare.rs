@@ -162,6 +162,14 @@ pub fn median(mut values: Vec<f64>) -> Option<f64> {
     Some(if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 })
 }
 
+/// The lower middle of `values` for an even count (scripts/lib.sh's `hf_median`): always a figure
+/// one of the runs gave, so that the median of histogram bucket bounds is a bucket bound. `None`
+/// when empty.
+pub fn lower_median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().checked_sub(1)? / 2).copied()
+}
+
 /// Medians per server, in the order the servers were given, with the CPU ratios.
 pub fn summarize(servers: &[Server], measurements: &[Measurement]) -> Vec<Summary> {
     let of = |server: Server, f: fn(&Measurement) -> f64| {
@@ -704,6 +712,10 @@ mod tests {
         assert_eq!(median(vec![]), None);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(lower_median(vec![]), None);
+        assert_eq!(lower_median(vec![7.0]), Some(7.0));
+        assert_eq!(lower_median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(lower_median(vec![1.0, f64::INFINITY, 0.5, 2.0]), Some(1.0));
     }
 
     #[test]

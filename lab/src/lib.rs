@@ -16,9 +16,11 @@
 //! breaks one part of such a cluster at a time. Both start their parts through [`cluster`].
 //! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
 //!
-//! `lab bench` ([`bench`]) measures such clusters (trunks into aggregators, nginx's memory) and
+//! `lab bench` ([`bench`]) measures such clusters (trunks into aggregators, nginx's memory),
 //! single servers (the host gateway's and the aggregator's memory per idle phone, mobile-sim's
-//! own CPU, what TLS phones cost the host gateway, mobile-sim next to Thor).
+//! own CPU, what TLS phones cost the host gateway, mobile-sim next to Thor), and one aggregator
+//! on a fresh database of its own ([`bench::solo`]): its write path ([`bench::write_path`]), its CPU per phone
+//! byte ([`bench::flush_cpu`]), the sessions table's bounded growth ([`bench::fold`]).
 //! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
 //! phone byte, next to a Node.js `ws` server.
 

@@ -17,8 +17,13 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The aggregator's flush-lag histogram: age of the oldest report a flush committed.
 pub const FLUSH_LAG: &str = "holdfast_flush_lag_seconds";
+/// Its per-row histogram: age of each committed row's oldest report (absent from older builds).
+pub const FLUSH_ROW_LAG: &str = "holdfast_flush_row_lag_seconds";
 /// Bytes by which committed flushes grew the stored counts.
 pub const FLUSHED_BYTES: &str = "holdfast_flushed_bytes_total";
+/// Payload bytes the aggregator received from direct phones (what a build without
+/// [`FLUSHED_BYTES`] is measured by).
+pub const PHONE_BYTES: &str = "holdfast_phone_bytes_total";
 /// Session opens reported by trunks.
 pub const SESSIONS_OPENED: &str = "holdfast_trunk_sessions_opened_total";
 /// Sessions waiting in the ledger.

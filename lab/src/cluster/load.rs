@@ -2,7 +2,7 @@
 //! a mobile-sim process that verifies every phone's bytes against the store at its end and
 //! writes its report (JSON) to a file the caller reads as a [`SimReport`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use tokio::process::Command;
@@ -69,18 +69,31 @@ impl LoadSpec {
 
     fn args(&self, cluster: &Cluster, prefix: &str) -> Vec<String> {
         let s = &cluster.settings;
+        self.args_for(&s.min_interval, &s.max_interval, &cluster.db_url, prefix)
+    }
+
+    /// mobile-sim's arguments for this load: each device pauses `min_interval..max_interval`
+    /// between bytes, device ids start with `prefix`, and every one is verified against the
+    /// store at `database_url` at the end.
+    pub fn args_for(
+        &self,
+        min_interval: &str,
+        max_interval: &str,
+        database_url: &str,
+        prefix: &str,
+    ) -> Vec<String> {
         let mut a: Vec<String> = [
             "--duration",
             &self.duration,
             "--min-interval",
-            &s.min_interval,
+            min_interval,
             "--max-interval",
-            &s.max_interval,
+            max_interval,
             "--device-prefix",
             prefix,
             "--verify",
             "--database-url",
-            &cluster.db_url,
+            database_url,
         ]
         .iter()
         .map(|x| x.to_string())
@@ -96,9 +109,43 @@ impl LoadSpec {
     }
 }
 
+/// mobile-sim's virtual gateways: those of `gateways_file` (`NAME HEXSECRET` lines, as `aggregator
+/// gateway add` prints them), `sessions` phone sessions each, their TLS trunks to `target`
+/// (`wss://HOST:PORT/trunk`) with the server's certificate pinned to `ca`. The caller adds the
+/// load's own arguments ([`LoadSpec::args_for`]).
+pub fn virtual_gateways(sim: &Path, target: &str, ca: &Path, gateways_file: &Path, sessions: u32) -> Command {
+    let mut c = crate::children::clean_command(sim);
+    c.args(["gateways", "--target", target])
+        .arg("--ca")
+        .arg(ca)
+        .arg("--gateways-file")
+        .arg(gateways_file)
+        .args(["--sessions-per-gateway", &sessions.to_string()]);
+    c
+}
+
+/// mobile-sim's `n` phones straight to an aggregator's (or nginx's) `target`
+/// (`wss://HOST:PORT/ws`), the certificate pinned to `ca`, each proving its device with a token
+/// signed by `device_key`, connected at `rate` per second. The caller adds the load's own
+/// arguments ([`LoadSpec::args_for`]).
+pub fn direct_phones(sim: &Path, target: &str, ca: &Path, device_key: &Path, n: u64, rate: &str) -> Command {
+    let mut c = crate::children::clean_command(sim);
+    c.args(["phones", "--target", target]).arg("--ca").arg(ca).arg("--device-key").arg(device_key).args([
+        "--phones",
+        &n.to_string(),
+        "--rate",
+        rate,
+    ]);
+    c
+}
+
 impl Cluster {
     fn sim(&self) -> Command {
-        crate::children::clean_command(&self.settings.bin.join("mobile-sim"))
+        crate::children::clean_command(&self.sim_bin())
+    }
+
+    fn sim_bin(&self) -> PathBuf {
+        self.settings.bin.join("mobile-sim")
     }
 
     /// Starts gateway `i` (gw-i, 1-based) with its phones, each sending a byte every
@@ -125,15 +172,9 @@ impl Cluster {
                     Some(u) => u.to_owned(),
                     None => format!("wss://localhost:{}/trunk", self.port),
                 };
-                let mut c = self.sim();
-                c.args(["gateways", "--target", &target])
-                    .arg("--ca")
-                    .arg(self.ca())
-                    .arg("--gateways-file")
-                    .arg(&file)
-                    .args(["--sessions-per-gateway", &self.settings.sessions.to_string()])
-                    .args(["--links", &self.settings.links.to_string()])
-                    .args(spec.args(self, &spec.prefix));
+                let mut c =
+                    virtual_gateways(&self.sim_bin(), &target, &self.ca(), &file, self.settings.sessions);
+                c.args(["--links", &self.settings.links.to_string()]).args(spec.args(self, &spec.prefix));
                 let name = format!("gateway-{i}");
                 let p = Proc::spawn(&name, c, 0, &self.dir, Some(&report))?;
                 self.remember(p);
@@ -175,14 +216,8 @@ impl Cluster {
         let report = self.dir.join("gateways.report");
         let target =
             spec.trunk_target.clone().unwrap_or_else(|| format!("wss://localhost:{}/trunk", self.port));
-        let mut c = self.sim();
-        c.args(["gateways", "--target", &target])
-            .arg("--ca")
-            .arg(self.ca())
-            .arg("--gateways-file")
-            .arg(&file)
-            .args(["--gateways", &n.to_string()])
-            .args(["--sessions-per-gateway", &self.settings.sessions.to_string()])
+        let mut c = virtual_gateways(&self.sim_bin(), &target, &self.ca(), &file, self.settings.sessions);
+        c.args(["--gateways", &n.to_string()])
             .args(["--links", &self.settings.links.to_string()])
             .args(spec.args(self, &spec.prefix));
         let p = Proc::spawn("gateways", c, 0, &self.dir, Some(&report))?;
@@ -235,14 +270,10 @@ impl Cluster {
     /// terminal.
     pub fn start_direct_phones(&mut self, n: u64, spec: &LoadSpec, foreground: bool) -> anyhow::Result<Load> {
         let report = self.dir.join("phones.report");
-        let mut c = self.sim();
-        c.args(["phones", "--target", &format!("wss://localhost:{}/ws", self.port)])
-            .arg("--ca")
-            .arg(self.ca())
-            .arg("--device-key")
-            .arg(self.device_key())
-            .args(["--phones", &n.to_string(), "--rate", DIRECT_PHONES_RATE])
-            .args(spec.args(self, &spec.prefix));
+        let target = format!("wss://localhost:{}/ws", self.port);
+        let mut c =
+            direct_phones(&self.sim_bin(), &target, &self.ca(), &self.device_key(), n, DIRECT_PHONES_RATE);
+        c.args(spec.args(self, &spec.prefix));
         let p = if foreground {
             Proc::spawn_foreground("phones", c, self.dir.join("phones.log"))?
         } else {
@@ -255,7 +286,8 @@ impl Cluster {
 
 /// The fault of a check of the checks (scripts/fault-checks.sh), when `HOLDFAST_FAULT` asks for
 /// one: it breaks the PostgreSQL database at `url` after the migrations, before any load, with
-/// scripts/faults/NAME.sql (compiled in). `lab cluster`, `lab drills` and `lab e2e` call it.
+/// scripts/faults/NAME.sql (compiled in). `lab cluster`, `lab drills`, `lab e2e` and the benches
+/// on one aggregator ([`crate::bench::solo`]) call it.
 /// Without `HOLDFAST_FAULT` it does nothing. Never set it outside those checks.
 pub async fn inject_fault(url: &str) -> anyhow::Result<()> {
     let fault = std::env::var("HOLDFAST_FAULT").unwrap_or_default();
