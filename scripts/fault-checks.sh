@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks of the checks: the end-to-end run, README's run command and the drills must FAIL when
-# the system does not do its job. Each is run against a database broken on purpose
+# Checks of the checks: the end-to-end run, README's run command, the drills and the fold bench
+# must FAIL when the system does not do its job. Each is run against a database broken on purpose
 # (HOLDFAST_FAULT: scripts/faults/NAME.sql, which the lab runs after the migrations) and must exit
 # non-zero with the reason named in its output:
 #
@@ -8,10 +8,16 @@
 #   run.sh --once (PostgreSQL)  drop-writes  the same, through nginx and host gateways
 #   drills.sh trunk-cut         drop-writes  the same, in a drill
 #   drills.sh aggregator-kill   fail-reads   the totals cannot be read: the drill cannot verify
+#   bench/fold.sh (small)       fold-loses   folding deletes sessions, adds nothing: "wrong after folding"
+#   bench/fold.sh (small)       fold-keeps   folding deletes nothing: the table grows, "folding not working"
+#
+# The last two reach fold.sh's checks after its runs (every device again, the table's bound):
+# each run alone verifies exact under those faults, since a run is verified before it is folded.
 #
 # A check that passes here is a defect: a verification that cannot tell "nothing arrived" from
 # "all arrived". Needs DATABASE_URL (scripts/start-postgres.sh) for e2e.sh, PostgreSQL and nginx.
-# scripts/test.sh runs it. About 4 minutes on 2 cores.
+# scripts/test.sh runs it. About 6 minutes on 2 cores (fold-keeps waits 2 minutes for a bound
+# that never comes).
 #
 #   DATABASE_URL=postgres://... scripts/fault-checks.sh
 set -euo pipefail
@@ -64,6 +70,10 @@ expect_failure drill-drop-writes drop-writes 'none-lost' bash scripts/drills.sh 
 
 expect_failure drill-fail-reads fail-reads 'device_totals.*does not exist|verification could not be carried out' \
   bash scripts/drills.sh aggregator-kill
+
+expect_failure fold-loses fold-loses 'wrong after folding' bash scripts/bench/fold.sh gateways 2 1000 6s 2
+
+expect_failure fold-keeps fold-keeps 'folding not working' bash scripts/bench/fold.sh direct 1 500 6s 2
 
 echo
 echo "fault checks: $passed passed, $failed failed"

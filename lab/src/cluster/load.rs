@@ -295,7 +295,9 @@ pub async fn inject_fault(url: &str) -> anyhow::Result<()> {
         "" => return Ok(()),
         "drop-writes" => include_str!("../../../scripts/faults/drop-writes.sql"),
         "fail-reads" => include_str!("../../../scripts/faults/fail-reads.sql"),
-        other => bail!("unknown HOLDFAST_FAULT '{other}' (drop-writes, fail-reads)"),
+        "fold-loses" => include_str!("../../../scripts/faults/fold-loses.sql"),
+        "fold-keeps" => include_str!("../../../scripts/faults/fold-keeps.sql"),
+        other => bail!("unknown HOLDFAST_FAULT '{other}' (drop-writes, fail-reads, fold-loses, fold-keeps)"),
     };
     if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
         bail!("HOLDFAST_FAULT={fault} needs PostgreSQL, not {url}");
