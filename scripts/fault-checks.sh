@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks of the checks: the end-to-end run, README's run command, the drills and the fold bench
-# must FAIL when the system does not do its job. Each is run against a database broken on purpose
+# Checks of the checks: the end-to-end run, README's run command, the drills, the million's command
+# (lab hold) and the fold bench must FAIL when the system does not do its job. Each is run against a database broken on purpose
 # (HOLDFAST_FAULT: scripts/faults/NAME.sql, which the lab runs after the migrations) and must exit
 # non-zero with the reason named in its output:
 #
@@ -8,6 +8,7 @@
 #   run.sh --once (PostgreSQL)  drop-writes  the same, through nginx and host gateways
 #   drills.sh trunk-cut         drop-writes  the same, in a drill
 #   drills.sh aggregator-kill   fail-reads   the totals cannot be read: the drill cannot verify
+#   lab hold (2,000 phones)     drop-writes  the million's command, small: "none-lost"
 #   bench/fold.sh (small)       fold-loses   folding deletes sessions, adds nothing: "wrong after folding"
 #   bench/fold.sh (small)       fold-keeps   folding deletes nothing: the table grows, "folding not working"
 #
@@ -27,7 +28,7 @@ cd "$HOLDFAST_ROOT"
 hf_setup_path
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
 : "${DATABASE_URL:?set DATABASE_URL (scripts/start-postgres.sh prints it)}"
-cargo build --release -q -p aggregator -p mobile-sim -p gateway
+cargo build --release -q -p aggregator -p mobile-sim -p gateway -p lab
 
 work="$(mktemp -d /tmp/holdfast-faults.XXXXXX)"
 # As root, run.sh's private PostgreSQL runs as the postgres account, which must reach its folder.
@@ -70,6 +71,9 @@ expect_failure drill-drop-writes drop-writes 'none-lost' bash scripts/drills.sh 
 
 expect_failure drill-fail-reads fail-reads 'device_totals.*does not exist|verification could not be carried out' \
   bash scripts/drills.sh aggregator-kill
+
+expect_failure hold drop-writes 'none-lost' \
+  "$CARGO_TARGET_DIR/release/lab" hold --phones 2000 --hold-s 5 --out "$work/hold"
 
 expect_failure fold-loses fold-loses 'wrong after folding' bash scripts/bench/fold.sh gateways 2 1000 6s 2
 

@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Hold N phones with the seed's traffic for a while, then verify every device.
     Hold(HoldArgs),
+    /// Two settings of `lab hold` side by side (scripts/bench/lab-ab.sh): runs alternate A B A B
+    /// on the same machine; each setting's medians of the million's figures, and B / A.
+    HoldAb(crate::hold_ab::HoldAbArgs),
     /// The host gateway and the aggregator side by side with Node.js (ws, socket.io): memory per
     /// idle phone and CPU per byte, the same phones and bytes for each, medians of runs.
     Compare(CompareArgs),

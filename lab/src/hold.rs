@@ -253,6 +253,7 @@ pub async fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {
     let mut add = vec!["gateway", "add"];
     add.extend(names.iter().map(String::as_str));
     let provisioned = children::output(admin(&add)).await?;
+    crate::cluster::load::inject_fault(&database.url).await?;
     let device_public_key = children::output(admin(&["device", "public-key"])).await?.trim().to_owned();
 
     let port = testkit::free_port();
@@ -578,7 +579,7 @@ impl Setup<'_> {
             None => failures.push(format!("no mobile-sim report in {}", sim_report.display())),
             Some(r) => {
                 if !r.ok {
-                    failures.push(format!("mobile-sim's report is not ok: {:?}", r.failures));
+                    failures.push(format!("mobile-sim's report is not ok: {}", r.failure_lines().join("; ")));
                 }
                 if r.connections.established < plan.phones
                     || r.connections.failed > 0
@@ -604,8 +605,10 @@ impl Setup<'_> {
         }
         // A hold in which nothing became durable measured nothing.
         if !durable.is_some_and(|b| b > 0.0) {
-            failures
-                .push(format!("no byte became durable during the {hold_seconds:.0} s hold ({durable:?})"));
+            let counted = durable.map_or("the aggregator's metrics could not be read".to_owned(), |b| {
+                format!("its flushes made {b:.0} bytes durable")
+            });
+            failures.push(format!("no byte became durable during the {hold_seconds:.0} s hold ({counted})"));
         }
         let drain = sim.as_ref().map(|r| r.drain_seconds);
         let goals = vec![

@@ -5,7 +5,8 @@
 //! tier's CPU and memory from /proc ([`procfs`]) and the aggregator's metrics ([`metrics`]);
 //! applies and reports the kernel settings of the deployment ([`kernel`]), in a network namespace
 //! of the run's own whose connection table fits a million phones ([`netns`]); and reports as text,
-//! JSON and HTML ([`report`]).
+//! JSON and HTML ([`report`]). `lab hold-ab` ([`hold_ab`]) runs two settings of it in turn and
+//! gives each one's medians.
 //!
 //! `lab compare` ([`compare`]) loads the host gateway, the aggregator and the seed's stack
 //! (Node.js with `ws`, Node.js with socket.io) in turn with the same phones and the same bytes,
@@ -33,6 +34,7 @@ pub mod drills;
 pub mod e2e;
 pub mod gateway_cost;
 pub mod hold;
+pub mod hold_ab;
 pub mod kernel;
 pub mod metrics;
 pub mod netns;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::kernel::Setting;
 
 /// The tiers whose cost the lab measures, each a set of processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     Gateways,

@@ -286,8 +286,8 @@ impl Cluster {
 
 /// The fault of a check of the checks (scripts/fault-checks.sh), when `HOLDFAST_FAULT` asks for
 /// one: it breaks the PostgreSQL database at `url` after the migrations, before any load, with
-/// scripts/faults/NAME.sql (compiled in). `lab cluster`, `lab drills`, `lab e2e` and the benches
-/// on one aggregator ([`crate::bench::solo`]) call it.
+/// scripts/faults/NAME.sql (compiled in). `lab cluster`, `lab drills`, `lab e2e`, `lab hold` and
+/// the benches on one aggregator ([`crate::bench::solo`]) call it.
 /// Without `HOLDFAST_FAULT` it does nothing. Never set it outside those checks.
 pub async fn inject_fault(url: &str) -> anyhow::Result<()> {
     let fault = std::env::var("HOLDFAST_FAULT").unwrap_or_default();
