@@ -63,6 +63,7 @@ use crate::cluster::{spelled, Cluster, GatewayKind, Settings, StoreKind, TlsMode
 use crate::metrics::{Scrape, Window, DIRECT_SESSIONS, FLUSHES, FLUSH_LAG, FLUSH_ROWS, TRUNKS};
 use crate::procfs;
 use crate::report::SimReport;
+use crate::wait::{self, End, Waited, Want, Watch};
 
 /// Trunk links per virtual gateway (the gateways' own default).
 const LINKS: u32 = 2;
@@ -349,59 +350,19 @@ fn tally(
     }
 }
 
-/// How many phones a server held when [`wait_held`] stopped asking, and why it stopped.
-struct Held {
-    count: u64,
-    /// mobile-sim ended before they were all held (how).
-    ended: Option<std::process::ExitStatus>,
-    /// The last read of the count that failed, if any (one may fail while the server is busy).
-    last_error: Option<anyhow::Error>,
-}
-
-impl Held {
-    /// Why not all `want` phones were held, for a FAILED line; `None` when they were.
-    fn shortfall(&self, want: u64, sim: &Proc) -> Option<String> {
-        if let Some(status) = self.ended {
-            return Some(format!(
-                "mobile-sim ended ({status}) with {} of {want} phones held: {}",
-                self.count,
-                sim.log_tail(10)
-            ));
-        }
-        (self.count < want).then(|| {
-            let why =
-                self.last_error.as_ref().map_or(String::new(), |e| format!(" (last metrics read: {e:#})"));
-            format!("only {} of {want} phones held after {IDLE_HELD_WAIT:?}{why}", self.count)
-        })
-    }
-}
-
 /// Asks `count` (a server's own count of the phones it holds) every [`IDLE_POLL`] until it
 /// reaches `want`, `sim` (the phones' mobile-sim) ends, or [`IDLE_HELD_WAIT`] passes.
-async fn wait_held<F, Fut>(want: u64, sim: &mut Proc, mut count: F) -> Held
+async fn wait_held<F, Fut>(want: u64, sim: &mut Proc, mut count: F) -> Waited
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<f64>>,
+    Fut: Future<Output = anyhow::Result<f64>>,
 {
-    let deadline = Instant::now() + IDLE_HELD_WAIT;
-    let mut held = Held { count: 0, ended: None, last_error: None };
-    loop {
-        match count().await {
-            Ok(n) => held.count = n as u64,
-            Err(e) => held.last_error = Some(e),
-        }
-        if held.count >= want {
-            return held;
-        }
-        if let Some(status) = sim.exited() {
-            held.ended = Some(status);
-            return held;
-        }
-        if Instant::now() >= deadline {
-            return held;
-        }
-        tokio::time::sleep(IDLE_POLL).await;
-    }
+    let watch = Watch::default().phones(sim);
+    wait::until("phones held", Want::AtLeast(want), IDLE_POLL, IDLE_HELD_WAIT, watch, || {
+        let read = count();
+        async move { read.await.map(|n| n as u64) }
+    })
+    .await
 }
 
 // --- trunks ----------------------------------------------------------------------------------------
@@ -679,8 +640,9 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
 
     let shared: &Cluster = cluster;
     let held = wait_held(phones, &mut sim, move || shared.metric(1, DIRECT_SESSIONS)).await;
-    if held.ended.is_some() {
-        println!("{:<11} FAILED: {}", spelled(variant), held.shortfall(phones, &sim).unwrap_or_default());
+    // Short when time ran out: measured all the same, and failed below.
+    if !matches!(held.end, End::Reached | End::TimedOut { .. }) {
+        println!("{:<11} FAILED: {held}", spelled(variant));
         return Ok(false);
     }
     tokio::time::sleep(IDLE_SETTLE_HELD).await;
@@ -691,7 +653,7 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
         "{:<11} phones held {:>6}  nginx worker RSS {:>7} -> {:>7} KiB: {:>5} bytes per phone;  \
          aggregator RSS {:>7} -> {:>7} KiB: {:>5} bytes per phone",
         spelled(variant),
-        held.count,
+        held.count.unwrap_or(0),
         kib(nginx_before),
         kib(nginx_during),
         per_phone(nginx_before, nginx_during, phones).unwrap_or_default(),
@@ -699,8 +661,8 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
         kib(agg_during),
         per_phone(agg_before, agg_during, phones).unwrap_or_default()
     );
-    if let Some(why) = held.shortfall(phones, &sim) {
-        println!("{:<11} FAILED: {why}: the figures above are not per held phone", spelled(variant));
+    if !held.reached() {
+        println!("{:<11} FAILED: {held}: the figures above are not per held phone", spelled(variant));
         return Ok(false);
     }
     Ok(true)
@@ -710,6 +672,7 @@ async fn measure_idle(cluster: &mut Cluster, variant: TlsMode, phones: u64) -> a
 mod tests {
     use super::*;
     use crate::report::SimVerification;
+    use crate::wait::tests::stand_in;
 
     #[test]
     fn durations_within_bounds() {
@@ -753,13 +716,6 @@ mod tests {
         assert_eq!(bound(w.quantile_at_most(1.0)), "+Inf");
     }
 
-    /// A mobile-sim stand-in: `sleep SECONDS` (0: ends at once).
-    fn stand_in(dir: &Path, seconds: &str) -> Proc {
-        let mut c = tokio::process::Command::new("sleep");
-        c.arg(seconds);
-        Proc::spawn("stand-in", c, 0, dir, None).unwrap()
-    }
-
     #[tokio::test]
     async fn held_phones_are_counted_until_all_are_there_or_mobile_sim_ends() {
         let dir = tempfile::tempdir().unwrap();
@@ -770,20 +726,28 @@ mod tests {
             async move { next }
         })
         .await;
-        assert_eq!(held.count, 10);
-        assert!(held.shortfall(10, &sim).is_none());
+        assert_eq!(held.count, Some(10));
+        assert!(held.reached(), "{held}");
 
         let mut ended = stand_in(dir.path(), "0");
         let _ = ended.wait(Duration::from_secs(10)).await;
         let held = wait_held(10, &mut ended, || async { Ok(3.0) }).await;
-        assert_eq!(held.count, 3);
-        let why = held.shortfall(10, &ended).unwrap();
-        assert!(why.starts_with("mobile-sim ended (exit status: 0) with 3 of 10 phones held"), "{why}");
+        assert_eq!(held.count, Some(3));
+        let why = held.to_string();
+        assert!(
+            why.starts_with("stand-in ended (exit status: 0) with 3 phones held, wanted at least 10"),
+            "{why}"
+        );
 
-        let short = Held { count: 4, ended: None, last_error: Some(anyhow!("refused")) };
+        let short = Waited {
+            counted: "phones held".into(),
+            want: Want::AtLeast(10),
+            count: Some(4),
+            end: End::TimedOut { limit: IDLE_HELD_WAIT, last_error: Some(anyhow!("refused")) },
+        };
         assert_eq!(
-            short.shortfall(10, &sim).unwrap(),
-            format!("only 4 of 10 phones held after {IDLE_HELD_WAIT:?} (last metrics read: refused)")
+            short.to_string(),
+            format!("only 4 phones held after {IDLE_HELD_WAIT:?}, wanted at least 10 (the last read failed: refused)")
         );
     }
 

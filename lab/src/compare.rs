@@ -36,6 +36,7 @@ use crate::hold::{binary, load_average, wait_listening};
 use crate::metrics::{self, Scraper};
 use crate::procfs;
 use crate::report::SimReport;
+use crate::wait::{self, Alive, Want, Watch};
 
 /// How long the idle phones are watched for the server's idle CPU.
 pub const IDLE_WINDOW: Duration = Duration::from_secs(10);
@@ -44,6 +45,8 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// The longest a ramp of phones, a server's start, or the end of a phase may take.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How often the server's open files are counted while phones connect or close.
+const FILES_POLL: Duration = Duration::from_millis(250);
 /// New connections per second while phones connect.
 pub(crate) const RAMP_RATE: u32 = 5_000;
 /// mobile-sim's own default `--engine`: not passed on its command line, so that a build from
@@ -270,6 +273,12 @@ impl Served {
             }
         }
         Ok(())
+    }
+}
+
+impl Alive for Served {
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        Served::check_alive(self)
     }
 }
 
@@ -597,27 +606,34 @@ pub(crate) fn phones(
     c
 }
 
-/// Waits until the server holds at least `want` more open files than `base` (each phone is one),
-/// or at most `want` when `up` is false.
+/// Waits up to [`PHASE_TIMEOUT`] until the server holds at least `want` more open files than
+/// `base` (each phone is one), or at most `want` more when `up` is false; an error when it (or
+/// `sim`, the phones' mobile-sim, when given) ends first, or time runs out. `what`: the phones,
+/// in the errors.
 async fn open_files(
     served: &mut Served,
+    sim: Option<&mut Proc>,
     base: usize,
     want: usize,
     up: bool,
     what: &str,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + PHASE_TIMEOUT;
-    loop {
-        served.check_alive()?;
-        let n = procfs::open_files(served.pid).unwrap_or(0);
-        if (up && n >= base + want) || (!up && n <= base + want) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: the server holds {n} open files after {PHASE_TIMEOUT:?} (base {base})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let mark = (base + want) as u64;
+    let want = if up { Want::AtLeast(mark) } else { Want::AtMost(mark) };
+    let pid = served.pid;
+    let mut watch = Watch::default().server(served);
+    if let Some(sim) = sim {
+        watch = watch.phones(sim);
     }
+    let probe = || {
+        let n = procfs::open_files(pid).with_context(|| format!("no /proc/{pid}/fd"));
+        std::future::ready(n.map(|n| n as u64))
+    };
+    wait::until("open files", want, FILES_POLL, PHASE_TIMEOUT, watch, probe)
+        .await
+        .into_result()
+        .with_context(|| format!("{what}: the server's open files (base {base})"))?;
+    Ok(())
 }
 
 /// `server`'s figures in run `run`.
@@ -636,7 +652,7 @@ async fn measure(
     let before = usage("before the idle phones")?;
     let idle = phones(cx, &[&*served], "idle", args.idle, 3_600_000, 7_200_000, 3_600);
     let mut sim = Proc::spawn("mobile-sim-idle", idle, 0, dir, Some(&dir.join("idle.json")))?;
-    open_files(served, files, args.idle as usize, true, "the idle phones").await?;
+    open_files(served, Some(&mut sim), files, args.idle as usize, true, "the idle phones").await?;
     tokio::time::sleep(SETTLE).await;
     let held = usage("holding the idle phones")?;
     tokio::time::sleep(IDLE_WINDOW).await;
@@ -649,7 +665,7 @@ async fn measure(
     if idle_report.connections.established < args.idle || idle_report.connections.dropped > 0 {
         bail!("idle phones: {:?}", idle_report.connections);
     }
-    open_files(served, files, 10, false, "the idle phones' closes").await?;
+    open_files(served, None, files, 10, false, "the idle phones' closes").await?;
     let rss_per_phone = held.rss_bytes.saturating_sub(before.rss_bytes) as f64 / args.idle as f64;
     let idle_cores = (after.cpu_seconds - held.cpu_seconds) / IDLE_WINDOW.as_secs_f64();
 

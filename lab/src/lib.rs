@@ -24,6 +24,9 @@
 //! byte ([`bench::flush_cpu`]), the sessions table's bounded growth ([`bench::fold`]).
 //! `lab gateway-cost` ([`gateway_cost`]) measures the host gateway's cost per idle phone and per
 //! phone byte, next to a Node.js `ws` server.
+//!
+//! The benches and `lab compare` wait for a server's count of held phones (or of open files) to
+//! reach a mark through [`wait::until`].
 
 pub mod bench;
 pub mod children;
@@ -41,3 +44,4 @@ pub mod netns;
 pub mod plan;
 pub mod procfs;
 pub mod report;
+pub mod wait;

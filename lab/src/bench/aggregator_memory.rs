@@ -93,18 +93,21 @@ async fn measure_with(cx: &Setup, mode: Mode, phones: u64, served: &Served) -> a
     let idle_json = cx.out.join("idle.json");
     let idle = idle_phones(cx, served, "idle", phones);
     let mut sim = Proc::spawn("mobile-sim-idle", idle, 0, &cx.out, Some(&idle_json))?;
-    let held = wait_held(phones, &mut sim, move || async move {
+    let waited = wait_held(phones, &mut sim, move || async move {
         scraper.scrape().await?.value(DIRECT_SESSIONS).with_context(|| format!("no metric {DIRECT_SESSIONS}"))
     })
     .await;
-    if let Some(why) = held.shortfall(phones, &sim) {
-        println!("{:<5} FAILED: {why}", spelled(mode));
-        return Ok(false);
-    }
+    let held = match waited.into_result() {
+        Ok(held) => held,
+        Err(short) => {
+            println!("{:<5} FAILED: {short}", spelled(mode));
+            return Ok(false);
+        }
+    };
     tokio::time::sleep(IDLE_SETTLE_HELD).await;
     let during = usage("the aggregator", served.pid)?.rss_bytes;
     stop_idle(&mut sim, &idle_json, phones, DRAIN + SIM_MARGIN).await?;
-    println!("{}", line(mode, held.count, before, during, phones));
+    println!("{}", line(mode, held, before, during, phones));
     Ok(true)
 }
 

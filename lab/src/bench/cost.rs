@@ -19,6 +19,7 @@ use crate::children::{self, Proc};
 use crate::compare::{self, Served, Setup};
 use crate::hold::{binary, load_average};
 use crate::report::SimReport;
+use crate::wait::{self, Want, Watch};
 
 /// One gateway process holds every phone of a run, and one mobile-sim process plays them: under
 /// the 20,000 open files a process may have, and enough of them that the per-phone figures rise
@@ -219,38 +220,25 @@ pub(crate) async fn until_held(
     limit: Duration,
     what: &str,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        gateway.check_alive()?;
-        let held = live(log)?;
-        if held >= want {
-            return Ok(());
-        }
-        if let Some(status) = sim.exited() {
-            bail!("the {what}' mobile-sim ended ({status}) with {held} of {want} held: {}", sim.log_tail(10));
-        }
-        if Instant::now() >= deadline {
-            bail!("the gateway held only {held} of {want} {what} after {limit:?}");
-        }
-        tokio::time::sleep(HELD_POLL).await;
-    }
+    let watch = Watch::default().phones(sim).server(gateway);
+    let counted = format!("{what} held by the gateway");
+    wait::until(&counted, Want::AtLeast(want), HELD_POLL, limit, watch, || std::future::ready(live(log)))
+        .await
+        .into_result()?;
+    Ok(())
 }
 
 /// Waits until the gateway says it holds no phone, up to `limit`; an error when it still holds
 /// some then (the next phones' count would start from them).
 pub(crate) async fn until_released(gateway: &mut Served, log: &Path, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        gateway.check_alive()?;
-        let held = live(log)?;
-        if held == 0 {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("the gateway still holds {held} phones {limit:?} after they ended");
-        }
-        tokio::time::sleep(HELD_POLL).await;
-    }
+    let watch = Watch::default().server(gateway);
+    wait::until("phones held by the gateway", Want::AtMost(0), HELD_POLL, limit, watch, || {
+        std::future::ready(live(log))
+    })
+    .await
+    .into_result()
+    .context("after the phones ended")?;
+    Ok(())
 }
 
 /// Process `pid`'s CPU seconds as the next `bytes=` line appears in `log`, when, and that line's
