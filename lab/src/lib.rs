@@ -17,7 +17,7 @@
 //! breaks one part of such a cluster at a time. Both start their parts through [`cluster`].
 //! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
 //!
-//! `lab bench` ([`bench`]) measures such clusters (trunks into aggregators, nginx's memory),
+//! `lab bench` ([`bench`](mod@bench)) measures such clusters (trunks into aggregators, nginx's memory),
 //! single servers (the host gateway's and the aggregator's memory per idle phone, mobile-sim's
 //! own CPU, what TLS phones cost the host gateway, mobile-sim next to Thor), and one aggregator
 //! on a fresh database of its own ([`bench::solo`]): its write path ([`bench::write_path`]), its CPU per phone
@@ -27,6 +27,11 @@
 //!
 //! The benches and `lab compare` wait for a server's count of held phones (or of open files) to
 //! reach a mark through [`wait::until`].
+
+// The lab is the team's tool, not a library: its docs are read with private items
+// (`cargo doc -p lab --document-private-items`), and its modules link to the private constants
+// and helpers that explain them.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod bench;
 pub mod children;
