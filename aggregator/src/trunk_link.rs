@@ -5,6 +5,8 @@
 //! between it, the socket and the ledger, and enforces backpressure: while the ledger lacks room,
 //! the socket is not read, TCP fills up, and the gateway keeps its counts.
 
+use std::cell::Cell;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
 use trunk::frame::{GoAwayReason, RefuseCode};
-use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerLink};
+use trunk::server::{self, Handshake, HandshakeError, LinkError, ServerConfig, ServerLink};
 use trunk::time::{Duration as TrunkDuration, Instant as TrunkInstant};
 
 use crate::gateways::{Admission, BootSessions, Gateways, LinkLive, SessionSet, QUOTA_RETRY_MS};
@@ -37,6 +39,40 @@ fn trunk_now(shared: &Shared) -> TrunkInstant {
 
 type Ws<S> = WebSocketStream<S>;
 
+thread_local! {
+    /// The buffer trunk links encode what they send into: one per thread, not one per link. A
+    /// message is encoded and copied out into a message of its own before its link awaits
+    /// anything ([`encode`]), so no link keeps it between messages. (A buffer of
+    /// `--max-trunk-message`, 64 KiB, per link for its whole life was part of what a trunk cost
+    /// before: `docs/benchmarks.md`, "What a trunk costs the aggregator".)
+    static TRANSMIT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The room a link's messages are encoded in: the longest message the gateway was told it may
+/// receive (the Welcome carries `max_message_len`), and never less than the trunk crate's
+/// smallest transmit buffer.
+fn transmit_len(config: &ServerConfig) -> usize {
+    config.max_message_len.max(trunk::gateway::MIN_TRANSMIT_BUFFER)
+}
+
+/// One message, encoded by `write` into this thread's [`TRANSMIT`] buffer (grown once to
+/// [`transmit_len`]) and copied out; `Ok(None)` when `write` wrote nothing.
+fn encode<E>(
+    config: &ServerConfig,
+    write: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+) -> Result<Option<Message>, E> {
+    let len = transmit_len(config);
+    // Taken out of the cell while in use: a nested call (there is none) would make a buffer of
+    // its own rather than fail.
+    let mut buf = TRANSMIT.take();
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let message = write(&mut buf[..len]).map(|n| (n > 0).then(|| Message::binary(buf[..n].to_vec())));
+    TRANSMIT.set(buf);
+    message
+}
+
 /// Serves one trunk link until it closes. `handshaking`: its place among the handshakes in
 /// progress (`--max-pending-trunks`), given back once the gateway is authenticated or refused;
 /// `slot`: the connection's place under its address's bounds, settled once authenticated.
@@ -53,9 +89,8 @@ pub async fn serve<S>(
     let mut nonce = [0u8; trunk::frame::NONCE_LEN];
     rand::fill(&mut nonce);
     let handshake = Handshake::new(nonce, trunk_now(&shared));
-    let mut buf = vec![0u8; config.max_message_len.max(trunk::gateway::MIN_TRANSMIT_BUFFER)];
-    let Ok(n) = handshake.challenge(&mut buf) else { return };
-    if !send_within(&mut ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await {
+    let Ok(Some(challenge)) = encode(&config, |out| handshake.challenge(out)) else { return };
+    if !send_within(&mut ws, challenge, shared.settings.send_timeout()).await {
         return;
     }
 
@@ -100,7 +135,7 @@ pub async fn serve<S>(
     shared.metrics.trunks.inc();
     info!(%peer, gateway, link = link.link_index(), route, "trunk up");
 
-    let outcome = run_link(&shared, &mut ws, link, &boot, route, rx, &mut buf).await;
+    let outcome = run_link(&shared, &mut ws, link, &boot, route, rx).await;
 
     shared.routes.remove(route);
     shared.gateways.link_down(gateway, route);
@@ -117,12 +152,7 @@ pub async fn serve<S>(
                 _ => "trunk protocol error",
             };
             shared.metrics.bad_input(reason);
-            let code = e.refuse_code();
-            if let Ok(n) = server::write_refuse(code, reason, &mut buf) {
-                let _ =
-                    send_within(&mut ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout())
-                        .await;
-            }
+            refuse(&mut ws, &shared, e.refuse_code(), reason).await;
             close(&mut ws, CloseCode::Policy, reason).await;
         }
     }
@@ -262,7 +292,6 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
     boot: &BootSessions,
     route: u32,
     mut acks: mpsc::UnboundedReceiver<ToLink>,
-    buf: &mut [u8],
 ) -> Result<(), LinkError> {
     let config = shared.settings.trunk();
     let mut shutdown = shared.shutdown.clone();
@@ -282,8 +311,10 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
             link.not_reading(trunk_now(shared));
         }
         // Anything the link itself has to say (welcome, pong, go-away)?
-        if let Some(n) = link.poll_transmit(trunk_now(shared), &config, buf)? {
-            if !send_within(ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await {
+        let now = trunk_now(shared);
+        let own = encode(&config, |out| link.poll_transmit(now, &config, out).map(|n| n.unwrap_or(0)))?;
+        if let Some(message) = own {
+            if !send_within(ws, message, shared.settings.send_timeout()).await {
                 return Ok(());
             }
         }
@@ -347,12 +378,10 @@ async fn run_link<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 };
                 let mut entries = entries.into_iter().peekable();
-                loop {
-                    let n = server::write_acks(&mut entries, buf, &config);
-                    if n == 0 {
-                        break;
-                    }
-                    if !send_within(ws, Message::binary(buf[..n].to_vec()), shared.settings.send_timeout()).await {
+                while let Ok(Some(message)) =
+                    encode(&config, |out| Ok::<_, Infallible>(server::write_acks(&mut entries, out, &config)))
+                {
+                    if !send_within(ws, message, shared.settings.send_timeout()).await {
                         return Ok(());
                     }
                 }

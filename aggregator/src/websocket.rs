@@ -32,10 +32,19 @@ pub fn phone_config(max_message: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message))
 }
 
+/// Read buffer of a trunk link's WebSocket, and the most one read takes from the socket. A link
+/// keeps it for its whole life (tungstenite fills it on every read, so all of it is resident):
+/// it was 16 KiB, most of what an idle trunk cost once its transmit buffer was gone
+/// (`docs/benchmarks.md`, "What a trunk costs the aggregator"). Most trunk messages are a few
+/// hundred bytes; a larger one (up to `--max-trunk-message`) is still read whole: tungstenite
+/// reserves a frame's full length when its header arrives, and reads it in turns of this size
+/// (the link then keeps the grown buffer, as it did with 16 KiB for a message over 16 KiB).
+pub const TRUNK_READ_BUFFER: usize = 4 * 1024;
+
 /// WebSocket settings for a trunk link: messages of up to `max_message` bytes of batched counts.
 pub fn trunk_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(TRUNK_READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(Some(max_message))

@@ -132,6 +132,41 @@ async fn ten_thousand_sessions_survive_a_dropped_link_postgres() {
     ten_thousand_sessions_survive_a_dropped_link(Kind::Postgres).await;
 }
 
+/// Messages of more than this go both ways in [`messages_near_the_largest_go_both_ways`]: over
+/// half of `--max-trunk-message` (64 KiB), and more than tungstenite's read buffer of a trunk
+/// (`websocket::TRUNK_READ_BUFFER`) or anything a link keeps of its own between messages.
+const LARGE_MESSAGE: usize = 32 * 1024;
+
+/// A gateway opening 20,000 sessions at once sends messages of nearly `--max-trunk-message`, and
+/// the aggregator acknowledges them in messages as large (encoded in a buffer of its thread's,
+/// not of the link's: `trunk_link.rs`): every one arrives whole and every count is exact.
+#[tokio::test]
+async fn messages_near_the_largest_go_both_ways() {
+    const BIG: usize = 2 * SESSIONS;
+    // One flush at a time: with the store stalled, at most one flush takes some of the sessions
+    // early; the next takes all the rest (at least half) and acknowledges them together.
+    let flags = ["--flush-interval-ms", "50", "--flushes-in-flight", "1"];
+    let Some(agg) = Aggregator::in_process(Kind::Sqlite, &flags).await else { return };
+    let secret = agg.add_gateway("site-big");
+    let mut gw = TestGateway::new(agg.addr, &agg.ca(), b"site-big", &secret, BIG, 1);
+    assert!(gw.connect(0).await);
+    let sessions = open_all(&mut gw, "big-", BIG);
+    let mut sent = HashMap::new();
+    let stall = writes_stalled(&agg).await;
+    send_round(&mut gw, &sessions, 0, &mut sent);
+    gw.pump(Duration::from_millis(500), false).await;
+    stall.rollback().await;
+    until_all_durable(&mut gw, &sessions).await;
+    check_exact(&agg, "big-", &sent).await;
+    println!("largest message sent {} B, received {} B", gw.largest_sent, gw.largest_received);
+    assert!(gw.largest_sent > LARGE_MESSAGE, "the gateway sent at most {} B at once", gw.largest_sent);
+    assert!(
+        gw.largest_received > LARGE_MESSAGE,
+        "the aggregator acknowledged in messages of at most {} B",
+        gw.largest_received
+    );
+}
+
 async fn a_sigkilled_aggregator_loses_nothing_it_acknowledged(kind: Kind) {
     let Some(mut agg) = Aggregator::start(kind, &["--flush-interval-ms", "30"]).await else { return };
     let secret = agg.add_gateway("site-k");

@@ -103,6 +103,9 @@ pub struct TestGateway {
     pub refusals: u32,
     /// The code of the latest refusal.
     pub refused_with: Option<trunk::frame::RefuseCode>,
+    /// The longest message it sent the aggregator, and the longest it got, in bytes.
+    pub largest_sent: usize,
+    pub largest_received: usize,
 }
 
 impl TestGateway {
@@ -129,6 +132,8 @@ impl TestGateway {
             started: Instant::now(),
             refusals: 0,
             refused_with: None,
+            largest_sent: 0,
+            largest_received: 0,
         }
     }
 
@@ -204,6 +209,7 @@ impl TestGateway {
             loop {
                 match self.gw.poll_transmit(link, self.now(), &mut buf) {
                     Ok(Some(n)) => {
+                        self.largest_sent = self.largest_sent.max(n);
                         let ws = self.links[link].as_mut().unwrap();
                         if ws.send(Message::binary(buf[..n].to_vec())).await.is_err() {
                             self.lost(link);
@@ -221,6 +227,7 @@ impl TestGateway {
             match tokio::time::timeout(Duration::from_millis(5), ws.next()).await {
                 Err(_) => {}
                 Ok(Some(Ok(Message::Binary(b)))) => {
+                    self.largest_received = self.largest_received.max(b.len());
                     let now = self.now();
                     if let Err(e) = self.gw.handle_message(link, &b, now) {
                         if let trunk::gateway::LinkError::Refused(code) = e {
