@@ -456,8 +456,16 @@ pub(super) async fn gateways_named(pool: &PgPool, names: &[&str]) -> anyhow::Res
 
 /// Records each (gateway, boot) as seen now (the gateway's `last_seen`, the boot's first
 /// sighting) and answers, for each, whether the boot was folded: one statement, one commit, for
-/// any number of trunk handshakes. Gateway rows are locked in id order, so two aggregators
-/// recording overlapping batches wait for each other instead of deadlocking.
+/// any number of trunk handshakes. Two aggregators recording overlapping batches at once (the
+/// links of one gateway land on different aggregators) must wait for each other, never deadlock:
+/// - the boots are inserted in key order. In the order of `DISTINCT`'s hash table, which differs
+///   between batches of different sizes, two batches could each hold an uncommitted key the
+///   other was about to insert: seen in `lab bench trunks` (2026-12-07, a batch of 55
+///   handshakes refused as "database unavailable"); the store's test `concurrent_boots` failed
+///   so in 3 of 6 runs, and in none of 14 with the order;
+/// - the gateway rows are locked in id order, `FOR NO KEY UPDATE` (what the `last_seen` update
+///   needs): `FOR UPDATE` would also wait for the key-share locks that the other batch's boot
+///   inserts hold on the same gateway rows (their foreign key), a wait in the other direction.
 pub(super) async fn boots_seen(pool: &PgPool, boots: &[(u32, u64)]) -> anyhow::Result<Vec<(u32, u64, bool)>> {
     let gateways: Vec<i32> = boots.iter().map(|&(g, _)| g as i32).collect();
     let epochs: Vec<i64> = boots.iter().map(|&(_, e)| e as i64).collect();
@@ -466,11 +474,12 @@ pub(super) async fn boots_seen(pool: &PgPool, boots: &[(u32, u64)]) -> anyhow::R
 WITH input AS (
     SELECT DISTINCT gateway_id, boot_epoch FROM unnest($1::int4[], $2::int8[]) AS t(gateway_id, boot_epoch)
 ), locked AS (
-    SELECT id FROM gateways WHERE id IN (SELECT gateway_id FROM input) ORDER BY id FOR UPDATE
+    SELECT id FROM gateways WHERE id IN (SELECT gateway_id FROM input) ORDER BY id FOR NO KEY UPDATE
 ), seen AS (
     UPDATE gateways g SET last_seen = now() FROM locked WHERE g.id = locked.id RETURNING 1
 ), born AS (
-    INSERT INTO gateway_boots (gateway_id, boot_epoch) SELECT gateway_id, boot_epoch FROM input
+    INSERT INTO gateway_boots (gateway_id, boot_epoch)
+    SELECT gateway_id, boot_epoch FROM input ORDER BY gateway_id, boot_epoch
     ON CONFLICT DO NOTHING RETURNING 1
 )
 SELECT i.gateway_id, i.boot_epoch,
