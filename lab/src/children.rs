@@ -116,6 +116,23 @@ impl Proc {
     }
 }
 
+/// A process dropped while it runs is killed with everything it started: its process group.
+/// (tokio's `kill_on_drop` kills the process alone: an aggregator's `--workers` or mobile-sim's
+/// worker processes would outlive it, as they did when `lab e2e` failed, and hold their ports and
+/// CPU until the machine restarts.) Only while the process has not been reaped: its group's ID
+/// is then certainly still ours.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let (Ok(None), Some(pid)) = (self.child.try_wait(), self.child.id()) {
+            // SAFETY: killpg(2) on the process group of our own child (`process_group(0)` at
+            // spawn), which has not been reaped.
+            unsafe {
+                libc::killpg(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Every `KEY=N` field in `text` (our processes' status lines: a host gateway's `live=N` and
 /// `bytes=N`), in order. A field is the key at the start of a word (`trunk_bytes=` is not
 /// `bytes=`), followed by digits.
@@ -155,4 +172,42 @@ pub async fn output(mut command: Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dropped process takes what it started with it (a shell's background `sleep` here, as an
+    /// aggregator's workers).
+    #[tokio::test]
+    async fn dropping_a_process_ends_its_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(format!("sleep 300 & echo $! > {}; wait", pid_file.display()));
+        let p = Proc::spawn("sh", c, 0, dir.path(), None).unwrap();
+        let mut child = None;
+        for _ in 0..100 {
+            child = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok());
+            if child.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let child = child.expect("the shell wrote its child's pid");
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        };
+        assert!(alive(child));
+        drop(p);
+        for _ in 0..100 {
+            if !alive(child) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the process's own child {child} outlived it");
+    }
 }
