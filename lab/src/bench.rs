@@ -6,7 +6,8 @@
 //! - `trunks`: many trunks through nginx into several aggregators. A private PostgreSQL, A
 //!   aggregators behind nginx (one worker), G virtual gateways (one mobile-sim process) of P
 //!   sessions on 2 TLS trunks each, every session sending a byte every 1-5 s for D, verified per
-//!   session against the database. Prints how the trunks spread and everyone's memory halfway,
+//!   session against the database. Prints how the trunks spread (halfway) and everyone's memory
+//!   over the middle half of the run (the median of samples every [`RSS_SAMPLE`], and their range),
 //!   mobile-sim's verdict with bytes per second, each process's CPU over the run, and each
 //!   aggregator's flushes, rows and flush lag. A run whose verification fails prints why and no
 //!   figures, and exits 1.
@@ -73,6 +74,10 @@ const MAX_INTERVAL: &str = "5s";
 /// The shortest run worth a halfway look, and the longest a bench may ask for.
 const MIN_DURATION: Duration = Duration::from_secs(2);
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// How often `trunks` samples everyone's RSS over the middle half of its run: the aggregators'
+/// RSS swings by tens of MiB within a run as flushes come and go, so one sample said little
+/// (docs/benchmarks.md, "What a trunk costs the aggregator").
+const RSS_SAMPLE: Duration = Duration::from_millis(500);
 /// How long mobile-sim may outlive its duration (drain, verification of every session, report).
 const LOAD_MARGIN: Duration = Duration::from_secs(600);
 /// Open files a process needs beyond its connections (listeners, logs, the store).
@@ -151,7 +156,7 @@ pub struct TrunksArgs {
     pub sessions: u32,
 
     /// How long the sessions send, ramp included (10s, 500ms, 5m, 1h; a bare number is
-    /// seconds); the halfway figures are taken at half of it.
+    /// seconds); memory is sampled over its middle half, the trunks counted at half of it.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
 
@@ -525,21 +530,51 @@ async fn measure_trunks(cluster: &mut Cluster, args: &TrunksArgs) -> anyhow::Res
     let load = cluster.start_virtual_gateways(&spec)?;
     let sim = cluster.pid(&load.name).context("mobile-sim was not started")?;
 
-    // Halfway through the run: where the trunks are, and everyone's memory.
-    let half = args.duration / 2;
-    tokio::time::sleep(half).await;
-    println!("at {:.1} s:", half.as_secs_f64());
-    for w in &watched {
-        let now = usage(&w.name, w.pid)?;
+    // Over the middle half of the run: everyone's memory, sampled; halfway, where the trunks are.
+    let (quarter, half) = (args.duration / 4, args.duration / 2);
+    tokio::time::sleep(quarter).await;
+    let mut rss: Vec<Vec<f64>> = vec![Vec::new(); watched.len() + 1];
+    let mut trunks_at_half = None;
+    while started.elapsed() < quarter * 3 {
+        for (w, samples) in watched.iter().zip(rss.iter_mut()) {
+            samples.push(usage(&w.name, w.pid)?.rss_bytes as f64);
+        }
+        // mobile-sim with its worker processes, if it started any.
+        rss[watched.len()].push(procfs::usage_of(&procfs::tree(sim)).rss_bytes as f64);
+        if trunks_at_half.is_none() && started.elapsed() >= half {
+            trunks_at_half = Some(trunks_now(cluster, &watched).await?);
+        }
+        tokio::time::sleep(RSS_SAMPLE).await;
+    }
+    if trunks_at_half.is_none() {
+        trunks_at_half = Some(trunks_now(cluster, &watched).await?);
+    }
+    let spread = |samples: &[f64]| {
+        let (lo, hi) = samples.iter().fold((f64::MAX, 0.0_f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let median = crate::compare::median(samples.to_vec()).unwrap_or(0.0);
+        format!(
+            "{} KiB (median of {}, {}-{})",
+            kib(median as u64),
+            samples.len(),
+            kib(lo as u64),
+            kib(hi as u64)
+        )
+    };
+    println!(
+        "RSS from {:.1} s to {:.1} s, every {RSS_SAMPLE:?}; trunks at {:.1} s:",
+        quarter.as_secs_f64(),
+        (quarter * 3).as_secs_f64(),
+        half.as_secs_f64()
+    );
+    let mut at_half = trunks_at_half.unwrap_or_default().into_iter();
+    for (w, samples) in watched.iter().zip(&rss) {
         let extra = match w.aggregator {
-            Some(i) => format!(", trunks {}", cluster.metric(i, TRUNKS).await?),
+            Some(_) => at_half.next().map_or(String::new(), |t| format!(", trunks {t}")),
             None => String::new(),
         };
-        println!("  {}: RSS {} -> {} KiB{extra}", w.name, kib(w.before.rss_bytes), kib(now.rss_bytes));
+        println!("  {}: RSS {} -> {}{extra}", w.name, kib(w.before.rss_bytes), spread(samples));
     }
-    // mobile-sim with its worker processes, if it started any.
-    let sim_now = procfs::usage_of(&procfs::tree(sim));
-    println!("  mobile-sim: RSS {} KiB", kib(sim_now.rss_bytes));
+    println!("  mobile-sim: RSS {}", spread(&rss[watched.len()]));
 
     let status = cluster.wait(&load.name, Some(args.duration + LOAD_MARGIN)).await;
     let elapsed = started.elapsed().as_secs_f64();
@@ -565,6 +600,15 @@ async fn measure_trunks(cluster: &mut Cluster, args: &TrunksArgs) -> anyhow::Res
         );
     }
     Ok(true)
+}
+
+/// Each watched aggregator's trunks now, in `watched`'s order.
+async fn trunks_now(cluster: &Cluster, watched: &[Watched]) -> anyhow::Result<Vec<f64>> {
+    let mut trunks = Vec::new();
+    for i in watched.iter().filter_map(|w| w.aggregator) {
+        trunks.push(cluster.metric(i, TRUNKS).await?);
+    }
+    Ok(trunks)
 }
 
 // --- nginx-memory ----------------------------------------------------------------------------------
