@@ -112,7 +112,7 @@ bash scripts/check-deploy.sh </dev/null
 step "failure drills on a local cluster: kill an aggregator, restart Postgres, cut a trunk, restart a gateway (scripts/drills.sh)"
 bash scripts/drills.sh </dev/null
 
-step "checks of the checks: e2e, run.sh, drills and the fold bench against a broken database must fail (scripts/fault-checks.sh)"
+step "checks of the checks: e2e, run.sh, drills, lab hold and the fold bench against a broken database must fail (scripts/fault-checks.sh)"
 bash scripts/fault-checks.sh </dev/null
 
 step "README's run command as on a fresh machine (scripts/run.sh --once --store sqlite, 5 s of load, verified)"
