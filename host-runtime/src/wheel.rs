@@ -12,14 +12,22 @@
 //! time reaches a slot of a higher level, its timers move down (each timer moves at most
 //! `LEVELS` times in its life); a slot of level 0 holds timers of exactly one millisecond.
 //!
-//! Each timer is an [`Entry`] in a doubly linked list through its slot, stored in the task's
-//! own timer item that embassy-executor reserves in every task header: no allocation per
-//! timer, and unlinking (a task's deadline moved earlier) is O(1).
+//! A slot is a list of `(deadline, entry)` pairs, not a list linked through the entries: moving
+//! a slot's timers down a level reads and writes only that list, never the entries themselves.
+//! An entry (in the task's own timer item, which embassy-executor reserves in every task header:
+//! no allocation per timer) is read only when its deadline comes. Why: in a load generator's
+//! hold (`lab hold`, issue #17) each phone's timer comes due about once a minute, so its entry
+//! is always cold; walking a linked slot was a chain of cache misses, one per timer per level it
+//! moved down, and linking one wrote to the cold entry at the slot's head. `Wheel::advance` and
+//! `Wheel::schedule` were 15 % of mobile-sim's CPU (`perf record` of a 200,000-phone hold).
 //!
 //! Like embassy's queues, a task has at most one deadline here: the earliest asked for. A later
 //! deadline asked while an earlier one is queued changes nothing; the task is woken at the
 //! earlier one, finds its timer not yet expired, and asks again. So a phone's idle deadline,
-//! pushed back by every byte it sends, costs nothing until it is first reached.
+//! pushed back by every byte it sends, costs nothing until it is first reached. An earlier
+//! deadline adds a pair and leaves the old one in its slot, stale: a pair wakes its entry only
+//! if the entry is still queued for exactly that deadline, so a stale pair is dropped when its
+//! slot comes (or wakes the task at a time it asked for again, which is no harm).
 
 use core::ptr::NonNull;
 use core::task::Waker;
@@ -29,6 +37,10 @@ const BITS: u32 = 6;
 const SLOTS: usize = 1 << BITS;
 /// Levels: 11 × 6 bits ≥ 64 bits, so every `u64` deadline has a level.
 pub const LEVELS: usize = 11;
+/// A slot's list keeps its memory for the next timers when it held at most this many (the
+/// lowest levels, which turn over every few milliseconds); a longer one (a level that holds a
+/// few seconds of a load generator's phones) gives it back.
+const KEEP_CAPACITY: usize = 256;
 
 /// One task's timer: lives in the task header's timer item (6 machine words), zeroed when the
 /// task storage is created, never moved. A zeroed `Entry` is valid and not queued (`Option<Waker>`
@@ -38,18 +50,14 @@ pub const LEVELS: usize = 11;
 pub struct Entry {
     /// Deadline, in milliseconds on the wheel's clock; meaningful while queued.
     deadline: u64,
-    prev: Option<NonNull<Entry>>,
-    next: Option<NonNull<Entry>>,
-    /// The task to wake. `Some` exactly while the entry is linked in the wheel.
+    /// The task to wake. `Some` exactly while the entry is queued.
     waker: Option<Waker>,
-    /// Which list it is in: `level * SLOTS + slot`.
-    slot: u16,
 }
 
 impl Entry {
     /// An entry that is not queued (tests; the executor provides zeroed ones).
     pub const fn new() -> Self {
-        Self { deadline: 0, prev: None, next: None, waker: None, slot: 0 }
+        Self { deadline: 0, waker: None }
     }
 }
 
@@ -59,15 +67,23 @@ impl Default for Entry {
     }
 }
 
-/// The wheel. It never allocates; it links entries that the caller owns for as long as they are
-/// queued (task headers live for the whole process).
+/// A timer in a slot: the deadline it was queued for, and its entry.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    deadline: u64,
+    entry: NonNull<Entry>,
+}
+
+/// The wheel. It links entries that the caller owns and never frees (task headers live for the
+/// whole process).
 #[derive(Debug)]
 pub struct Wheel {
     /// Milliseconds: every deadline at or before it has been woken.
     elapsed: u64,
     /// Bit `s` of `occupied[k]` is set when slot `s` of level `k` holds a timer.
     occupied: [u64; LEVELS],
-    heads: [[Option<NonNull<Entry>>; SLOTS]; LEVELS],
+    slots: [[Vec<Pending>; SLOTS]; LEVELS],
+    /// Entries queued (stale pairs not counted).
     len: usize,
 }
 
@@ -82,7 +98,12 @@ impl Default for Wheel {
 
 impl Wheel {
     pub const fn new() -> Self {
-        Self { elapsed: 0, occupied: [0; LEVELS], heads: [[None; SLOTS]; LEVELS], len: 0 }
+        Self {
+            elapsed: 0,
+            occupied: [0; LEVELS],
+            slots: [const { [const { Vec::new() }; SLOTS] }; LEVELS],
+            len: 0,
+        }
     }
 
     /// Timers queued.
@@ -98,29 +119,30 @@ impl Wheel {
     ///
     /// # Safety
     ///
-    /// `entry` must stay valid and in place while it is queued (until it is woken), and be used
-    /// only with this wheel and only for wakers of one task.
+    /// `entry` must stay valid and in place for as long as the wheel exists (a stale pair may
+    /// still point at it after it was woken), and be used only with this wheel and only for
+    /// wakers of one task.
     pub unsafe fn schedule(&mut self, entry: NonNull<Entry>, deadline: u64, waker: &Waker) {
         let e = unsafe { &mut *entry.as_ptr() };
         if e.waker.is_some() {
             if deadline >= e.deadline {
                 return; // woken earlier; the task asks again then
             }
-            unsafe { self.unlink(entry) };
-            self.len -= 1;
+            // Earlier: the pair queued for the old deadline goes stale.
         } else {
             e.waker = Some(waker.clone());
+            self.len += 1;
         }
         if deadline <= self.elapsed {
             // Already due: wake now rather than queue behind the wheel's time.
+            self.len -= 1;
             if let Some(w) = e.waker.take() {
                 w.wake();
             }
             return;
         }
         e.deadline = deadline;
-        unsafe { self.link(entry) };
-        self.len += 1;
+        self.push(Pending { deadline, entry });
     }
 
     /// When the next slot is due (ms): the earliest deadline for level 0, the time a
@@ -136,20 +158,25 @@ impl Wheel {
                 break;
             }
             self.elapsed = self.elapsed.max(at);
-            let mut cursor = self.heads[level][slot].take();
+            let mut pending = core::mem::take(&mut self.slots[level][slot]);
             self.occupied[level] &= !(1u64 << slot);
-            while let Some(ptr) = cursor {
-                let e = unsafe { &mut *ptr.as_ptr() };
-                cursor = e.next.take();
-                e.prev = None;
-                if e.deadline <= self.elapsed {
+            for p in pending.drain(..) {
+                if p.deadline > self.elapsed {
+                    self.push(p); // to a lower level; the entry is not touched
+                    continue;
+                }
+                let e = unsafe { &mut *p.entry.as_ptr() };
+                if e.waker.is_some() && e.deadline == p.deadline {
                     self.len -= 1;
                     if let Some(w) = e.waker.take() {
                         w.wake();
                     }
-                } else {
-                    unsafe { self.link(ptr) }; // to a lower level
-                }
+                } // else stale: queued again for another time, or woken already
+            }
+            // Pairs go to lower levels only, so the slot is still empty: its list keeps its
+            // memory for the next ones, unless it was a long one.
+            if pending.capacity() <= KEEP_CAPACITY {
+                self.slots[level][slot] = pending;
             }
         }
         self.elapsed = self.elapsed.max(now);
@@ -172,36 +199,11 @@ impl Wheel {
         (top_bit / BITS) as usize
     }
 
-    unsafe fn link(&mut self, ptr: NonNull<Entry>) {
-        let e = unsafe { &mut *ptr.as_ptr() };
-        let level = self.level_of(e.deadline);
-        let slot = ((e.deadline >> (BITS * level as u32)) & (SLOTS as u64 - 1)) as usize;
-        let head = &mut self.heads[level][slot];
-        e.prev = None;
-        e.next = *head;
-        if let Some(old) = *head {
-            unsafe { (*old.as_ptr()).prev = Some(ptr) };
-        }
-        *head = Some(ptr);
+    fn push(&mut self, p: Pending) {
+        let level = self.level_of(p.deadline);
+        let slot = ((p.deadline >> (BITS * level as u32)) & (SLOTS as u64 - 1)) as usize;
+        self.slots[level][slot].push(p);
         self.occupied[level] |= 1u64 << slot;
-        e.slot = (level * SLOTS + slot) as u16;
-    }
-
-    unsafe fn unlink(&mut self, ptr: NonNull<Entry>) {
-        let e = unsafe { &mut *ptr.as_ptr() };
-        let (level, slot) = (usize::from(e.slot) / SLOTS, usize::from(e.slot) % SLOTS);
-        match e.prev {
-            Some(p) => unsafe { (*p.as_ptr()).next = e.next },
-            None => self.heads[level][slot] = e.next,
-        }
-        if let Some(n) = e.next {
-            unsafe { (*n.as_ptr()).prev = e.prev };
-        }
-        if self.heads[level][slot].is_none() {
-            self.occupied[level] &= !(1u64 << slot);
-        }
-        e.prev = None;
-        e.next = None;
     }
 }
 
@@ -276,6 +278,31 @@ mod tests {
         assert!(wheel.is_empty());
         wheel.advance(400_000);
         assert_eq!(idle.woken(), 1, "an unlinked timer stays unlinked");
+    }
+
+    #[test]
+    fn a_stale_pair_wakes_nobody_and_a_pair_queued_again_wakes_once() {
+        let mut wheel = Wheel::new();
+        let mut t = Timer::new();
+        t.at(&mut wheel, 300_000);
+        t.at(&mut wheel, 10_000); // the pair for 300,000 goes stale
+        wheel.advance(10_000);
+        assert_eq!(t.woken(), 1);
+        t.at(&mut wheel, 400_000); // later than the stale pair
+        wheel.advance(399_999);
+        assert_eq!(t.woken(), 1, "the stale pair at 300,000 woke a timer queued for 400,000");
+        wheel.advance(400_000);
+        assert_eq!(t.woken(), 2);
+        t.at(&mut wheel, 500_000);
+        t.at(&mut wheel, 450_000);
+        wheel.advance(450_000);
+        assert_eq!(t.woken(), 3);
+        t.at(&mut wheel, 500_000); // again for the stale pair's time: two pairs, one wake
+        assert_eq!(wheel.len(), 1);
+        wheel.advance(600_000);
+        assert_eq!(t.woken(), 4);
+        assert!(wheel.is_empty());
+        assert_eq!(wheel.next_due(), None, "no pair left behind");
     }
 
     #[test]

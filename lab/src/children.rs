@@ -116,6 +116,17 @@ impl Proc {
     }
 }
 
+/// A process that must stay up (a server under test): it fails its check once it has exited,
+/// with how and its log's last lines.
+impl crate::wait::Alive for Proc {
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.exited() {
+            Some(status) => anyhow::bail!("{} exited ({status}): {}", self.name, self.log_tail(10)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A process dropped while it runs is killed with everything it started: its process group.
 /// (tokio's `kill_on_drop` kills the process alone: an aggregator's `--workers` or mobile-sim's
 /// worker processes would outlive it, as they did when `lab e2e` failed, and hold their ports and

@@ -22,7 +22,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use cli_env::Interrupts;
@@ -267,12 +267,7 @@ impl Served {
     }
 
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
-        for p in &mut self.procs {
-            if let Some(status) = p.exited() {
-                bail!("{} exited ({status}): {}", p.name, p.log_tail(10));
-            }
-        }
-        Ok(())
+        self.procs.iter_mut().try_for_each(Alive::check_alive)
     }
 }
 
@@ -534,18 +529,18 @@ pub(crate) async fn serve(server: Server, cx: &Setup, dir: &Path, max_phones: u6
             let mut gw = Proc::spawn("gateway", c, 0, dir, None)?;
             wait_listening(&mut gw, listen).await?;
             let scraper = Scraper::new(agg_addr, &data.join("ca.pem"))?;
-            let deadline = Instant::now() + PHASE_TIMEOUT;
-            while !scraper
-                .scrape()
-                .await
-                .ok()
-                .and_then(|s| s.value(metrics::TRUNKS))
-                .is_some_and(|n| n >= 2.0)
+            let trunks = || async {
+                let up = scraper.scrape().await?.value(metrics::TRUNKS).unwrap_or(0.0);
+                Ok(up as u64)
+            };
+            let every = Duration::from_millis(200);
+            let watch = Watch::default().server(&mut gw);
+            if let Err(waited) =
+                wait::until("trunks up", Want::AtLeast(2), every, PHASE_TIMEOUT, watch, trunks)
+                    .await
+                    .into_result()
             {
-                if Instant::now() >= deadline {
-                    bail!("the gateway's trunks are not up after {PHASE_TIMEOUT:?}: {}", gw.log_tail(10));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                bail!("the gateway's trunks: {waited}: {}", gw.log_tail(10));
             }
             let pid = gw.pid().context("the gateway's pid")?;
             Ok(Served {

@@ -43,7 +43,8 @@ impl fmt::Display for Want {
 }
 
 /// A server that must stay up while its count is waited for: its check fails (with what ended
-/// and how) once a process of it has ended. `compare::Served` is one.
+/// and how) once a process of it has ended. `compare::Served` is one, and so is a lone
+/// [`Proc`].
 pub trait Alive {
     fn check_alive(&mut self) -> anyhow::Result<()>;
 }
