@@ -28,6 +28,9 @@ pub enum Command {
     /// Two settings of `lab hold` side by side (scripts/bench/lab-ab.sh): runs alternate A B A B
     /// on the same machine; each setting's medians of the million's figures, and B / A.
     HoldAb(crate::hold_ab::HoldAbArgs),
+    /// Builds another commit's binaries (by default the aggregator, the host gateway and
+    /// mobile-sim) from `git archive`, keeps them, and prints their folder, for `--bin-dir`.
+    BuildRev(crate::revision::BuildRevArgs),
     /// The host gateway and the aggregator side by side with Node.js (ws, socket.io): memory per
     /// idle phone and CPU per byte, the same phones and bytes for each, medians of runs.
     Compare(CompareArgs),

@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::cli::{Cli, Command};
 use crate::hold::load_average;
 use crate::report::Tier;
+use crate::revision;
 
 /// Most runs of each setting.
 const MAX_RUNS: u32 = 100;
@@ -49,28 +50,41 @@ pub struct HoldAbArgs {
     #[arg(long = "b-env", value_name = "KEY=VALUE")]
     pub b_env: Vec<String>,
 
+    /// Run A on the binaries of this git revision (`lab build-rev` builds and keeps them; its
+    /// `--bin-dir` is added to A's arguments): a change against the commit before it, say.
+    #[arg(long = "a-rev", value_name = "REV")]
+    pub a_rev: Option<String>,
+
+    /// The same for B.
+    #[arg(long = "b-rev", value_name = "REV")]
+    pub b_rev: Option<String>,
+
     /// Where the runs' folders go ({a,b}N, each with lab hold's report as text, JSON and HTML).
     /// Default: lab-runs/ab-UNIXTIME.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
 
-/// One setting: its name, `lab hold`'s arguments and its environment.
+/// One setting: its name, `lab hold`'s arguments, its environment, and the revision whose
+/// binaries it runs (this checkout's when `None`).
 #[derive(Debug, Clone, PartialEq)]
 struct Setting {
     name: char,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    rev: Option<String>,
 }
 
 impl Setting {
     /// Checks `args` as `lab hold` would take them, and splits `env`'s KEY=VALUE pairs.
-    fn parse(name: char, args: &str, env: &[String]) -> anyhow::Result<Setting> {
+    fn parse(name: char, args: &str, env: &[String], rev: Option<&str>) -> anyhow::Result<Setting> {
         let args: Vec<String> = args.split_whitespace().map(str::to_owned).collect();
-        if let Some(own) =
-            args.iter().find(|a| ["--out", "--json"].contains(&a.split('=').next().unwrap_or("")))
-        {
+        let flag = |a: &String| a.split('=').next().unwrap_or("").to_owned();
+        if let Some(own) = args.iter().find(|a| ["--out", "--json"].contains(&flag(a).as_str())) {
             bail!("setting {name}: {own} is lab hold-ab's own (each run gets its folder)");
+        }
+        if rev.is_some() && args.iter().any(|a| flag(a) == "--bin-dir") {
+            bail!("setting {name}: --{name}-rev and --bin-dir both say which binaries to run");
         }
         let words = ["lab", "hold"].into_iter().map(str::to_owned).chain(args.iter().cloned());
         match Cli::try_parse_from(words) {
@@ -85,12 +99,26 @@ impl Setting {
                 _ => bail!("setting {name}: {kv:?} is not KEY=VALUE"),
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok(Setting { name, args, env })
+        Ok(Setting { name, args, env, rev: rev.map(str::to_owned) })
+    }
+
+    /// Builds the setting's revision, if it has one, and points its runs at those binaries.
+    async fn build(&mut self) -> anyhow::Result<()> {
+        let Some(rev) = &self.rev else { return Ok(()) };
+        let packages: Vec<String> = revision::SYSTEM_PACKAGES.iter().map(|p| p.to_string()).collect();
+        let seed = Some(revision::default_release_dir()).filter(|d| d.is_dir());
+        let dir =
+            revision::build(Path::new("."), rev, &packages, &revision::default_cache(), seed.as_deref())
+                .await
+                .with_context(|| format!("setting {}: the binaries of {rev}", self.name))?;
+        self.args.extend(["--bin-dir".to_owned(), dir.display().to_string()]);
+        Ok(())
     }
 
     fn describe(&self) -> String {
         let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-        format!("{}lab hold {}", env.concat(), self.args.join(" "))
+        let rev = self.rev.as_ref().map(|r| format!(" (the binaries of {r})")).unwrap_or_default();
+        format!("{}lab hold {}{rev}", env.concat(), self.args.join(" "))
     }
 }
 
@@ -146,7 +174,13 @@ pub async fn run(args: HoldAbArgs) -> anyhow::Result<bool> {
     if args.runs == 0 || args.runs > MAX_RUNS {
         bail!("--runs {}: from 1 to {MAX_RUNS}", args.runs);
     }
-    let settings = [Setting::parse('a', &args.a, &args.a_env)?, Setting::parse('b', &args.b, &args.b_env)?];
+    let mut settings = [
+        Setting::parse('a', &args.a, &args.a_env, args.a_rev.as_deref())?,
+        Setting::parse('b', &args.b, &args.b_env, args.b_rev.as_deref())?,
+    ];
+    for setting in &mut settings {
+        setting.build().await?;
+    }
     let lab = std::env::current_exe().context("the lab's own binary")?;
     let dir = match args.out {
         Some(d) => d,
@@ -234,17 +268,22 @@ mod tests {
     #[test]
     fn settings_are_checked_before_any_run() {
         // (The database's URL comes from DATABASE_URL in a real run; a test cannot rely on it.)
-        let s =
-            Setting::parse('a', "--database-url postgres://x --phones 200000", &["K=v=w".into()]).unwrap();
+        let s = Setting::parse('a', "--database-url postgres://x --phones 200000", &["K=v=w".into()], None)
+            .unwrap();
         assert_eq!(s.args, ["--database-url", "postgres://x", "--phones", "200000"]);
         assert_eq!(s.env, [("K".to_owned(), "v=w".to_owned())]);
         assert_eq!(s.describe(), "K=v=w lab hold --database-url postgres://x --phones 200000");
         for bad in ["--phones many", "--no-such-flag", "--phones 10 --out /tmp/x", "--json"] {
             let bad = format!("--database-url postgres://x {bad}");
-            assert!(Setting::parse('b', &bad, &[]).is_err(), "{bad} was taken");
+            assert!(Setting::parse('b', &bad, &[], None).is_err(), "{bad} was taken");
         }
-        assert!(Setting::parse('b', "--database-url postgres://x", &["NOEQUALS".into()]).is_err());
-        assert!(Setting::parse('b', "--database-url postgres://x", &["=v".into()]).is_err());
+        assert!(Setting::parse('b', "--database-url postgres://x", &["NOEQUALS".into()], None).is_err());
+        assert!(Setting::parse('b', "--database-url postgres://x", &["=v".into()], None).is_err());
+        // A revision names the binaries; so does --bin-dir: not both.
+        let old = Setting::parse('a', "--database-url postgres://x", &[], Some("HEAD~1")).unwrap();
+        assert_eq!(old.describe(), "lab hold --database-url postgres://x (the binaries of HEAD~1)");
+        let both = Setting::parse('b', "--database-url postgres://x --bin-dir /tmp/b", &[], Some("HEAD"));
+        assert!(both.unwrap_err().to_string().contains("--b-rev and --bin-dir"));
     }
 
     fn figures(cores: f64, gateway_us: f64, ok: bool) -> Figures {

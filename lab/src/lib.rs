@@ -6,7 +6,8 @@
 //! applies and reports the kernel settings of the deployment ([`kernel`]), in a network namespace
 //! of the run's own whose connection table fits a million phones ([`netns`]); and reports as text,
 //! JSON and HTML ([`report`]). `lab hold-ab` ([`hold_ab`]) runs two settings of it in turn and
-//! gives each one's medians.
+//! gives each one's medians, on this checkout's binaries or on another commit's, which `lab
+//! build-rev` ([`revision`]) builds and keeps.
 //!
 //! `lab compare` ([`compare`]) loads the host gateway, the aggregator and the seed's stack
 //! (Node.js with `ws`, Node.js with socket.io) in turn with the same phones and the same bytes,
@@ -49,4 +50,5 @@ pub mod netns;
 pub mod plan;
 pub mod procfs;
 pub mod report;
+pub mod revision;
 pub mod wait;

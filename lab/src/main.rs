@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Drills(args) => finish_ok(runtime.block_on(lab::drills::run(args))),
         Command::Bench(bench) => finish_ok(runtime.block_on(lab::bench::run(bench))),
         Command::HoldAb(args) => finish_ok(runtime.block_on(lab::hold_ab::run(args))),
+        Command::BuildRev(args) => finish_ok(runtime.block_on(lab::revision::run(args))),
         Command::GatewayCost(args) => finish_ok(runtime.block_on(lab::gateway_cost::run(args))),
         Command::Hold(args) => {
             let json = args.json;

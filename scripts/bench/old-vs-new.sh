@@ -3,10 +3,9 @@
 # side by side under the same trunk load (scripts/bench/write-path.sh, alternating runs).
 #
 # An older aggregator speaks only with the mobile-sim of its own commit (device tokens and the
-# verification schema changed since), so this builds both binaries of OLD from `git archive`
-# into a directory and target of their own under ~/.cache/holdfast (kept: the next invocation
-# reuses them), then passes OLD_AGGREGATOR:OLD_MOBILE_SIM and this checkout's aggregator to
-# write-path.sh.
+# verification schema changed since), so this has `lab build-rev` build both binaries of OLD
+# (from `git archive`, kept under ~/.cache/holdfast/rev-SHA for the next invocation), then passes
+# OLD_AGGREGATOR:OLD_MOBILE_SIM and this checkout's aggregator to write-path.sh.
 #
 #   DATABASE_URL=postgres://... scripts/bench/old-vs-new.sh [--old COMMIT] G P MIN MAX DURATION RUNS
 #     default OLD: 1bbef25, main before the write-path work of issue #16 (one upsert per session
@@ -23,14 +22,8 @@ if [ "${1:-}" = --old ]; then
   shift 2
 fi
 [ "$#" -eq 6 ] || hf_die "usage: scripts/bench/old-vs-new.sh [--old COMMIT] G P MIN MAX DURATION RUNS"
-old="$(git rev-parse --short "$old^{commit}")"
-src="$HOME/.cache/holdfast/old-$old"
-target="$HOME/.cache/holdfast/target-old-$old"
-if [ ! -f "$src/Cargo.toml" ]; then
-  mkdir -p "$src"
-  git archive "$old" | tar -x -C "$src"
-fi
-echo "==> building the aggregator and mobile-sim of $old (in $src)" >&2
-CARGO_TARGET_DIR="$target" cargo build --release -q --manifest-path "$src/Cargo.toml" -p aggregator -p mobile-sim
-new="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}/release/aggregator"
-exec scripts/bench/write-path.sh "$@" "$target/release/aggregator:$target/release/mobile-sim" "$new"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/holdfast/target}"
+cargo build --release -q -p lab -p aggregator
+bin="$("$CARGO_TARGET_DIR/release/lab" build-rev "$old" -p aggregator -p mobile-sim)"
+new="$CARGO_TARGET_DIR/release/aggregator"
+exec scripts/bench/write-path.sh "$@" "$bin/aggregator:$bin/mobile-sim" "$new"
