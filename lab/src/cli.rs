@@ -43,6 +43,10 @@ pub enum Command {
     /// End to end with PostgreSQL (scripts/e2e.sh): 21,000 phones over wss into an aggregator
     /// with 2 workers, then 100 virtual gateways x 1,000 sessions; every device verified.
     E2e(crate::e2e::E2eArgs),
+    /// The checks of the checks (scripts/fault-checks.sh): e2e, README's run command, two drills,
+    /// `lab hold` and the fold bench, each against a database broken on purpose, must fail and
+    /// name the fault.
+    Faults(crate::faults::FaultsArgs),
     /// Failure drills on local clusters (scripts/drills.sh): each breaks one thing mid-run and
     /// ends with mobile-sim's verdict on every phone.
     Drills(crate::drills::DrillsArgs),

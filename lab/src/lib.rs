@@ -16,7 +16,9 @@
 //! `lab cluster` ([`cluster::run`]) is README's local cluster: a private PostgreSQL (or SQLite),
 //! aggregators behind nginx, gateways and phones, every phone verified; `lab drills` ([`drills`])
 //! breaks one part of such a cluster at a time. Both start their parts through [`cluster`].
-//! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh.
+//! `lab e2e` ([`e2e`]) is the end-to-end check of scripts/e2e.sh; `lab faults` ([`faults`]) runs
+//! it, README's run command, the drills, `lab hold` and the fold bench against a database broken
+//! on purpose, each of which must fail and say why.
 //!
 //! `lab bench` ([`bench`](mod@bench)) measures such clusters (trunks into aggregators, nginx's memory),
 //! single servers (the host gateway's and the aggregator's memory per idle phone, mobile-sim's
@@ -41,6 +43,7 @@ pub mod cluster;
 pub mod compare;
 pub mod drills;
 pub mod e2e;
+pub mod faults;
 pub mod gateway_cost;
 pub mod hold;
 pub mod hold_ab;

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Cluster(args) => finish_ok(runtime.block_on(lab::cluster::run::run(args))),
         Command::NginxConfig(args) => finish_ok(runtime.block_on(lab::cluster::run::nginx_config(args))),
         Command::E2e(args) => finish_ok(runtime.block_on(lab::e2e::run(args))),
+        Command::Faults(args) => finish_ok(runtime.block_on(lab::faults::run(args))),
         Command::Drills(args) => finish_ok(runtime.block_on(lab::drills::run(args))),
         Command::Bench(bench) => finish_ok(runtime.block_on(lab::bench::run(bench))),
         Command::HoldAb(args) => finish_ok(runtime.block_on(lab::hold_ab::run(args))),
