@@ -22,6 +22,7 @@
 
 pub mod net;
 pub mod reactor;
+pub mod socket_set;
 pub mod tasks;
 pub mod time;
 pub mod wheel;

@@ -86,6 +86,23 @@ impl TcpSocket {
         &self.fd
     }
 
+    /// Takes the socket out of the reactor and gives its descriptor (for a
+    /// [`crate::socket_set::SocketSet`]); [`TcpSocket::adopt`] brings it back.
+    pub fn into_fd(self) -> io::Result<OwnedFd> {
+        let this = core::mem::ManuallyDrop::new(self);
+        // SAFETY: the descriptor is read out once and `this` is never dropped, so it is owned
+        // exactly once (by the value returned, or dropped below on an error).
+        let fd = unsafe { core::ptr::read(&this.fd) };
+        Reactor::current()?.deregister(fd.as_fd())?;
+        Ok(fd)
+    }
+
+    /// A connected socket's descriptor (from [`TcpSocket::into_fd`]), registered again.
+    pub fn adopt(fd: OwnedFd) -> io::Result<Self> {
+        Reactor::current()?.register(fd.as_fd(), true)?;
+        Ok(Self { fd })
+    }
+
     /// Adopts a connected socket (tests, and sockets made elsewhere).
     pub fn from_std(stream: std::net::TcpStream) -> io::Result<Self> {
         stream.set_nonblocking(true)?;

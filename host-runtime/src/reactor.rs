@@ -119,6 +119,14 @@ impl Reactor {
         drop(slot); // its wakers, outside the borrow
     }
 
+    /// Takes a socket out of the reactor without closing it (it moves to a
+    /// [`crate::socket_set::SocketSet`]): its wakers are dropped and epoll forgets it.
+    pub fn deregister(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.forget(fd.as_raw_fd());
+        epoll::delete(&self.epoll, fd)?;
+        Ok(())
+    }
+
     /// Tries `op` if `dir` is ready; parks the task until it is otherwise. `drained` says whether
     /// a successful result took everything the kernel had (a short read or write).
     pub fn poll_io<T>(

@@ -6,9 +6,11 @@
 //! Why (issue #17): at a million phones the load generator cost more CPU per phone byte than the
 //! gateway it loads. Its profile on tokio: 47 % kernel, then tokio's timer wheel (a lock and an
 //! entry per phone's sleep, 8.6 %), waker registration in tokio-tungstenite's stream (4.7 %),
-//! malloc (4 %). Here a phone's timer is an entry in its task header, a byte is one 7-byte
-//! `write` of a frame built on the stack, an answer is one `read` into the phone's 128-byte
-//! buffer, and the thread sleeps once per `--io-batch-us` window while answers keep coming.
+//! malloc (4 %). Here a phone's task connects it (its timer an entry in its task header) and a
+//! connection, once up, is held by the [`Holder`]: one loop over a dense table of 64-byte slots,
+//! with the phones' sockets in a socket set of its own. A byte is one 7-byte `write` of a frame
+//! built on the stack, an answer is one `read` onto the stack, and the thread sleeps once per
+//! `--io-batch-us` window while answers keep coming.
 //!
 //! Everything else is the tokio engine's: the plan, the ramp, the permits for attempts in flight
 //! and the run's phase (tokio's `Semaphore` and `Notify` work from any executor: a phase change
@@ -21,7 +23,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use embassy_futures::select::{select, select3, Either, Either3};
+use embassy_futures::select::{select, Either};
 use embassy_time::{with_timeout, Timer};
 use embedded_io_async::{Read, Write};
 use host_runtime::net::{Stack, TcpSocket};
@@ -29,7 +31,9 @@ use host_runtime::tasks::TaskPool;
 use host_runtime::RuntimeConfig;
 use trunk::backoff::Backoff;
 
-use super::{far_future, left_run, Durable, Ended, Held, Phase, Progress, Shared};
+use super::{left_run, Durable, Phase, Shared};
+use holder::Holder;
+
 use crate::net::{upgrade_answer, upgrade_request, Failure, FailureKind, Target};
 
 /// Bytes a phone keeps for what the server sends: `{"durable":N}` frames are about 20 bytes,
@@ -38,8 +42,11 @@ const READ_BUFFER: usize = 128;
 /// How long a phone closing waits for the server's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+mod holder;
+
 /// Starts a thread that runs this process's phones on the host runtime, for the life of the
-/// process (a runtime runs once per process).
+/// process (a runtime runs once per process): a task per phone that connects it, and one
+/// [`Holder`] that serves every held connection.
 pub fn spawn(shared: Arc<Shared>) -> anyhow::Result<()> {
     let config = RuntimeConfig { io_batch_us: shared.plan.io_batch_us };
     std::thread::Builder::new().name("phones".into()).spawn(move || {
@@ -47,9 +54,21 @@ pub fn spawn(shared: Arc<Shared>) -> anyhow::Result<()> {
         let shared: &'static Shared = Box::leak(Box::new(shared));
         let phones = shared.devices.len();
         let outcome = host_runtime::run(config, |spawner| {
+            let holder: &'static Holder = match Holder::new(shared) {
+                Ok(holder) => Box::leak(Box::new(holder)),
+                Err(e) => {
+                    eprintln!("error: the held phones' socket set: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let loop_pool: &'static TaskPool<_> = Box::leak(Box::new(TaskPool::new(1)));
+            match loop_pool.spawn(move || holder.run()) {
+                Ok(token) => spawner.spawn(token),
+                Err(e) => tracing::error!("the held phones' loop: no task: {e:?}"),
+            }
             let pool: &'static TaskPool<_> = Box::leak(Box::new(TaskPool::new(phones)));
             for k in 0..phones {
-                match pool.spawn(move || phone(shared, k)) {
+                match pool.spawn(move || phone(shared, holder, k)) {
                     Ok(token) => spawner.spawn(token),
                     Err(e) => tracing::error!("phone {k}: no task: {e:?}"),
                 }
@@ -72,14 +91,14 @@ fn after(d: Duration) -> embassy_time::Duration {
     embassy_time::Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// A phone's whole life (as the tokio engine's `phone`).
-async fn phone(shared: &'static Shared, k: usize) {
+/// A phone's whole life (as the tokio engine's `phone`); the holder holds its connections.
+async fn phone(shared: &'static Shared, holder: &'static Holder, k: usize) {
     let mut failing = false;
-    live(shared, k, &mut failing).await;
+    live(shared, holder, k, &mut failing).await;
     shared.finished(failing);
 }
 
-async fn live(shared: &'static Shared, k: usize, failing: &mut bool) {
+async fn live(shared: &'static Shared, holder: &Holder, k: usize, failing: &mut bool) {
     let index = shared.index(k);
     let mut progress = shared.starting();
     if shared.plan.rate > 0.0 {
@@ -105,12 +124,14 @@ async fn live(shared: &'static Shared, k: usize, failing: &mut bool) {
         };
         match conn {
             None => failures = shared.attempt_failed(failing, failures),
-            Some(mut conn) => {
+            Some(conn) => {
                 shared.connection_up(failing);
-                let ended = hold(shared, k, &mut conn, &mut progress).await;
+                let (ended, conn) = holder.hold(k, conn, &mut progress).await;
                 match shared.connection_down(index, ended) {
                     None => {
-                        Box::pin(conn.close()).await;
+                        if let Some(conn) = conn {
+                            Box::pin(conn.close()).await;
+                        }
                         return;
                     }
                     Some(after_loss) => failures = after_loss,
@@ -171,68 +192,6 @@ async fn open(target: &Target, url: &str, source: Option<IpAddr>) -> Result<Conn
     }
 }
 
-/// Holds one connection (as the tokio engine's `hold`): sends bytes while the run lasts, records
-/// durable confirmations, ends once drained or when the connection is lost.
-async fn hold(shared: &Shared, k: usize, conn: &mut Connection, progress: &mut Progress) -> Ended {
-    let mut held = Held::new(shared, progress);
-    // Registered once, and again only after it fired (see the tokio engine's `hold`).
-    let phase_changed = shared.phase.notify.notified();
-    let mut phase_changed = core::pin::pin!(phase_changed);
-    phase_changed.as_mut().enable();
-    let ended = loop {
-        if held.phase_says_close(shared) {
-            break Ended::Closed;
-        }
-        // Frames already read come first (one read may bring several).
-        let frame = match conn.frames.next() {
-            Ok(frame) => frame,
-            Err(failure) => break Ended::Lost(failure),
-        };
-        match frame {
-            Some(Frame::Durable(durable)) => shared.durable(k, progress, &mut held.session, durable),
-            Some(Frame::Ping(payload)) => {
-                // Boxed, as the frame: rare, and kept out of every held phone's state.
-                if let Err(e) = Box::pin(conn.send(OPCODE_PONG, &payload)).await {
-                    break Ended::Lost(Failure::io(e));
-                }
-            }
-            Some(Frame::Close(failure)) => break Ended::Lost(failure),
-            Some(Frame::Other) => {}
-            None => {
-                let wake = at(held.wake_at.unwrap_or_else(far_future));
-                let Connection { socket, frames } = conn;
-                // Awaited in a statement of its own: the select's futures are gone before the
-                // send below (a temporary of the match would live through it, in every phone).
-                let woke = select3(Timer::at(wake), socket.read(frames.room()), phase_changed.as_mut()).await;
-                match woke {
-                    Either3::First(()) => {
-                        if held.draining {
-                            break Ended::Closed; // the drain deadline
-                        }
-                        // Counted as sent before the write: a byte that may have left is never missed.
-                        shared.sending(k, progress, &mut held.session);
-                        if let Err(e) = conn.send_byte().await {
-                            break Ended::Lost(Failure::io(e));
-                        }
-                        held.sent(shared, progress);
-                    }
-                    Either3::Second(Ok(0)) => {
-                        break Ended::Lost(Failure::new(FailureKind::ClosedByServer, "connection closed"))
-                    }
-                    Either3::Second(Ok(n)) => frames.filled(n),
-                    Either3::Second(Err(e)) => break Ended::Lost(Failure::io(e)),
-                    Either3::Third(()) => {
-                        phase_changed.set(shared.phase.notify.notified());
-                        phase_changed.as_mut().enable();
-                    }
-                }
-            }
-        }
-    };
-    progress.durable_before += held.session.durable;
-    ended
-}
-
 const OPCODE_BINARY: u8 = 0x2;
 const OPCODE_CLOSE: u8 = 0x8;
 const OPCODE_PING: u8 = 0x9;
@@ -245,26 +204,12 @@ struct Connection {
 }
 
 impl Connection {
-    /// Sends one byte: a binary frame of one byte, 7 bytes on the wire.
-    async fn send_byte(&mut self) -> io::Result<()> {
-        let mask: [u8; 4] = rand::random();
-        let frame = [0x80 | OPCODE_BINARY, 0x80 | 1, mask[0], mask[1], mask[2], mask[3], b'.' ^ mask[0]];
-        self.socket.write_all(&frame).await
-    }
-
     /// Sends one frame, masked as a client's must be (RFC 6455 section 5.3); `payload` at most
-    /// 125 bytes (a byte, a pong, a close code).
+    /// 125 bytes (a pong, a close code).
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        debug_assert!(payload.len() <= 125);
-        let mask: [u8; 4] = rand::random();
         let mut frame = [0u8; 6 + 125];
-        frame[0] = 0x80 | opcode;
-        frame[1] = 0x80 | payload.len() as u8;
-        frame[2..6].copy_from_slice(&mask);
-        for (i, (out, b)) in frame[6..].iter_mut().zip(payload).enumerate() {
-            *out = b ^ mask[i % 4];
-        }
-        self.socket.write_all(&frame[..6 + payload.len()]).await
+        let len = mask_frame(&mut frame, opcode, payload);
+        self.socket.write_all(&frame[..len]).await
     }
 
     /// Closes with 1000 and waits (briefly) for the server's close or end of stream.
@@ -288,6 +233,21 @@ impl Connection {
         })
         .await;
     }
+}
+
+/// Builds a client's frame of `payload` (at most 125 bytes), masked as RFC 6455 section 5.3
+/// asks, in `frame`; returns its length.
+fn mask_frame(frame: &mut [u8; 6 + 125], opcode: u8, payload: &[u8]) -> usize {
+    debug_assert!(payload.len() <= 125);
+    let payload = &payload[..payload.len().min(125)];
+    let mask: [u8; 4] = rand::random();
+    frame[0] = 0x80 | opcode;
+    frame[1] = 0x80 | payload.len() as u8;
+    frame[2..6].copy_from_slice(&mask);
+    for (i, (out, b)) in frame[6..].iter_mut().zip(payload).enumerate() {
+        *out = b ^ mask[i % 4];
+    }
+    6 + payload.len()
 }
 
 /// What a server's frame means to a phone.
@@ -324,6 +284,11 @@ impl Frames {
     /// buffer always holds a whole frame, which [`Frames::next`] takes first.
     fn room(&mut self) -> &mut [u8] {
         &mut self.buf[self.len..]
+    }
+
+    /// Whether part of a frame is here, or still to skip.
+    fn pending(&self) -> bool {
+        self.len > 0 || self.skip > 0
     }
 
     /// `n` bytes were read into [`Frames::room`].
@@ -427,20 +392,21 @@ fn closed_by_server(payload: &[u8]) -> Failure {
 mod tests {
     use super::*;
 
-    /// A held phone is its task: embassy's header (with the timer's entry) and the phone's
-    /// future, allocated once for the phone's life; the attempt is boxed and freed once
-    /// connected. A change that makes it larger costs that much per phone (`RUSTC_BOOTSTRAP=1
-    /// cargo rustc -p mobile-sim -- -Zprint-type-sizes` shows what is kept across awaits).
+    /// A phone is its task: embassy's header (with the timer's entry) and the phone's future,
+    /// allocated once for the phone's life; the attempt is boxed and freed once connected. While
+    /// held, the task only waits for the holder (which keeps a 64-byte slot per phone). A change
+    /// that makes it larger costs that much per phone (`RUSTC_BOOTSTRAP=1 cargo rustc -p
+    /// mobile-sim -- -Zprint-type-sizes` shows what is kept across awaits).
     #[test]
-    fn a_held_phone_stays_small() {
-        let fleet = super::super::tests::fleet_of_one();
-        let shared: &'static Shared = Box::leak(Box::new(fleet.shared.clone()));
-        let task = phone(shared, 0);
-        fn task_size<F: core::future::Future + 'static>(_: &F) -> usize {
+    fn a_phone_stays_small() {
+        fn task_size<F: core::future::Future + 'static>(
+            _: fn(&'static Shared, &'static Holder, usize) -> F,
+        ) -> usize {
             core::mem::size_of::<embassy_executor::raw::TaskStorage<F>>()
         }
-        let size = task_size(&task);
+        let size = task_size(phone);
         assert!(size <= 544, "a phone's task grew to {size} bytes");
+        assert_eq!(core::mem::size_of::<holder::Slot>(), 64, "a held phone's slot is one cache line");
     }
 
     fn frames(bytes: &[u8]) -> Frames {

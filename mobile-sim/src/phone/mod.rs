@@ -333,7 +333,8 @@ impl Shared {
     }
 }
 
-/// A held connection between wakeups, the same for both engines.
+/// A held connection between wakeups, on tokio (the host runtime's holder keeps the same in a
+/// slot per phone: `hosted/holder.rs`).
 struct Held {
     session: Session,
     /// The next byte's time while running; the drain deadline while draining.
