@@ -311,8 +311,21 @@ impl Browser {
     }
 
     fn element(&self, css: &str) -> String {
-        let found = self.cmd("POST", "/element", json!({ "using": "css selector", "value": css }));
-        found[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}: {found}")).to_owned()
+        let path = format!("/session/{}/element", self.session);
+        let found = self.request("POST", &path, Some(json!({ "using": "css selector", "value": css })));
+        match found.as_ref().map(|found| found[ELEMENT].as_str()) {
+            Ok(Some(id)) => id.to_owned(),
+            // Which page was there instead (an error page, an interstitial, a page half loaded)
+            // is what a failure here needs to be understood: a flake of this kind was seen once.
+            _ => panic!("no element {css}: {found:?}; the page: {}", self.what_page()),
+        }
+    }
+
+    /// The page's address, title, ready state and the start of its text, for failure messages.
+    fn what_page(&self) -> Value {
+        self.eval(
+            "return { url: document.location.href, title: document.title,              ready: document.readyState,              text: document.body ? document.body.innerText.slice(0, 300) : null };",
+        )
     }
 
     pub fn click(&self, css: &str) {
