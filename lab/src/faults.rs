@@ -166,11 +166,13 @@ pub fn checks(lab: &Path, work: &Path, listen_port: u16) -> Vec<Check> {
     ]
 }
 
-/// Runs `check` with its fault, its output into `log`; says how it ended.
-pub async fn run_check(check: &Check, log: &Path) -> anyhow::Result<Verdict> {
+/// Runs `check` with its fault in `repo` (the checkout whose scripts it runs), its output into
+/// `log`; says how it ended.
+pub async fn run_check(check: &Check, repo: &Path, log: &Path) -> anyhow::Result<Verdict> {
     let (program, args) = check.command.split_first().context("a check without a command")?;
     let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let status = Command::new(program)
+        .current_dir(repo)
         .args(args)
         .envs(check.env.iter().map(|(k, v)| (k, v)))
         .env("HOLDFAST_FAULT", &check.fault)
@@ -207,13 +209,14 @@ pub async fn run(args: FaultsArgs) -> anyhow::Result<bool> {
     if let Some(unknown) = args.only.iter().find(|n| !all.iter().any(|c| &c.name == *n)) {
         anyhow::bail!("no check named {unknown:?} (lab faults --list names them)");
     }
+    let repo = crate::revision::checkout_root().await?;
     let chosen: Vec<&Check> =
         all.iter().filter(|c| args.only.is_empty() || args.only.contains(&c.name)).collect();
     let (mut passed, mut failed) = (0, 0);
     for check in chosen {
         eprintln!("==> fault check {}: {}", check.name, check.describe());
         let log = work.0.join(format!("{}.log", check.name));
-        let verdict = run_check(check, &log).await?;
+        let verdict = run_check(check, &repo, &log).await?;
         match &verdict {
             Verdict::Pass { code, line } => {
                 println!("  PASS: {} exited {code}: {line}", check.name);
@@ -286,16 +289,19 @@ mod tests {
         let log = dir.path().join("t.log");
         let named = sh("echo 'FAILED: none-lost (3 of 4 devices)' >&2; exit 1", &[&["none-lost"]]);
         assert_eq!(
-            run_check(&named, &log).await.unwrap(),
+            run_check(&named, dir.path(), &log).await.unwrap(),
             Verdict::Pass { code: 1, line: "FAILED: none-lost (3 of 4 devices)".into() }
         );
         let passed = sh("echo 'verdict OK'", &[&["none-lost"]]);
-        assert_eq!(run_check(&passed, &log).await.unwrap(), Verdict::CannotFail);
+        assert_eq!(run_check(&passed, dir.path(), &log).await.unwrap(), Verdict::CannotFail);
         let other = sh("echo 'address in use'; exit 2", &[&["none-lost"]]);
-        assert_eq!(run_check(&other, &log).await.unwrap(), Verdict::OtherReason { code: 2 });
+        assert_eq!(run_check(&other, dir.path(), &log).await.unwrap(), Verdict::OtherReason { code: 2 });
         // The fault is in the command's environment.
         let sees_it = sh("echo \"fault=$HOLDFAST_FAULT\"; exit 1", &[&["fault=drop-writes"]]);
-        assert!(matches!(run_check(&sees_it, &log).await.unwrap(), Verdict::Pass { .. }));
+        assert!(matches!(run_check(&sees_it, dir.path(), &log).await.unwrap(), Verdict::Pass { .. }));
+        // It runs in the checkout it is given, wherever the lab was started.
+        let inside = sh("test -f t.log && echo here; exit 1", &[&["here"]]);
+        assert!(matches!(run_check(&inside, dir.path(), &log).await.unwrap(), Verdict::Pass { .. }));
     }
 
     #[test]

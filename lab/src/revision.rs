@@ -57,7 +57,8 @@ pub async fn run(args: BuildRevArgs) -> anyhow::Result<bool> {
         Some(dir) => Some(dir),
         None => Some(default_release_dir()).filter(|d| d.is_dir()),
     };
-    let bin_dir = build(Path::new("."), &args.rev, &packages, &cache, seed.as_deref()).await?;
+    let repo = checkout_root().await?;
+    let bin_dir = build(&repo, &args.rev, &packages, &cache, seed.as_deref()).await?;
     println!("{}", bin_dir.display());
     Ok(true)
 }
@@ -146,7 +147,16 @@ async fn extract(repo: &Path, sha: &str, home: &Path, src: &Path) -> anyhow::Res
     Ok(())
 }
 
-async fn git_output(repo: &Path, args: &[&str]) -> anyhow::Result<String> {
+/// This checkout's top folder, found from the current one: what `lab build-rev` archives and
+/// `lab faults` runs the scripts of (the scripts `cd` there; a person may not).
+pub async fn checkout_root() -> anyhow::Result<PathBuf> {
+    let top = git_output(Path::new("."), &["rev-parse", "--show-toplevel"]).await.context(
+        "run this inside a checkout of the repository (its scripts and revisions are found from here)",
+    )?;
+    Ok(PathBuf::from(top))
+}
+
+pub(crate) async fn git_output(repo: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("git").current_dir(repo).args(args).stderr(Stdio::piped()).output().await?;
     if !out.status.success() {
         bail!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
