@@ -21,6 +21,7 @@
 //! goes through an eventfd; wakes on the executor's own thread only set a flag.
 
 pub mod net;
+pub mod pacer;
 pub mod reactor;
 pub mod socket_set;
 pub mod tasks;
@@ -66,11 +67,12 @@ fn notify_from_other_thread() {
 /// How the runtime waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuntimeConfig {
-    /// While sockets keep becoming ready, the executor's thread blocks at most once per this many
-    /// microseconds: readiness that arrives meanwhile is taken in one `epoll_wait`, and one
-    /// wakeup serves every phone that sent in that time, instead of one thread wakeup (a context
-    /// switch) per phone message. When nothing happened for a whole window the thread blocks at
-    /// once. It delays reading a phone's bytes by at most this much (their count waits for the
+    /// While sockets keep becoming ready (again within this many microseconds), the executor's
+    /// thread wakes at most once per this many microseconds: readiness that arrives meanwhile is
+    /// taken in one `epoll_wait`, and one wakeup serves every phone that sent in that time,
+    /// instead of one thread wakeup (a context switch) per phone message. Readiness in bursts
+    /// further apart wakes it once per burst; after a window without readiness it blocks
+    /// ([`pacer`]). It delays reading a phone's bytes by at most this much (their count waits for the
     /// trunk's flush, 250 ms, anyway). 0: wake for every readiness. Default 1,000 (1 ms).
     pub io_batch_us: u64,
 }
@@ -97,8 +99,7 @@ pub fn run(config: RuntimeConfig, init: impl FnOnce(Spawner)) -> io::Result<Infa
     ON_EXECUTOR.with(|on| on.set(true));
     let executor: &'static raw::Executor = Box::leak(Box::new(raw::Executor::new(core::ptr::null_mut())));
     init(executor.spawner());
-    // When the last wait that found sockets ready returned (microseconds on the wheel's clock).
-    let mut last_io: Option<u64> = None;
+    let mut pacer = pacer::Pacer::new(config.io_batch_us);
     loop {
         PENDING.store(false, Ordering::Release);
         // SAFETY: called only from this loop, never reentrantly (the pender only sets a flag).
@@ -107,25 +108,25 @@ pub fn run(config: RuntimeConfig, init: impl FnOnce(Spawner)) -> io::Result<Infa
         if PENDING.load(Ordering::Acquire) {
             // Work to do: take whatever readiness is there without blocking.
             if reactor.wait(Some(0), NOTIFY.get())? > 0 {
-                last_io = Some(time::now_us());
+                pacer.took(time::now_us());
             }
             continue;
         }
         let now = time::now_us();
-        if let Some(at) = last_io.filter(|&at| now.saturating_sub(at) < config.io_batch_us) {
-            // Busy: let the rest of the window's readiness gather, then take it all at once
+        if let Some(mut rest) = pacer.sleep_for(now) {
+            // A stream: let the rest of the window's readiness gather, then take it all at once
             // (never past the next timer).
-            let mut rest = config.io_batch_us - now.saturating_sub(at);
             if let Some(due) = next_timer {
                 rest = rest.min(due.saturating_mul(1000).saturating_sub(now));
             }
             std::thread::sleep(std::time::Duration::from_micros(rest));
-            last_io = (reactor.wait(Some(0), NOTIFY.get())? > 0).then(time::now_us);
+            let found = reactor.wait(Some(0), NOTIFY.get())? > 0;
+            pacer.window_ended(found.then(time::now_us));
             continue;
         }
         let timeout_ms = next_timer.map(|due| due.saturating_sub(time::now_ms()));
         if reactor.wait(timeout_ms, NOTIFY.get())? > 0 {
-            last_io = Some(time::now_us());
+            pacer.woken(time::now_us());
         }
     }
 }
