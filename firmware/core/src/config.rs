@@ -16,7 +16,9 @@ pub struct PhoneConfig {
     pub max_message_len: u64,
     /// A phone that sent no byte to count for this long is closed with 1000. Pings do not
     /// count: they may keep a carrier's NAT mapping, but a client that only pings must not hold
-    /// a place for ever (docs/SECURITY.md, M7). Default 300 s.
+    /// a place for ever (docs/SECURITY.md, M7). The deadline is rounded up to a whole second
+    /// ([`crate::phone::IDLE_GRAIN_MS`]: the phones whose time comes in one second share one
+    /// wakeup). Default 300 s.
     pub idle_timeout_ms: u64,
     /// A write to a phone (an answer, a pong, a durable total) that cannot complete this long
     /// (the phone reads nothing) closes the connection. Default 10 s.

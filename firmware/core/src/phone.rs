@@ -270,7 +270,7 @@ async fn session<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>, id: SessionId)
     let Phones { hub, config, .. } = conn.phones;
     let mut ws = Connection::new(config.max_message_len);
     let mut told = 0;
-    let mut idle_deadline = Instant::now() + Duration::from_millis(config.idle_timeout_ms);
+    let mut idle_deadline = idle_deadline_after(Instant::now(), config.idle_timeout_ms);
     let mut reason = CloseReason::NORMAL;
     let mut failed = false;
     loop {
@@ -285,7 +285,7 @@ async fn session<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>, id: SessionId)
                 // Idle means no byte counted: a phone that only pings (or trickles a frame
                 // header) does not keep its place for ever. Once closing, the linger holds.
                 if fed.payload > 0 && !ws.is_closing() {
-                    idle_deadline = Instant::now() + Duration::from_millis(config.idle_timeout_ms);
+                    idle_deadline = idle_deadline_after(Instant::now(), config.idle_timeout_ms);
                 }
                 match fed.event {
                     Some(Event::Failed(_)) => (reason, failed) = (CloseReason::PROTOCOL_ERROR, true),
@@ -361,6 +361,25 @@ async fn session<S: Read + Write>(conn: &mut Conn<'_, '_, '_, S>, id: SessionId)
             }
         }
     }
+}
+
+/// Idle deadlines fall on whole multiples of this (ms), so that the phones whose idle time comes
+/// in the same second share one wakeup.
+pub const IDLE_GRAIN_MS: u64 = 1_000;
+
+/// The idle deadline `timeout_ms` after `now`, rounded up to a whole [`IDLE_GRAIN_MS`].
+///
+/// Why round: a phone's idle timer is queued once, at its first deadline, and moving it later
+/// costs nothing until that first deadline comes (the task wakes, finds it later, and queues it
+/// again; see the host runtime's wheel). So every phone's task wakes once, `timeout_ms` after it
+/// connected, each at its own millisecond: in the million-phone hold, whose phones connected
+/// within 110 s, that was 170 wakeups of each gateway a second from 300 s on, and the gateways'
+/// CPU rose by a tenth then (`lab hold`, 2026-12-07). Rounded, the phones whose time comes in
+/// the same second share a wakeup; a phone is closed as idle at most a second late.
+fn idle_deadline_after(now: Instant, timeout_ms: u64) -> Instant {
+    let at = now.saturating_add(Duration::from_millis(timeout_ms)).as_ticks();
+    let grain = Duration::from_millis(IDLE_GRAIN_MS).as_ticks();
+    Instant::from_ticks(at.div_ceil(grain).saturating_mul(grain))
 }
 
 /// `{"durable":N}` as a text frame in `frame`; returns its length.
@@ -457,4 +476,19 @@ async fn finish<S: Read + TcpShutdown>(conn: &mut Conn<'_, '_, '_, S>) {
     };
     let _ = with_deadline(deadline, drained).await;
     conn.socket.abort().await.ok();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_deadlines_fall_on_whole_seconds_never_before_the_timeout() {
+        let at = |ms| Instant::from_millis(ms);
+        assert_eq!(idle_deadline_after(at(1_200), 300_000), at(302_000));
+        assert_eq!(idle_deadline_after(at(1_999), 300_000), at(302_000), "the same second: the same wakeup");
+        assert_eq!(idle_deadline_after(at(1_000), 300_000), at(301_000), "already whole");
+        assert_eq!(idle_deadline_after(at(5), 1_500), at(2_000));
+        assert_eq!(idle_deadline_after(Instant::MAX, 1), Instant::MAX);
+    }
 }

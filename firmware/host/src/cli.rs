@@ -119,7 +119,7 @@ pub struct Serve {
     #[arg(long, env = "HOLDFAST_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
     /// A phone that sent no byte this long is closed (1000); pings do not count (they may keep
-    /// a carrier's NAT mapping, not a place here).
+    /// a carrier's NAT mapping, not a place here). Rounded up to a whole second.
     #[arg(long, env = "HOLDFAST_PHONE_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
     pub phone_idle_timeout_ms: u64,
     /// Largest message a phone may send (1009 beyond).
