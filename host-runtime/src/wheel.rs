@@ -3,7 +3,8 @@
 //! embassy-time's own `std` driver keeps every task's timer in one linked list and walks all of
 //! it on each queue update (`queue_integrated`): with a timer per phone (the idle timeout), that
 //! walk is what an idle host gateway spent its CPU on (81 % at 18,000 phones). Here each update
-//! is O(1) and finding the next deadline is O(LEVELS), whatever the number of timers.
+//! is O(1), whatever the number of timers, and finding the next deadline is O(LEVELS) plus the
+//! timers of one 64 ms slot ([`Wheel::next_due`]).
 //!
 //! Layout: [`LEVELS`] levels of 64 slots. A slot at level `k` spans 64^k milliseconds. A timer
 //! goes to the lowest level at which its deadline and `elapsed` (the wheel's time) share every
@@ -145,20 +146,23 @@ impl Wheel {
         self.push(Pending { deadline, entry });
     }
 
-    /// The earliest deadline queued (ms; a stale pair's included). `None`: no timer at all.
+    /// When the executor must wake for the wheel (ms): the earliest deadline queued when it is
+    /// within level 1 (64 ms slots); the time its slot moves down when it is higher. `None`: no
+    /// timer at all.
     ///
-    /// Not the time the earliest slot moves down a level: [`Wheel::advance`] moves slots in
-    /// passing, so an executor that sleeps until this wakes only when a timer is due. (It was
-    /// the slot's time, and a gateway holding 18,000 phones, whose idle timers fill the levels
-    /// above 0, woke every 64 ms to move timers and do nothing else: 15 of its 51 wakeups a
-    /// second in a 200,000-phone hold, `strace -tt` of one gateway.) The scan is of one slot:
-    /// the timers due in its 64^level ms.
+    /// Not the time a slot of level 1 moves down: that comes every 64 ms while any timer waits
+    /// there, and [`Wheel::advance`] moves slots in passing, so the executor wakes only when a
+    /// timer of level 0 or 1 is due. (It did wake for the move, and a gateway holding 18,000
+    /// phones woke every 64 ms to move timers and do nothing else: 15 of its 51 wakeups a second
+    /// in a 200,000-phone hold, `strace -tt` of one gateway.) The scan is of one slot of level 1:
+    /// the timers due in its 64 ms. A higher slot moves down every 4 s at most often, a wakeup not
+    /// worth a scan of what may be every phone's idle timer (the stale pairs' included).
     pub fn next_due(&self) -> Option<u64> {
         let (level, slot, at) = self.next_slot()?;
-        if level == 0 {
-            return Some(at); // a slot of level 0 holds one millisecond's timers
+        match level {
+            1 => self.slots[1][slot].iter().map(|p| p.deadline).min(),
+            _ => Some(at), // a slot of level 0 holds one millisecond's timers
         }
-        self.slots[level][slot].iter().map(|p| p.deadline).min()
     }
 
     /// Moves the wheel to `now` (ms), waking every timer due by then.
@@ -279,13 +283,19 @@ mod tests {
         let mut idle = Timer::new();
         let mut other = Timer::new();
         idle.at(&mut wheel, 300_000); // level 3
-        other.at(&mut wheel, 5_000); // level 2: its slot moves down at 4,096
-        assert_eq!(wheel.next_due(), Some(5_000));
-        wheel.advance(4_100); // moves the slot down without waking anybody
+        other.at(&mut wheel, 100); // level 1: its slot moves down at 64
+        assert_eq!(wheel.next_due(), Some(100));
+        wheel.advance(70); // moves the slot down without waking anybody
         assert_eq!(other.woken(), 0);
-        assert_eq!(wheel.next_due(), Some(5_000));
-        wheel.advance(5_000);
+        assert_eq!(wheel.next_due(), Some(100));
+        wheel.advance(100);
         assert_eq!(other.woken(), 1);
+        // Above level 1: the slot's time (262,144 ms), not a scan of it.
+        assert_eq!(wheel.next_due(), Some(262_144));
+        wheel.advance(262_144);
+        assert_eq!(idle.woken(), 0);
+        assert_eq!(wheel.next_due(), Some(299_008), "level 2: its slot of 4,096 ms");
+        wheel.advance(299_990);
         assert_eq!(wheel.next_due(), Some(300_000));
         wheel.advance(300_000);
         assert_eq!(idle.woken(), 1);
